@@ -1,0 +1,227 @@
+/**
+ * The one place that reads app settings. Every setting the app reads is named in SETTINGS; the README
+ * table, local.settings.sample.json and the Bicep app settings list exactly these (tests hold them
+ * together). parseConfig is pure so tests can pass a literal object.
+ */
+
+export const SETTINGS = [
+  "MANAGED_HSM_URLS",
+  "BackupStorage",
+  "BackupStorage__blobServiceUri",
+  "BackupStorage__tableServiceUri",
+  "BackupStorage__clientId",
+  "BACKUP_CONTAINER",
+  "CATALOG_TABLE",
+  "BACKUP_SCHEDULE",
+  "SAS_TTL_MINUTES",
+  "HSM_API_VERSION",
+  "HSM_STORAGE_AUTH",
+  "RESTORE_ENABLED",
+  "HEALTH_MAX_AGE_HOURS",
+] as const;
+
+export type SettingName = (typeof SETTINGS)[number];
+export type Env = Readonly<Record<string, string | undefined>>;
+
+export const DEFAULT_BACKUP_SCHEDULE = "0 0 2 * * *";
+
+/** api-versions whose backuprestore spec has full backup, restore and selective key restore. */
+export const HSM_API_VERSIONS = ["7.2", "7.3", "7.4", "7.5", "7.6", "2025-06-01", "2025-07-01"] as const;
+/** Managed-identity storage access (no SAS) exists from 7.5 on. */
+const MANAGED_IDENTITY_API_VERSIONS = new Set(["7.5", "7.6", "2025-06-01", "2025-07-01"]);
+
+export interface HsmTarget {
+  /** Origin of the HSM, e.g. https://contoso.managedhsm.azure.net */
+  readonly url: string;
+  /** First DNS label, e.g. contoso: the name used in backup folder names and the catalog. */
+  readonly name: string;
+}
+
+export type StorageConnection =
+  | { readonly kind: "connectionString"; readonly connectionString: string }
+  | {
+      readonly kind: "identity";
+      readonly blobServiceUri: string;
+      readonly tableServiceUri: string;
+      readonly clientId?: string;
+    };
+
+export interface AppConfig {
+  readonly hsms: readonly HsmTarget[];
+  readonly storage: StorageConnection;
+  readonly backupContainer: string;
+  readonly catalogTable: string;
+  readonly backupSchedule: string;
+  readonly sasTtlMinutes: number;
+  readonly hsmApiVersion: string;
+  /** "sas": the app signs a container SAS per job; "managedIdentity": the HSM's own identity reaches storage. */
+  readonly hsmStorageAuth: "sas" | "managedIdentity";
+  readonly restoreEnabled: boolean;
+  readonly healthMaxAgeHours: number;
+}
+
+export class ConfigError extends Error {
+  constructor(
+    readonly setting: SettingName | `${string}`,
+    message: string,
+  ) {
+    super(`Setting ${setting}: ${message}`);
+    this.name = "ConfigError";
+  }
+}
+
+/** Parses and validates every setting; throws ConfigError naming the first missing or malformed one. */
+export function parseConfig(env: Env): AppConfig {
+  const hsmApiVersion = oneOf(env, "HSM_API_VERSION", HSM_API_VERSIONS, "7.6");
+  const hsmStorageAuth = oneOf(env, "HSM_STORAGE_AUTH", ["sas", "managedIdentity"] as const, "sas");
+  if (hsmStorageAuth === "managedIdentity" && !MANAGED_IDENTITY_API_VERSIONS.has(hsmApiVersion)) {
+    throw new ConfigError(
+      "HSM_STORAGE_AUTH",
+      `"managedIdentity" needs HSM_API_VERSION 7.5 or later, but HSM_API_VERSION is "${hsmApiVersion}"`,
+    );
+  }
+  return {
+    hsms: parseHsmUrls(env),
+    storage: parseStorageConnection(env),
+    backupContainer: matching(env, "BACKUP_CONTAINER", "mhsm-backups", /^(?=.{3,63}$)[a-z0-9]+(-[a-z0-9]+)*$/,
+      "a blob container name: 3-63 lowercase letters, digits and single hyphens, starting and ending with a letter or digit"),
+    catalogTable: matching(env, "CATALOG_TABLE", "hsmbackups", /^[A-Za-z][A-Za-z0-9]{2,62}$/,
+      "a table name: 3-63 letters and digits, starting with a letter"),
+    backupSchedule: backupSchedule(env, { validate: true }),
+    sasTtlMinutes: integer(env, "SAS_TTL_MINUTES", 120, 5, 24 * 60),
+    hsmApiVersion,
+    hsmStorageAuth,
+    restoreEnabled: boolean(env, "RESTORE_ENABLED", true),
+    healthMaxAgeHours: integer(env, "HEALTH_MAX_AGE_HOURS", 26, 1, 24 * 31),
+  };
+}
+
+/**
+ * The timer schedule, read at registration time. With validate false it never throws: a throw while
+ * a function file loads takes the whole app down, and the host reports a bad schedule itself.
+ */
+export function backupSchedule(env: Env, { validate = false } = {}): string {
+  const value = setting(env, "BACKUP_SCHEDULE") ?? DEFAULT_BACKUP_SCHEDULE;
+  if (validate && value.trim().split(/\s+/).length !== 6) {
+    throw new ConfigError("BACKUP_SCHEDULE",
+      `"${value}" is not a six-field NCRONTAB expression (second minute hour day month day-of-week), e.g. "${DEFAULT_BACKUP_SCHEDULE}"`);
+  }
+  return value;
+}
+
+function parseHsmUrls(env: Env): HsmTarget[] {
+  const raw = setting(env, "MANAGED_HSM_URLS");
+  if (raw === undefined) {
+    throw new ConfigError("MANAGED_HSM_URLS", "is required: a comma-separated list of Managed HSM URLs, e.g. https://contoso.managedhsm.azure.net");
+  }
+  const targets: HsmTarget[] = [];
+  for (const entry of raw.split(",").map((s) => s.trim()).filter((s) => s.length > 0)) {
+    const url = parseServiceUrl("MANAGED_HSM_URLS", entry);
+    if (url.pathname !== "/" || url.search || url.hash) {
+      throw new ConfigError("MANAGED_HSM_URLS", `"${entry}" must be the HSM's base URL with no path or query`);
+    }
+    // A loopback host (the local emulator) has no HSM name in it; its port tells instances apart.
+    const name = isLoopback(url.hostname) ? `loopback-${url.port || "80"}` : (url.hostname.split(".")[0] ?? "");
+    if (targets.some((t) => t.url === url.origin)) {
+      throw new ConfigError("MANAGED_HSM_URLS", `"${entry}" is listed twice`);
+    }
+    if (targets.some((t) => t.name === name)) {
+      throw new ConfigError("MANAGED_HSM_URLS", `two HSMs share the name "${name}"; names must be unique`);
+    }
+    targets.push({ url: url.origin, name });
+  }
+  if (targets.length === 0) {
+    throw new ConfigError("MANAGED_HSM_URLS", "lists no HSM");
+  }
+  return targets;
+}
+
+function parseStorageConnection(env: Env): StorageConnection {
+  const connectionString = setting(env, "BackupStorage");
+  const blobServiceUri = setting(env, "BackupStorage__blobServiceUri");
+  const tableServiceUri = setting(env, "BackupStorage__tableServiceUri");
+  const clientId = setting(env, "BackupStorage__clientId");
+  if (connectionString !== undefined) {
+    if (blobServiceUri !== undefined || tableServiceUri !== undefined) {
+      throw new ConfigError("BackupStorage",
+        "set either a connection string in BackupStorage or BackupStorage__blobServiceUri + BackupStorage__tableServiceUri, not both");
+    }
+    if (!/(^|;)\s*(UseDevelopmentStorage=true|AccountName=)/i.test(connectionString)) {
+      throw new ConfigError("BackupStorage",
+        "is not a storage connection string (expected UseDevelopmentStorage=true or one with AccountName=...)");
+    }
+    return { kind: "connectionString", connectionString };
+  }
+  if (blobServiceUri === undefined && tableServiceUri === undefined) {
+    throw new ConfigError("BackupStorage",
+      "is required: a connection string, or BackupStorage__blobServiceUri and BackupStorage__tableServiceUri for an identity-based connection");
+  }
+  if (blobServiceUri === undefined) throw new ConfigError("BackupStorage__blobServiceUri", "is required with BackupStorage__tableServiceUri");
+  if (tableServiceUri === undefined) throw new ConfigError("BackupStorage__tableServiceUri", "is required with BackupStorage__blobServiceUri");
+  return {
+    kind: "identity",
+    blobServiceUri: parseServiceUrl("BackupStorage__blobServiceUri", blobServiceUri).href.replace(/\/$/, ""),
+    tableServiceUri: parseServiceUrl("BackupStorage__tableServiceUri", tableServiceUri).href.replace(/\/$/, ""),
+    ...(clientId !== undefined ? { clientId: guid("BackupStorage__clientId", clientId) } : {}),
+  };
+}
+
+/** https, or plain http only on a loopback host (Azurite, the local emulator). */
+function parseServiceUrl(name: SettingName, value: string): URL {
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    throw new ConfigError(name, `"${value}" is not a URL`);
+  }
+  if (url.protocol === "https:") return url;
+  if (url.protocol === "http:" && isLoopback(url.hostname)) return url;
+  throw new ConfigError(name, `"${value}" must use https (plain http is accepted only for loopback hosts)`);
+}
+
+export function isLoopback(hostname: string): boolean {
+  const host = hostname.replace(/^\[|\]$/g, "");
+  return host === "localhost" || host === "::1" || /^127(\.\d{1,3}){3}$/.test(host);
+}
+
+function setting(env: Env, name: SettingName): string | undefined {
+  const value = env[name]?.trim();
+  return value === undefined || value === "" ? undefined : value;
+}
+
+function matching(env: Env, name: SettingName, fallback: string, pattern: RegExp, expected: string): string {
+  const value = setting(env, name) ?? fallback;
+  if (!pattern.test(value)) throw new ConfigError(name, `"${value}" is not ${expected}`);
+  return value;
+}
+
+function integer(env: Env, name: SettingName, fallback: number, min: number, max: number): number {
+  const raw = setting(env, name);
+  if (raw === undefined) return fallback;
+  if (!/^\d+$/.test(raw) || Number(raw) < min || Number(raw) > max) {
+    throw new ConfigError(name, `"${raw}" is not a whole number from ${min} to ${max}`);
+  }
+  return Number(raw);
+}
+
+function boolean(env: Env, name: SettingName, fallback: boolean): boolean {
+  const raw = setting(env, name)?.toLowerCase();
+  if (raw === undefined) return fallback;
+  if (raw === "true") return true;
+  if (raw === "false") return false;
+  throw new ConfigError(name, `"${raw}" is not true or false`);
+}
+
+function oneOf<T extends string>(env: Env, name: SettingName, allowed: readonly T[], fallback: T): T {
+  const raw = setting(env, name) ?? fallback;
+  const found = allowed.find((a) => a === raw);
+  if (found === undefined) throw new ConfigError(name, `"${raw}" is not one of ${allowed.join(", ")}`);
+  return found;
+}
+
+function guid(name: SettingName, value: string): string {
+  if (!/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(value)) {
+    throw new ConfigError(name, `"${value}" is not a client id (GUID)`);
+  }
+  return value;
+}

@@ -1,0 +1,40 @@
+import { redactSecrets } from "./redact.js";
+
+/**
+ * Structured outcome events. Each is one log line "<EventName> <json>", which the Functions host
+ * sends to Application Insights as a trace; the alert rules and the workbook in infra/ parse exactly
+ * these names (a test holds them together), and host.json keeps traces out of sampling so that no
+ * outcome is dropped.
+ */
+export const EVENTS = {
+  backupOutcome: "MhsmBackupOutcome",
+  restoreStarted: "MhsmRestoreStarted",
+  restoreOutcome: "MhsmRestoreOutcome",
+} as const;
+
+export type EventName = (typeof EVENTS)[keyof typeof EVENTS];
+
+export interface OutcomeFields {
+  readonly hsm: string;
+  readonly recordId: string;
+  readonly jobId?: string | undefined;
+  readonly status: string;
+  readonly folderUri?: string | undefined;
+  readonly backupId?: string | undefined;
+  readonly keyName?: string | undefined;
+  readonly durationSeconds?: number | undefined;
+  readonly errorCode?: string | undefined;
+  readonly errorMessage?: string | undefined;
+}
+
+export type LogLine = (line: string) => void;
+
+/** Formats one event line. Values pass through redactSecrets: no SAS ever reaches telemetry. */
+export function formatEvent(name: EventName, fields: OutcomeFields): string {
+  const defined = Object.fromEntries(Object.entries(fields).filter(([, v]) => v !== undefined));
+  return `${name} ${redactSecrets(JSON.stringify(defined))}`;
+}
+
+export function emitEvent(log: LogLine, name: EventName, fields: OutcomeFields): void {
+  log(formatEvent(name, fields));
+}
