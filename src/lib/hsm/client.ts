@@ -210,7 +210,7 @@ export class ManagedHsmBackupClient {
   }
 
   /**
-   * One status read. A 4xx (other than 429) is the job's terminal failure — the service has answered a
+   * One status read. A 4xx (other than 401, 403, 429) is the job's terminal failure — the service has answered a
    * bad SAS that way (recorded). 429, 5xx and transport errors are retried; after that the job's fate
    * is unknown, which is not the same as failed: HsmStatusUnavailableError.
    */
@@ -228,6 +228,10 @@ export class ManagedHsmBackupClient {
         if (response.status === 200) {
           const wait = retryAfterMs(response);
           return { ...parseOperation(kind, response.bodyAsText, this.vaultUrl), ...(wait !== undefined ? { retryAfterMs: wait } : {}) };
+        }
+        // 401/403 say nothing about the job, only about our access to its status.
+        if (response.status === 401 || response.status === 403) {
+          throw HsmRequestError.fromResponse(`${kind} status`, this.vaultUrl, response);
         }
         if (response.status !== 429 && response.status < 500) {
           throw new HsmJobFailedError(kind, this.vaultUrl, jobIdFromStatusUrl(url), HsmRequestError.fromResponse(`${kind} status`, this.vaultUrl, response));

@@ -39,6 +39,7 @@ export class HsmRequestError extends Error {
 export class HsmJobFailedError extends Error {
   readonly code: string | undefined;
   readonly serviceMessage: string;
+  readonly status: "Failed" | "Canceled";
   constructor(
     readonly kind: OperationKind,
     readonly vaultUrl: string,
@@ -55,6 +56,7 @@ export class HsmJobFailedError extends Error {
     this.name = "HsmJobFailedError";
     this.code = code ?? (fromRequest ? `HTTP${cause.statusCode}` : cause.status);
     this.serviceMessage = redactSecrets(details);
+    this.status = !fromRequest && cause.status === "Canceled" ? "Canceled" : "Failed";
   }
 }
 

@@ -1,0 +1,76 @@
+import type { TokenCredential } from "@azure/core-auth";
+import { DefaultAzureCredential } from "@azure/identity";
+import { Catalog } from "./catalog.js";
+import { parseConfig, type AppConfig, type HsmTarget } from "./config.js";
+import { ManagedHsmBackupClient, type ManagedHsmBackupClientOptions } from "./hsm/client.js";
+import { createBackupStorage, type BackupStorage, type StorageClientOptions } from "./storage.js";
+
+/** Everything the operations need, passed in so tests can build it from real local services. */
+export interface AppDeps {
+  readonly config: AppConfig;
+  readonly storage: BackupStorage;
+  readonly catalog: Catalog;
+  hsmClient(hsm: HsmTarget): ManagedHsmBackupClient;
+  /** Creates the catalog table and backup container once per process (Azure has them from Bicep). */
+  prepare(): Promise<void>;
+  now(): Date;
+}
+
+export interface DepsOptions {
+  readonly credential?: TokenCredential;
+  readonly storageOptions?: StorageClientOptions;
+  readonly hsmClientOptions?: ManagedHsmBackupClientOptions;
+  readonly now?: () => Date;
+}
+
+/**
+ * One credential serves storage and the HSMs: the app's managed identity in Azure (the user-assigned
+ * one when BackupStorage__clientId names it), and the same code path locally through a managed
+ * identity endpoint.
+ */
+export function createDeps(config: AppConfig, options: DepsOptions = {}): AppDeps {
+  const clientId = config.storage.kind === "identity" ? config.storage.clientId : undefined;
+  const credential = options.credential ?? new DefaultAzureCredential(clientId ? { managedIdentityClientId: clientId } : {});
+  const storage = createBackupStorage(config.storage, credential, options.storageOptions);
+  const catalog = new Catalog(storage.table(config.catalogTable));
+  const clients = new Map<string, ManagedHsmBackupClient>();
+  let prepared: Promise<void> | undefined;
+  return {
+    config,
+    storage,
+    catalog,
+    hsmClient(hsm) {
+      let client = clients.get(hsm.url);
+      if (!client) {
+        client = new ManagedHsmBackupClient(hsm.url, credential, { serviceVersion: config.hsmApiVersion, ...options.hsmClientOptions });
+        clients.set(hsm.url, client);
+      }
+      return client;
+    },
+    prepare() {
+      prepared ??= Promise.all([
+        catalog.ensureTable(),
+        storage.blobService.getContainerClient(config.backupContainer).createIfNotExists(),
+      ]).then(
+        () => undefined,
+        (error: unknown) => {
+          prepared = undefined; // let the next invocation try again
+          throw error;
+        },
+      );
+      return prepared;
+    },
+    now: options.now ?? (() => new Date()),
+  };
+}
+
+let memo: AppDeps | undefined;
+
+/**
+ * The handlers' dependencies, built on first use from the app settings — never at module load,
+ * where a throw would take every function of the app down.
+ */
+export function getDeps(): AppDeps {
+  memo ??= createDeps(parseConfig(process.env));
+  return memo;
+}

@@ -1,0 +1,140 @@
+import type { TokenCredential } from "@azure/core-auth";
+import type { PipelineOptions } from "@azure/core-rest-pipeline";
+import { AzureNamedKeyCredential, TableClient } from "@azure/data-tables";
+import {
+  BlobServiceClient,
+  ContainerSASPermissions,
+  generateBlobSASQueryParameters,
+  SASProtocol,
+  StorageSharedKeyCredential,
+  type StoragePipelineOptions,
+} from "@azure/storage-blob";
+import { ConfigError, isLoopback, type StorageConnection } from "./config.js";
+
+/** The permissions the HSM needs, and no more: backup writes a folder, restore reads one. */
+export type SasPurpose = "backup" | "restore";
+const PERMISSIONS: Record<SasPurpose, string> = { backup: "crdw", restore: "rl" };
+
+/**
+ * SAS version pinned to a GA storage service version that both Azure and Azurite 3.35 accept:
+ * Azurite refuses storage-blob 12.32's default (2026-04-06) for user-delegation SAS.
+ */
+export const SAS_VERSION = "2025-11-05";
+
+/** Clock skew allowance: the SAS starts a few minutes in the past. */
+const SAS_START_SKEW_MS = 5 * 60_000;
+
+/** Options for the storage clients; tlsOptions lets a local HTTPS Azurite be trusted in-process. */
+export type StorageClientOptions = Pick<PipelineOptions, "tlsOptions" | "agent">;
+
+export interface ContainerSas {
+  /** The SAS query string, without "?". A secret: never log, store or return it. */
+  readonly token: string;
+  readonly permissions: string;
+  readonly expiresOn: Date;
+}
+
+export interface BackupStorage {
+  readonly blobService: BlobServiceClient;
+  table(name: string): TableClient;
+  /** The container's URL, without any SAS. */
+  containerUrl(container: string): string;
+  /** A container SAS for the HSM, signed with the account key or a user-delegation key. */
+  containerSas(container: string, purpose: SasPurpose, ttlMinutes: number, now?: Date): Promise<ContainerSas>;
+}
+
+interface SharedKey {
+  readonly accountName: string;
+  readonly accountKey: string;
+  readonly blobEndpoint: string;
+  readonly tableEndpoint: string;
+}
+
+/** The Azurite account and its well-known key (public, documented; not a secret). */
+const DEVELOPMENT_STORAGE: SharedKey = {
+  accountName: "devstoreaccount1",
+  accountKey: "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==",
+  blobEndpoint: "http://127.0.0.1:10000/devstoreaccount1",
+  tableEndpoint: "http://127.0.0.1:10002/devstoreaccount1",
+};
+
+/**
+ * Builds the blob and table clients from the BackupStorage connection: shared key when the
+ * connection string carries one (Azurite, shared-key accounts), otherwise the app's identity, with
+ * SAS signed by a user-delegation key (in Azure shared-key access is off).
+ */
+export function createBackupStorage(connection: StorageConnection, credential: TokenCredential, options: StorageClientOptions = {}): BackupStorage {
+  if (connection.kind === "connectionString") {
+    const key = parseConnectionString(connection.connectionString);
+    const sharedKey = new StorageSharedKeyCredential(key.accountName, key.accountKey);
+    const blobService = new BlobServiceClient(key.blobEndpoint, sharedKey, options as StoragePipelineOptions);
+    const tableCredential = new AzureNamedKeyCredential(key.accountName, key.accountKey);
+    return storage(blobService, (name) => new TableClient(key.tableEndpoint, name, tableCredential, tableOptions(key.tableEndpoint, options)),
+      async (container, permissions, startsOn, expiresOn) =>
+        generateBlobSASQueryParameters(sasValues(blobService.url, container, permissions, startsOn, expiresOn), sharedKey).toString());
+  }
+  const blobService = new BlobServiceClient(connection.blobServiceUri, credential, options as StoragePipelineOptions);
+  return storage(blobService, (name) => new TableClient(connection.tableServiceUri, name, credential, tableOptions(connection.tableServiceUri, options)),
+    async (container, permissions, startsOn, expiresOn) => {
+      // A delegation key lives no longer than the SAS it signs.
+      const key = await blobService.getUserDelegationKey(startsOn, expiresOn);
+      return generateBlobSASQueryParameters(sasValues(blobService.url, container, permissions, startsOn, expiresOn), key, blobService.accountName).toString();
+    });
+}
+
+type Sign = (container: string, permissions: string, startsOn: Date, expiresOn: Date) => Promise<string>;
+
+function storage(blobService: BlobServiceClient, table: (name: string) => TableClient, sign: Sign): BackupStorage {
+  return {
+    blobService,
+    table,
+    containerUrl: (container) => blobService.getContainerClient(container).url,
+    async containerSas(container, purpose, ttlMinutes, now = new Date()) {
+      const permissions = PERMISSIONS[purpose];
+      const startsOn = new Date(now.getTime() - SAS_START_SKEW_MS);
+      const expiresOn = new Date(now.getTime() + ttlMinutes * 60_000);
+      return { token: await sign(container, permissions, startsOn, expiresOn), permissions, expiresOn };
+    },
+  };
+}
+
+function sasValues(blobServiceUrl: string, containerName: string, permissions: string, startsOn: Date, expiresOn: Date) {
+  return {
+    containerName,
+    permissions: ContainerSASPermissions.parse(permissions),
+    startsOn,
+    expiresOn,
+    // https-only wherever it can be: only a loopback emulator speaks plain http.
+    protocol: isLoopback(new URL(blobServiceUrl).hostname) ? SASProtocol.HttpsAndHttp : SASProtocol.Https,
+    version: SAS_VERSION,
+  };
+}
+
+function tableOptions(endpoint: string, options: StorageClientOptions) {
+  return { ...options, allowInsecureConnection: new URL(endpoint).protocol === "http:" };
+}
+
+/** Reads account name, key and endpoints from a storage connection string. */
+export function parseConnectionString(connectionString: string): SharedKey {
+  const parts = new Map<string, string>();
+  for (const part of connectionString.split(";")) {
+    const at = part.indexOf("=");
+    if (at > 0) parts.set(part.slice(0, at).trim().toLowerCase(), part.slice(at + 1).trim());
+  }
+  if (parts.get("usedevelopmentstorage")?.toLowerCase() === "true") return DEVELOPMENT_STORAGE;
+  const accountName = parts.get("accountname");
+  const accountKey = parts.get("accountkey");
+  if (!accountName) throw new ConfigError("BackupStorage", "the connection string has no AccountName");
+  if (!accountKey) {
+    throw new ConfigError("BackupStorage",
+      "the connection string has no AccountKey, so the app cannot sign a SAS with it; use an identity-based connection (BackupStorage__blobServiceUri + BackupStorage__tableServiceUri) instead");
+  }
+  const protocol = parts.get("defaultendpointsprotocol") ?? "https";
+  const suffix = parts.get("endpointsuffix") ?? "core.windows.net";
+  return {
+    accountName,
+    accountKey,
+    blobEndpoint: parts.get("blobendpoint") ?? `${protocol}://${accountName}.blob.${suffix}`,
+    tableEndpoint: parts.get("tableendpoint") ?? `${protocol}://${accountName}.table.${suffix}`,
+  };
+}
