@@ -47,7 +47,7 @@ export async function backupHsm(deps: AppDeps, hsm: HsmTarget, log: Logger, opti
     const containerUrl = storage.containerUrl(config.backupContainer);
     const client = deps.hsmClient(hsm);
     const poller = config.hsmStorageAuth === "sas"
-      ? await client.beginBackup(containerUrl, (await storage.containerSas(config.backupContainer, "backup", config.sasTtlMinutes, startedAt)).token, begin)
+      ? await client.beginBackup(containerUrl, (await storage.containerSas(config.backupContainer, "backup", config.sasTtlMinutes)).token, begin)
       : await client.beginBackup(containerUrl, begin);
     const started = poller.getOperationState();
     stored = await catalog.merge("backup", stored, {

@@ -131,7 +131,7 @@ export class Catalog {
     if (query.hsmName !== undefined) filter += ` and ${odata`hsmName eq ${query.hsmName}`}`;
     if (query.status !== undefined) filter += ` and ${odata`status eq ${query.status}`}`;
     let token = query.continuationToken;
-    if (token !== undefined) assertContinuationToken(token, kind);
+    if (token !== undefined) assertContinuationToken(token);
     const pages = this.table
       .listEntities<Record<string, unknown>>({ queryOptions: { filter } })
       .byPage({ maxPageSize: query.top, ...(token !== undefined ? { continuationToken: token } : {}) });
@@ -162,10 +162,11 @@ export class Catalog {
 }
 
 /**
- * A continuation token comes back from a client: it must be one this API handed out for this
- * partition, or the query could be steered elsewhere.
+ * A continuation token comes back from a client: it must have the shape this listing hands out. Its
+ * keys are the service's opaque ones; the query's filter still pins the partition, so a crafted
+ * token can only skip rows, never reach other records.
  */
-function assertContinuationToken(token: string, kind: Kind): void {
+function assertContinuationToken(token: string): void {
   let decoded: unknown;
   try {
     decoded = JSON.parse(Buffer.from(token, "base64").toString("utf8"));
@@ -173,9 +174,10 @@ function assertContinuationToken(token: string, kind: Kind): void {
     decoded = undefined;
   }
   const value = decoded as { nextPartitionKey?: unknown; nextRowKey?: unknown } | undefined;
-  if (typeof value?.nextPartitionKey !== "string" || value.nextPartitionKey !== kind || (value.nextRowKey !== undefined && typeof value.nextRowKey !== "string")) {
-    throw new ProblemError(400, "Invalid continuation token", "continuationToken is not a token returned by this listing");
-  }
+  const valid = typeof value === "object" && value !== null
+    && typeof value.nextPartitionKey === "string" && value.nextPartitionKey !== ""
+    && (value.nextRowKey === undefined || typeof value.nextRowKey === "string");
+  if (!valid) throw new ProblemError(400, "Invalid continuation token", "continuationToken is not a token returned by this listing.");
 }
 
 function toEntity(record: object): Record<string, unknown> {

@@ -63,7 +63,7 @@ export async function startRestore(deps: AppDeps, log: Logger, request: RestoreR
   try {
     const client = deps.hsmClient(hsm);
     const sas = config.hsmStorageAuth === "sas"
-      ? (await storage.containerSas(config.backupContainer, "restore", config.sasTtlMinutes, now)).token
+      ? (await storage.containerSas(config.backupContainer, "restore", config.sasTtlMinutes)).token
       : undefined;
     const poller = request.keyName !== undefined
       ? await (sas !== undefined ? client.beginSelectiveKeyRestore(request.keyName, backup.folderUri, sas) : client.beginSelectiveKeyRestore(request.keyName, backup.folderUri))

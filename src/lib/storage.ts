@@ -39,8 +39,11 @@ export interface BackupStorage {
   table(name: string): TableClient;
   /** The container's URL, without any SAS. */
   containerUrl(container: string): string;
-  /** A container SAS for the HSM, signed with the account key or a user-delegation key. */
-  containerSas(container: string, purpose: SasPurpose, ttlMinutes: number, now?: Date): Promise<ContainerSas>;
+  /**
+   * A container SAS for the HSM, signed with the account key or a user-delegation key. Its validity
+   * is judged by the storage service's clock, so it is always computed from the machine's.
+   */
+  containerSas(container: string, purpose: SasPurpose, ttlMinutes: number): Promise<ContainerSas>;
 }
 
 interface SharedKey {
@@ -89,7 +92,8 @@ function storage(blobService: BlobServiceClient, table: (name: string) => TableC
     blobService,
     table,
     containerUrl: (container) => blobService.getContainerClient(container).url,
-    async containerSas(container, purpose, ttlMinutes, now = new Date()) {
+    async containerSas(container, purpose, ttlMinutes) {
+      const now = new Date();
       const permissions = PERMISSIONS[purpose];
       const startsOn = new Date(now.getTime() - SAS_START_SKEW_MS);
       const expiresOn = new Date(now.getTime() + ttlMinutes * 60_000);

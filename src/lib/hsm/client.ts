@@ -77,6 +77,8 @@ export class ManagedHsmBackupClient {
   private readonly defaultPollIntervalMs: number;
   private readonly maxStartAttempts: number;
   private readonly maxStatusAttempts: number;
+  /** Plain http: only ever true for a loopback host (checked in the constructor). */
+  private readonly insecure: boolean;
 
   /**
    * @throws Error when the URL is not https (plain http is accepted only for a loopback host, where
@@ -92,6 +94,7 @@ export class ManagedHsmBackupClient {
       throw new Error(`Managed HSM URL "${vaultUrl}" must be the HSM's base URL, without a path or query`);
     }
     this.vaultUrl = url.origin;
+    this.insecure = url.protocol === "http:";
     this.serviceVersion = options.serviceVersion ?? DEFAULT_HSM_API_VERSION;
     this.httpClient = options.httpClient ?? createDefaultHttpClient();
     this.delay = options.delay ?? sleep;
@@ -252,7 +255,7 @@ export class ManagedHsmBackupClient {
   private send(method: "GET" | "POST" | "PUT", url: string, body: string | undefined, abortSignal?: AbortSignal): Promise<PipelineResponse> {
     const headers = createHttpHeaders({ Accept: "application/json" });
     if (body !== undefined) headers.set("Content-Type", "application/json");
-    const request = createPipelineRequest({ url, method, headers, ...(body !== undefined ? { body } : {}), ...(abortSignal ? { abortSignal } : {}) });
+    const request = createPipelineRequest({ url, method, headers, allowInsecureConnection: this.insecure, ...(body !== undefined ? { body } : {}), ...(abortSignal ? { abortSignal } : {}) });
     return this.pipeline.sendRequest(this.httpClient, request);
   }
 

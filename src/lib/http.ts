@@ -1,0 +1,130 @@
+import type { HttpRequest, HttpResponseInit, InvocationContext } from "@azure/functions";
+import { RECORD_ID, RECORD_STATUSES, type ListQuery, type RecordStatus } from "./catalog.js";
+import { getDeps, type AppDeps } from "./deps.js";
+import { safeLogger } from "./logger.js";
+import { ProblemError, problemResponse } from "./problem.js";
+import { toSafeError } from "./redact.js";
+import type { RestoreRequest } from "./restore.js";
+
+/** Restore requests are tiny; anything larger is not one. */
+export const MAX_BODY_BYTES = 4096;
+const KEY_NAME = /^[0-9A-Za-z-]{1,127}$/;
+const HSM_NAME = /^[0-9A-Za-z-]{1,63}$/;
+
+export type Handler = (request: HttpRequest, context: InvocationContext, deps?: AppDeps) => Promise<HttpResponseInit>;
+
+/**
+ * Wraps a route: ProblemErrors become problem+json answers; anything else is a fault of ours or of a
+ * dependency, logged in full (redacted) and answered 500 without internals. Dependencies come from
+ * the app settings unless a test passes its own.
+ */
+export function route(handler: (request: HttpRequest, context: InvocationContext, deps: AppDeps) => Promise<HttpResponseInit>): Handler {
+  return async (request, context, deps) => {
+    const instance = new URL(request.url).pathname;
+    try {
+      return await handler(request, context, deps ?? getDeps());
+    } catch (error) {
+      if (error instanceof ProblemError) {
+        if (error.status >= 500) safeLogger(context).error(`${request.method} ${instance}: ${error.message}`);
+        return problemResponse(error, instance);
+      }
+      const safe = toSafeError(error);
+      safeLogger(context).error(`${request.method} ${instance} failed: ${safe.name}: ${safe.message}`);
+      return problemResponse(new ProblemError(500, "Internal error",
+        `The request could not be completed; the function log has the details under invocation ${context.invocationId}.`), instance);
+    }
+  };
+}
+
+export function json(status: number, body: unknown, headers: Record<string, string> = {}): HttpResponseInit {
+  return { status, jsonBody: body, headers: { "Content-Type": "application/json", ...headers } };
+}
+
+/** A record id from the route; malformed ids (quotes, OData, anything odd) are refused before any query. */
+export function recordId(request: HttpRequest, what: string): string {
+  const id = request.params.id ?? "";
+  if (!RECORD_ID.test(id)) {
+    throw new ProblemError(400, `Invalid ${what} id`, `"${truncate(id)}" is not a ${what} id (13 digits, a hyphen, 8 hex digits).`);
+  }
+  return id;
+}
+
+/** The listing's query: hsm, status, top (1-100), continuationToken; unknown names are refused so a typo cannot widen a listing. */
+export function listQuery(request: HttpRequest): ListQuery {
+  const allowed = new Set(["hsm", "status", "top", "continuationToken", "code"]); // code: the function key
+  const unknown = [...request.query.keys()].filter((k) => !allowed.has(k));
+  if (unknown.length > 0) {
+    throw new ProblemError(400, "Unknown query parameter", `Unknown query parameter(s): ${unknown.map((k) => truncate(k)).join(", ")}. Known: hsm, status, top, continuationToken.`);
+  }
+  const hsm = request.query.get("hsm") ?? undefined;
+  if (hsm !== undefined && !HSM_NAME.test(hsm)) throw new ProblemError(400, "Invalid hsm", `"${truncate(hsm)}" is not an HSM name.`);
+  const status = request.query.get("status") ?? undefined;
+  if (status !== undefined && !RECORD_STATUSES.includes(status as RecordStatus)) {
+    throw new ProblemError(400, "Invalid status", `"${truncate(status)}" is not one of ${RECORD_STATUSES.join(", ")}.`);
+  }
+  const topText = request.query.get("top") ?? "25";
+  if (!/^\d{1,3}$/.test(topText) || Number(topText) < 1 || Number(topText) > 100) {
+    throw new ProblemError(400, "Invalid top", `top must be a whole number from 1 to 100, not "${truncate(topText)}".`);
+  }
+  const continuationToken = request.query.get("continuationToken") ?? undefined;
+  if (continuationToken !== undefined && continuationToken.length > 1024) {
+    throw new ProblemError(400, "Invalid continuation token", "continuationToken is longer than any token this listing returns.");
+  }
+  return {
+    top: Number(topText),
+    ...(hsm !== undefined ? { hsmName: hsm } : {}),
+    ...(status !== undefined ? { status: status as RecordStatus } : {}),
+    ...(continuationToken !== undefined ? { continuationToken } : {}),
+  };
+}
+
+/**
+ * The body of POST /api/restores: {"backupId": "...", "keyName": "..."?}. Unknown fields are refused:
+ * a misspelt "keyName" must not turn a one-key restore into a full wipe of the HSM.
+ */
+export async function restoreRequest(request: HttpRequest): Promise<RestoreRequest> {
+  const declared = Number(request.headers.get("content-length") ?? "0");
+  if (declared > MAX_BODY_BYTES) throw tooLarge();
+  const contentType = request.headers.get("content-type") ?? "";
+  if (!/^application\/json\s*(;|$)/i.test(contentType)) {
+    throw new ProblemError(415, "Unsupported media type", `Send the restore request as application/json, not "${truncate(contentType) || "no content type"}".`);
+  }
+  const text = await request.text();
+  if (Buffer.byteLength(text) > MAX_BODY_BYTES) throw tooLarge();
+  let body: unknown;
+  try {
+    body = JSON.parse(text);
+  } catch {
+    throw new ProblemError(400, "Malformed JSON", "The request body is not valid JSON.");
+  }
+  if (typeof body !== "object" || body === null || Array.isArray(body)) {
+    throw new ProblemError(400, "Invalid restore request", 'The body must be a JSON object: {"backupId": "...", "keyName": "..." (optional)}.');
+  }
+  const fields = body as Record<string, unknown>;
+  const unknown = Object.keys(fields).filter((k) => k !== "backupId" && k !== "keyName");
+  if (unknown.length > 0) {
+    throw new ProblemError(400, "Invalid restore request", `Unknown field(s): ${unknown.map((k) => truncate(k)).join(", ")}. Known: backupId, keyName.`);
+  }
+  const { backupId, keyName } = fields;
+  if (backupId === undefined) throw new ProblemError(400, "Invalid restore request", "backupId is required.");
+  if (typeof backupId !== "string" || !RECORD_ID.test(backupId)) {
+    throw new ProblemError(400, "Invalid restore request", `backupId ${describe(backupId)} is not a backup id (13 digits, a hyphen, 8 hex digits).`);
+  }
+  if (keyName !== undefined && (typeof keyName !== "string" || !KEY_NAME.test(keyName))) {
+    throw new ProblemError(400, "Invalid restore request", `keyName ${describe(keyName)} is not a key name (1-127 letters, digits and hyphens).`);
+  }
+  return { backupId, ...(keyName !== undefined ? { keyName } : {}) };
+}
+
+function tooLarge(): ProblemError {
+  return new ProblemError(413, "Request too large", `A restore request is at most ${MAX_BODY_BYTES} bytes.`);
+}
+
+function describe(value: unknown): string {
+  return typeof value === "string" ? `"${truncate(value)}"` : `of type ${value === null ? "null" : Array.isArray(value) ? "array" : typeof value}`;
+}
+
+/** Echoing client input back is useful; echoing a megabyte of it is not. */
+function truncate(text: string): string {
+  return text.length > 80 ? `${text.slice(0, 80)}…` : text;
+}

@@ -1,0 +1,131 @@
+/**
+ * The whole path through the real handlers, with real InvocationContext/HttpRequest, against Azurite
+ * and the HSM emulator: nightly backup → catalog → blobs in Azurite → restore (full and one key) →
+ * 202 → status → the deleted key is back.
+ */
+import type { Timer } from "@azure/functions";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { getBackup, listBackups } from "../../src/functions/backups.js";
+import { nightlyBackup } from "../../src/functions/nightlyBackup.js";
+import { getRestore, postRestore } from "../../src/functions/restores.js";
+import { bodyOf, get, headerOf, postJson, startTestApp, type TestApp } from "../support/app.js";
+
+export const onTime: Timer = { isPastDue: false, schedule: { adjustForDST: false }, scheduleStatus: { last: "", next: "", lastUpdated: "" } };
+
+/** Polls GET /api/restores/{id} until the restore leaves Starting/Running. */
+export async function waitForRestore(app: TestApp, statusUrl: string): Promise<any> {
+  for (let i = 0; i < 200; i++) {
+    const response = await getRestore(get(statusUrl), app.context("getRestore"), app.deps);
+    expect(response.status).toBe(200);
+    const body = bodyOf(response);
+    if (body.status !== "Running" && body.status !== "Starting") return body;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  throw new Error(`restore at ${statusUrl} did not finish`);
+}
+
+describe("nightly backup and restore through the handlers", () => {
+  let app: TestApp;
+  let backup: any;
+
+  beforeAll(async () => {
+    app = await startTestApp();
+    const hsm = app.emulators[0]!;
+    for (const name of ["payments-rsa", "tokens-ec", "wrapping-oct"]) hsm.keys.create(name);
+  });
+  afterAll(() => app.stop());
+
+  it("records a Succeeded backup whose folder exists as blobs in Azurite", async () => {
+    await nightlyBackup(onTime, app.context("nightlyBackup"), app.deps);
+
+    const response = await listBackups(get("/api/backups"), app.context("listBackups"), app.deps);
+    expect(response.status).toBe(200);
+    const { items } = bodyOf(response);
+    expect(items).toHaveLength(1);
+    backup = items[0];
+    const containerUrl = app.deps.storage.containerUrl(app.container);
+    expect(backup).toMatchObject({ hsmName: app.deps.config.hsms[0]!.name, status: "Succeeded", trigger: "timer" });
+    expect(backup.jobId).toMatch(/^[0-9a-f]{32}$/);
+    expect(backup.folderUri).toMatch(new RegExp(`^${containerUrl}/mhsm-testhsm0-\\d{16}$`));
+    expect(Date.parse(backup.endedAt)).toBeGreaterThanOrEqual(Date.parse(backup.startedAt));
+    expect(backup.durationSeconds).toBeGreaterThanOrEqual(0);
+
+    const folder = backup.folderUri.slice(containerUrl.length + 1);
+    const blobs: string[] = [];
+    for await (const blob of app.deps.storage.blobService.getContainerClient(app.container).listBlobsFlat({ prefix: `${folder}/` })) {
+      blobs.push(blob.name.slice(folder.length + 1));
+    }
+    expect(blobs).toEqual(expect.arrayContaining(["manifest.json", "keys/payments-rsa.json", "keys/tokens-ec.json", "keys/wrapping-oct.json"]));
+
+    const one = await getBackup(get(`/api/backups/${backup.id}`), app.context("getBackup"), app.deps);
+    expect(one.status).toBe(200);
+    expect(bodyOf(one)).toEqual(backup);
+  });
+
+  it("refuses a full restore within 30 minutes of the backup, then restores the whole HSM", async () => {
+    const hsm = app.emulators[0]!;
+    hsm.keys.delete("payments-rsa");
+    hsm.keys.purge("payments-rsa");
+    hsm.keys.create("created-after-backup");
+
+    const tooSoon = await postRestore(postJson("/api/restores", { backupId: backup.id }), app.context("postRestore"), app.deps);
+    expect(tooSoon.status).toBe(409);
+    expect(headerOf(tooSoon, "content-type")).toBe("application/problem+json");
+    expect(bodyOf(tooSoon).detail).toMatch(/at least 30 minutes before a full restore/);
+    expect(Number(headerOf(tooSoon, "retry-after"))).toBeGreaterThan(1700);
+    expect(hsm.requests.filter((r) => r.path === "/restore")).toHaveLength(0);
+
+    app.clock.advance(31 * 60_000);
+    const started = await postRestore(postJson("/api/restores", { backupId: backup.id }), app.context("postRestore"), app.deps);
+    expect(started.status).toBe(202);
+    const body = bodyOf(started);
+    expect(headerOf(started, "location")).toBe(`/api/restores/${body.id}`);
+    expect(body).toMatchObject({ status: "Running", backupId: backup.id, folderUri: backup.folderUri, statusUrl: `/api/restores/${body.id}` });
+    expect(body.keyName).toBeUndefined();
+
+    const final = await waitForRestore(app, body.statusUrl);
+    expect(final).toMatchObject({ status: "Succeeded", jobId: body.jobId });
+    expect(hsm.keys.has("payments-rsa")).toBe(true);
+    // A full restore puts the HSM back to the backup's state: what came later is gone.
+    expect(hsm.keys.has("created-after-backup")).toBe(false);
+  });
+
+  it("restores one purged key and leaves the rest alone", async () => {
+    const hsm = app.emulators[0]!;
+    hsm.keys.delete("tokens-ec");
+    hsm.keys.purge("tokens-ec");
+    hsm.keys.create("unrelated-new-key");
+
+    const started = await postRestore(postJson("/api/restores", { backupId: backup.id, keyName: "tokens-ec" }), app.context("postRestore"), app.deps);
+    expect(started.status).toBe(202);
+    const body = bodyOf(started);
+    expect(body).toMatchObject({ status: "Running", keyName: "tokens-ec" });
+    const final = await waitForRestore(app, body.statusUrl);
+    expect(final.status).toBe("Succeeded");
+    expect(final.statusDetails).toMatch(/Number of successful key versions restored: 1/);
+    expect(hsm.keys.has("tokens-ec")).toBe(true);
+    expect(hsm.keys.has("unrelated-new-key")).toBe(true);
+    const put = hsm.requests.filter((r) => r.method === "PUT" && r.path === "/keys/tokens-ec/restore" && r.status === 202);
+    expect(put).toHaveLength(1);
+  });
+
+  it("lists newest first and pages with a continuation token", async () => {
+    for (let i = 0; i < 3; i++) await nightlyBackup(onTime, app.context("nightlyBackup"), app.deps);
+    const first = bodyOf(await listBackups(get("/api/backups?top=2"), app.context(), app.deps));
+    expect(first.items).toHaveLength(2);
+    expect(first.continuationToken).toBeTypeOf("string");
+    const second = bodyOf(await listBackups(get(`/api/backups?top=2&continuationToken=${encodeURIComponent(first.continuationToken)}`), app.context(), app.deps));
+    expect(second.items).toHaveLength(2);
+    expect(second.continuationToken).toBeUndefined();
+    const all = [...first.items, ...second.items];
+    const started = all.map((r: any) => Date.parse(r.startedAt));
+    expect(started).toEqual([...started].sort((a, b) => b - a));
+    expect(all.at(-1).id).toBe(backup.id);
+    expect(new Set(all.map((r: any) => r.id)).size).toBe(4);
+
+    const failed = bodyOf(await listBackups(get("/api/backups?status=Failed"), app.context(), app.deps));
+    expect(failed.items).toEqual([]);
+    const byHsm = bodyOf(await listBackups(get(`/api/backups?hsm=${app.deps.config.hsms[0]!.name}&status=Succeeded&top=100`), app.context(), app.deps));
+    expect(byHsm.items).toHaveLength(4);
+  });
+});

@@ -1,0 +1,110 @@
+/**
+ * Builds the app against the real local services: Azurite from the global setup, a fresh HSM
+ * emulator per test, and the app's own createDeps with its production credential (which reaches
+ * the local managed-identity endpoint). Each test gets its own container and table.
+ */
+import { randomBytes } from "node:crypto";
+import { HttpRequest, InvocationContext, type HttpResponseInit } from "@azure/functions";
+import { inject } from "vitest";
+import { parseConfig, type Env } from "../../src/lib/config.js";
+import { createDeps, type AppDeps, type DepsOptions } from "../../src/lib/deps.js";
+import { startHsmEmulator, type HsmEmulator, type HsmEmulatorOptions } from "../../tools/hsm-emulator/index.js";
+
+export function uniqueName(prefix: string): string {
+  return `${prefix}${randomBytes(5).toString("hex")}`;
+}
+
+/** A controllable clock: tests move it instead of waiting (the 30-minute restore rule, stale records). */
+export class Clock {
+  constructor(private offsetMs = 0) {}
+  now = (): Date => new Date(Date.now() + this.offsetMs);
+  advance(ms: number): void {
+    this.offsetMs += ms;
+  }
+}
+
+export interface TestApp {
+  readonly deps: AppDeps;
+  readonly emulators: HsmEmulator[];
+  readonly clock: Clock;
+  readonly env: Env;
+  readonly container: string;
+  readonly table: string;
+  /** Every line any invocation context of this app logged, in order. */
+  readonly logs: string[];
+  context(functionName?: string): InvocationContext;
+  stop(): Promise<void>;
+}
+
+export interface TestAppOptions {
+  readonly hsmCount?: number;
+  readonly emulator?: HsmEmulatorOptions;
+  readonly env?: Env;
+  readonly deps?: DepsOptions;
+}
+
+export async function startTestApp(options: TestAppOptions = {}): Promise<TestApp> {
+  const emulators: HsmEmulator[] = [];
+  for (let i = 0; i < (options.hsmCount ?? 1); i++) {
+    emulators.push(await startHsmEmulator({ name: `testhsm${i}`, retryAfterSeconds: 0, jobDurationMs: 100, ...options.emulator }));
+  }
+  const container = uniqueName("bk");
+  const table = uniqueName("cat");
+  const env: Env = {
+    MANAGED_HSM_URLS: emulators.map((e) => e.url).join(","),
+    BackupStorage: inject("azuriteConnectionString"),
+    BACKUP_CONTAINER: container,
+    CATALOG_TABLE: table,
+    ...options.env,
+  };
+  const clock = new Clock();
+  const deps = createDeps(parseConfig(env), {
+    now: clock.now,
+    ...options.deps,
+    hsmClientOptions: { defaultPollIntervalMs: 25, ...options.deps?.hsmClientOptions },
+  });
+  const logs: string[] = [];
+  return {
+    deps, emulators, clock, env, container, table, logs,
+    context: (functionName = "test") => new InvocationContext({
+      invocationId: uniqueName("inv-"),
+      functionName,
+      logHandler: (level, ...args) => logs.push(`${level}: ${args.map(String).join(" ")}`),
+    }),
+    stop: async () => {
+      await Promise.all(emulators.map((e) => e.stop()));
+    },
+  };
+}
+
+export function get(url: string): HttpRequest {
+  return request("GET", url);
+}
+
+export function request(method: string, url: string, body?: string, headers: Record<string, string> = {}): HttpRequest {
+  const parsed = new URL(url, "http://localhost:7071");
+  const id = /\/api\/(?:backups|restores)\/(.+)$/.exec(parsed.pathname)?.[1];
+  return new HttpRequest({
+    method,
+    url: parsed.href,
+    headers: body !== undefined ? { "content-type": "application/json", ...headers } : headers,
+    ...(body !== undefined ? { body: { string: body } } : {}),
+    params: id !== undefined ? { id: decodeURIComponent(id) } : {},
+  });
+}
+
+export function postJson(url: string, body: unknown): HttpRequest {
+  return request("POST", url, JSON.stringify(body));
+}
+
+/** The JSON body of a handler's answer, whichever of jsonBody/body it used. */
+export function bodyOf(response: HttpResponseInit): any {
+  if (response.jsonBody !== undefined) return response.jsonBody;
+  return typeof response.body === "string" ? JSON.parse(response.body) : undefined;
+}
+
+export function headerOf(response: HttpResponseInit, name: string): string | undefined {
+  const headers = response.headers as Record<string, string> | undefined;
+  const key = Object.keys(headers ?? {}).find((k) => k.toLowerCase() === name.toLowerCase());
+  return key !== undefined ? headers![key] : undefined;
+}
