@@ -3,26 +3,11 @@
  * and the HSM emulator: nightly backup → catalog → blobs in Azurite → restore (full and one key) →
  * 202 → status → the deleted key is back.
  */
-import type { Timer } from "@azure/functions";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { getBackup, listBackups } from "../../src/functions/backups.js";
 import { nightlyBackup } from "../../src/functions/nightlyBackup.js";
-import { getRestore, postRestore } from "../../src/functions/restores.js";
-import { bodyOf, get, headerOf, postJson, startTestApp, type TestApp } from "../support/app.js";
-
-export const onTime: Timer = { isPastDue: false, schedule: { adjustForDST: false }, scheduleStatus: { last: "", next: "", lastUpdated: "" } };
-
-/** Polls GET /api/restores/{id} until the restore leaves Starting/Running. */
-export async function waitForRestore(app: TestApp, statusUrl: string): Promise<any> {
-  for (let i = 0; i < 200; i++) {
-    const response = await getRestore(get(statusUrl), app.context("getRestore"), app.deps);
-    expect(response.status).toBe(200);
-    const body = bodyOf(response);
-    if (body.status !== "Running" && body.status !== "Starting") return body;
-    await new Promise((r) => setTimeout(r, 25));
-  }
-  throw new Error(`restore at ${statusUrl} did not finish`);
-}
+import { postRestore } from "../../src/functions/restores.js";
+import { bodyOf, get, headerOf, onTime, postJson, startTestApp, waitForRestore, type TestApp } from "../support/app.js";
 
 describe("nightly backup and restore through the handlers", () => {
   let app: TestApp;

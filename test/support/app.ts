@@ -4,8 +4,9 @@
  * the local managed-identity endpoint). Each test gets its own container and table.
  */
 import { randomBytes } from "node:crypto";
-import { HttpRequest, InvocationContext, type HttpResponseInit } from "@azure/functions";
-import { inject } from "vitest";
+import { HttpRequest, InvocationContext, type HttpResponseInit, type Timer } from "@azure/functions";
+import { expect, inject } from "vitest";
+import { getRestore } from "../../src/functions/restores.js";
 import { parseConfig, type Env } from "../../src/lib/config.js";
 import { createDeps, type AppDeps, type DepsOptions } from "../../src/lib/deps.js";
 import { startHsmEmulator, type HsmEmulator, type HsmEmulatorOptions } from "../../tools/hsm-emulator/index.js";
@@ -108,3 +109,19 @@ export function headerOf(response: HttpResponseInit, name: string): string | und
   const key = Object.keys(headers ?? {}).find((k) => k.toLowerCase() === name.toLowerCase());
   return key !== undefined ? headers![key] : undefined;
 }
+
+/** A timer invocation on schedule. */
+export const onTime: Timer = { isPastDue: false, schedule: { adjustForDST: false }, scheduleStatus: { last: "", next: "", lastUpdated: "" } };
+
+/** Polls GET /api/restores/{id} until the restore leaves Starting/Running. */
+export async function waitForRestore(app: TestApp, statusUrl: string): Promise<any> {
+  for (let i = 0; i < 200; i++) {
+    const response = await getRestore(get(statusUrl), app.context("getRestore"), app.deps);
+    expect(response.status).toBe(200);
+    const body = bodyOf(response);
+    if (body.status !== "Running" && body.status !== "Starting") return body;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  throw new Error(`restore at ${statusUrl} did not finish`);
+}
+

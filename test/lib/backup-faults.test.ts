@@ -1,0 +1,136 @@
+/**
+ * The worst nights: an HSM that fails, throttles, is busy, or a worker that dies mid-wait. Real
+ * emulators with injected faults, real Azurite, the real handlers.
+ */
+import { afterEach, describe, expect, it } from "vitest";
+import { getBackup } from "../../src/functions/backups.js";
+import { nightlyBackup } from "../../src/functions/nightlyBackup.js";
+import { backupAll } from "../../src/lib/backup.js";
+import { Catalog } from "../../src/lib/catalog.js";
+import { safeLogger } from "../../src/lib/logger.js";
+import { bodyOf, get, onTime, startTestApp, type TestApp } from "../support/app.js";
+
+let app: TestApp | undefined;
+afterEach(async () => {
+  await app?.stop();
+  app = undefined;
+});
+
+function events(logs: readonly string[], name: string): any[] {
+  return logs.filter((l) => l.includes(` ${name} `)).map((l) => JSON.parse(l.slice(l.indexOf(`${name} `) + name.length + 1)));
+}
+
+describe("backup under faults", () => {
+  it("backs up the healthy HSM when another fails, and fails the invocation naming the failed one", async () => {
+    app = await startTestApp({ hsmCount: 2 });
+    const [good, bad] = app.emulators;
+    bad!.faults.failNextJob("backup", { code: "StorageUnavailable", message: "the HSM could not write the backup" });
+
+    const run = nightlyBackup(onTime, app.context("nightlyBackup"), app.deps);
+    const badName = app.deps.config.hsms[1]!.name;
+    await expect(run).rejects.toThrow(new RegExp(`1 of 2 HSM\\(s\\): ${badName} \\(Failed StorageUnavailable`));
+
+    const page = await app.deps.catalog.list("backup", { top: 10 });
+    const byHsm = Object.fromEntries(page.items.map((r) => [r.hsmUrl, r]));
+    expect(byHsm[good!.url]).toMatchObject({ status: "Succeeded" });
+    expect(byHsm[bad!.url]).toMatchObject({ status: "Failed", errorCode: "StorageUnavailable" });
+    expect(byHsm[bad!.url]!.errorMessage).toMatch(/could not write the backup/);
+    const outcomes = events(app.logs, "MhsmBackupOutcome");
+    expect(outcomes.map((e) => e.status).sort()).toEqual(["Failed", "Succeeded"]);
+    expect(outcomes.find((e) => e.status === "Failed")).toMatchObject({ hsm: badName, errorCode: "StorageUnavailable" });
+  });
+
+  it("waits out 429s on the start call, honouring Retry-After, and starts exactly one job", async () => {
+    const waits: number[] = [];
+    app = await startTestApp({ deps: { hsmClientOptions: { delay: async (ms) => void waits.push(ms) } } });
+    const hsm = app.emulators[0]!;
+    hsm.faults.throttleNext(2, 429, 7);
+
+    await nightlyBackup(onTime, app.context("nightlyBackup"), app.deps);
+
+    const starts = hsm.requests.filter((r) => r.method === "POST" && r.path === "/backup" && r.headers.authorization);
+    expect(starts.map((r) => r.status)).toEqual([429, 429, 202]);
+    expect(waits.slice(0, 2)).toEqual([7000, 7000]);
+    expect((await app.deps.catalog.list("backup", { top: 1 })).items[0]).toMatchObject({ status: "Succeeded" });
+  });
+
+  it("records the HSM's conflict when another operation is running, without retrying the start", async () => {
+    app = await startTestApp({ emulator: { jobDurationMs: 3000 } });
+    const hsm = app.emulators[0]!;
+    const container = app.deps.storage.containerUrl(app.container);
+    await app.deps.prepare();
+    const sas = await app.deps.storage.containerSas(app.container, "backup", 10);
+    await app.deps.hsmClient(app.deps.config.hsms[0]!).beginBackup(container, sas.token); // someone else's backup
+
+    await expect(nightlyBackup(onTime, app.context("nightlyBackup"), app.deps)).rejects.toThrow(/Conflict/);
+    const record = (await app.deps.catalog.list("backup", { top: 1 })).items[0]!;
+    expect(record).toMatchObject({ status: "Failed", errorCode: "Conflict" });
+    const answered = hsm.requests.filter((r) => r.method === "POST" && r.path === "/backup" && r.headers.authorization);
+    expect(answered.map((r) => r.status)).toEqual([202, 409]);
+  });
+
+  it("lets another worker finish the wait of a worker that stopped after the start", async () => {
+    app = await startTestApp({ emulator: { jobDurationMs: 400 } });
+    const abort = new AbortController();
+    // The first worker stops waiting as soon as the job runs (a recycled worker).
+    const [record] = await backupAll(app.deps, safeLogger(app.context()), {
+      trigger: "timer",
+      abortSignal: abort.signal,
+      onProgress: () => abort.abort(new Error("worker recycled")),
+    });
+    expect(record).toMatchObject({ status: "Running" });
+    expect(record!.jobId).toMatch(/^[0-9a-f]{32}$/);
+    expect(record!.errorMessage).toMatch(/Outcome not yet known: .*worker recycled/);
+
+    await new Promise((r) => setTimeout(r, 600));
+    const response = await getBackup(get(`/api/backups/${record!.id}`), app.context("getBackup"), app.deps);
+    expect(bodyOf(response)).toMatchObject({ id: record!.id, status: "Succeeded", jobId: record!.jobId });
+    expect(bodyOf(response).folderUri).toMatch(/\/mhsm-testhsm0-\d{16}$/);
+    expect(events(app.logs, "MhsmBackupOutcome")).toHaveLength(1);
+  });
+
+  it("settles a record whose worker died before the HSM answered, once it is stale", async () => {
+    app = await startTestApp();
+    await app.deps.prepare();
+    const hsm = app.deps.config.hsms[0]!;
+    const startedAt = app.clock.now();
+    const { record } = await app.deps.catalog.insert("backup", {
+      id: Catalog.newId(startedAt), hsmName: hsm.name, hsmUrl: hsm.url, status: "Starting", startedAt: startedAt.toISOString(), trigger: "timer",
+    });
+
+    const fresh = bodyOf(await getBackup(get(`/api/backups/${record.id}`), app.context(), app.deps));
+    expect(fresh.status).toBe("Starting");
+
+    app.clock.advance(16 * 60_000);
+    const stale = bodyOf(await getBackup(get(`/api/backups/${record.id}`), app.context(), app.deps));
+    expect(stale).toMatchObject({ status: "Failed", errorCode: "StartOutcomeUnknown" });
+    expect(stale.errorMessage).toMatch(/check its audit log/);
+  });
+
+  it("does not record a failure when the HSM cannot be reached: the outcome is unknown", async () => {
+    app = await startTestApp();
+    await app.emulators[0]!.stop();
+    await expect(nightlyBackup(onTime, app.context("nightlyBackup"), app.deps)).rejects.toThrow(/1 of 1 HSM/);
+    const record = (await app.deps.catalog.list("backup", { top: 1 })).items[0]!;
+    expect(record.status).toBe("Starting");
+    expect(record.errorMessage).toMatch(/not retried, because the HSM may have started the job/);
+  });
+
+  it("retries status reads the HSM answers with 503 and follows the 202's Retry-After", async () => {
+    const waits: number[] = [];
+    app = await startTestApp({ emulator: { retryAfterSeconds: 3, jobDurationMs: 50 }, deps: { hsmClientOptions: { delay: (ms) => { waits.push(ms); return new Promise((r) => setTimeout(r, 60)); } } } });
+    const hsm = app.emulators[0]!;
+    const client = app.deps.hsmClient(app.deps.config.hsms[0]!);
+    await app.deps.prepare();
+    const sas = await app.deps.storage.containerSas(app.container, "backup", 10);
+    const poller = await client.beginBackup(app.deps.storage.containerUrl(app.container), sas.token);
+    hsm.faults.throttleNext(1, 503, 2);
+    const final = await poller.pollUntilDone();
+    expect(final.status).toBe("Succeeded");
+    expect(waits[0]).toBe(3000); // the 202's Retry-After
+    expect(waits).toContain(2000); // the 503's Retry-After
+    const polls = hsm.requests.filter((r) => r.method === "GET" && r.path.startsWith("/backup/"));
+    expect(polls.map((r) => r.status)).toContain(503);
+    expect(polls.at(-1)!.status).toBe(200);
+  });
+});
