@@ -1,5 +1,6 @@
 import type { HttpRequest, HttpResponseInit, InvocationContext } from "@azure/functions";
 import { RECORD_ID, RECORD_STATUSES, type ListQuery, type RecordStatus } from "./catalog.js";
+import { ConfigError } from "./config.js";
 import { getDeps, type AppDeps } from "./deps.js";
 import { safeLogger } from "./logger.js";
 import { ProblemError, problemResponse } from "./problem.js";
@@ -30,6 +31,10 @@ export function route(handler: (request: HttpRequest, context: InvocationContext
       }
       const safe = toSafeError(error);
       safeLogger(context).error(`${request.method} ${instance} failed: ${safe.name}: ${safe.message}`);
+      if (error instanceof ConfigError) {
+        // Names the setting, never its value's secrets (connection strings are not echoed by ConfigError).
+        return problemResponse(new ProblemError(500, "Configuration error", safe.message), instance);
+      }
       return problemResponse(new ProblemError(500, "Internal error",
         `The request could not be completed; the function log has the details under invocation ${context.invocationId}.`), instance);
     }
