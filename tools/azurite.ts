@@ -10,6 +10,8 @@ export const AZURITE_KEY =
 export interface AzuriteOptions {
   /** HTTPS with OAuth ("basic"): needed for user-delegation SAS. Paths to a PEM cert and key. */
   readonly https?: { readonly certPath: string; readonly keyPath: string };
+  /** Fixed ports (e.g. the defaults 10000-10002 that UseDevelopmentStorage=true expects); default: free ones. */
+  readonly ports?: { readonly blob: number; readonly queue: number; readonly table: number };
   /** Milliseconds to wait for all three services to listen. */
   readonly startTimeoutMs?: number;
 }
@@ -40,7 +42,9 @@ export async function startAzurite(options: AzuriteOptions = {}): Promise<Azurit
     // Without it Azurite tries to reach the internet.
     "--disableTelemetry",
     // No --location: Azurite 3.35 refuses it together with --inMemoryPersistence.
-    "--blobPort", "0", "--queuePort", "0", "--tablePort", "0",
+    "--blobPort", String(options.ports?.blob ?? 0),
+    "--queuePort", String(options.ports?.queue ?? 0),
+    "--tablePort", String(options.ports?.table ?? 0),
   ];
   if (options.https) {
     args.push("--oauth", "basic", "--cert", options.https.certPath, "--key", options.https.keyPath);
