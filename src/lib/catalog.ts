@@ -71,9 +71,17 @@ const MAX_PAGES_PER_LIST = 5;
 export class Catalog {
   constructor(private readonly table: TableClient) {}
 
-  /** Creates the table if needed (Bicep creates it in Azure; locally Azurite starts empty). */
+  /**
+   * Creates the table only when it is missing (locally Azurite starts empty). In Azure Bicep created
+   * it, and the app's role is scoped to the table itself: reading is all this costs there.
+   */
   async ensureTable(): Promise<void> {
-    await this.table.createTable();
+    try {
+      await this.table.listEntities({ queryOptions: { select: ["PartitionKey"] } }).byPage({ maxPageSize: 1 }).next();
+    } catch (error) {
+      if (!(error instanceof RestError && error.statusCode === 404)) throw error;
+      await this.table.createTable();
+    }
   }
 
   static newId(now: Date): string {

@@ -11,7 +11,7 @@ export interface AppDeps {
   readonly storage: BackupStorage;
   readonly catalog: Catalog;
   hsmClient(hsm: HsmTarget): ManagedHsmBackupClient;
-  /** Creates the catalog table and backup container once per process (Azure has them from Bicep). */
+  /** Makes sure the catalog table and backup container exist, once per process (in Azure, Bicep made them). */
   prepare(): Promise<void>;
   now(): Date;
 }
@@ -48,9 +48,11 @@ export function createDeps(config: AppConfig, options: DepsOptions = {}): AppDep
       return client;
     },
     prepare() {
+      const container = storage.blobService.getContainerClient(config.backupContainer);
       prepared ??= Promise.all([
         catalog.ensureTable(),
-        storage.blobService.getContainerClient(config.backupContainer).createIfNotExists(),
+        // The HSM needs the container to exist before a backup; only a missing one is created.
+        container.exists().then((exists) => (exists ? undefined : container.createIfNotExists())),
       ]).then(
         () => undefined,
         (error: unknown) => {

@@ -224,9 +224,9 @@ export class Evaluator {
 
   constructor(
     private readonly template: Template,
-    parameters: Record<string, Value> = {},
+    parameters: Readonly<Record<string, unknown>> = {},
   ) {
-    this.parameters = { ...parameters };
+    this.parameters = { ...(parameters as Record<string, Value>) };
     for (const [name, definition] of Object.entries(template.parameters ?? {})) {
       if (!(name in this.parameters) && definition.defaultValue !== undefined) this.parameters[name] = this.value(definition.defaultValue);
     }
@@ -249,7 +249,8 @@ export class Evaluator {
             result[loop.name] = Array.from({ length: count }, (_, i) => this.withCopyIndex(loop.name, i, () => this.value(loop.input)));
           }
         } else {
-          result[key] = this.value(item);
+          // ARM evaluates expression keys too, e.g. userAssignedIdentities: { '[parameters(...)]': {} }.
+          result[toArmString(this.value(key))] = this.value(item);
         }
       }
       return result;

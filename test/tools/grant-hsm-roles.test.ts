@@ -1,12 +1,13 @@
 import { randomUUID } from "node:crypto";
 import type { AccessToken, GetTokenOptions, TokenCredential } from "@azure/core-auth";
-import { afterEach, describe, expect, it } from "vitest";
+import { afterEach, describe, expect, inject, it } from "vitest";
 import {
   HSM_ROLE_IDS,
   assignmentName,
   grantHsmRoles,
   parseHsmUrl,
   readHookSettings,
+  runHook,
   type GrantHsmRolesOptions,
 } from "../../tools/grant-hsm-roles.js";
 import { startHsmEmulator, type HsmEmulator } from "../../tools/hsm-emulator/index.js";
@@ -190,6 +191,35 @@ describe("grantHsmRoles against the Managed HSM emulator (RBAC enforced)", () =>
 
     await expect(promise).rejects.toThrow(/challenge resource .* does not match the requested domain/);
     expect(hsm.requests.filter((r) => r.method === "PUT")).toEqual([]);
+  });
+});
+
+describe("runHook (what azd runs after provisioning)", () => {
+  it("signs in through the credential chain and grants the roles from azd's environment", async () => {
+    // The global test setup points IDENTITY_ENDPOINT at the local managed-identity endpoint, which
+    // DefaultAzureCredential (after AzureDeveloperCliCredential, with no azd here) picks up.
+    const signedIn = inject("identityPrincipalId");
+    const hsm = await emulator(signedIn);
+    const app = randomUUID();
+    const lines: string[] = [];
+
+    const results = await runHook(
+      { MANAGED_HSM_URLS: hsm.url, FUNCTION_IDENTITY_PRINCIPAL_ID: app, RESTORE_ENABLED: "false" },
+      (line) => lines.push(line),
+    );
+
+    expect(results.map((r) => [r.role, r.action])).toEqual([
+      ["Managed HSM Backup", "granted"],
+      ["Managed HSM Restore", "not-granted"],
+    ]);
+    expect(roleIdsOf(hsm, app)).toEqual([ROLE_PREFIX + HSM_ROLE_IDS.backup]);
+    expect(lines[0]).toBe(`Granting Managed HSM Backup to ${app} on 1 HSM(s)`);
+  });
+
+  it("fails before signing in when the environment lacks the outputs", async () => {
+    await expect(runHook({ MANAGED_HSM_URLS: "https://contoso.managedhsm.azure.net" }, () => {})).rejects.toThrow(
+      /FUNCTION_IDENTITY_PRINCIPAL_ID/,
+    );
   });
 });
 

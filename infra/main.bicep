@@ -1,0 +1,317 @@
+// Managed HSM backups on Azure Functions (Flex Consumption), in the azd layout: `azd up` deploys this
+// file at subscription scope, then the postprovision hook (tools/grant-hsm-roles.ts) grants the app's
+// identity its Managed HSM local roles, which ARM cannot assign.
+targetScope = 'subscription'
+
+@minLength(1)
+@maxLength(64)
+@description('Name of the azd environment; seeds the unique suffix of every resource name.')
+param environmentName string
+
+@minLength(1)
+@description('Azure region for every resource (it must offer Flex Consumption).')
+@metadata({
+  azd: {
+    type: 'location'
+  }
+})
+param location string
+
+@description('Resource group to create or reuse; default rg-<environment name>.')
+param resourceGroupName string = ''
+
+@minLength(1)
+@description('Comma-separated base URLs of the Managed HSMs to back up, e.g. https://contoso.managedhsm.azure.net (MANAGED_HSM_URLS).')
+param managedHsmUrls string
+
+@description('Comma-separated ARM resource ids of the same HSMs (/subscriptions/.../providers/Microsoft.KeyVault/managedHSMs/<name>), in any resource group or subscription. When given, each HSM sends its AuditEvent logs to the workspace (you need permission to write diagnostic settings on them). Empty: no diagnostic settings.')
+param managedHsmResourceIds string = ''
+
+@description('''How an HSM reaches the backup container (HSM_STORAGE_AUTH).
+"sas": the app signs a short-lived user-delegation SAS per job. Needs the backup account reachable from the public network.
+"managedIdentity": the HSM uses its own user-assigned identity, which this template creates (and grants Storage Blob Data Contributor on the backup account); you attach it to each HSM once (`az keyvault update-hsm --hsm-name <name> --mi-user-assigned <HSM_BACKUP_IDENTITY_ID>`). Works with public network access off (trusted-services bypass). Needs HSM_API_VERSION 7.5 or later.''')
+@allowed([
+  'sas'
+  'managedIdentity'
+])
+param hsmStorageAuth string = 'sas'
+
+@description('''Public network access to the backup account.
+"Enabled" (default): reachable from any network, Entra ID only (shared keys are off). Required by "sas" mode.
+"Disabled": only private endpoints and trusted Azure services, so a leaked token is useless off your network. Only with hsmStorageAuth "managedIdentity"; the function app must then reach blob and table over private endpoints from a VNet-integrated app, which this template does not create.''')
+@allowed([
+  'Enabled'
+  'Disabled'
+])
+param backupStoragePublicNetworkAccess string = 'Enabled'
+
+@description('Whether the app may restore (RESTORE_ENABLED). When true the postprovision hook also grants the app Managed HSM Restore, which lets it wipe an HSM back to a backup.')
+param restoreEnabled bool = true
+
+@description('When backups run (BACKUP_SCHEDULE): six-field NCRONTAB, UTC.')
+param backupSchedule string = '0 0 2 * * *'
+
+@description('An HSM without a successful backup for this many hours is overdue: /api/health answers 503 and the stale-backup alert fires (HEALTH_MAX_AGE_HOURS). At most 47: the alert looks back two days.')
+@minValue(1)
+@maxValue(47)
+param healthMaxAgeHours int = 26
+
+@description('Lifetime in minutes of the SAS the app signs per job (SAS_TTL_MINUTES).')
+@minValue(5)
+@maxValue(1440)
+param sasTtlMinutes int = 120
+
+@description('Managed HSM data-plane api-version (HSM_API_VERSION); managedIdentity mode needs 7.5 or later.')
+@allowed([
+  '7.2'
+  '7.3'
+  '7.4'
+  '7.5'
+  '7.6'
+  '2025-06-01'
+  '2025-07-01'
+])
+param hsmApiVersion string = '7.6'
+
+@description('Blob container for the backups (BACKUP_CONTAINER).')
+param backupContainerName string = 'mhsm-backups'
+
+@description('Table that catalogs backups and restores (CATALOG_TABLE).')
+param catalogTableName string = 'hsmbackups'
+
+@description('Replication of the backup account.')
+@allowed([
+  'Standard_LRS'
+  'Standard_ZRS'
+  'Standard_GRS'
+  'Standard_RAGRS'
+  'Standard_GZRS'
+  'Standard_RAGZRS'
+])
+param backupStorageSku string = 'Standard_GRS'
+
+@description('Days deleted or overwritten backup blobs and deleted containers stay recoverable (soft delete).')
+@minValue(1)
+@maxValue(365)
+param softDeleteRetentionDays int = 30
+
+@description('Put a CanNotDelete lock on the backup account. With it, `azd down` stops at the lock instead of deleting the backups.')
+param lockBackupStorage bool = true
+
+@description('Email address for the alerts; empty for none.')
+param alertEmail string = ''
+
+@description('Days Log Analytics keeps logs (backup history in the workbook reaches back this far).')
+@minValue(30)
+@maxValue(730)
+param logRetentionDays int = 90
+
+var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
+var tags = {
+  'azd-env-name': environmentName
+}
+var functionAppName = 'func-mhsm-${resourceToken}'
+var appIdentityName = 'id-func-mhsm-${resourceToken}'
+var hsmBackupIdentityName = hsmStorageAuth == 'managedIdentity' ? 'id-mhsm-backup-${resourceToken}' : ''
+var logAnalyticsName = 'log-mhsm-${resourceToken}'
+var applicationInsightsName = 'appi-mhsm-${resourceToken}'
+var hostStorageName = 'stfunc${resourceToken}'
+var backupStorageName = 'stbak${resourceToken}'
+var deploymentContainerName = 'app-package-${resourceToken}'
+
+var hsmUrls = filter(map(split(managedHsmUrls, ','), url => trim(url)), url => !empty(url))
+// The app names an HSM by the first label of its host (src/lib/config.ts); the alert and the workbook
+// list the HSMs that way.
+var hsmNames = map(hsmUrls, url => split(split(url, '://')[1], '.')[0])
+var hsmResourceIds = filter(map(split(managedHsmResourceIds, ','), id => trim(id)), id => !empty(id))
+
+// fail() stops the deployment before anything is created: an HSM presenting a SAS is a public client.
+var backupPublicNetworkAccess = hsmStorageAuth == 'sas' && backupStoragePublicNetworkAccess == 'Disabled'
+  ? fail('backupStoragePublicNetworkAccess "Disabled" needs hsmStorageAuth "managedIdentity": an HSM presenting a SAS reaches storage over the public network.')
+  : backupStoragePublicNetworkAccess
+
+resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
+  name: !empty(resourceGroupName) ? resourceGroupName : 'rg-${environmentName}'
+  location: location
+  tags: tags
+}
+
+// User-assigned rather than system-assigned: the HSM role assignments made by the postprovision hook
+// live outside ARM and name this principal, so it must survive the app being deleted and re-created;
+// it exists (with its storage roles) before the app first starts; and the *__clientId settings and
+// the Flex deployment storage can name it.
+module appIdentity 'app/identity.bicep' = {
+  name: 'app-identity'
+  scope: rg
+  params: {
+    location: location
+    tags: tags
+    name: appIdentityName
+  }
+}
+
+module hsmBackupIdentity 'app/identity.bicep' = if (hsmStorageAuth == 'managedIdentity') {
+  name: 'hsm-backup-identity'
+  scope: rg
+  params: {
+    location: location
+    tags: tags
+    name: hsmBackupIdentityName
+  }
+}
+
+module monitoring 'app/monitoring.bicep' = {
+  name: 'monitoring'
+  scope: rg
+  params: {
+    location: location
+    tags: tags
+    logAnalyticsName: logAnalyticsName
+    applicationInsightsName: applicationInsightsName
+    retentionInDays: logRetentionDays
+  }
+}
+
+module hostStorage 'app/host-storage.bicep' = {
+  name: 'host-storage'
+  scope: rg
+  params: {
+    location: location
+    tags: tags
+    name: hostStorageName
+    deploymentContainerName: deploymentContainerName
+  }
+}
+
+module backupStorage 'app/backup-storage.bicep' = {
+  name: 'backup-storage'
+  scope: rg
+  params: {
+    location: location
+    tags: tags
+    name: backupStorageName
+    skuName: backupStorageSku
+    containerName: backupContainerName
+    tableName: catalogTableName
+    softDeleteRetentionDays: softDeleteRetentionDays
+    publicNetworkAccess: backupPublicNetworkAccess
+    lock: lockBackupStorage
+  }
+}
+
+module rbac 'app/rbac.bicep' = {
+  name: 'rbac'
+  scope: rg
+  params: {
+    appIdentityName: appIdentityName
+    hsmBackupIdentityName: hsmBackupIdentityName
+    hsmStorageAuth: hsmStorageAuth
+    hostStorageName: hostStorageName
+    backupStorageName: backupStorageName
+    backupContainerName: backupContainerName
+    catalogTableName: catalogTableName
+    applicationInsightsName: applicationInsightsName
+  }
+  // Names are passed rather than outputs, so that what-if can predict the assignments' names.
+  dependsOn: [
+    appIdentity
+    hsmBackupIdentity
+    hostStorage
+    backupStorage
+    monitoring
+  ]
+}
+
+module functionApp 'app/function-app.bicep' = {
+  name: 'function-app'
+  scope: rg
+  params: {
+    location: location
+    tags: tags
+    name: functionAppName
+    planName: 'plan-mhsm-${resourceToken}'
+    azdServiceName: 'api'
+    identityId: appIdentity.outputs.id
+    identityClientId: appIdentity.outputs.clientId
+    hostStorageName: hostStorage.outputs.name
+    hostBlobEndpoint: hostStorage.outputs.blobEndpoint
+    deploymentContainerName: deploymentContainerName
+    applicationInsightsConnectionString: monitoring.outputs.connectionString
+    managedHsmUrls: join(hsmUrls, ',')
+    backupBlobServiceUri: backupStorage.outputs.blobEndpoint
+    backupTableServiceUri: backupStorage.outputs.tableEndpoint
+    backupContainer: backupContainerName
+    catalogTable: catalogTableName
+    backupSchedule: backupSchedule
+    sasTtlMinutes: sasTtlMinutes
+    hsmApiVersion: hsmApiVersion
+    hsmStorageAuth: hsmStorageAuth
+    restoreEnabled: restoreEnabled
+    healthMaxAgeHours: healthMaxAgeHours
+  }
+  // The app starts as soon as it exists: its roles on storage and telemetry should be in place first.
+  dependsOn: [
+    rbac
+  ]
+}
+
+module alerts 'app/alerts.bicep' = {
+  name: 'alerts'
+  scope: rg
+  params: {
+    location: location
+    tags: tags
+    namePrefix: functionAppName
+    applicationInsightsId: monitoring.outputs.applicationInsightsId
+    alertEmail: alertEmail
+    hsmNames: hsmNames
+    backupMaxAgeHours: healthMaxAgeHours
+    healthUrl: 'https://${functionApp.outputs.defaultHostName}/api/health'
+  }
+}
+
+module workbook 'app/workbook.bicep' = {
+  name: 'workbook'
+  scope: rg
+  params: {
+    location: location
+    tags: tags
+    displayName: 'Managed HSM backups (${environmentName})'
+    applicationInsightsName: applicationInsightsName
+    logAnalyticsName: logAnalyticsName
+    hsmNames: hsmNames
+    backupMaxAgeHours: healthMaxAgeHours
+  }
+  // It refers to the component and the workspace by name.
+  dependsOn: [
+    monitoring
+  ]
+}
+
+module hsmDiagnostics 'app/hsm-diagnostics.bicep' = [
+  for (id, i) in hsmResourceIds: {
+    name: 'hsm-audit-${resourceToken}-${i}'
+    scope: resourceGroup(split(id, '/')[2], split(id, '/')[4])
+    params: {
+      hsmName: last(split(id, '/'))
+      logAnalyticsId: monitoring.outputs.logAnalyticsId
+      settingName: 'audit-to-log-mhsm-${resourceToken}'
+    }
+  }
+]
+
+output AZURE_LOCATION string = location
+output AZURE_TENANT_ID string = tenant().tenantId
+output AZURE_RESOURCE_GROUP string = rg.name
+output AZURE_FUNCTION_APP_NAME string = functionApp.outputs.name
+output SERVICE_API_NAME string = functionApp.outputs.name
+output SERVICE_API_URI string = 'https://${functionApp.outputs.defaultHostName}'
+// Read by the postprovision hook (tools/grant-hsm-roles.ts).
+output MANAGED_HSM_URLS string = join(hsmUrls, ',')
+output FUNCTION_IDENTITY_PRINCIPAL_ID string = appIdentity.outputs.principalId
+output FUNCTION_IDENTITY_CLIENT_ID string = appIdentity.outputs.clientId
+output RESTORE_ENABLED string = restoreEnabled ? 'true' : 'false'
+output HSM_BACKUP_IDENTITY_ID string = hsmStorageAuth == 'managedIdentity' ? hsmBackupIdentity!.outputs.id : ''
+output BACKUP_STORAGE_ACCOUNT string = backupStorage.outputs.name
+output BACKUP_CONTAINER string = backupContainerName
+output APPLICATIONINSIGHTS_CONNECTION_STRING string = monitoring.outputs.connectionString
