@@ -9,7 +9,7 @@ import { expect, inject } from "vitest";
 import { getRestore } from "../../src/functions/restores.js";
 import { parseConfig, type Env } from "../../src/lib/config.js";
 import { createDeps, type AppDeps, type DepsOptions } from "../../src/lib/deps.js";
-import { startHsmEmulator, type HsmEmulator, type HsmEmulatorOptions } from "../../tools/hsm-emulator/index.js";
+import { startHsmEmulator, type HsmEmulator, type HsmEmulatorOptions, type RecordedRequest } from "../../tools/hsm-emulator/index.js";
 
 export function uniqueName(prefix: string): string {
   return `${prefix}${randomBytes(5).toString("hex")}`;
@@ -125,3 +125,17 @@ export async function waitForRestore(app: TestApp, statusUrl: string): Promise<a
   throw new Error(`restore at ${statusUrl} did not finish`);
 }
 
+/** Every raw entity of the app's catalog table, system properties (etag, timestamp) included, in key order. */
+export async function catalogEntities(app: TestApp): Promise<Record<string, unknown>[]> {
+  const entities: Record<string, unknown>[] = [];
+  for await (const entity of app.deps.storage.table(app.table).listEntities<Record<string, unknown>>()) entities.push({ ...entity });
+  return entities;
+}
+
+/** Requests that would start a job on the HSM: backups, full restores and selective key restores (answered or not). */
+export function jobStartRequests(emulator: HsmEmulator): RecordedRequest[] {
+  return emulator.requests.filter((r) =>
+    (r.method === "POST" && /^\/+(pre)?backup\/*$/i.test(r.path)) ||
+    (r.method === "PUT" && /^\/+(pre)?restore\/*$/i.test(r.path)) ||
+    (r.method === "PUT" && /^\/+keys\/[^/]+\/restore\/*$/i.test(r.path)));
+}
