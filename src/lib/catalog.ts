@@ -15,6 +15,8 @@ export const ACTIVE_STATUSES: readonly RecordStatus[] = ["Starting", "Running"];
 /** Ids are 13 digits of inverted epoch milliseconds, a hyphen and 8 random hex digits. */
 export const RECORD_ID = /^\d{13}-[0-9a-f]{8}$/;
 const MAX_EPOCH_MS = 9_999_999_999_999;
+/** Start locks live beside the records; every listing filters by its own partition, so they never show. */
+const LOCK_PARTITION = "lock";
 
 interface CommonRecord {
   readonly id: string;
@@ -155,6 +157,40 @@ export class Catalog {
       }
     }
     return { items: [], ...(token !== undefined ? { continuationToken: token } : {}) };
+  }
+
+  /**
+   * Takes the start lock of an HSM: a row in partition "lock" that only one writer can create. It
+   * closes the window between "is the HSM idle?" and "record the new job" that two requests at once
+   * would otherwise both pass. A lock older than staleAfterMs was left by a worker that died and is
+   * taken over (etag-conditional, so only one taker wins).
+   */
+  async tryLock(name: string, now: Date, staleAfterMs: number): Promise<boolean> {
+    const rowKey = `hsm-${name}`;
+    try {
+      await this.table.createEntity({ partitionKey: LOCK_PARTITION, rowKey, takenAt: now.toISOString() });
+      return true;
+    } catch (error) {
+      if (!(error instanceof RestError && error.statusCode === 409)) throw error;
+    }
+    try {
+      const held = await this.table.getEntity<{ takenAt?: string }>(LOCK_PARTITION, rowKey);
+      if (now.getTime() - Date.parse(held.takenAt ?? "") < staleAfterMs) return false;
+      await this.table.updateEntity({ partitionKey: LOCK_PARTITION, rowKey, takenAt: now.toISOString() }, "Replace", { etag: held.etag });
+      return true;
+    } catch (error) {
+      // Released (404) or taken over by someone else (412) meanwhile: not ours this time.
+      if (error instanceof RestError && (error.statusCode === 404 || error.statusCode === 412)) return false;
+      throw error;
+    }
+  }
+
+  async unlock(name: string): Promise<void> {
+    try {
+      await this.table.deleteEntity(LOCK_PARTITION, `hsm-${name}`);
+    } catch (error) {
+      if (!(error instanceof RestError && error.statusCode === 404)) throw error;
+    }
   }
 
   /** Records of one HSM still Starting or Running (few: at most one job runs per HSM). */

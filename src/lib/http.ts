@@ -61,6 +61,10 @@ export function listQuery(request: HttpRequest): ListQuery {
   if (unknown.length > 0) {
     throw new ProblemError(400, "Unknown query parameter", `Unknown query parameter(s): ${unknown.map((k) => truncate(k)).join(", ")}. Known: hsm, status, top, continuationToken.`);
   }
+  const repeated = [...new Set(request.query.keys())].filter((k) => request.query.getAll(k).length > 1);
+  if (repeated.length > 0) {
+    throw new ProblemError(400, "Repeated query parameter", `Give each parameter once: ${repeated.map((k) => truncate(k)).join(", ")}.`);
+  }
   const hsm = request.query.get("hsm") ?? undefined;
   if (hsm !== undefined && !HSM_NAME.test(hsm)) throw new ProblemError(400, "Invalid hsm", `"${truncate(hsm)}" is not an HSM name.`);
   const status = request.query.get("status") ?? undefined;

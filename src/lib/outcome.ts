@@ -26,10 +26,12 @@ export function operationKind(kind: Kind, record: AnyRecord): OperationKind {
 export function finalPatch(record: AnyRecord, outcome: HsmOperationState | HsmJobFailedError, now: Date): FinalPatch {
   const started = new Date(record.startedAt);
   if (outcome instanceof HsmJobFailedError) {
+    // The HSM's own times when it gave them: a record settled later must not end at the read time.
+    const ended = outcome.state?.endTime ?? now;
     return {
       status: outcome.status,
-      endedAt: now.toISOString(),
-      durationSeconds: seconds(started, now),
+      endedAt: ended.toISOString(),
+      durationSeconds: seconds(outcome.state?.startTime ?? started, ended),
       errorCode: outcome.code ?? outcome.status,
       errorMessage: outcome.message,
     };

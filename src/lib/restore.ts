@@ -9,6 +9,8 @@ import { emitEvent, EVENTS } from "./telemetry.js";
 
 /** Managed HSM requires a full backup to have completed at least this long before a full restore. */
 export const FULL_RESTORE_MIN_BACKUP_AGE_MS = 30 * 60_000;
+/** The start lock is held for a few catalog calls; one this old was left by a worker that died. */
+const START_LOCK_STALE_MS = 60_000;
 
 export interface RestoreRequest {
   readonly backupId: string;
@@ -48,18 +50,27 @@ export async function startRestore(deps: AppDeps, log: Logger, request: RestoreR
         { retryAfter: new Date(allowedAt).toISOString() }, { "Retry-After": String(wait) });
     }
   }
-  await assertHsmIdle(deps, hsm.name, log);
-
-  let stored: Stored<RestoreRecord> = await catalog.insert("restore", {
-    id: Catalog.newId(now),
-    hsmName: hsm.name,
-    hsmUrl: hsm.url,
-    backupId: backup.id,
-    folderUri: backup.folderUri,
-    ...(request.keyName !== undefined ? { keyName: request.keyName } : {}),
-    status: "Starting",
-    startedAt: now.toISOString(),
-  });
+  // Two requests at once (a double click, a retrying client) must not both pass the idle check: the
+  // lock is held from the check until the Starting record exists, which later requests then see.
+  if (!(await catalog.tryLock(hsm.name, now, START_LOCK_STALE_MS))) {
+    throw new ProblemError(409, "HSM busy", `Another restore of HSM ${hsm.name} is being started right now.`);
+  }
+  let stored: Stored<RestoreRecord>;
+  try {
+    await assertHsmIdle(deps, hsm.name, log);
+    stored = await catalog.insert("restore", {
+      id: Catalog.newId(now),
+      hsmName: hsm.name,
+      hsmUrl: hsm.url,
+      backupId: backup.id,
+      folderUri: backup.folderUri,
+      ...(request.keyName !== undefined ? { keyName: request.keyName } : {}),
+      status: "Starting",
+      startedAt: now.toISOString(),
+    });
+  } finally {
+    await catalog.unlock(hsm.name);
+  }
   try {
     const client = deps.hsmClient(hsm);
     const sas = config.hsmStorageAuth === "sas"

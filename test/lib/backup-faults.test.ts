@@ -25,6 +25,7 @@ describe("backup under faults", () => {
     app = await startTestApp({ hsmCount: 2 });
     const [good, bad] = app.emulators;
     bad!.faults.failNextJob("backup", { code: "StorageUnavailable", message: "the HSM could not write the backup" });
+    app.clock.advance(3_600_000); // the app's clock runs an hour ahead: times must come from the HSM
 
     const run = nightlyBackup(onTime, app.context("nightlyBackup"), app.deps);
     const badName = app.deps.config.hsms[1]!.name;
@@ -34,7 +35,10 @@ describe("backup under faults", () => {
     const byHsm = Object.fromEntries(page.items.map((r) => [r.hsmUrl, r]));
     expect(byHsm[good!.url]).toMatchObject({ status: "Succeeded" });
     expect(byHsm[bad!.url]).toMatchObject({ status: "Failed", errorCode: "StorageUnavailable" });
-    expect(byHsm[bad!.url]!.errorMessage).toMatch(/could not write the backup/);
+    expect(byHsm[bad!.url]!.errorMessage!.match(/could not write the backup/g)).toHaveLength(1);
+    // The HSM's end time, not the app's clock, even for a failed job.
+    expect(Math.abs(Date.parse(byHsm[bad!.url]!.endedAt!) - Date.now())).toBeLessThan(60_000);
+    expect(byHsm[bad!.url]!.durationSeconds).toBeLessThan(60);
     const outcomes = events(app.logs, "MhsmBackupOutcome");
     expect(outcomes.map((e) => e.status).sort()).toEqual(["Failed", "Succeeded"]);
     expect(outcomes.find((e) => e.status === "Failed")).toMatchObject({ hsm: badName, errorCode: "StorageUnavailable" });

@@ -40,6 +40,8 @@ export class HsmJobFailedError extends Error {
   readonly code: string | undefined;
   readonly serviceMessage: string;
   readonly status: "Failed" | "Canceled";
+  /** The job's final state when the service reported one (absent when a status read failed terminally). */
+  readonly state: HsmOperationState | undefined;
   constructor(
     readonly kind: OperationKind,
     readonly vaultUrl: string,
@@ -48,15 +50,17 @@ export class HsmJobFailedError extends Error {
   ) {
     const fromRequest = cause instanceof HsmRequestError;
     const code = fromRequest ? cause.code : cause.error?.code;
+    // The service often repeats the same text in error.message and statusDetails: say it once.
     const details = fromRequest
       ? cause.serviceMessage
-      : [cause.error?.message, cause.statusDetails].filter((s): s is string => !!s).join("; ") || "no details given";
+      : [...new Set([cause.error?.message, cause.statusDetails].filter((s): s is string => !!s))].join("; ") || "no details given";
     const status = fromRequest ? `status read failed with HTTP ${cause.statusCode}` : `ended ${cause.status}`;
     super(redactSecrets(`Managed HSM ${vaultUrl} ${kind} job ${jobId} ${status}${code ? ` (${code})` : ""}: ${details}`));
     this.name = "HsmJobFailedError";
     this.code = code ?? (fromRequest ? `HTTP${cause.statusCode}` : cause.status);
     this.serviceMessage = redactSecrets(details);
     this.status = !fromRequest && cause.status === "Canceled" ? "Canceled" : "Failed";
+    this.state = fromRequest ? undefined : cause;
   }
 }
 
