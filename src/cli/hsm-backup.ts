@@ -15,11 +15,9 @@ import { parseArgs, type ParseArgsConfig } from "node:util";
 import { backupAll, failureSummary } from "../lib/backup.js";
 import {
   ACTIVE_STATUSES,
-  RECORD_ID,
   RECORD_STATUSES,
   type BackupRecord,
   type ListQuery,
-  type RecordStatus,
   type RestoreRecord,
 } from "../lib/catalog.js";
 import { ConfigError, parseConfig, type AppConfig, type Env } from "../lib/config.js";
@@ -28,6 +26,7 @@ import { safeLogger, type Logger } from "../lib/logger.js";
 import { ProblemError } from "../lib/problem.js";
 import { redactSecrets, toSafeError } from "../lib/redact.js";
 import { restoreStatus, startRestore } from "../lib/restore.js";
+import { checkKeyName, checkRecordId, InvalidInput, parseListQuery, truncate } from "../lib/validation.js";
 
 export const EXIT = {
   ok: 0,
@@ -79,10 +78,6 @@ Exit codes:
 `;
 
 /** The HTTP API's rules (src/lib/http.ts keeps these private; a test holds the two together). */
-const KEY_NAME = /^[0-9A-Za-z-]{1,127}$/;
-const HSM_NAME = /^[0-9A-Za-z-]{1,63}$/;
-const MAX_CONTINUATION_TOKEN = 1024;
-const DEFAULT_TOP = 25;
 
 /** Between restore status reads; recorded restores took 11-39 s, and each read asks the HSM. */
 const DEFAULT_POLL_INTERVAL_MS = 5000;
@@ -172,10 +167,8 @@ export function parseCommand(argv: readonly string[]): Command {
     case "list":
       return { name: "list", ...common, query: listQuery(text("hsm"), text("status"), text("top"), text("continuation-token")) };
     case "restore": {
-      const keyName = text("key");
-      if (keyName !== undefined && !KEY_NAME.test(keyName)) {
-        throw new UsageError(`restore: --key "${truncate(keyName)}" is not a key name (1-127 letters, digits and hyphens)`);
-      }
+      const key = text("key");
+      const keyName = key === undefined ? undefined : usage(() => checkKeyName(key, () => "restore: --key"));
       return {
         name: "restore", ...common,
         backupId: recordId(positionals[0] ?? "", "backup"),
@@ -189,28 +182,23 @@ export function parseCommand(argv: readonly string[]): Command {
 }
 
 function recordId(id: string, what: "backup" | "restore"): string {
-  if (!RECORD_ID.test(id)) throw new UsageError(`"${truncate(id)}" is not a ${what} id (13 digits, a hyphen, 8 hex digits)`);
-  return id;
+  return usage(() => checkRecordId(id, what));
 }
 
+const LIST_FLAGS = { hsm: "--hsm", status: "--status", top: "--top", continuationToken: "--continuation-token", keyName: "--key" } as const;
+
 function listQuery(hsm: string | undefined, status: string | undefined, top: string | undefined, continuationToken: string | undefined): ListQuery {
-  if (hsm !== undefined && !HSM_NAME.test(hsm)) throw new UsageError(`list: --hsm "${truncate(hsm)}" is not an HSM name`);
-  if (status !== undefined && !RECORD_STATUSES.includes(status as RecordStatus)) {
-    throw new UsageError(`list: --status "${truncate(status)}" is not one of ${RECORD_STATUSES.join(", ")}`);
+  return usage(() => parseListQuery({ hsm, status, top, continuationToken }, (field) => `list: ${LIST_FLAGS[field]}`));
+}
+
+/** Runs a rule shared with the HTTP API and turns its refusal into a usage error. */
+function usage<T>(check: () => T): T {
+  try {
+    return check();
+  } catch (error) {
+    if (error instanceof InvalidInput) throw new UsageError(error.message);
+    throw error;
   }
-  const topText = top ?? String(DEFAULT_TOP);
-  if (!/^\d{1,3}$/.test(topText) || Number(topText) < 1 || Number(topText) > 100) {
-    throw new UsageError(`list: --top must be a whole number from 1 to 100, not "${truncate(topText)}"`);
-  }
-  if (continuationToken !== undefined && continuationToken.length > MAX_CONTINUATION_TOKEN) {
-    throw new UsageError("list: --continuation-token is longer than any token the listing prints");
-  }
-  return {
-    top: Number(topText),
-    ...(hsm !== undefined ? { hsmName: hsm } : {}),
-    ...(status !== undefined ? { status: status as RecordStatus } : {}),
-    ...(continuationToken !== undefined ? { continuationToken } : {}),
-  };
 }
 
 export interface Output {
@@ -449,10 +437,6 @@ function duration(seconds: number | undefined): string {
 
 function folderName(folderUri: string | undefined): string {
   return folderUri?.split("/").filter(Boolean).at(-1) ?? "-";
-}
-
-function truncate(text: string): string {
-  return text.length > 80 ? `${text.slice(0, 80)}…` : text;
 }
 
 /**

@@ -1,16 +1,15 @@
 import type { HttpRequest, HttpResponseInit, InvocationContext } from "@azure/functions";
-import { RECORD_ID, RECORD_STATUSES, type ListQuery, type RecordStatus } from "./catalog.js";
+import { RECORD_ID, type ListQuery } from "./catalog.js";
 import { ConfigError } from "./config.js";
 import { getDeps, type AppDeps } from "./deps.js";
 import { safeLogger } from "./logger.js";
 import { ProblemError, problemResponse } from "./problem.js";
 import { toSafeError } from "./redact.js";
 import type { RestoreRequest } from "./restore.js";
+import { checkKeyName, checkRecordId, describe, InvalidInput, parseListQuery, truncate } from "./validation.js";
 
 /** Restore requests are tiny; anything larger is not one. */
 export const MAX_BODY_BYTES = 4096;
-const KEY_NAME = /^[0-9A-Za-z-]{1,127}$/;
-const HSM_NAME = /^[0-9A-Za-z-]{1,63}$/;
 
 export type Handler = (request: HttpRequest, context: InvocationContext, deps?: AppDeps) => Promise<HttpResponseInit>;
 
@@ -46,12 +45,8 @@ export function json(status: number, body: unknown, headers: Record<string, stri
 }
 
 /** A record id from the route; malformed ids (quotes, OData, anything odd) are refused before any query. */
-export function recordId(request: HttpRequest, what: string): string {
-  const id = request.params.id ?? "";
-  if (!RECORD_ID.test(id)) {
-    throw new ProblemError(400, `Invalid ${what} id`, `"${truncate(id)}" is not a ${what} id (13 digits, a hyphen, 8 hex digits).`);
-  }
-  return id;
+export function recordId(request: HttpRequest, what: "backup" | "restore"): string {
+  return asProblem(() => checkRecordId(request.params.id ?? "", what));
 }
 
 /** The listing's query: hsm, status, top (1-100), continuationToken; unknown names are refused so a typo cannot widen a listing. */
@@ -65,26 +60,11 @@ export function listQuery(request: HttpRequest): ListQuery {
   if (repeated.length > 0) {
     throw new ProblemError(400, "Repeated query parameter", `Give each parameter once: ${repeated.map((k) => truncate(k)).join(", ")}.`);
   }
-  const hsm = request.query.get("hsm") ?? undefined;
-  if (hsm !== undefined && !HSM_NAME.test(hsm)) throw new ProblemError(400, "Invalid hsm", `"${truncate(hsm)}" is not an HSM name.`);
-  const status = request.query.get("status") ?? undefined;
-  if (status !== undefined && !RECORD_STATUSES.includes(status as RecordStatus)) {
-    throw new ProblemError(400, "Invalid status", `"${truncate(status)}" is not one of ${RECORD_STATUSES.join(", ")}.`);
-  }
-  const topText = request.query.get("top") ?? "25";
-  if (!/^\d{1,3}$/.test(topText) || Number(topText) < 1 || Number(topText) > 100) {
-    throw new ProblemError(400, "Invalid top", `top must be a whole number from 1 to 100, not "${truncate(topText)}".`);
-  }
-  const continuationToken = request.query.get("continuationToken") ?? undefined;
-  if (continuationToken !== undefined && continuationToken.length > 1024) {
-    throw new ProblemError(400, "Invalid continuation token", "continuationToken is longer than any token this listing returns.");
-  }
-  return {
-    top: Number(topText),
-    ...(hsm !== undefined ? { hsmName: hsm } : {}),
-    ...(status !== undefined ? { status: status as RecordStatus } : {}),
-    ...(continuationToken !== undefined ? { continuationToken } : {}),
-  };
+  const value = (name: string) => request.query.get(name) ?? undefined;
+  return asProblem(() => parseListQuery(
+    { hsm: value("hsm"), status: value("status"), top: value("top"), continuationToken: value("continuationToken") },
+    (field) => field,
+  ));
 }
 
 /**
@@ -119,21 +99,20 @@ export async function restoreRequest(request: HttpRequest): Promise<RestoreReque
   if (typeof backupId !== "string" || !RECORD_ID.test(backupId)) {
     throw new ProblemError(400, "Invalid restore request", `backupId ${describe(backupId)} is not a backup id (13 digits, a hyphen, 8 hex digits).`);
   }
-  if (keyName !== undefined && (typeof keyName !== "string" || !KEY_NAME.test(keyName))) {
-    throw new ProblemError(400, "Invalid restore request", `keyName ${describe(keyName)} is not a key name (1-127 letters, digits and hyphens).`);
+  if (keyName === undefined) return { backupId };
+  return { backupId, keyName: asProblem(() => checkKeyName(keyName, (field) => field), "Invalid restore request") };
+}
+
+/** Runs a shared validation rule and answers its InvalidInput as a 400 problem. */
+function asProblem<T>(check: () => T, title?: string): T {
+  try {
+    return check();
+  } catch (error) {
+    if (error instanceof InvalidInput) throw new ProblemError(400, title ?? error.title, `${error.message}.`);
+    throw error;
   }
-  return { backupId, ...(keyName !== undefined ? { keyName } : {}) };
 }
 
 function tooLarge(): ProblemError {
   return new ProblemError(413, "Request too large", `A restore request is at most ${MAX_BODY_BYTES} bytes.`);
-}
-
-function describe(value: unknown): string {
-  return typeof value === "string" ? `"${truncate(value)}"` : `of type ${value === null ? "null" : Array.isArray(value) ? "array" : typeof value}`;
-}
-
-/** Echoing client input back is useful; echoing a megabyte of it is not. */
-function truncate(text: string): string {
-  return text.length > 80 ? `${text.slice(0, 80)}…` : text;
 }
