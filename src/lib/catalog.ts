@@ -91,8 +91,9 @@ export class Catalog {
   }
 
   async insert<K extends Kind>(kind: K, record: RecordOf<K>): Promise<Stored<RecordOf<K>>> {
-    const response = await this.table.createEntity({ partitionKey: kind, rowKey: record.id, ...toEntity(record) });
-    return { record, etag: response.etag ?? "*" };
+    const clean = redacted(record);
+    const response = await this.table.createEntity({ partitionKey: kind, rowKey: record.id, ...toEntity(clean) });
+    return { record: clean, etag: response.etag ?? "*" };
   }
 
   /**
@@ -114,10 +115,11 @@ export class Catalog {
   }
 
   private async tryUpdate<K extends Kind>(kind: K, stored: Stored<RecordOf<K>>, patch: RecordPatch<K>): Promise<Stored<RecordOf<K>> | undefined> {
+    const clean = redacted(patch);
     try {
       const response = await this.table.updateEntity(
-        { partitionKey: kind, rowKey: stored.record.id, ...toEntity(patch) }, "Merge", { etag: stored.etag });
-      return { record: { ...stored.record, ...patch }, etag: response.etag ?? "*" };
+        { partitionKey: kind, rowKey: stored.record.id, ...toEntity(clean) }, "Merge", { etag: stored.etag });
+      return { record: { ...stored.record, ...clean }, etag: response.etag ?? "*" };
     } catch (error) {
       if (error instanceof RestError && error.statusCode === 412) return undefined;
       throw error;
@@ -224,14 +226,16 @@ function assertContinuationToken(token: string): void {
   if (!valid) throw new ProblemError(400, "Invalid continuation token", "continuationToken is not a token returned by this listing.");
 }
 
+/**
+ * Error texts come from storage and the HSM: every string passes the redactor before it is stored,
+ * and callers get back exactly what was stored.
+ */
+function redacted<T extends object>(record: T): T {
+  return Object.fromEntries(Object.entries(record).map(([k, v]) => [k, typeof v === "string" ? redactSecrets(v) : v])) as T;
+}
+
 function toEntity(record: object): Record<string, unknown> {
-  const entity: Record<string, unknown> = {};
-  for (const [key, value] of Object.entries(record)) {
-    if (key === "id" || value === undefined) continue;
-    // Error texts come from storage and the HSM; they pass the redactor before they are stored.
-    entity[key] = typeof value === "string" ? redactSecrets(value) : value;
-  }
-  return entity;
+  return Object.fromEntries(Object.entries(record).filter(([key, value]) => key !== "id" && value !== undefined));
 }
 
 const SYSTEM_PROPERTIES = new Set(["partitionKey", "rowKey", "etag", "timestamp", "odata.metadata"]);

@@ -2,7 +2,7 @@ import type { TokenCredential } from "@azure/core-auth";
 import { DefaultAzureCredential } from "@azure/identity";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ManagedHsmBackupClient, splitFolderUri } from "../../../src/lib/hsm/client.js";
-import { startHsmEmulator, type HsmEmulator } from "../../../tools/hsm-emulator/index.js";
+import type { HsmEmulator } from "../../../tools/hsm-emulator/index.js";
 import { startTestApp, type TestApp } from "../../support/app.js";
 
 const unusedCredential: TokenCredential = { getToken: async () => null };
