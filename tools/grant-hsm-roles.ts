@@ -159,6 +159,10 @@ export async function grantHsmRoles(options: GrantHsmRolesOptions): Promise<Gran
   return results;
 }
 
+function resultBase(client: HsmRbacClient, roleId: string) {
+  return { hsm: client.origin, role: ROLE_NAMES[roleId] ?? roleId, roleDefinitionId: ROLE_DEFINITION_PREFIX + roleId };
+}
+
 async function ensureGranted(
   client: HsmRbacClient,
   held: readonly RoleAssignment[],
@@ -166,7 +170,7 @@ async function ensureGranted(
   roleId: string,
   log: (line: string) => void,
 ): Promise<GrantResult> {
-  const base = { hsm: client.origin, role: ROLE_NAMES[roleId] ?? roleId, roleDefinitionId: ROLE_DEFINITION_PREFIX + roleId };
+  const base = resultBase(client, roleId);
   const existing = held.find((a) => holds(a, principalId, roleId));
   if (existing) {
     log(`${client.origin}: ${base.role} already granted to ${principalId} at scope / (assignment ${existing.name})`);
@@ -197,7 +201,7 @@ async function revokeOwn(
   roleId: string,
   log: (line: string) => void,
 ): Promise<GrantResult> {
-  const base = { hsm: client.origin, role: ROLE_NAMES[roleId] ?? roleId, roleDefinitionId: ROLE_DEFINITION_PREFIX + roleId };
+  const base = resultBase(client, roleId);
   const name = assignmentName(client.origin, principalId, roleId);
   const own = held.find((a) => a.name.toLowerCase() === name && holds(a, principalId, roleId));
   const others = held.filter((a) => a !== own && holds(a, principalId, roleId)).map((a) => a.name);

@@ -322,11 +322,7 @@ describe("POST /api/restores while a restore runs on the same HSM", () => {
   let backupId: string;
 
   beforeAll(async () => {
-    app = await startTestApp();
-    hsm = app.emulators[0]!;
-    hsm.keys.create("k1");
-    await nightlyBackup(onTime, app.context("nightlyBackup"), app.deps);
-    backupId = bodyOf(await listBackups(get("/api/backups"), app.context(), app.deps)).items[0].id;
+    ({ app, hsm, backupId } = await appWithOneBackup());
     app.clock.advance(HALF_HOUR_AND_A_BIT);
   });
   // Stopping the emulator ends the slow job; nothing waits for it.
@@ -351,6 +347,16 @@ describe("POST /api/restores while a restore runs on the same HSM", () => {
   });
 });
 
+/** A fresh app whose only HSM holds key k1 and has one successful backup. */
+async function appWithOneBackup(): Promise<{ app: TestApp; hsm: HsmEmulator; backupId: string }> {
+  const app = await startTestApp();
+  const hsm = app.emulators[0]!;
+  hsm.keys.create("k1");
+  await nightlyBackup(onTime, app.context("nightlyBackup"), app.deps);
+  const backupId = bodyOf(await listBackups(get("/api/backups"), app.context(), app.deps)).items[0].id;
+  return { app, hsm, backupId };
+}
+
 /**
  * Holds each caller until `parties` have arrived or `timeoutMs` has passed. It only changes timing:
  * an implementation that excludes concurrent starts correctly stays correct with it in place.
@@ -370,11 +376,7 @@ describe("POST /api/restores submitted twice at once (a double click, a retrying
   let backupId: string;
 
   beforeAll(async () => {
-    app = await startTestApp();
-    hsm = app.emulators[0]!;
-    hsm.keys.create("k1");
-    await nightlyBackup(onTime, app.context("nightlyBackup"), app.deps);
-    backupId = bodyOf(await listBackups(get("/api/backups"), app.context(), app.deps)).items[0].id;
+    ({ app, hsm, backupId } = await appWithOneBackup());
   });
   afterAll(() => app?.stop());
 
