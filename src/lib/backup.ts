@@ -4,7 +4,7 @@ import type { AppDeps } from "./deps.js";
 import { HsmJobFailedError, HsmRequestError } from "./hsm/errors.js";
 import type { HsmOperationState } from "./hsm/poller.js";
 import type { Logger } from "./logger.js";
-import { finalPatch, finish, refreshRecord } from "./outcome.js";
+import { finalPatch, finish, refreshRecord, startRefusedPatch } from "./outcome.js";
 import { toSafeError } from "./redact.js";
 
 export interface BackupRunOptions {
@@ -83,17 +83,11 @@ async function recordFailure(deps: AppDeps, stored: Stored<BackupRecord>, error:
   if (error instanceof HsmJobFailedError) {
     return finish(deps, "backup", stored, finalPatch(stored.record, error, now), log);
   }
-  const safe = toSafeError(error);
-  const neverStarted = error instanceof HsmRequestError && error.statusCode !== undefined;
-  if (stored.record.status === "Starting" && (neverStarted || !(error instanceof HsmRequestError))) {
-    // The HSM refused the start call (or we failed before making it): nothing runs.
-    return finish(deps, "backup", stored, {
-      status: "Failed",
-      endedAt: now.toISOString(),
-      errorCode: error instanceof HsmRequestError ? (error.code ?? `HTTP${error.statusCode}`) : safe.name,
-      errorMessage: safe.message,
-    }, log);
+  const unanswered = error instanceof HsmRequestError && error.unanswered;
+  if (stored.record.status === "Starting" && !unanswered) {
+    return finish(deps, "backup", stored, startRefusedPatch(error, now), log);
   }
+  const safe = toSafeError(error);
   log.warn(`Backup record ${stored.record.id}: outcome unknown for now (${safe.message}); a later status read will settle it`);
   const noted = await deps.catalog.merge("backup", stored, { errorMessage: `Outcome not yet known: ${safe.message}` });
   return noted;

@@ -46,6 +46,20 @@ export function finalPatch(record: AnyRecord, outcome: HsmOperationState | HsmJo
   };
 }
 
+/**
+ * The record change for a start call the HSM refused, or that failed before it was sent: no job
+ * runs. (An unanswered start call is not this: its outcome is unknown.)
+ */
+export function startRefusedPatch(error: unknown, now: Date): FinalPatch {
+  const safe = toSafeError(error);
+  return {
+    status: "Failed",
+    endedAt: now.toISOString(),
+    errorCode: error instanceof HsmRequestError ? (error.code ?? `HTTP${error.statusCode}`) : safe.name,
+    errorMessage: safe.message,
+  };
+}
+
 export function emitOutcome(log: Logger, kind: Kind, record: AnyRecord): void {
   const restore = kind === "restore" ? (record as RestoreRecord) : undefined;
   emitEvent(log.info, kind === "backup" ? EVENTS.backupOutcome : EVENTS.restoreOutcome, {

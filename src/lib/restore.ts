@@ -2,7 +2,7 @@ import { ACTIVE_STATUSES, Catalog, type RestoreRecord, type Stored } from "./cat
 import type { AppDeps } from "./deps.js";
 import { HsmRequestError } from "./hsm/errors.js";
 import type { Logger } from "./logger.js";
-import { finish, refreshRecord } from "./outcome.js";
+import { finish, refreshRecord, startRefusedPatch } from "./outcome.js";
 import { ProblemError } from "./problem.js";
 import { toSafeError } from "./redact.js";
 import { emitEvent, EVENTS } from "./telemetry.js";
@@ -120,20 +120,14 @@ async function assertHsmIdle(deps: AppDeps, hsmName: string, log: Logger): Promi
 /** Records why a start failed and turns it into the answer for the caller. */
 async function startFailed(deps: AppDeps, stored: Stored<RestoreRecord>, error: unknown, log: Logger): Promise<ProblemError> {
   const safe = toSafeError(error);
-  const answered = error instanceof HsmRequestError && error.statusCode !== undefined;
-  if (error instanceof HsmRequestError && !answered) {
+  if (error instanceof HsmRequestError && error.unanswered) {
     // No answer to the start call: the HSM may be restoring. The record stays Starting for a later read to settle.
     await deps.catalog.merge("restore", stored, { errorMessage: `Outcome not yet known: ${safe.message}` });
     log.error(`Restore record ${stored.record.id}: start call unanswered: ${safe.message}`);
     return new ProblemError(502, "Managed HSM did not answer", `${safe.message}. Check /api/restores/${stored.record.id} before trying again.`,
       { restore: `/api/restores/${stored.record.id}` });
   }
-  const saved = await finish(deps, "restore", stored, {
-    status: "Failed",
-    endedAt: deps.now().toISOString(),
-    errorCode: error instanceof HsmRequestError ? (error.code ?? `HTTP${error.statusCode}`) : safe.name,
-    errorMessage: safe.message,
-  }, log);
+  const saved = await finish(deps, "restore", stored, startRefusedPatch(error, deps.now()), log);
   log.error(`Restore record ${saved.record.id} failed to start: ${safe.message}`);
   if (error instanceof HsmRequestError && error.statusCode === 409) {
     return new ProblemError(409, "HSM busy", safe.message, { restore: `/api/restores/${saved.record.id}` });

@@ -15,6 +15,11 @@ export class HsmRequestError extends Error {
     this.name = "HsmRequestError";
   }
 
+  /** No answer arrived, so the HSM may or may not have acted on the call. */
+  get unanswered(): boolean {
+    return this.statusCode === undefined;
+  }
+
   /** Reads the KeyVaultError body ({"error":{"code","message"}}) when there is one. */
   static fromResponse(operation: string, vaultUrl: string, response: PipelineResponse): HsmRequestError {
     let code: string | undefined;
