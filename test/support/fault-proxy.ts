@@ -40,6 +40,11 @@ export interface FaultMatch {
 export interface InjectOptions extends FaultMatch {
   /** How many matching requests get the fault; default 1. */
   readonly times?: number;
+  /**
+   * How many matching requests pass untouched first (later queued faults may still take them); default 0.
+   * E.g. skip 1 on a Key Vault call lets the challenge probe through and hits the authenticated retry.
+   */
+  readonly skip?: number;
 }
 
 /** Faults `chaos` can draw; `rewrite` needs a transform, so it is only injected. */
@@ -141,7 +146,7 @@ export async function startFaultProxy(target: string, options: FaultProxyOptions
   const upstreams = new Set<ReturnType<typeof httpRequest>>();
   const log: ProxyLogEntry[] = [];
   const counts: Record<string, number> = { requests: 0, forwarded: 0, upstreamErrors: 0 };
-  const queue: { fault: Fault; match: FaultMatch; remaining: number }[] = [];
+  const queue: { fault: Fault; match: FaultMatch; skip: number; remaining: number }[] = [];
   let chaosSetting: { cumulative: { kind: ChaosKind; upTo: number }[]; options: ChaosOptions } | undefined;
   const random = prng(options.seed ?? 1);
   let stopped = false;
@@ -155,7 +160,7 @@ export async function startFaultProxy(target: string, options: FaultProxyOptions
   };
 
   const pick = (method: string, path: string): Fault | undefined => {
-    const queued = queue.findIndex((q) => matches(q.match, method, path));
+    const queued = queue.findIndex((q) => matches(q.match, method, path) && (q.skip-- <= 0));
     if (queued >= 0) {
       const entry = queue[queued]!;
       if (--entry.remaining <= 0) queue.splice(queued, 1);
@@ -286,9 +291,10 @@ export async function startFaultProxy(target: string, options: FaultProxyOptions
     url: origin + prefix,
     origin,
     log,
-    inject(fault, { times = 1, ...match } = {}) {
+    inject(fault, { times = 1, skip = 0, ...match } = {}) {
       if (!Number.isInteger(times) || times < 1) throw new RangeError(`times must be a positive integer, got ${times}`);
-      queue.push({ fault, match, remaining: times });
+      if (!Number.isInteger(skip) || skip < 0) throw new RangeError(`skip must be a non-negative integer, got ${skip}`);
+      queue.push({ fault, match, skip, remaining: times });
     },
     chaos(rates, chaosOptions = {}) {
       let upTo = 0;

@@ -5,8 +5,12 @@
 import { createServer, request, type IncomingMessage, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { TableClient } from "@azure/data-tables";
+import { BlobServiceClient, ContainerSASPermissions } from "@azure/storage-blob";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { inject } from "vitest";
+import { HsmRequestError } from "../../src/lib/hsm/errors.js";
+import { ManagedHsmBackupClient } from "../../src/lib/hsm/client.js";
+import { startHsmEmulator } from "../../tools/hsm-emulator/index.js";
 import { startFaultProxy, withEndpoint, type FaultProxy, type FaultProxyOptions } from "../support/fault-proxy.js";
 
 interface Echoed {
@@ -214,6 +218,16 @@ describe("fault proxy in front of a plain server", () => {
     expect(statuses).toEqual([429, 200, 500, 500, 200, 200]);
   });
 
+  it("skip lets that many matching requests through first, without holding back later faults", async () => {
+    const p = await proxy();
+    p.inject({ kind: "status", status: 500 }, { method: "POST", skip: 2 });
+    p.inject({ kind: "status", status: 429 }, { method: "POST" });
+    const statuses = [];
+    for (let i = 0; i < 4; i++) statuses.push((await fetch(`${p.url}/s`, { method: "POST" })).status);
+    expect(statuses).toEqual([429, 200, 500, 200]);
+    expect(() => p.inject({ kind: "refuse" }, { skip: -1 })).toThrow(RangeError);
+  });
+
   it("answers 502 when the target is down", async () => {
     const dead = createServer();
     await new Promise<void>((resolve) => dead.listen(0, "127.0.0.1", resolve));
@@ -258,5 +272,51 @@ describe("fault proxy in front of a plain server", () => {
     expect(() => p.chaos({ status: 0.7, refuse: 0.5 })).toThrow(/add up to 1\.2/);
     expect(() => p.chaos({ hang: -0.1 })).toThrow(RangeError);
     expect(() => p.inject({ kind: "refuse" }, { times: 0 })).toThrow(RangeError);
+  });
+});
+
+describe("fault proxy in front of the HSM emulator, with the app's client", () => {
+  /** An unsigned JWT with the HSM audience, as the project's local identity endpoint issues. */
+  const token = () => {
+    const encode = (value: object) => Buffer.from(JSON.stringify(value)).toString("base64url");
+    return `${encode({ alg: "none" })}.${encode({ aud: "https://managedhsm.azure.net", exp: Math.floor(Date.now() / 1000) + 3600, oid: "o" })}.`;
+  };
+  const credential = { getToken: async () => ({ token: token(), expiresOnTimestamp: Date.now() + 3600e3 }) };
+
+  async function setup() {
+    const emulator = await startHsmEmulator({ name: "proxiedhsm", retryAfterSeconds: 0, jobDurationMs: 20 });
+    const p = await proxy(emulator.url);
+    const container = BlobServiceClient.fromConnectionString(inject("azuriteConnectionString")).getContainerClient(uniqueTable());
+    await container.create();
+    const sasUrl = await container.generateSasUrl({ permissions: ContainerSASPermissions.parse("crdw"), expiresOn: new Date(Date.now() + 3600e3) });
+    const hsmClient = new ManagedHsmBackupClient(p.url, credential, { defaultPollIntervalMs: 10 });
+    return { emulator, p, container: container.url, sas: sasUrl.split("?")[1]!, hsmClient };
+  }
+
+  it("polls back through the proxy: the emulator builds Azure-AsyncOperation from the Host it was sent", async () => {
+    const { emulator, p, container, sas, hsmClient } = await setup();
+    try {
+      const final = await (await hsmClient.beginBackup(container, sas)).pollUntilDone();
+      expect(final.folderUri).toMatch(/\/mhsm-proxiedhsm-\d{16}$/);
+      expect(p.log.filter((e) => e.method === "GET" && /^\/backup\/[0-9a-f]{32}\/pending$/.test(e.path)).length).toBeGreaterThan(0);
+      expect(emulator.requests.length).toBe(p.log.length);
+    } finally {
+      await emulator.stop();
+    }
+  });
+
+  it("lostResponse on POST /backup: the HSM started a job the app's client never heard of", async () => {
+    const { emulator, p, container, sas, hsmClient } = await setup();
+    try {
+      // The first POST is the challenge probe (401); the second carries the token and the body.
+      p.inject({ kind: "lostResponse" }, { method: "POST", path: /^\/backup$/, skip: 1 });
+      const failure = await hsmClient.beginBackup(container, sas).catch((e: unknown) => e);
+      expect(failure).toBeInstanceOf(HsmRequestError);
+      expect(String(failure)).toMatch(/not retried, because the HSM may have started the job/);
+      const started = emulator.requests.filter((r) => r.method === "POST" && r.path === "/backup" && r.status === 202);
+      expect(started).toHaveLength(1);
+    } finally {
+      await emulator.stop();
+    }
   });
 });
