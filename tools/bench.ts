@@ -63,8 +63,8 @@ async function main(): Promise<void> {
     const target = deps.config.hsms[0]!;
     for (const name of ["k1", "k2", "k3"]) hsm.keys.create(name);
     const backups = await time(20, async () => {
-      const record = await backupHsm(deps, target, quiet, { trigger: "bench" });
-      if (record.status !== "Succeeded") throw new Error(`bench backup ${record.status}: ${record.errorMessage}`);
+      const result = await backupHsm(deps, target, quiet, { trigger: "bench" });
+      if (result.outcome !== "Succeeded") throw new Error(`bench backup ${result.outcome}: ${result.record?.errorMessage ?? result.detail}`);
     });
     console.log(`full backup through the app (emulator, 3 keys, job time 0, poll 10 ms): ${stats(backups)}`);
 

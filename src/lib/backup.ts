@@ -103,6 +103,7 @@ export async function backupHsm(deps: AppDeps, hsm: HsmTarget, log: Logger, opti
   const jobId = poller.jobId;
   // Before any catalog write: whatever happens to the catalog now, the job id is in the log.
   emitEvent(log.info, EVENTS.jobAccepted, { hsm: hsm.name, recordId: stored.record.id, jobId, status: "Running", operation: "backup" });
+  log.info(`Backup of HSM ${hsm.name} started: job ${jobId}, record ${stored.record.id}`);
   try {
     stored = await recordAccepted(deps, "backup", stored, poller.getOperationState(), jobId, log);
   } catch (error) {
