@@ -90,7 +90,7 @@ export async function backupHsm(deps: AppDeps, hsm: HsmTarget, log: Logger, opti
 
   let stored: Stored<BackupRecord>;
   try {
-    stored = await persist(() => catalog.insert("backup", { ...base, status: "Starting" }));
+    stored = await persist(deps, () => catalog.insert("backup", { ...base, status: "Starting" }));
   } catch (error) {
     return notRecorded(log, hsm, `the catalog could not be written (${toSafeError(error).message}); no backup was started`);
   }
@@ -128,7 +128,7 @@ export async function backupHsm(deps: AppDeps, hsm: HsmTarget, log: Logger, opti
   if (patch === undefined) {
     const note = `Outcome not yet known: ${unknown}`;
     log.warn(`Backup of HSM ${hsm.name}, job ${jobId}: ${note}; a later status read settles it (record ${stored.record.id})`);
-    stored = await persist(() => catalog.merge("backup", stored, { jobId, errorMessage: note })).catch(() => stored);
+    stored = await persist(deps, () => catalog.merge("backup", stored, { jobId, errorMessage: note })).catch(() => stored);
     return { hsm: hsm.name, outcome: "Pending", record: stored.record, jobId, detail: note };
   }
   try {
@@ -160,7 +160,7 @@ async function startFailed(deps: AppDeps, hsm: HsmTarget, stored: Stored<BackupR
     if ((error instanceof HsmRequestError && error.unanswered) || aborted) {
       const note = `Outcome not yet known: ${safe.message}`;
       log.warn(`Backup of HSM ${hsm.name}: ${note} (record ${stored.record.id})`);
-      const noted = await persist(() => deps.catalog.merge("backup", stored, { errorMessage: note }));
+      const noted = await persist(deps, () => deps.catalog.merge("backup", stored, { errorMessage: note }));
       return { hsm: hsm.name, outcome: "Unknown", record: noted.record, detail: note };
     }
     if (error instanceof HsmRequestError && error.statusCode === 409) {
@@ -212,7 +212,7 @@ async function skip(deps: AppDeps, hsm: HsmTarget, log: Logger, base: Omit<Backu
     ...(active.jobId ? { activeJobId: active.jobId } : {}),
   };
   try {
-    const stored = await persist(() => deps.catalog.insert("backup", record));
+    const stored = await persist(deps, () => deps.catalog.insert("backup", record));
     emitOutcome(log, "backup", stored.record);
     return report(log, hsm, stored.record);
   } catch (error) {

@@ -149,7 +149,7 @@ async function startFailed(deps: AppDeps, stored: Stored<RestoreRecord>, error: 
   const restore = { restore: `/api/restores/${stored.record.id}` };
   if (error instanceof HsmRequestError && error.unanswered) {
     // No answer to the start call: the HSM may be restoring. The record stays Starting for a later read to settle.
-    await persist(() => deps.catalog.merge("restore", stored, { errorMessage: `Outcome not yet known: ${safe.message}` }));
+    await persist(deps, () => deps.catalog.merge("restore", stored, { errorMessage: `Outcome not yet known: ${safe.message}` }));
     log.error(`Restore record ${stored.record.id}: start call unanswered: ${safe.message}`);
     return new ProblemError(502, UNANSWERED_TITLE, `${safe.message}. The HSM may have started the restore: check /api/restores/${stored.record.id} before trying again.`, restore);
   }

@@ -103,6 +103,8 @@ export interface FaultProxyOptions {
    * the proxy. Azurite signs the path, not the host, so either works there.
    */
   readonly rewriteHost?: boolean;
+  /** Port on 127.0.0.1; default a free one. */
+  readonly port?: number;
 }
 
 // RFC 9110 §7.6.1 connection-specific fields, plus any named in Connection.
@@ -284,7 +286,7 @@ export async function startFaultProxy(target: string, options: FaultProxyOptions
       }
     });
   });
-  const listening = await listenOnLoopback(server);
+  const listening = await listenOnLoopback(server, options.port);
   const origin = listening.origin;
 
   return {
