@@ -98,7 +98,10 @@ export async function startRestore(deps: AppDeps, log: Logger, request: RestoreR
     throw await startFailed(deps, stored, error, log);
   }
   const jobId = poller.jobId;
-  // The HSM is restoring from now on: the event (and its alert) goes out before any catalog write can fail.
+  // The HSM is restoring from now on: the events (and the alert) go out before any catalog write can fail.
+  emitEvent(log.info, EVENTS.jobAccepted, {
+    hsm: hsm.name, recordId: stored.record.id, jobId, status: "Running", operation: request.keyName !== undefined ? "selectiveKeyRestore" : "restore",
+  });
   emitEvent(log.info, EVENTS.restoreStarted, {
     hsm: hsm.name, recordId: stored.record.id, jobId, status: "Running",
     backupId: backup.id, folderUri: backup.folderUri, keyName: request.keyName,
