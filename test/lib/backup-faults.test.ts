@@ -9,6 +9,7 @@ import { backupAll } from "../../src/lib/backup.js";
 import { Catalog } from "../../src/lib/catalog.js";
 import { safeLogger } from "../../src/lib/logger.js";
 import { bodyOf, get, onTime, startTestApp, type TestApp } from "../support/app.js";
+import { events } from "../support/bad-night.js";
 
 let app: TestApp | undefined;
 afterEach(async () => {
@@ -16,9 +17,6 @@ afterEach(async () => {
   app = undefined;
 });
 
-function events(logs: readonly string[], name: string): any[] {
-  return logs.filter((l) => l.includes(` ${name} `)).map((l) => JSON.parse(l.slice(l.indexOf(`${name} `) + name.length + 1)));
-}
 
 describe("backup under faults", () => {
   it("backs up the healthy HSM when another fails, and fails the invocation naming the failed one", async () => {
