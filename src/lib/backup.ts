@@ -21,6 +21,11 @@ export interface BackupRunOptions {
   readonly runDeadline?: Date;
   /** Only these HSMs (by name); default every configured HSM. */
   readonly hsmNames?: readonly string[];
+  /**
+   * The schedule slot of a timer run. An HSM is backed up at most once per slot: a second
+   * invocation for the same slot (duplicate delivery, catch-up, two instances) starts nothing.
+   */
+  readonly slot?: Date;
 }
 
 /**
@@ -71,6 +76,20 @@ export async function backupAll(deps: AppDeps, log: Logger, options: BackupRunOp
  */
 export async function backupHsm(deps: AppDeps, hsm: HsmTarget, log: Logger, options: BackupRunOptions): Promise<HsmRunResult> {
   const { config, catalog } = deps;
+  const id = Catalog.newId(deps.now());
+  if (options.slot) {
+    let claimed: boolean;
+    try {
+      claimed = await persist(deps, () => catalog.claimSlot(hsm.name, options.slot!, id));
+    } catch (error) {
+      return notRecorded(log, hsm, `the catalog could not be written (${toSafeError(error).message}); no backup was started`);
+    }
+    if (!claimed) {
+      const detail = `another invocation already took the backup of schedule slot ${options.slot.toISOString()}; nothing was started`;
+      log.info(`Backup of HSM ${hsm.name}: ${detail}`);
+      return { hsm: hsm.name, outcome: "Skipped", detail };
+    }
+  }
   let busy: { kind: Kind; record: AnyRecord } | undefined;
   try {
     busy = await settleEarlier(deps, hsm, log);
@@ -79,12 +98,13 @@ export async function backupHsm(deps: AppDeps, hsm: HsmTarget, log: Logger, opti
   }
   const startedAt = deps.now();
   const base = {
-    id: Catalog.newId(startedAt),
+    id,
     hsmName: hsm.name,
     hsmUrl: hsm.url,
     startedAt: startedAt.toISOString(),
     trigger: options.trigger,
     deadlineAt: new Date(startedAt.getTime() + config.jobTimeoutMs).toISOString(),
+    ...(options.slot ? { slot: options.slot.toISOString() } : {}),
   };
   if (busy) return skip(deps, hsm, log, base, busy);
 

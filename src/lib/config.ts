@@ -3,6 +3,7 @@
  * table, local.settings.sample.json and the Bicep app settings list exactly these (tests hold them
  * together). parseConfig is pure so tests can pass a literal object.
  */
+import { parseSchedule } from "./schedule.js";
 
 export const SETTINGS = [
   "MANAGED_HSM_URLS",
@@ -139,9 +140,13 @@ export function reconcileSchedule(env: Env): string {
 
 function schedule(env: Env, name: "BACKUP_SCHEDULE" | "RECONCILE_SCHEDULE", fallback: string, { validate }: { validate: boolean }): string {
   const value = setting(env, name) ?? fallback;
-  if (validate && value.trim().split(/\s+/).length !== 6) {
-    throw new ConfigError(name,
-      `"${value}" is not a six-field NCRONTAB expression (second minute hour day month day-of-week), e.g. "${fallback}"`);
+  if (validate) {
+    try {
+      parseSchedule(value);
+    } catch (error) {
+      throw new ConfigError(name,
+        `${(error as Error).message}: expected six fields (second minute hour day month day-of-week), UTC, e.g. "${fallback}"`);
+    }
   }
   return value;
 }

@@ -95,7 +95,10 @@ describe("nightly backup and restore through the handlers", () => {
   });
 
   it("lists newest first and pages with a continuation token", async () => {
-    for (let i = 0; i < 3; i++) await nightlyBackup(onTime, app.context("nightlyBackup"), app.deps);
+    for (let i = 0; i < 3; i++) {
+      app.clock.advance(24 * 3_600_000); // one run per night: each its own schedule slot
+      await nightlyBackup(onTime, app.context("nightlyBackup"), app.deps);
+    }
     const first = bodyOf(await listBackups(get("/api/backups?top=2"), app.context(), app.deps));
     expect(first.items).toHaveLength(2);
     expect(first.continuationToken).toBeTypeOf("string");

@@ -93,6 +93,7 @@ describe("POST /api/restores refuses client mistakes and changes nothing", () =>
     hsm.keys.create("k2");
     await nightlyBackup(onTime, app.context("nightlyBackup"), app.deps);
     hsm.faults.failNextJob("backup");
+    app.clock.advance(24 * 3_600_000); // the next night: a schedule slot of its own
     // The nightly run fails the invocation when a backup fails: that is the point here.
     await expect(nightlyBackup(onTime, app.context("nightlyBackup"), app.deps)).rejects.toThrow(/Backup did not succeed/);
     const { items } = bodyOf(await listBackups(get("/api/backups"), app.context(), app.deps));
