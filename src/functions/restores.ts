@@ -1,5 +1,5 @@
 import functions from "@azure/functions";
-import { json, recordId, restoreRequest, route } from "../lib/http.js";
+import { json, recordId, requestedBy, restoreRequest, route } from "../lib/http.js";
 import { safeLogger } from "../lib/logger.js";
 import { ProblemError } from "../lib/problem.js";
 import { restoreStatus, startRestore } from "../lib/restore.js";
@@ -13,7 +13,7 @@ const POLL_AFTER_SECONDS = "10";
  */
 export const postRestore = route(async (request, context, deps) => {
   const body = await restoreRequest(request);
-  const record = await startRestore(deps, safeLogger(context), body);
+  const record = await startRestore(deps, safeLogger(context), { ...body, requestedBy: requestedBy(request) });
   const statusUrl = `/api/restores/${record.id}`;
   return json(202, { ...record, statusUrl }, { Location: statusUrl, "Retry-After": POLL_AFTER_SECONDS });
 });

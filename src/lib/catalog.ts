@@ -65,6 +65,8 @@ export interface RestoreRecord extends CommonRecord {
   readonly folderUri: string;
   /** Set for a selective key restore; absent for a full restore. */
   readonly keyName?: string;
+  /** Who asked: the App Service Authentication principal, "function key", or the CLI's signed-in identity / OS user. */
+  readonly requestedBy?: string;
 }
 
 export type Kind = "backup" | "restore";

@@ -142,6 +142,7 @@ export function emitOutcome(log: Logger, kind: Kind, record: AnyRecord): void {
     errorMessage: record.errorMessage,
     correctionOf: record.correctedAt !== undefined ? record.correctedFrom : undefined,
     origin: backup?.origin,
+    requestedBy: restore?.requestedBy,
   });
 }
 

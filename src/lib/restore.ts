@@ -25,6 +25,8 @@ export interface RestoreRequest {
   readonly backupId: string;
   /** Restore only this key (all its versions); absent: restore the whole HSM. */
   readonly keyName?: string;
+  /** Who asked, recorded with the restore and in its started event. */
+  readonly requestedBy?: string;
 }
 
 /**
@@ -76,6 +78,7 @@ export async function startRestore(deps: AppDeps, log: Logger, request: RestoreR
       backupId: backup.id,
       folderUri: backup.folderUri,
       ...(request.keyName !== undefined ? { keyName: request.keyName } : {}),
+      ...(request.requestedBy !== undefined ? { requestedBy: request.requestedBy } : {}),
       status: "Starting",
       startedAt: now.toISOString(),
       deadlineAt: new Date(now.getTime() + config.jobTimeoutMs).toISOString(),
@@ -104,7 +107,7 @@ export async function startRestore(deps: AppDeps, log: Logger, request: RestoreR
   });
   emitEvent(log.info, EVENTS.restoreStarted, {
     hsm: hsm.name, recordId: stored.record.id, jobId, status: "Running",
-    backupId: backup.id, folderUri: backup.folderUri, keyName: request.keyName,
+    backupId: backup.id, folderUri: backup.folderUri, keyName: request.keyName, requestedBy: request.requestedBy,
   });
   log.warn(`${request.keyName ? `Selective restore of key ${request.keyName}` : "FULL restore"} of HSM ${hsm.name} started from backup ${backup.id}: job ${jobId}, record ${stored.record.id}`);
   try {
