@@ -32,7 +32,8 @@ async function cli(app: TestApp | undefined, argv: string[], io: { isTTY?: boole
     isTTY: io.isTTY ?? false,
     columns: 200,
   }, app && {
-    createDeps: (config) => createDeps(config, { now: app.clock.now, hsmClientOptions: { defaultPollIntervalMs: 25 } }),
+    // The app's own dependency options: its clock, fast polls and the transport to the HTTPS emulators.
+    createDeps: (config) => createDeps(config, app.depsOptions),
     pollIntervalMs: 25,
   });
   // Whatever the command, no SAS signature leaves the CLI.
@@ -390,7 +391,9 @@ describe("the hsm-backup bin as a child process", () => {
     bin = join(out, "node_modules-bin", "hsm-backup");
     await mkdir(dirname(bin));
     await symlink(relative(dirname(bin), compiled), bin);
-    app = await startTestApp();
+    // A child process gets settings only, no transport: it reaches its emulator the `npm run local`
+    // way, plain http on 127.0.0.1, where the HSM is named by its port on both sides.
+    app = await startTestApp({ hsmAccess: "loopback-http" });
   }, 180_000);
 
   afterAll(async () => {
@@ -402,7 +405,9 @@ describe("the hsm-backup bin as a child process", () => {
     const env = { ...process.env, ...Object.fromEntries(Object.entries(app.env).filter(([, v]) => v !== undefined)) };
     const run = await exec(bin, ["backup"], env);
     expect(run.code, run.stderr).toBe(EXIT.ok);
-    expect(run.stdout).toMatch(new RegExp(`  ${app.deps.config.hsms[0]!.name}\\s+Succeeded `));
+    const hsm = app.deps.config.hsms[0]!.name;
+    expect(hsm).toBe(app.emulators[0]!.name);
+    expect(run.stdout).toMatch(new RegExp(`  ${hsm}\\s+Succeeded\\s.*  mhsm-${hsm}-\\d{16}$`, "m"));
     expect(run.stderr).toBe("");
     const page = await app.deps.catalog.list("backup", { top: 10 });
     expect(page.items.map((r) => [r.status, r.trigger])).toEqual([["Succeeded", "cli"]]);

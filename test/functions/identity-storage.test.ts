@@ -11,34 +11,39 @@ import { getRestore, postRestore } from "../../src/functions/restores.js";
 import { parseConfig } from "../../src/lib/config.js";
 import { createDeps, type AppDeps } from "../../src/lib/deps.js";
 import { startAzurite, type Azurite } from "../../tools/azurite.js";
-import { startHsmEmulator, type HsmEmulator } from "../../tools/hsm-emulator/index.js";
+import type { HsmEmulator } from "../../tools/hsm-emulator/index.js";
+import type { LoopbackTransport } from "../../tools/loopback-transport.js";
 import { createSelfSignedCert, type SelfSignedCert } from "../../tools/tls.js";
-import { bodyOf, get, onTime, postJson, uniqueName } from "../support/app.js";
+import { bodyOf, get, onTime, postJson, realNames, startHttpsEmulator, uniqueName } from "../support/app.js";
 
 describe("identity-based storage with user-delegation SAS (Azurite OAuth over HTTPS)", () => {
   let cert: SelfSignedCert;
   let azurite: Azurite;
   let hsm: HsmEmulator;
   let deps: AppDeps;
+  let transport: LoopbackTransport;
   const logs: string[] = [];
   const context = () => new InvocationContext({ invocationId: uniqueName("inv-"), functionName: "test", logHandler: (_l, ...a) => logs.push(a.join(" ")) });
 
   beforeAll(async () => {
     cert = createSelfSignedCert();
     azurite = await startAzurite({ https: cert });
-    hsm = await startHsmEmulator({ name: "udhsm", retryAfterSeconds: 0, jobDurationMs: 100, storageClientOptions: { tlsOptions: { ca: cert.ca } } });
+    hsm = await startHttpsEmulator({ name: "udhsm", retryAfterSeconds: 0, jobDurationMs: 100, storageClientOptions: { tlsOptions: { ca: cert.ca } } });
+    const { urls, transport: hsmTransport } = realNames([hsm]);
+    transport = hsmTransport;
     const config = parseConfig({
-      MANAGED_HSM_URLS: hsm.url,
+      MANAGED_HSM_URLS: urls[0],
       BackupStorage__blobServiceUri: azurite.blobEndpoint,
       BackupStorage__tableServiceUri: azurite.tableEndpoint,
       BACKUP_CONTAINER: uniqueName("ud"),
       CATALOG_TABLE: uniqueName("ud"),
     });
     // Only the trust of the local CA is passed in; the credential is the app's own DefaultAzureCredential.
-    deps = createDeps(config, { storageOptions: { tlsOptions: { ca: cert.ca } }, hsmClientOptions: { defaultPollIntervalMs: 25 } });
+    deps = createDeps(config, { storageOptions: { tlsOptions: { ca: cert.ca } }, hsmClientOptions: { defaultPollIntervalMs: 25, httpClient: transport } });
     hsm.keys.create("ud-key");
   });
   afterAll(async () => {
+    transport?.close();
     await hsm?.stop();
     await azurite?.stop();
     cert?.remove();
