@@ -15,6 +15,7 @@ import type { HsmEmulator } from "../../tools/hsm-emulator/index.js";
 import type { LoopbackTransport } from "../../tools/loopback-transport.js";
 import { createSelfSignedCert, type SelfSignedCert } from "../../tools/tls.js";
 import { bodyOf, get, onTime, postJson, realNames, startHttpsEmulator, uniqueName } from "../support/app.js";
+import { HSM_SCOPE, STORAGE_SCOPE, bearerRecording, scopeRecordingCredential } from "../support/tokens.js";
 
 describe("identity-based storage with user-delegation SAS (Azurite OAuth over HTTPS)", () => {
   let cert: SelfSignedCert;
@@ -22,6 +23,8 @@ describe("identity-based storage with user-delegation SAS (Azurite OAuth over HT
   let hsm: HsmEmulator;
   let deps: AppDeps;
   let transport: LoopbackTransport;
+  let hsmCalls: ReturnType<typeof bearerRecording>;
+  const tokens = scopeRecordingCredential();
   const logs: string[] = [];
   const context = () => new InvocationContext({ invocationId: uniqueName("inv-"), functionName: "test", logHandler: (_l, ...a) => logs.push(a.join(" ")) });
 
@@ -31,6 +34,7 @@ describe("identity-based storage with user-delegation SAS (Azurite OAuth over HT
     hsm = await startHttpsEmulator({ name: "udhsm", retryAfterSeconds: 0, jobDurationMs: 100, storageClientOptions: { tlsOptions: { ca: cert.ca } } });
     const { urls, transport: hsmTransport } = realNames([hsm]);
     transport = hsmTransport;
+    hsmCalls = bearerRecording(transport);
     const config = parseConfig({
       MANAGED_HSM_URLS: urls[0],
       BackupStorage__blobServiceUri: azurite.blobEndpoint,
@@ -39,7 +43,11 @@ describe("identity-based storage with user-delegation SAS (Azurite OAuth over HT
       CATALOG_TABLE: uniqueName("ud"),
     });
     // Only the trust of the local CA is passed in; the credential is the app's own DefaultAzureCredential.
-    deps = createDeps(config, { storageOptions: { tlsOptions: { ca: cert.ca } }, hsmClientOptions: { defaultPollIntervalMs: 25, httpClient: transport } });
+    deps = createDeps(config, {
+      credential: tokens.credential,
+      storageOptions: { tlsOptions: { ca: cert.ca } },
+      hsmClientOptions: { defaultPollIntervalMs: 25, httpClient: hsmCalls.client },
+    });
     hsm.keys.create("ud-key");
   });
   afterAll(async () => {
@@ -57,7 +65,7 @@ describe("identity-based storage with user-delegation SAS (Azurite OAuth over HT
     expect(params.get("sig")).toBeTruthy();
   });
 
-  it("backs up, records the backup and restores a key with no account key anywhere", async () => {
+  it("backs up, records the backup and restores a key with no account key anywhere, each token to its own audience", async () => {
     expect(deps.config.storage.kind).toBe("identity");
     await nightlyBackup(onTime, context(), deps);
     const { items } = bodyOf(await listBackups(get("/api/backups"), context(), deps));
@@ -77,5 +85,18 @@ describe("identity-based storage with user-delegation SAS (Azurite OAuth over HT
     expect(status.status).toBe("Succeeded");
     expect(hsm.keys.has("ud-key")).toBe(true);
     expect(logs.join("\n")).not.toMatch(/sig=/);
+
+    // The two audiences stayed apart: the HSM only ever got HSM tokens, storage tokens stayed with storage.
+    const scopes = new Set(tokens.issued.values());
+    expect(scopes).toEqual(new Set([HSM_SCOPE, STORAGE_SCOPE]));
+    const sentToHsm = hsmCalls.bearers.filter((token): token is string => token !== undefined);
+    expect(sentToHsm.length).toBeGreaterThan(0);
+    for (const token of sentToHsm) expect(tokens.issued.get(token)).toBe(HSM_SCOPE);
+    // The other direction is enforced by Azurite itself: with --oauth basic it refuses a token whose
+    // aud is not https://storage.azure.com, so the storage calls above succeeding means no HSM token
+    // reached it. Here: no token the HSM got is one that storage could have been sent.
+    const storageTokens = [...tokens.issued].filter(([, scope]) => scope === STORAGE_SCOPE).map(([token]) => token);
+    expect(storageTokens.length).toBeGreaterThan(0);
+    expect(sentToHsm.filter((token) => storageTokens.includes(token))).toEqual([]);
   });
 });

@@ -33,12 +33,14 @@ export class Clock {
 
 /** The real Managed HSM host-name pattern the test CA's server certificate covers. */
 export const HSM_DOMAIN = "managedhsm.azure.net";
+/** A domain outside it that the certificate covers too: a host whose challenge must not be believed. */
+export const OTHER_DOMAIN = "elsewhere.test";
 
 let ca: TestCa | undefined;
 
 /** One test CA per test worker: made with openssl on first use, never written anywhere lasting. */
 export function testCa(): TestCa {
-  ca ??= createTestCa([`*.${HSM_DOMAIN}`]);
+  ca ??= createTestCa([`*.${HSM_DOMAIN}`, `*.${OTHER_DOMAIN}`]);
   return ca;
 }
 
