@@ -10,6 +10,8 @@
  */
 import { randomBytes } from "node:crypto";
 import { HttpRequest, InvocationContext, type HttpResponseInit, type Timer } from "@azure/functions";
+import { DefaultAzureCredential } from "@azure/identity";
+import { KeyClient } from "@azure/keyvault-keys";
 import { expect, inject } from "vitest";
 import { getRestore } from "../../src/functions/restores.js";
 import { parseConfig, type Env } from "../../src/lib/config.js";
@@ -20,6 +22,30 @@ import { createTestCa, type TestCa } from "../../tools/tls.js";
 
 export function uniqueName(prefix: string): string {
   return `${prefix}${randomBytes(5).toString("hex")}`;
+}
+
+/** The official KeyClient on the app's HSM number `index`, over the app's own transport (https, verification on). */
+export function keyClient(app: TestApp, index = 0): KeyClient {
+  const httpClient = app.depsOptions.hsmClientOptions?.httpClient;
+  if (!httpClient) throw new Error("keyClient needs the HTTPS test app (hsmAccess 'https'): KeyClient sends tokens over https only");
+  return new KeyClient(app.deps.config.hsms[index]!.url, new DefaultAzureCredential(), { httpClient });
+}
+
+/** Deletes a key, waits for the deletion and purges it: what must precede a selective key restore. */
+export async function deleteAndPurge(keys: KeyClient, name: string): Promise<void> {
+  await (await keys.beginDeleteKey(name, { intervalInMs: 10 })).pollUntilDone();
+  await keys.purgeDeletedKey(name);
+}
+
+/** Whether a live key of that name exists, as KeyClient sees it (404 means no). */
+export async function keyExists(keys: KeyClient, name: string): Promise<boolean> {
+  return keys.getKey(name).then(
+    () => true,
+    (error: { statusCode?: number }) => {
+      if (error.statusCode === 404) return false;
+      throw error;
+    },
+  );
 }
 
 /** A controllable clock: tests move it instead of waiting (the 30-minute restore rule, stale records). */
