@@ -3,13 +3,22 @@
  * managed-identity endpoint and the Managed HSM emulator; creates keys; runs the nightly backup
  * handler; prints the catalog; deletes and purges a key; restores it through the HTTP handler; shows
  * it back; stops everything. The app runs exactly its production code: settings from the
- * environment, DefaultAzureCredential, the same handlers Azure calls.
+ * environment, DefaultAzureCredential, the same handlers Azure calls, and it reaches the HSM as in
+ * Azure, at https://demohsm.managedhsm.azure.net with the challenge-resource check on. The one thing
+ * passed in is the transport that connects that name to the emulator's loopback port and trusts the
+ * demo's throwaway CA. Keys are handled with the official KeyClient, as an operator would.
  */
 import functions from "@azure/functions";
 import type { HttpResponseInit } from "@azure/functions";
+import { DefaultAzureCredential } from "@azure/identity";
+import { KeyClient } from "@azure/keyvault-keys";
+import { parseConfig } from "../src/lib/config.js";
+import { createDeps } from "../src/lib/deps.js";
 import { startAzurite } from "./azurite.js";
 import { startHsmEmulator } from "./hsm-emulator/index.js";
 import { applyIdentityEnv, startIdentityEndpoint } from "./identity-endpoint.js";
+import { createLoopbackTransport } from "./loopback-transport.js";
+import { createTestCa } from "./tls.js";
 
 const { HttpRequest, InvocationContext } = functions;
 const KEYS = ["payments-signing", "customer-data-wrap", "audit-log-hmac"];
@@ -48,19 +57,31 @@ async function main(): Promise<void> {
   step("Starting Azurite, the managed-identity endpoint and the Managed HSM emulator");
   const azurite = await startAzurite();
   const identity = await startIdentityEndpoint();
-  const hsm = await startHsmEmulator({ name: "demohsm", retryAfterSeconds: 1, jobDurationMs: 1500 });
-  const stops = [() => hsm.stop(), () => identity.stop(), () => azurite.stop()];
+  const demoCa = createTestCa(["*.managedhsm.azure.net"]);
+  const hsm = await startHsmEmulator({ name: "demohsm", tls: { cert: demoCa.cert, key: demoCa.key }, retryAfterSeconds: 1, jobDurationMs: 1500 });
+  const hsmUrl = `https://${hsm.name}.managedhsm.azure.net`;
+  const transport = createLoopbackTransport({ routes: { [new URL(hsmUrl).hostname]: hsm.port }, ca: demoCa.ca });
+  const stops = [() => transport.close(), () => hsm.stop(), () => identity.stop(), () => azurite.stop()];
   try {
     // Exactly what the Functions host gives the app in Azure: identity endpoint + app settings.
     applyIdentityEnv(identity.env);
     Object.assign(process.env, {
-      MANAGED_HSM_URLS: hsm.url,
+      MANAGED_HSM_URLS: hsmUrl,
       BackupStorage: azurite.connectionString,
       BACKUP_CONTAINER: "mhsm-backups",
       CATALOG_TABLE: "hsmbackups",
     });
     console.log(`   Azurite blobs ${azurite.blobEndpoint}, tables ${azurite.tableEndpoint}`);
-    console.log(`   Managed HSM emulator ${hsm.url}`);
+    console.log(`   Managed HSM emulator ${hsmUrl} (listening at ${hsm.url}, certificate from a throwaway CA)`);
+    const deps = createDeps(parseConfig(process.env), { hsmClientOptions: { httpClient: transport } });
+    const keys = new KeyClient(hsmUrl, new DefaultAzureCredential(), { httpClient: transport });
+    const keyPresent = (name: string) => keys.getKey(name).then(
+      (key) => key.id,
+      (error: { statusCode?: number }) => {
+        if (error.statusCode === 404) return undefined;
+        throw error;
+      },
+    );
 
     // Imported only now: the function files read settings lazily, but this keeps the order obvious.
     const { nightlyBackup } = await import("../src/functions/nightlyBackup.js");
@@ -68,28 +89,28 @@ async function main(): Promise<void> {
     const { postRestore, getRestore } = await import("../src/functions/restores.js");
 
     step(`Creating keys in the HSM: ${KEYS.join(", ")}`);
-    for (const name of KEYS) hsm.keys.create(name);
+    for (const name of KEYS) console.log(`   ${(await keys.createRsaKey(name, { hsm: true })).id}`);
 
     step("Running the nightly backup timer function");
-    await nightlyBackup({ isPastDue: false, schedule: { adjustForDST: false }, scheduleStatus: { last: "", next: "", lastUpdated: "" } }, context("nightlyBackup"));
+    await nightlyBackup({ isPastDue: false, schedule: { adjustForDST: false }, scheduleStatus: { last: "", next: "", lastUpdated: "" } }, context("nightlyBackup"), deps);
 
     step("GET /api/backups: the catalog");
-    const { items } = show(await listBackups(request("GET", "/api/backups"), context("listBackups")));
+    const { items } = show(await listBackups(request("GET", "/api/backups"), context("listBackups"), deps));
     for (const b of items) console.log(`   ${b.id}  ${b.hsmName}  ${b.status}  ${b.durationSeconds}s  ${b.folderUri}`);
     const backup = items[0];
     if (!backup || backup.status !== "Succeeded") throw new Error("The demo backup did not succeed");
 
     step(`Disaster: key "${LOST_KEY}" is deleted and purged`);
-    hsm.keys.delete(LOST_KEY);
-    hsm.keys.purge(LOST_KEY);
-    console.log(`   key present: ${hsm.keys.has(LOST_KEY)}`);
+    await (await keys.beginDeleteKey(LOST_KEY, { intervalInMs: 200 })).pollUntilDone();
+    await keys.purgeDeletedKey(LOST_KEY);
+    console.log(`   key present: ${(await keyPresent(LOST_KEY)) !== undefined}`);
 
     step("POST /api/restores for the whole HSM: refused, the backup is less than 30 minutes old");
-    const refused = show(await postRestore(request("POST", "/api/restores", { backupId: backup.id }), context("postRestore")));
+    const refused = show(await postRestore(request("POST", "/api/restores", { backupId: backup.id }), context("postRestore"), deps));
     console.log(`   ${refused.title}: ${refused.detail}`);
 
     step(`POST /api/restores {"backupId": "${backup.id}", "keyName": "${LOST_KEY}"}`);
-    const started = await postRestore(request("POST", "/api/restores", { backupId: backup.id, keyName: LOST_KEY }), context("postRestore"));
+    const started = await postRestore(request("POST", "/api/restores", { backupId: backup.id, keyName: LOST_KEY }), context("postRestore"), deps);
     const restore = show(started);
     console.log(`   Location: ${(started.headers as Record<string, string>).Location}  status: ${restore.status}`);
     if (started.status !== 202) throw new Error(`The restore was not accepted: ${JSON.stringify(restore)}`);
@@ -99,14 +120,15 @@ async function main(): Promise<void> {
     for (let polls = 0; status.status === "Running" || status.status === "Starting"; polls++) {
       if (polls > 60) throw new Error("The demo restore did not finish within a minute");
       await new Promise((resolve) => setTimeout(resolve, 1000));
-      status = show(await getRestore(request("GET", restore.statusUrl), context("getRestore")));
+      status = show(await getRestore(request("GET", restore.statusUrl), context("getRestore"), deps));
       console.log(`   ${status.status}${status.statusDetails ? `: ${status.statusDetails}` : ""}`);
     }
     if (status.status !== "Succeeded") throw new Error(`The demo restore ended ${status.status}: ${status.errorMessage}`);
 
     step(`Key "${LOST_KEY}" is back`);
-    console.log(`   key present: ${hsm.keys.has(LOST_KEY)}  (${hsm.keys.get(LOST_KEY)?.key.kid})`);
-    if (!hsm.keys.has(LOST_KEY)) throw new Error("The key did not come back");
+    const kid = await keyPresent(LOST_KEY);
+    console.log(`   key present: ${kid !== undefined}  (${kid})`);
+    if (kid === undefined) throw new Error("The key did not come back");
     console.log("\nDemo complete.");
   } finally {
     for (const stop of stops) await stop();
