@@ -5,6 +5,7 @@
  * checked where it would show: the requests the stand-in received, the tokens the credential issued.
  */
 import { afterEach, describe, expect, it } from "vitest";
+import type { HttpClient } from "@azure/core-rest-pipeline";
 import { nightlyBackup } from "../../src/functions/nightlyBackup.js";
 import { parseConfig } from "../../src/lib/config.js";
 import { createDeps } from "../../src/lib/deps.js";
@@ -27,11 +28,18 @@ describe("the app's HSM authentication over HTTPS", () => {
     return started;
   }
 
-  it("sends a token only after the HSM's challenge, and only a token issued for the HSM", async () => {
+  it("sends a token only after the HSM's challenge, and only a token issued for the HSM, never with the insecure flag", async () => {
     const { credential, issued } = scopeRecordingCredential();
     const testApp = await app({ deps: { credential } });
-    await nightlyBackup(onTime, testApp.context("nightlyBackup"), testApp.deps);
+    // Between the app's client and the transport: what the client asked of each request.
+    const insecureFlags: (boolean | undefined)[] = [];
+    const transport = testApp.depsOptions.hsmClientOptions!.httpClient!;
+    const watched: HttpClient = { sendRequest: (request) => (insecureFlags.push(request.allowInsecureConnection), transport.sendRequest(request)) };
+    const deps = createDeps(parseConfig(testApp.env), { ...testApp.depsOptions, hsmClientOptions: { ...testApp.depsOptions.hsmClientOptions, httpClient: watched } });
+    await nightlyBackup(onTime, testApp.context("nightlyBackup"), deps);
     const hsm = testApp.emulators[0]!;
+    expect(insecureFlags.length).toBe(hsm.requests.length);
+    expect(insecureFlags.every((flag) => !flag)).toBe(true);
 
     // keyvault-common's probe: the first request carries neither token nor body and gets the challenge.
     const [probe, resent, ...rest] = hsm.requests;

@@ -5,6 +5,7 @@ import type { AddressInfo } from "node:net";
 import type { TLSSocket } from "node:tls";
 import type { TlsSettings } from "@azure/core-rest-pipeline";
 import { AnonymousCredential, ContainerClient, type StoragePipelineOptions } from "@azure/storage-blob";
+import { hsmNameOf } from "../../src/lib/config.js";
 import { authenticate, challengeHeader, type Caller } from "./auth.js";
 import { HsmHttpError, badRequest, toError } from "./errors.js";
 import { JobFailure, JobManager, type JobFamily, type JobLogEntry, type JobRequest, type MissingParameter, type StorageAccess } from "./jobs.js";
@@ -30,7 +31,6 @@ import {
   type RoleAssignment,
 } from "./rbac.js";
 import { parseStorageResourceUri, redact } from "./storage.js";
-import { hsmNameOf } from "../../src/lib/config.js";
 
 export interface HsmEmulatorOptions {
   /**
