@@ -17,6 +17,7 @@ import { createDeps } from "../src/lib/deps.js";
 import { startAzurite } from "./azurite.js";
 import { startHsmEmulator } from "./hsm-emulator/index.js";
 import { applyIdentityEnv, startIdentityEndpoint } from "./identity-endpoint.js";
+import { deleteAndPurge, liveKeyId } from "./key-client.js";
 import { createLoopbackTransport } from "./loopback-transport.js";
 import { createTestCa } from "./tls.js";
 
@@ -75,13 +76,6 @@ async function main(): Promise<void> {
     console.log(`   Managed HSM emulator ${hsmUrl} (listening at ${hsm.url}, certificate from a throwaway CA)`);
     const deps = createDeps(parseConfig(process.env), { hsmClientOptions: { httpClient: transport } });
     const keys = new KeyClient(hsmUrl, new DefaultAzureCredential(), { httpClient: transport });
-    const keyPresent = (name: string) => keys.getKey(name).then(
-      (key) => key.id,
-      (error: { statusCode?: number }) => {
-        if (error.statusCode === 404) return undefined;
-        throw error;
-      },
-    );
 
     // Imported only now: the function files read settings lazily, but this keeps the order obvious.
     const { nightlyBackup } = await import("../src/functions/nightlyBackup.js");
@@ -101,9 +95,8 @@ async function main(): Promise<void> {
     if (!backup || backup.status !== "Succeeded") throw new Error("The demo backup did not succeed");
 
     step(`Disaster: key "${LOST_KEY}" is deleted and purged`);
-    await (await keys.beginDeleteKey(LOST_KEY, { intervalInMs: 200 })).pollUntilDone();
-    await keys.purgeDeletedKey(LOST_KEY);
-    console.log(`   key present: ${(await keyPresent(LOST_KEY)) !== undefined}`);
+    await deleteAndPurge(keys, LOST_KEY, 200);
+    console.log(`   key present: ${(await liveKeyId(keys, LOST_KEY)) !== undefined}`);
 
     step("POST /api/restores for the whole HSM: refused, the backup is less than 30 minutes old");
     const refused = show(await postRestore(request("POST", "/api/restores", { backupId: backup.id }), context("postRestore"), deps));
@@ -126,7 +119,7 @@ async function main(): Promise<void> {
     if (status.status !== "Succeeded") throw new Error(`The demo restore ended ${status.status}: ${status.errorMessage}`);
 
     step(`Key "${LOST_KEY}" is back`);
-    const kid = await keyPresent(LOST_KEY);
+    const kid = await liveKeyId(keys, LOST_KEY);
     console.log(`   key present: ${kid !== undefined}  (${kid})`);
     if (kid === undefined) throw new Error("The key did not come back");
     console.log("\nDemo complete.");

@@ -5,14 +5,24 @@
  * checked where it would show: the requests the stand-in received, the tokens the credential issued.
  */
 import { afterEach, describe, expect, it } from "vitest";
+import type { TokenCredential } from "@azure/core-auth";
 import type { HttpClient } from "@azure/core-rest-pipeline";
 import { nightlyBackup } from "../../src/functions/nightlyBackup.js";
-import { parseConfig } from "../../src/lib/config.js";
-import { createDeps } from "../../src/lib/deps.js";
+import { parseConfig, type Env } from "../../src/lib/config.js";
+import { createDeps, type AppDeps } from "../../src/lib/deps.js";
 import type { HsmEmulator } from "../../tools/hsm-emulator/index.js";
 import { createLoopbackTransport } from "../../tools/loopback-transport.js";
 import { HSM_DOMAIN, OTHER_DOMAIN, onTime, startHttpsEmulator, startTestApp, testCa, uniqueName, type TestApp } from "../support/app.js";
 import { HSM_SCOPE, scopeRecordingCredential } from "../support/tokens.js";
+
+/** The test app's dependencies again, with another HSM transport (and credential or settings) in. */
+function redeploy(testApp: TestApp, httpClient: HttpClient, extra: { env?: Env; credential?: TokenCredential } = {}): AppDeps {
+  return createDeps(parseConfig({ ...testApp.env, ...extra.env }), {
+    ...testApp.depsOptions,
+    ...(extra.credential ? { credential: extra.credential } : {}),
+    hsmClientOptions: { ...testApp.depsOptions.hsmClientOptions, httpClient },
+  });
+}
 
 const authorized = (hsm: HsmEmulator) => hsm.requests.filter((r) => r.headers.authorization !== undefined);
 
@@ -35,7 +45,7 @@ describe("the app's HSM authentication over HTTPS", () => {
     const insecureFlags: (boolean | undefined)[] = [];
     const transport = testApp.depsOptions.hsmClientOptions!.httpClient!;
     const watched: HttpClient = { sendRequest: (request) => (insecureFlags.push(request.allowInsecureConnection), transport.sendRequest(request)) };
-    const deps = createDeps(parseConfig(testApp.env), { ...testApp.depsOptions, hsmClientOptions: { ...testApp.depsOptions.hsmClientOptions, httpClient: watched } });
+    const deps = redeploy(testApp, watched);
     await nightlyBackup(onTime, testApp.context("nightlyBackup"), deps);
     const hsm = testApp.emulators[0]!;
     expect(insecureFlags.length).toBe(hsm.requests.length);
@@ -63,10 +73,7 @@ describe("the app's HSM authentication over HTTPS", () => {
     stops.push(() => transport.close());
     const { credential, issued } = scopeRecordingCredential();
     const testApp = await app();
-    const deps = createDeps(
-      parseConfig({ ...testApp.env, MANAGED_HSM_URLS: `https://contoso.${OTHER_DOMAIN}`, CATALOG_TABLE: uniqueName("cat") }),
-      { ...testApp.depsOptions, credential, hsmClientOptions: { ...testApp.depsOptions.hsmClientOptions, httpClient: transport } },
-    );
+    const deps = redeploy(testApp, transport, { credential, env: { MANAGED_HSM_URLS: `https://contoso.${OTHER_DOMAIN}`, CATALOG_TABLE: uniqueName("cat") } });
 
     await expect(nightlyBackup(onTime, testApp.context("nightlyBackup"), deps)).rejects.toThrow(/1 of 1 HSM/);
     expect(testApp.logs.join("\n")).toMatch(/challenge resource 'managedhsm\.azure\.net' does not match the requested domain/);
@@ -87,7 +94,7 @@ describe("the app's HSM authentication over HTTPS", () => {
       ca: testCa().ca,
     });
     stops.push(() => transport.close());
-    const deps = createDeps(parseConfig(testApp.env), { ...testApp.depsOptions, hsmClientOptions: { ...testApp.depsOptions.hsmClientOptions, httpClient: transport } });
+    const deps = redeploy(testApp, transport);
     hsm.faults.foreignAsyncOperationNext(`https://otherhsm.${HSM_DOMAIN}`);
 
     await nightlyBackup(onTime, testApp.context("nightlyBackup"), deps);

@@ -31,23 +31,6 @@ export function keyClient(app: TestApp, index = 0): KeyClient {
   return new KeyClient(app.deps.config.hsms[index]!.url, new DefaultAzureCredential(), { httpClient });
 }
 
-/** Deletes a key, waits for the deletion and purges it: what must precede a selective key restore. */
-export async function deleteAndPurge(keys: KeyClient, name: string): Promise<void> {
-  await (await keys.beginDeleteKey(name, { intervalInMs: 10 })).pollUntilDone();
-  await keys.purgeDeletedKey(name);
-}
-
-/** Whether a live key of that name exists, as KeyClient sees it (404 means no). */
-export async function keyExists(keys: KeyClient, name: string): Promise<boolean> {
-  return keys.getKey(name).then(
-    () => true,
-    (error: { statusCode?: number }) => {
-      if (error.statusCode === 404) return false;
-      throw error;
-    },
-  );
-}
-
 /** A controllable clock: tests move it instead of waiting (the 30-minute restore rule, stale records). */
 export class Clock {
   constructor(private offsetMs = 0) {}
