@@ -13,7 +13,8 @@ import { EXIT, USAGE, main, parseCommand, UsageError } from "../../src/cli/hsm-b
 import { listBackups } from "../../src/functions/backups.js";
 import { createDeps } from "../../src/lib/deps.js";
 import { listQuery, restoreRequest } from "../../src/lib/http.js";
-import { bodyOf, get, postJson, startTestApp, type TestApp, type TestAppOptions } from "../support/app.js";
+import { deleteAndPurge, liveKeyId } from "../../tools/key-client.js";
+import { bodyOf, get, keyClient, postJson, startTestApp, type TestApp, type TestAppOptions } from "../support/app.js";
 
 interface Run {
   readonly code: number;
@@ -241,10 +242,10 @@ describe("hsm-backup against Azurite and the HSM emulator", () => {
   it("refuses a full restore of a too-recent backup with exit 2, and restores the whole HSM after 30 minutes", async () => {
     const app = await start();
     const hsm = app.emulators[0]!;
-    for (const key of ["payments-rsa", "tokens-ec"]) hsm.keys.create(key);
+    const keys = keyClient(app);
+    for (const key of ["payments-rsa", "tokens-ec"]) await keys.createRsaKey(key);
     const backup = await backupNow(app);
-    hsm.keys.delete("payments-rsa");
-    hsm.keys.purge("payments-rsa");
+    await deleteAndPurge(keys, "payments-rsa");
 
     const tooSoon = await cli(app, ["restore", backup.id]);
     expect(tooSoon.code).toBe(EXIT.refused);
@@ -264,17 +265,17 @@ describe("hsm-backup against Azurite and the HSM emulator", () => {
     expect(warning).toBeLessThan(run.stderr.indexOf(`FULL restore of HSM ${backup.hsmName} started from backup ${backup.id}`));
     expect(run.stdout).toMatch(/^Restore \d{13}-[0-9a-f]{8}  Succeeded\n/);
     expect(run.stdout).toMatch(/^  Scope\s+full \(every key\)$/m);
-    expect(hsm.keys.has("payments-rsa")).toBe(true);
+    expect(await liveKeyId(keys, "payments-rsa")).toBeDefined();
   });
 
   it("restores one key and waits for it: exit 0, the key is back, no wipe warning", async () => {
     const app = await start();
-    const hsm = app.emulators[0]!;
-    for (const key of ["payments-rsa", "tokens-ec"]) hsm.keys.create(key);
+    const keys = keyClient(app);
+    await keys.createRsaKey("payments-rsa");
+    await keys.createEcKey("tokens-ec");
     const backup = await backupNow(app);
-    hsm.keys.delete("tokens-ec");
-    hsm.keys.purge("tokens-ec");
-    hsm.keys.create("unrelated-new-key");
+    await deleteAndPurge(keys, "tokens-ec");
+    await keys.createRsaKey("unrelated-new-key");
 
     const run = await cli(app, ["restore", backup.id, "--key", "tokens-ec", "--json"], { isTTY: true });
     expect(run.code, run.stderr).toBe(EXIT.ok);
@@ -283,8 +284,8 @@ describe("hsm-backup against Azurite and the HSM emulator", () => {
     expect(record.statusDetails).toMatch(/Number of successful key versions restored: 1/);
     expect(run.stderr).not.toMatch(/WARNING/);
     expect(run.stderr).not.toMatch(/\r|\x1b\[/);
-    expect(hsm.keys.has("tokens-ec")).toBe(true);
-    expect(hsm.keys.has("unrelated-new-key")).toBe(true);
+    expect((await keys.getKey("tokens-ec")).keyType).toBe("EC-HSM");
+    expect(await liveKeyId(keys, "unrelated-new-key")).toBeDefined();
 
     const status = await cli(app, ["status", record.id, "--json"]);
     expect(status.code).toBe(EXIT.ok);

@@ -4,6 +4,8 @@
  * for the HSM, and the catalog over OAuth — against Azurite in OAuth mode over HTTPS.
  */
 import { InvocationContext } from "@azure/functions";
+import { DefaultAzureCredential } from "@azure/identity";
+import { KeyClient } from "@azure/keyvault-keys";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { listBackups } from "../../src/functions/backups.js";
 import { nightlyBackup } from "../../src/functions/nightlyBackup.js";
@@ -14,6 +16,7 @@ import { startAzurite, type Azurite } from "../../tools/azurite.js";
 import type { HsmEmulator } from "../../tools/hsm-emulator/index.js";
 import type { LoopbackTransport } from "../../tools/loopback-transport.js";
 import { createSelfSignedCert, type SelfSignedCert } from "../../tools/tls.js";
+import { deleteAndPurge, liveKeyId } from "../../tools/key-client.js";
 import { bodyOf, get, onTime, postJson, realNames, startHttpsEmulator, uniqueName } from "../support/app.js";
 import { HSM_SCOPE, STORAGE_SCOPE, bearerRecording, scopeRecordingCredential } from "../support/tokens.js";
 
@@ -24,6 +27,7 @@ describe("identity-based storage with user-delegation SAS (Azurite OAuth over HT
   let deps: AppDeps;
   let transport: LoopbackTransport;
   let hsmCalls: ReturnType<typeof bearerRecording>;
+  let keys: KeyClient;
   const tokens = scopeRecordingCredential();
   const logs: string[] = [];
   const context = () => new InvocationContext({ invocationId: uniqueName("inv-"), functionName: "test", logHandler: (_l, ...a) => logs.push(a.join(" ")) });
@@ -48,7 +52,8 @@ describe("identity-based storage with user-delegation SAS (Azurite OAuth over HT
       storageOptions: { tlsOptions: { ca: cert.ca } },
       hsmClientOptions: { defaultPollIntervalMs: 25, httpClient: hsmCalls.client },
     });
-    hsm.keys.create("ud-key");
+    keys = new KeyClient(urls[0]!, new DefaultAzureCredential(), { httpClient: transport });
+    await keys.createRsaKey("ud-key");
   });
   afterAll(async () => {
     transport?.close();
@@ -73,8 +78,7 @@ describe("identity-based storage with user-delegation SAS (Azurite OAuth over HT
     expect(items[0]).toMatchObject({ status: "Succeeded" });
     expect(items[0].folderUri.startsWith(`${azurite.blobEndpoint}/${deps.config.backupContainer}/mhsm-udhsm-`)).toBe(true);
 
-    hsm.keys.delete("ud-key");
-    hsm.keys.purge("ud-key");
+    await deleteAndPurge(keys, "ud-key");
     const started = await postRestore(postJson("/api/restores", { backupId: items[0].id, keyName: "ud-key" }), context(), deps);
     expect(started.status).toBe(202);
     let status = bodyOf(started);
@@ -83,7 +87,7 @@ describe("identity-based storage with user-delegation SAS (Azurite OAuth over HT
       status = bodyOf(await getRestore(get(`/api/restores/${status.id}`), context(), deps));
     }
     expect(status.status).toBe("Succeeded");
-    expect(hsm.keys.has("ud-key")).toBe(true);
+    expect(await liveKeyId(keys, "ud-key")).toBeDefined();
     expect(logs.join("\n")).not.toMatch(/sig=/);
 
     // The two audiences stayed apart: the HSM only ever got HSM tokens, storage tokens stayed with storage.
