@@ -413,6 +413,11 @@ describe("the hsm-backup bin as a child process", () => {
     const page = await app.deps.catalog.list("backup", { top: 10 });
     expect(page.items.map((r) => [r.status, r.trigger])).toEqual([["Succeeded", "cli"]]);
 
+    // The local http mode names the HSM as its folders do, so filtering by that name finds the backup.
+    const listed = await exec(bin, ["list", "--hsm", hsm, "--json"], env);
+    expect(listed.code, listed.stderr).toBe(EXIT.ok);
+    expect(JSON.parse(listed.stdout).items.map((r: { folderUri: string }) => r.folderUri.split("/").pop())).toEqual([expect.stringMatching(new RegExp(`^mhsm-${hsm}-\\d{16}$`))]);
+
     const help = await exec(bin, ["--help"], env);
     expect(help).toEqual({ code: EXIT.ok, stdout: USAGE, stderr: "" });
   }, 60_000);
