@@ -96,12 +96,11 @@ export interface Job {
   status: OperationStatus;
   statusDetails: string | null;
   error: JobError | null;
-  readonly startTime: number;
-  endTime: number | null;
   folderUri: string | null;
-  /** Millisecond times and the failure reason, for the job log only (the wire has Unix seconds). */
+  /** Millisecond times: the wire shows them as Unix seconds (unixSeconds), the job log as Dates. */
   readonly startedAt: Date;
   endedAt: Date | undefined;
+  /** Why it failed, for the job log, also where the wire shows an all-null error. */
   failureCode: string | undefined;
 }
 
@@ -136,6 +135,11 @@ const FAMILY: Record<JobKind, JobFamily> = {
   prerestore: "restore",
   selectiveKeyRestore: "restore",
 };
+
+/** The wire's `unixtime` format (spec: integer seconds). */
+function unixSeconds(date: Date): number {
+  return Math.floor(date.getTime() / 1000);
+}
 
 /** `yyyyMMddHHmmss` in UTC, the documented part of the folder name. */
 function folderTimestamp(ms: number): string {
@@ -228,8 +232,6 @@ export class JobManager {
       status: "InProgress",
       statusDetails: null,
       error: null,
-      startTime: Math.floor(startedAtMs / 1000),
-      endTime: null,
       folderUri: null,
       startedAt: new Date(startedAtMs),
       endedAt: undefined,
@@ -257,18 +259,18 @@ export class JobManager {
       status: job.status,
       statusDetails: job.statusDetails,
       error: job.error,
+      startTime: unixSeconds(job.startedAt),
+      endTime: job.endedAt ? unixSeconds(job.endedAt) : null,
     };
     if (job.family === "backup") {
       return {
         ...common,
-        startTime: job.startTime,
-        endTime: job.endTime,
         jobId: job.id,
         // Pre-backup never reports a folder (spec example; Azure/azure-sdk-for-net#49060).
         azureStorageBlobContainerUri: job.kind === "backup" ? job.folderUri : null,
       };
     }
-    return { ...common, jobId: job.id, startTime: job.startTime, endTime: job.endTime };
+    return { ...common, jobId: job.id };
   }
 
   /** Wakes every waiting job, lets it end as Failed, and waits for all of them. */
@@ -311,7 +313,6 @@ export class JobManager {
       job.failureCode = outcome.code;
     }
     job.endedAt = new Date();
-    job.endTime = Math.floor(job.endedAt.getTime() / 1000);
     this.running = undefined;
     this.deps.log(`job ${job.id} (${job.kind}) ${job.status}${job.statusDetails ? `: ${job.statusDetails}` : ""}`);
   }
@@ -356,7 +357,7 @@ export class JobManager {
         await writeBackup(
           client,
           joinBlobPath(target.prefix, folderName),
-          { hsmName: this.deps.hsmName, jobId: job.id, startTime: job.startTime },
+          { hsmName: this.deps.hsmName, jobId: job.id, startTime: unixSeconds(job.startedAt) },
           snapshot ?? { keys: [], roleAssignments: [] },
           signal,
         );
