@@ -19,7 +19,7 @@ import { startAzurite } from "./azurite.js";
 import { startHsmEmulator } from "./hsm-emulator/index.js";
 import { applyIdentityEnv, startIdentityEndpoint } from "./identity-endpoint.js";
 import { deleteAndPurge, liveKeyId } from "./key-client.js";
-import { createLoopbackTransport } from "./loopback-transport.js";
+import { HSM_DOMAIN, hsmRealNames } from "./loopback-transport.js";
 import { createTestCa } from "./tls.js";
 
 const { HttpRequest, InvocationContext } = functions;
@@ -60,10 +60,9 @@ export async function runDemo(print: Print = console.log): Promise<void> {
   step("Starting Azurite, the managed-identity endpoint and the Managed HSM emulator");
   const azurite = await startAzurite();
   const identity = await startIdentityEndpoint();
-  const demoCa = createTestCa(["*.managedhsm.azure.net"]);
+  const demoCa = createTestCa([`*.${HSM_DOMAIN}`]);
   const hsm = await startHsmEmulator({ name: "demohsm", tls: { cert: demoCa.cert, key: demoCa.key }, retryAfterSeconds: 1, jobDurationMs: 1500 });
-  const hsmUrl = `https://${hsm.name}.managedhsm.azure.net`;
-  const transport = createLoopbackTransport({ routes: { [new URL(hsmUrl).hostname]: hsm.port }, ca: demoCa.ca });
+  const { urls: [hsmUrl = ""], transport } = hsmRealNames([hsm], demoCa.ca);
   const settings: Record<string, string> = {
     MANAGED_HSM_URLS: hsmUrl,
     BackupStorage: azurite.connectionString,

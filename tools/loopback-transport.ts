@@ -63,3 +63,20 @@ export function createLoopbackTransport(options: LoopbackTransportOptions): Loop
     },
   };
 }
+
+/** The domain of real Managed HSM host names. */
+export const HSM_DOMAIN = "managedhsm.azure.net";
+
+/**
+ * `https://<name>.managedhsm.azure.net` for each emulator (served over HTTPS with a certificate from
+ * `ca`), and one transport that reaches each of them there; `extraRoutes` adds other host names.
+ */
+export function hsmRealNames(
+  emulators: readonly { readonly name: string; readonly port: number }[],
+  ca: string,
+  extraRoutes: Readonly<Record<string, number>> = {},
+): { urls: string[]; transport: LoopbackTransport } {
+  const routes: Record<string, number> = { ...extraRoutes };
+  for (const emulator of emulators) routes[`${emulator.name}.${HSM_DOMAIN}`] = emulator.port;
+  return { urls: emulators.map((e) => `https://${e.name}.${HSM_DOMAIN}`), transport: createLoopbackTransport({ routes, ca }) };
+}

@@ -17,7 +17,9 @@ import { getRestore } from "../../src/functions/restores.js";
 import { parseConfig, type Env } from "../../src/lib/config.js";
 import { createDeps, type AppDeps, type DepsOptions } from "../../src/lib/deps.js";
 import { startHsmEmulator, type HsmEmulator, type HsmEmulatorOptions, type RecordedRequest } from "../../tools/hsm-emulator/index.js";
-import { createLoopbackTransport, type LoopbackTransport } from "../../tools/loopback-transport.js";
+import { HSM_DOMAIN, hsmRealNames, type LoopbackTransport } from "../../tools/loopback-transport.js";
+
+export { HSM_DOMAIN };
 import { createTestCa, type TestCa } from "../../tools/tls.js";
 
 export function uniqueName(prefix: string): string {
@@ -40,8 +42,6 @@ export class Clock {
   }
 }
 
-/** The real Managed HSM host-name pattern the test CA's server certificate covers. */
-export const HSM_DOMAIN = "managedhsm.azure.net";
 /** A domain outside it that the certificate covers too: a host whose challenge must not be believed. */
 export const OTHER_DOMAIN = "elsewhere.test";
 
@@ -49,6 +49,7 @@ let ca: TestCa | undefined;
 
 /** One test CA per test worker: made with openssl on first use, never written anywhere lasting. */
 export function testCa(): TestCa {
+  // The real HSM domain, and a domain outside it (OTHER_DOMAIN).
   ca ??= createTestCa([`*.${HSM_DOMAIN}`, `*.${OTHER_DOMAIN}`]);
   return ca;
 }
@@ -59,14 +60,9 @@ export function startHttpsEmulator(options: HsmEmulatorOptions = {}): Promise<Hs
   return startHsmEmulator({ tls: { cert, key }, ...options });
 }
 
-/** `https://<name>.managedhsm.azure.net` for each emulator, and the transport that reaches them there. */
+/** `https://<name>.managedhsm.azure.net` for each HTTPS emulator, and the transport that reaches them there. */
 export function realNames(emulators: readonly HsmEmulator[], extraRoutes: Record<string, number> = {}): { urls: string[]; transport: LoopbackTransport } {
-  const routes: Record<string, number> = { ...extraRoutes };
-  for (const emulator of emulators) routes[`${emulator.name}.${HSM_DOMAIN}`] = emulator.port;
-  return {
-    urls: emulators.map((e) => `https://${e.name}.${HSM_DOMAIN}`),
-    transport: createLoopbackTransport({ routes, ca: testCa().ca }),
-  };
+  return hsmRealNames(emulators, testCa().ca, extraRoutes);
 }
 
 export interface TestApp {
