@@ -5,6 +5,7 @@ import { BlobServiceClient, ContainerClient, ContainerSASPermissions } from "@az
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { parseConfig } from "../../src/lib/config.js";
 import { startAzurite, type Azurite } from "../../tools/azurite.js";
+import { HSM_DOMAIN, realNames, startHttpsEmulator } from "../support/app.js";
 import { HSM_ROLES, startHsmEmulator, type HsmEmulator, type HsmEmulatorOptions } from "../../tools/hsm-emulator/index.js";
 
 const API = "7.6";
@@ -445,6 +446,34 @@ describe("HSM emulator: concurrency and faults", () => {
       body: { sasTokenParameters: { storageResourceUri: container.url, token: await sas(container, "rl") }, folderToRestore: folderUri.split("/").pop() },
     });
     expect(await waitForJob(hsm, "restore", restore.json!.jobId)).toMatchObject({ status: "Failed", error: { code: "InjectedRestoreError" } });
+  });
+});
+
+describe("HSM emulator: over HTTPS under a real name", () => {
+  it("answers with URLs on the scheme and host the request came in on", async () => {
+    const hsm = await startHttpsEmulator({ name: "testhsm", jobDurationMs: 50, retryAfterSeconds: 0 });
+    emulators.push(hsm);
+    const { urls, transport } = realNames([hsm]);
+    try {
+      const send = (method: "POST" | "GET", path: string, body?: unknown) =>
+        transport.sendRequest(createPipelineRequest({
+          url: `${urls[0]}${path}`,
+          method,
+          headers: createHttpHeaders({ Authorization: `Bearer ${jwt()}`, "Content-Type": "application/json" }),
+          ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
+        }));
+      const started = await send("POST", "/prebackup?api-version=7.6", {});
+      expect(started.status, started.bodyAsText ?? "").toBe(202);
+      const jobId = JSON.parse(started.bodyAsText!).jobId as string;
+      expect(started.headers.get("azure-asyncoperation")).toBe(`https://testhsm.${HSM_DOMAIN}/backup/${jobId}/pending`);
+
+      const key = await send("POST", "/keys/k1/create?api-version=7.6", { kty: "EC" });
+      expect(key.status, key.bodyAsText ?? "").toBe(200);
+      expect(JSON.parse(key.bodyAsText!).key.kid).toMatch(new RegExp(`^https://testhsm\\.managedhsm\\.azure\\.net/keys/k1/[0-9a-f]{32}$`));
+      expect(hsm.url).toMatch(/^https:\/\/127\.0\.0\.1:\d+$/);
+    } finally {
+      transport.close();
+    }
   });
 });
 
