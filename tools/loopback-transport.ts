@@ -11,9 +11,14 @@
 import { createDefaultHttpClient, type HttpClient, type PipelineRequest, type PipelineResponse } from "@azure/core-rest-pipeline";
 import http from "node:http";
 import https from "node:https";
+import { isLoopback } from "../src/lib/config.js";
 
 export interface LoopbackTransportOptions {
-  /** Host name (lower case) → port on 127.0.0.1. A host without a route is refused before any I/O. */
+  /**
+   * Host name (lower case) → port on 127.0.0.1. A host without a route is refused before any I/O,
+   * except a host that already is a loopback address (127.0.0.1, ::1, localhost): that request is
+   * sent as it is, so a test can put a plain-http stand-in (a fault proxy) beside the routed names.
+   */
   readonly routes: Readonly<Record<string, number>>;
   /** The only CA trusted for https (PEM), e.g. from createTestCa. */
   readonly ca?: string;
@@ -53,6 +58,7 @@ export function createLoopbackTransport(options: LoopbackTransportOptions): Loop
     async sendRequest(request: PipelineRequest): Promise<PipelineResponse> {
       sent.push(`${request.method} ${request.url}`);
       const url = new URL(request.url);
+      if (isLoopback(url.hostname) && options.routes[url.hostname.toLowerCase()] === undefined) return inner.sendRequest(request);
       portFor(url.hostname); // refuse an unrouted host here, with its name, not deep inside a socket
       request.agent = url.protocol === "https:" ? httpsAgent : httpAgent;
       return inner.sendRequest(request);

@@ -5,7 +5,7 @@
  */
 import { createHttpHeaders, createPipelineRequest } from "@azure/core-rest-pipeline";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { HsmEmulator } from "../../tools/hsm-emulator/index.js";
+import { startHsmEmulator, type HsmEmulator } from "../../tools/hsm-emulator/index.js";
 import { createLoopbackTransport } from "../../tools/loopback-transport.js";
 import { createTestCa } from "../../tools/tls.js";
 import { HSM_DOMAIN, OTHER_DOMAIN, startHttpsEmulator, testCa } from "../support/app.js";
@@ -42,6 +42,21 @@ describe("createLoopbackTransport", () => {
     );
     expect(hsm.requests.length).toBe(before);
     transport.close();
+  });
+
+  it("sends a request to a loopback address as it is, with no route needed", async () => {
+    const plain = await startHsmEmulator({});
+    const transport = createLoopbackTransport({ routes: {}, ca: testCa().ca });
+    try {
+      const request = probe(`${plain.url}/keys?api-version=7.6`);
+      request.allowInsecureConnection = true; // as the app's client sets it for a loopback http URL
+      const response = await transport.sendRequest(request);
+      expect(response.status).toBe(401);
+      expect(plain.requests).toHaveLength(1);
+    } finally {
+      transport.close();
+      await plain.stop();
+    }
   });
 
   it("still fails TLS for a name the certificate does not carry, and for a CA it was not given", async () => {
