@@ -18,6 +18,8 @@ import { safeLogger } from "../src/lib/logger.js";
 import { startAzurite } from "./azurite.js";
 import { startHsmEmulator } from "./hsm-emulator/index.js";
 import { applyIdentityEnv, startIdentityEndpoint } from "./identity-endpoint.js";
+import { HSM_DOMAIN, hsmRealNames } from "./loopback-transport.js";
+import { createTestCa } from "./tls.js";
 
 function stats(samples: number[]): string {
   const sorted = [...samples].sort((a, b) => a - b);
@@ -51,11 +53,14 @@ async function main(): Promise<void> {
   const azurite = await startAzurite();
   const identity = await startIdentityEndpoint();
   applyIdentityEnv(identity.env);
-  const hsm = await startHsmEmulator({ name: "benchhsm", retryAfterSeconds: 0, jobDurationMs: 0 });
+  // The production path: https under the HSM's real-looking name, TLS and the challenge check included.
+  const benchCa = createTestCa([`*.${HSM_DOMAIN}`]);
+  const hsm = await startHsmEmulator({ name: "benchhsm", tls: { cert: benchCa.cert, key: benchCa.key }, retryAfterSeconds: 0, jobDurationMs: 0 });
+  const { urls: [hsmUrl = ""], transport } = hsmRealNames([hsm], benchCa.ca);
   try {
     const deps = createDeps(parseConfig({
-      MANAGED_HSM_URLS: hsm.url, BackupStorage: azurite.connectionString, BACKUP_CONTAINER: "bench", CATALOG_TABLE: "bench",
-    }), { hsmClientOptions: { defaultPollIntervalMs: 10 } });
+      MANAGED_HSM_URLS: hsmUrl, BackupStorage: azurite.connectionString, BACKUP_CONTAINER: "bench", CATALOG_TABLE: "bench",
+    }), { hsmClientOptions: { defaultPollIntervalMs: 10, httpClient: transport } });
     await deps.prepare();
 
     console.log(`SAS signing (shared key): ${stats(await time(200, () => deps.storage.containerSas("bench", "backup", 60)))}`);
@@ -66,7 +71,7 @@ async function main(): Promise<void> {
       const result = await backupHsm(deps, target, quiet, { trigger: "bench" });
       if (result.outcome !== "Succeeded") throw new Error(`bench backup ${result.outcome}: ${result.record?.errorMessage ?? result.detail}`);
     });
-    console.log(`full backup through the app (emulator, 3 keys, job time 0, poll 10 ms): ${stats(backups)}`);
+    console.log(`full backup through the app (emulator over https, 3 keys, job time 0, poll 10 ms): ${stats(backups)}`);
 
     const start = Date.now() - 2_000 * 86_400_000;
     const inserts: Promise<unknown>[] = [];
@@ -82,6 +87,7 @@ async function main(): Promise<void> {
     console.log(`catalog page of 25, newest first, 2,020 records: ${stats(await time(50, () => deps.catalog.list("backup", { top: 25 })))}`);
     console.log(`catalog page of 25 filtered by HSM and status: ${stats(await time(50, () => deps.catalog.list("backup", { top: 25, hsmName: "other", status: "Succeeded" })))}`);
   } finally {
+    transport.close();
     await hsm.stop();
     await identity.stop();
     await azurite.stop();

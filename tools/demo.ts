@@ -3,27 +3,36 @@
  * managed-identity endpoint and the Managed HSM emulator; creates keys; runs the nightly backup
  * handler; prints the catalog; deletes and purges a key; restores it through the HTTP handler; shows
  * it back; stops everything. The app runs exactly its production code: settings from the
- * environment, DefaultAzureCredential, the same handlers Azure calls.
+ * environment, DefaultAzureCredential, the same handlers Azure calls, and it reaches the HSM as in
+ * Azure, at https://demohsm.managedhsm.azure.net with the challenge-resource check on. The one thing
+ * passed in is the transport that connects that name to the emulator's loopback port and trusts the
+ * demo's throwaway CA. Keys are handled with the official KeyClient, as an operator would.
  */
+import { pathToFileURL } from "node:url";
 import functions from "@azure/functions";
 import type { HttpResponseInit } from "@azure/functions";
+import { DefaultAzureCredential } from "@azure/identity";
+import { KeyClient } from "@azure/keyvault-keys";
+import { parseConfig } from "../src/lib/config.js";
+import { createDeps } from "../src/lib/deps.js";
 import { startAzurite } from "./azurite.js";
 import { startHsmEmulator } from "./hsm-emulator/index.js";
 import { applyIdentityEnv, startIdentityEndpoint } from "./identity-endpoint.js";
+import { deleteAndPurge, liveKeyId } from "./key-client.js";
+import { HSM_DOMAIN, hsmRealNames } from "./loopback-transport.js";
+import { createTestCa } from "./tls.js";
 
 const { HttpRequest, InvocationContext } = functions;
 const KEYS = ["payments-signing", "customer-data-wrap", "audit-log-hmac"];
 const LOST_KEY = "customer-data-wrap";
 
-function step(text: string): void {
-  console.log(`\n== ${text}`);
-}
+type Print = (line: string) => void;
 
-function context(functionName: string) {
+function context(print: Print, functionName: string) {
   return new InvocationContext({
     invocationId: `demo-${functionName}`,
     functionName,
-    logHandler: (level, ...args) => console.log(`   [${functionName} ${level}] ${args.map(String).join(" ")}`),
+    logHandler: (level, ...args) => print(`   [${functionName} ${level}] ${args.map(String).join(" ")}`),
   });
 }
 
@@ -38,29 +47,44 @@ function request(method: string, path: string, body?: unknown) {
   });
 }
 
-function show(response: HttpResponseInit): any {
-  const body = response.jsonBody ?? (typeof response.body === "string" ? JSON.parse(response.body) : undefined);
-  console.log(`   HTTP ${response.status ?? 200}`);
-  return body;
-}
-
-async function main(): Promise<void> {
+/**
+ * Runs the demo, printing each line through `print`. Everything it starts is stopped, and every
+ * environment variable it sets is put back, before it returns or throws, so a test can run it too.
+ */
+export async function runDemo(print: Print = console.log): Promise<void> {
+  const step = (text: string) => print(`\n== ${text}`);
+  const show = (response: HttpResponseInit): any => {
+    print(`   HTTP ${response.status ?? 200}`);
+    return response.jsonBody ?? (typeof response.body === "string" ? JSON.parse(response.body) : undefined);
+  };
   step("Starting Azurite, the managed-identity endpoint and the Managed HSM emulator");
   const azurite = await startAzurite();
   const identity = await startIdentityEndpoint();
-  const hsm = await startHsmEmulator({ name: "demohsm", retryAfterSeconds: 1, jobDurationMs: 1500 });
-  const stops = [() => hsm.stop(), () => identity.stop(), () => azurite.stop()];
+  const demoCa = createTestCa([`*.${HSM_DOMAIN}`]);
+  const hsm = await startHsmEmulator({ name: "demohsm", tls: { cert: demoCa.cert, key: demoCa.key }, retryAfterSeconds: 1, jobDurationMs: 1500 });
+  const { urls: [hsmUrl = ""], transport } = hsmRealNames([hsm], demoCa.ca);
+  const settings: Record<string, string> = {
+    MANAGED_HSM_URLS: hsmUrl,
+    BackupStorage: azurite.connectionString,
+    BACKUP_CONTAINER: "mhsm-backups",
+    CATALOG_TABLE: "hsmbackups",
+  };
+  const saved = Object.keys(settings).map((name) => [name, process.env[name]] as const);
+  const restoreSettings = () => {
+    for (const [name, value] of saved) {
+      if (value === undefined) delete process.env[name];
+      else process.env[name] = value;
+    }
+  };
+  const restoreIdentity = applyIdentityEnv(identity.env);
+  const stops = [restoreSettings, restoreIdentity, () => transport.close(), () => hsm.stop(), () => identity.stop(), () => azurite.stop()];
   try {
     // Exactly what the Functions host gives the app in Azure: identity endpoint + app settings.
-    applyIdentityEnv(identity.env);
-    Object.assign(process.env, {
-      MANAGED_HSM_URLS: hsm.url,
-      BackupStorage: azurite.connectionString,
-      BACKUP_CONTAINER: "mhsm-backups",
-      CATALOG_TABLE: "hsmbackups",
-    });
-    console.log(`   Azurite blobs ${azurite.blobEndpoint}, tables ${azurite.tableEndpoint}`);
-    console.log(`   Managed HSM emulator ${hsm.url}`);
+    Object.assign(process.env, settings);
+    print(`   Azurite blobs ${azurite.blobEndpoint}, tables ${azurite.tableEndpoint}`);
+    print(`   Managed HSM emulator ${hsmUrl} (listening at ${hsm.url}, certificate from a throwaway CA)`);
+    const deps = createDeps(parseConfig(process.env), { hsmClientOptions: { httpClient: transport } });
+    const keys = new KeyClient(hsmUrl, new DefaultAzureCredential(), { httpClient: transport });
 
     // Imported only now: the function files read settings lazily, but this keeps the order obvious.
     const { nightlyBackup } = await import("../src/functions/nightlyBackup.js");
@@ -68,30 +92,29 @@ async function main(): Promise<void> {
     const { postRestore, getRestore } = await import("../src/functions/restores.js");
 
     step(`Creating keys in the HSM: ${KEYS.join(", ")}`);
-    for (const name of KEYS) hsm.keys.create(name);
+    for (const name of KEYS) print(`   ${(await keys.createRsaKey(name, { hsm: true })).id}`);
 
     step("Running the nightly backup timer function");
-    await nightlyBackup({ isPastDue: false, schedule: { adjustForDST: false }, scheduleStatus: { last: "", next: "", lastUpdated: "" } }, context("nightlyBackup"));
+    await nightlyBackup({ isPastDue: false, schedule: { adjustForDST: false }, scheduleStatus: { last: "", next: "", lastUpdated: "" } }, context(print, "nightlyBackup"), deps);
 
     step("GET /api/backups: the catalog");
-    const { items } = show(await listBackups(request("GET", "/api/backups"), context("listBackups")));
-    for (const b of items) console.log(`   ${b.id}  ${b.hsmName}  ${b.status}  ${b.durationSeconds}s  ${b.folderUri}`);
+    const { items } = show(await listBackups(request("GET", "/api/backups"), context(print, "listBackups"), deps));
+    for (const b of items) print(`   ${b.id}  ${b.hsmName}  ${b.status}  ${b.durationSeconds}s  ${b.folderUri}`);
     const backup = items[0];
     if (!backup || backup.status !== "Succeeded") throw new Error("The demo backup did not succeed");
 
     step(`Disaster: key "${LOST_KEY}" is deleted and purged`);
-    hsm.keys.delete(LOST_KEY);
-    hsm.keys.purge(LOST_KEY);
-    console.log(`   key present: ${hsm.keys.has(LOST_KEY)}`);
+    await deleteAndPurge(keys, LOST_KEY, 200);
+    print(`   key present: ${(await liveKeyId(keys, LOST_KEY)) !== undefined}`);
 
     step("POST /api/restores for the whole HSM: refused, the backup is less than 30 minutes old");
-    const refused = show(await postRestore(request("POST", "/api/restores", { backupId: backup.id }), context("postRestore")));
-    console.log(`   ${refused.title}: ${refused.detail}`);
+    const refused = show(await postRestore(request("POST", "/api/restores", { backupId: backup.id }), context(print, "postRestore"), deps));
+    print(`   ${refused.title}: ${refused.detail}`);
 
     step(`POST /api/restores {"backupId": "${backup.id}", "keyName": "${LOST_KEY}"}`);
-    const started = await postRestore(request("POST", "/api/restores", { backupId: backup.id, keyName: LOST_KEY }), context("postRestore"));
+    const started = await postRestore(request("POST", "/api/restores", { backupId: backup.id, keyName: LOST_KEY }), context(print, "postRestore"), deps);
     const restore = show(started);
-    console.log(`   Location: ${(started.headers as Record<string, string>).Location}  status: ${restore.status}`);
+    print(`   Location: ${(started.headers as Record<string, string>).Location}  status: ${restore.status}`);
     if (started.status !== 202) throw new Error(`The restore was not accepted: ${JSON.stringify(restore)}`);
 
     step(`GET ${restore.statusUrl} until it ends`);
@@ -99,24 +122,28 @@ async function main(): Promise<void> {
     for (let polls = 0; status.status === "Running" || status.status === "Starting"; polls++) {
       if (polls > 60) throw new Error("The demo restore did not finish within a minute");
       await new Promise((resolve) => setTimeout(resolve, 1000));
-      status = show(await getRestore(request("GET", restore.statusUrl), context("getRestore")));
-      console.log(`   ${status.status}${status.statusDetails ? `: ${status.statusDetails}` : ""}`);
+      status = show(await getRestore(request("GET", restore.statusUrl), context(print, "getRestore"), deps));
+      print(`   ${status.status}${status.statusDetails ? `: ${status.statusDetails}` : ""}`);
     }
     if (status.status !== "Succeeded") throw new Error(`The demo restore ended ${status.status}: ${status.errorMessage}`);
 
     step(`Key "${LOST_KEY}" is back`);
-    console.log(`   key present: ${hsm.keys.has(LOST_KEY)}  (${hsm.keys.get(LOST_KEY)?.key.kid})`);
-    if (!hsm.keys.has(LOST_KEY)) throw new Error("The key did not come back");
-    console.log("\nDemo complete.");
+    const kid = await liveKeyId(keys, LOST_KEY);
+    print(`   key present: ${kid !== undefined}  (${kid})`);
+    if (kid === undefined) throw new Error("The key did not come back");
+    print("\nDemo complete.");
   } finally {
     for (const stop of stops) await stop();
   }
 }
 
-main().then(
-  () => process.exit(0),
-  (error: unknown) => {
-    console.error(`\nDemo failed: ${error instanceof Error ? error.stack ?? error.message : String(error)}`);
-    process.exit(1);
-  },
-);
+// `npm run demo` runs this file; a test imports runDemo instead.
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  runDemo().then(
+    () => process.exit(0),
+    (error: unknown) => {
+      console.error(`\nDemo failed: ${error instanceof Error ? error.stack ?? error.message : String(error)}`);
+      process.exit(1);
+    },
+  );
+}

@@ -69,7 +69,7 @@ async function expectRefused(app: TestApp, send: () => Promise<HttpResponseInit>
 
 /** A second deployment reading and writing the same catalog, with other settings and its own clock. */
 function otherDeployment(app: TestApp, env: Env, clock = new Clock()): AppDeps {
-  return createDeps(parseConfig({ ...app.env, ...env }), { now: clock.now, hsmClientOptions: { defaultPollIntervalMs: 25 } });
+  return createDeps(parseConfig({ ...app.env, ...env }), { ...app.depsOptions, now: clock.now });
 }
 
 /** An id that has the right shape but names no record. */
