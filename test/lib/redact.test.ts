@@ -6,21 +6,10 @@
 import { afterEach, describe, expect, it } from "vitest";
 import { redactSecrets, rememberSecret, toSafeError } from "../../src/lib/redact.js";
 import { startTestApp, type TestApp } from "../support/app.js";
+import { prng } from "../support/fault-proxy.js";
 
 const CASES = 250;
 const SEED = 0x6e16_2026;
-
-/** mulberry32: small, seeded, good enough to spread bytes. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function bytes(next: () => number, n: number): Buffer {
   return Buffer.from(Array.from({ length: n }, () => Math.floor(next() * 256)));
