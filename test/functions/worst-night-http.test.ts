@@ -11,17 +11,13 @@ import { getRestore, postRestore } from "../../src/functions/restores.js";
 import { parseConfig } from "../../src/lib/config.js";
 import { createDeps } from "../../src/lib/deps.js";
 import { NOT_SENT_TITLE } from "../../src/lib/restore.js";
-import { bodyOf, get, headerOf, onTime, postJson, startTestApp, waitForRestore, type TestApp } from "../support/app.js";
+import { bodyOf, events, get, headerOf, onTime, postJson, startTestApp, waitForRestore, type TestApp } from "../support/app.js";
 
 let app: TestApp | undefined;
 afterEach(async () => {
   await app?.stop();
   app = undefined;
 });
-
-function events(logs: readonly string[], name: string): any[] {
-  return logs.filter((l) => l.includes(` ${name} `)).map((l) => JSON.parse(l.slice(l.indexOf(`${name} `) + name.length + 1)));
-}
 
 /** One Succeeded backup taken with the app's good deps, as a later restore's source. */
 async function succeededBackup(testApp: TestApp): Promise<any> {
