@@ -107,6 +107,24 @@ describe("redactSecrets over generated secrets", () => {
     }
   });
 
+  it(`removes a signature whose label and separator were percent-encoded along with the text around it, once or twice (${CASES} seeded cases)`, () => {
+    // The SIGNATURE pattern promises "a separator however it was encoded or spaced"; an error text
+    // that is itself put into a URL encodes "sig": and "signature: " as well as the value.
+    const next = prng(SEED + 4);
+    for (let i = 0; i < CASES; i++) {
+      const sig = signature(next);
+      const labelled = [`sig=${sig}`, `sig= ${sig}`, `SIG=${sig}`, `Signature=${sig}`, `signature: ${sig}`, `{"sig":"${sig}"}`, `{'sig': '${sig}'}`];
+      for (const text of labelled) {
+        for (const encoded of [enc(`error: ${text}`), enc(enc(`error: ${text}`))]) {
+          const redacted = redactSecrets(encoded);
+          for (const form of [sig, enc(sig), enc(enc(sig))]) {
+            expect(redacted.includes(form), `case ${i}: ${JSON.stringify(text)} encoded as ${JSON.stringify(redacted)}`).toBe(false);
+          }
+        }
+      }
+    }
+  });
+
   it("removes a minted signature percent-encoded with lowercase hex digits, as .NET's HttpUtility.UrlEncode writes it", () => {
     const next = prng(SEED + 2);
     for (let i = 0; i < 20; i++) {
