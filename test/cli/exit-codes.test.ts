@@ -5,7 +5,7 @@
  */
 import { createServer } from "node:net";
 import { afterEach, describe, expect, inject, it } from "vitest";
-import { EXIT } from "../../src/cli/hsm-backup.js";
+import { EXIT, USAGE } from "../../src/cli/hsm-backup.js";
 import { startTestApp, type TestApp } from "../support/app.js";
 import { cli } from "../support/cli.js";
 import { withEndpoint } from "../support/fault-proxy.js";
@@ -43,6 +43,17 @@ describe("hsm-backup when an HSM cannot be reached", () => {
     expect(summary).toMatch(/ECONNREFUSED/);
     expect(summary).toMatch(/nothing was started/);
     expect(run.stderr).not.toMatch(/^\s+at /m);
+  });
+
+  it("backup --json exits 4 with nothing on stdout, as the usage promises for exit 2 and 4", async () => {
+    app = await startTestApp();
+    await app.emulators[0]!.stop();
+
+    const run = await cli(app, ["backup", "--json"]);
+    expect(run.code).toBe(EXIT.error);
+    expect(run.stderr).toMatch(/StartNotSent/);
+    expect(USAGE).toMatch(/nothing on\s+stdout when the exit code is 2 or 4/);
+    expect(run.stdout).toBe("");
   });
 
   it("restore --key exits 4 saying the restore was not sent", async () => {
