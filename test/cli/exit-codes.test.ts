@@ -91,6 +91,19 @@ describe("hsm-backup when the backup storage cannot be reached", () => {
   });
 });
 
+describe("hsm-backup with a malformed BackupStorage", () => {
+  it("exits 2 naming the setting when an endpoint in the connection string is not a URL", async () => {
+    const env = {
+      MANAGED_HSM_URLS: "https://contoso.managedhsm.azure.net",
+      BackupStorage: withEndpoint(inject("azuriteConnectionString"), "TableEndpoint", "http://[backup-internal"),
+    };
+    const run = await cli(undefined, ["list"], { env });
+    expect(run.stdout).toBe("");
+    expect(run.stderr).toMatch(/^hsm-backup: Setting BackupStorage: /);
+    expect(run.code).toBe(EXIT.refused);
+  });
+});
+
 describe("hsm-backup reconcile", () => {
   it("exits 0 on a clean catalog and prints a JSON report of what it checked and changed", async () => {
     // The app names a loopback HSM "loopback-<port>"; the emulator writes folders under the same
