@@ -3,12 +3,14 @@
  * exit 4 (the outcome is not known, or nothing was started) with a short reason on stderr, never a
  * stack; a clean catalog reconciles to exit 0 with a JSON report. Real Azurite and HSM emulator.
  */
+import { createServer as createHttpServer } from "node:http";
 import { createServer } from "node:net";
 import { afterEach, describe, expect, inject, it } from "vitest";
 import { EXIT, USAGE } from "../../src/cli/hsm-backup.js";
 import { startTestApp, type TestApp } from "../support/app.js";
-import { cli } from "../support/cli.js";
+import { cli, type Run } from "../support/cli.js";
 import { withEndpoint } from "../support/fault-proxy.js";
+import { listenOnLoopback, type ListeningServer } from "../support/loopback.js";
 
 let app: TestApp | undefined;
 afterEach(async () => {
@@ -88,6 +90,49 @@ describe("hsm-backup when the backup storage cannot be reached", () => {
     expect(run.stdout).toBe("");
     expect(lines(run.stderr)).toHaveLength(1);
     expect(run.stderr).toMatch(new RegExp(`^hsm-backup: backup storage at 127\\.0\\.0\\.1:${port} could not be reached[^\\n]*\\n$`));
+  });
+});
+
+describe("hsm-backup when the backup storage never answers", () => {
+  let silent: ListeningServer | undefined;
+  /** Requests the silent endpoint received (method and path), in order. */
+  let received: string[] = [];
+  afterEach(async () => {
+    await silent?.close();
+    silent = undefined;
+    received = [];
+  });
+
+  /** Settings whose given storage endpoints accept every connection and request and answer none. */
+  async function silentStorage(endpoints: readonly ("BlobEndpoint" | "TableEndpoint")[]): Promise<Record<string, string>> {
+    silent = await listenOnLoopback(createHttpServer((request) => void received.push(`${request.method} ${request.url?.split("?")[0]}`)));
+    let connectionString = inject("azuriteConnectionString");
+    for (const endpoint of endpoints) connectionString = withEndpoint(connectionString, endpoint, `${silent.origin}/devstoreaccount1`);
+    // HSM_REQUEST_TIMEOUT_SECONDS is "the deadline of every single call to an HSM or to storage".
+    return { MANAGED_HSM_URLS: "https://contoso.managedhsm.azure.net", BackupStorage: connectionString, HSM_REQUEST_TIMEOUT_SECONDS: "5" };
+  }
+
+  function expectOneStorageLine(run: Run): void {
+    expect(run.code).toBe(EXIT.error);
+    expect(run.stdout).toBe("");
+    expect(lines(run.stderr)).toHaveLength(1);
+    const host = new URL(silent!.origin).host.replace(/\./g, "\\.");
+    expect(run.stderr).toMatch(new RegExp(`^hsm-backup: backup storage at ${host} could not be reached`));
+  }
+
+  it("list exits 4 with exactly one line naming the storage endpoint once the calls time out", async () => {
+    expectOneStorageLine(await cli(undefined, ["list"], { env: await silentStorage(["BlobEndpoint", "TableEndpoint"]) }));
+  });
+
+  it("list exits 4 naming the storage endpoint when only the blob endpoint never answers (the catalog answers), within the test's 30 s", async () => {
+    expectOneStorageLine(await cli(undefined, ["list"], { env: await silentStorage(["BlobEndpoint"]) }));
+  });
+
+  it("retries a catalog call that timed out before list gives up (storage calls are retried where safe)", async () => {
+    const run = await cli(undefined, ["list"], { env: await silentStorage(["TableEndpoint"]) });
+    expect(run.code).toBe(EXIT.error);
+    expect(received.length, JSON.stringify(received)).toBeGreaterThan(1);
+    expect(new Set(received).size).toBe(1);
   });
 });
 
