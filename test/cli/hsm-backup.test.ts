@@ -9,38 +9,12 @@ import { tmpdir } from "node:os";
 import { dirname, join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { EXIT, USAGE, main, parseCommand, UsageError } from "../../src/cli/hsm-backup.js";
+import { EXIT, USAGE, parseCommand, UsageError } from "../../src/cli/hsm-backup.js";
 import { listBackups } from "../../src/functions/backups.js";
-import { createDeps } from "../../src/lib/deps.js";
 import { listQuery, restoreRequest } from "../../src/lib/http.js";
 import { deleteAndPurge, liveKeyId } from "../../tools/key-client.js";
 import { bodyOf, get, keyClient, postJson, startTestApp, type TestApp, type TestAppOptions } from "../support/app.js";
-
-interface Run {
-  readonly code: number;
-  readonly stdout: string;
-  readonly stderr: string;
-}
-
-/** Runs main() with the test app's settings and clock; polls fast so nothing waits long. */
-async function cli(app: TestApp | undefined, argv: string[], io: { isTTY?: boolean; env?: Record<string, string> } = {}): Promise<Run> {
-  let stdout = "";
-  let stderr = "";
-  const code = await main(argv, {
-    env: io.env ?? app?.env ?? {},
-    stdout: { write: (text: string) => (stdout += text) },
-    stderr: { write: (text: string) => (stderr += text) },
-    isTTY: io.isTTY ?? false,
-    columns: 200,
-  }, app && {
-    // The app's own dependency options: its clock, fast polls and the transport to the HTTPS emulators.
-    createDeps: (config) => createDeps(config, app.depsOptions),
-    pollIntervalMs: 25,
-  });
-  // Whatever the command, no SAS signature leaves the CLI.
-  expect(stdout + stderr).not.toMatch(/sig=(?!<redacted>)/i);
-  return { code, stdout, stderr };
-}
+import { cli, type Run } from "../support/cli.js";
 
 const PROGRESS = /\r|\x1b\[|Backing up|Waiting for|backup job/;
 

@@ -197,3 +197,8 @@ export function jobStartRequests(emulator: HsmEmulator): RecordedRequest[] {
     (r.method === "PUT" && /^\/+(pre)?restore\/*$/i.test(r.path)) ||
     (r.method === "PUT" && /^\/+keys\/[^/]+\/restore\/*$/i.test(r.path)));
 }
+
+/** The JSON fields of every outcome event line (e.g. MhsmBackupOutcome) in a test app's logs, in order. */
+export function events(logs: readonly string[], name: string): any[] {
+  return logs.filter((l) => l.includes(` ${name} `)).map((l) => JSON.parse(l.slice(l.indexOf(`${name} `) + name.length + 1)));
+}
