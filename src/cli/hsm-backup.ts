@@ -21,6 +21,7 @@ import {
   type RestoreRecord,
 } from "../lib/catalog.js";
 import { ConfigError, parseConfig, type AppConfig, type Env } from "../lib/config.js";
+import { describeRequestIds, requestIdsOfError } from "../lib/correlation.js";
 import { createDeps, type AppDeps } from "../lib/deps.js";
 import { safeLogger, type Logger } from "../lib/logger.js";
 import { ProblemError } from "../lib/problem.js";
@@ -369,13 +370,14 @@ function describeFailure(error: unknown): string {
   const safe = toSafeError(error);
   const e = error as { name?: string; code?: string; request?: { url?: string } };
   if (e.name === "RestError" && e.request?.url) {
+    const ids = describeRequestIds(requestIdsOfError(error));
     let host = "";
     try {
       host = new URL(e.request.url).host;
     } catch {
       // No host to name.
     }
-    return `backup storage${host ? ` at ${host}` : ""} could not be reached or refused the call (${e.code ?? safe.message.split("\n")[0]}): check BackupStorage and the network`;
+    return `backup storage${host ? ` at ${host}` : ""} could not be reached or refused the call (${e.code ?? safe.message.split("\n")[0]}${ids ? `, ${ids}` : ""}): check BackupStorage and the network`;
   }
   return `${safe.name}: ${safe.message.split("\n")[0]}`;
 }

@@ -9,6 +9,8 @@
  * the exact values the app itself minted (its SAS signatures), in every encoding it can meet them in.
  */
 
+import { requestIdsOfError, requestIdsSuffix } from "./correlation.js";
+
 /** "sig" or "signature", then a separator however it was encoded or spaced, then the value. */
 const SIGNATURE = /(?<![A-Za-z])(sig|signature)(["']?\s*(?:=|:|%(?:25)*3D)\s*["']?)[^&\s"'<>,;)\]}]+/gi;
 const SAS_QUERY = /\?[^\s"'<>]*(?<![A-Za-z])(?:sig|se|sv|sp|skoid|sktid)(?:=|%(?:25)*3D)[^\s"'<>]*/gi;
@@ -55,10 +57,19 @@ export function redactSecrets(text: string): string {
     .replace(DELEGATION_KEY_FIELD, "$1$2<redacted>");
 }
 
-/** Normalises anything thrown into an Error whose message is safe to log. */
+/**
+ * Normalises anything thrown into an Error whose message is safe to log. A storage failure's
+ * request ids (RestError: x-ms-request-id, x-ms-client-request-id) are appended when the message does
+ * not name them already, so every failure the app records or prints can be looked up by Azure support.
+ */
 export function toSafeError(error: unknown): Error {
   if (error instanceof Error) {
-    const safe = new Error(redactSecrets(error.message));
+    const ids = requestIdsOfError(error);
+    const missing = {
+      ...(ids.requestId && !error.message.includes(ids.requestId) ? { requestId: ids.requestId } : {}),
+      ...(ids.clientRequestId && !error.message.includes(ids.clientRequestId) ? { clientRequestId: ids.clientRequestId } : {}),
+    };
+    const safe = new Error(redactSecrets(`${error.message}${requestIdsSuffix(missing)}`));
     safe.name = error.name;
     return safe;
   }

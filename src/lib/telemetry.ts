@@ -36,6 +36,10 @@ export interface OutcomeFields {
   readonly correctionOf?: string | undefined;
   /** discovered: a backup reconcile found in the container and adopted. */
   readonly origin?: string | undefined;
+  /** x-ms-request-id of the service answer behind a failure. */
+  readonly requestId?: string | undefined;
+  /** x-ms-client-request-id the app sent with that call. */
+  readonly clientRequestId?: string | undefined;
 }
 
 export type LogLine = (line: string) => void;

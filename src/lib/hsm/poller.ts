@@ -1,10 +1,11 @@
 import { HsmInvalidResponseError, HsmJobFailedError, HsmStatusUnavailableError, HsmWaitDeadlineError } from "./errors.js";
+import type { RequestIds } from "../correlation.js";
 import { JOB_ID, type Delay, type HsmOperationState, type OperationKind, type OperationStatus } from "./types.js";
 
 export type { Delay, HsmOperationState, OperationKind, OperationStatus } from "./types.js";
 
 interface PollDeps {
-  readStatus(kind: OperationKind, url: string, signal?: AbortSignal): Promise<HsmOperationState & { retryAfterMs?: number }>;
+  readStatus(kind: OperationKind, url: string, signal?: AbortSignal): Promise<HsmOperationState & { retryAfterMs?: number; requestIds?: RequestIds }>;
   readonly delay: Delay;
   readonly defaultPollIntervalMs: number;
   /** Upper bound of any wait between reads, whatever Retry-After says. */
@@ -31,6 +32,8 @@ export interface PollUntilDoneOptions {
 export class HsmOperationPoller {
   private state: HsmOperationState | undefined;
   private nextWaitMs: number | undefined;
+  /** Of the last status read: a job failure names the read that reported it. */
+  private lastIds: RequestIds = {};
 
   constructor(
     readonly kind: OperationKind,
@@ -54,8 +57,9 @@ export class HsmOperationPoller {
 
   /** Reads the status once. */
   async poll(options: { abortSignal?: AbortSignal } = {}): Promise<HsmOperationState> {
-    const { retryAfterMs, ...state } = await this.deps.readStatus(this.kind, this.statusUrl, options.abortSignal);
+    const { retryAfterMs, requestIds, ...state } = await this.deps.readStatus(this.kind, this.statusUrl, options.abortSignal);
     this.state = state;
+    this.lastIds = requestIds ?? {};
     this.nextWaitMs = retryAfterMs;
     return state;
   }
@@ -91,7 +95,7 @@ export class HsmOperationPoller {
     }
     const final = this.state!;
     if (final.status !== "Succeeded") {
-      throw new HsmJobFailedError(this.kind, new URL(this.statusUrl).origin, final.jobId, final);
+      throw new HsmJobFailedError(this.kind, new URL(this.statusUrl).origin, final.jobId, final, this.lastIds);
     }
     return final;
   }
