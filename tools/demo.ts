@@ -62,10 +62,11 @@ async function main(): Promise<void> {
     console.log(`   Azurite blobs ${azurite.blobEndpoint}, tables ${azurite.tableEndpoint}`);
     console.log(`   Managed HSM emulator ${hsm.url}`);
 
-    // Imported only now: the function files read settings lazily, but this keeps the order obvious.
-    const { nightlyBackup } = await import("../src/functions/nightlyBackup.js");
-    const { listBackups } = await import("../src/functions/backups.js");
-    const { postRestore, getRestore } = await import("../src/functions/restores.js");
+    // Imported only now: the handlers read settings lazily, but this keeps the order obvious. The
+    // handler modules, not src/functions/ (which only registers them with the host).
+    const { nightlyBackup } = await import("../src/handlers/nightlyBackup.js");
+    const { listBackups } = await import("../src/handlers/backups.js");
+    const { postRestore, getRestore } = await import("../src/handlers/restores.js");
 
     step(`Creating keys in the HSM: ${KEYS.join(", ")}`);
     for (const name of KEYS) hsm.keys.create(name);

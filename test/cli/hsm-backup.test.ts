@@ -10,7 +10,7 @@ import { dirname, join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { EXIT, USAGE, main, parseCommand, UsageError } from "../../src/cli/hsm-backup.js";
-import { listBackups } from "../../src/functions/backups.js";
+import { listBackups } from "../../src/handlers/backups.js";
 import { createDeps } from "../../src/lib/deps.js";
 import { listQuery, restoreRequest } from "../../src/lib/http.js";
 import { bodyOf, get, postJson, startTestApp, type TestApp, type TestAppOptions } from "../support/app.js";

@@ -4,9 +4,9 @@
  * 202 → status → the deleted key is back.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { getBackup, listBackups } from "../../src/functions/backups.js";
-import { nightlyBackup } from "../../src/functions/nightlyBackup.js";
-import { postRestore } from "../../src/functions/restores.js";
+import { getBackup, listBackups } from "../../src/handlers/backups.js";
+import { nightlyBackup } from "../../src/handlers/nightlyBackup.js";
+import { postRestore } from "../../src/handlers/restores.js";
 import { bodyOf, get, headerOf, onTime, postJson, startTestApp, waitForRestore, type TestApp } from "../support/app.js";
 
 describe("nightly backup and restore through the handlers", () => {

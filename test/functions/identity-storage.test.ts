@@ -5,9 +5,9 @@
  */
 import { InvocationContext } from "@azure/functions";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
-import { listBackups } from "../../src/functions/backups.js";
-import { nightlyBackup } from "../../src/functions/nightlyBackup.js";
-import { getRestore, postRestore } from "../../src/functions/restores.js";
+import { listBackups } from "../../src/handlers/backups.js";
+import { nightlyBackup } from "../../src/handlers/nightlyBackup.js";
+import { getRestore, postRestore } from "../../src/handlers/restores.js";
 import { parseConfig } from "../../src/lib/config.js";
 import { createDeps, type AppDeps } from "../../src/lib/deps.js";
 import { startAzurite, type Azurite } from "../../tools/azurite.js";

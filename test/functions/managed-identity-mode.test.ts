@@ -4,8 +4,8 @@
  */
 import { ContainerClient, StorageSharedKeyCredential } from "@azure/storage-blob";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
-import { nightlyBackup } from "../../src/functions/nightlyBackup.js";
-import { postRestore } from "../../src/functions/restores.js";
+import { nightlyBackup } from "../../src/handlers/nightlyBackup.js";
+import { postRestore } from "../../src/handlers/restores.js";
 import { parseConnectionString } from "../../src/lib/storage.js";
 import { bodyOf, onTime, postJson, startTestApp, waitForRestore, type TestApp } from "../support/app.js";
 

@@ -6,7 +6,7 @@
  */
 import { afterEach, describe, expect, it } from "vitest";
 import { main } from "../../src/cli/hsm-backup.js";
-import { postRestore } from "../../src/functions/restores.js";
+import { postRestore } from "../../src/handlers/restores.js";
 import { createDeps } from "../../src/lib/deps.js";
 import { EVENTS } from "../../src/lib/telemetry.js";
 import { bodyOf, postJson, type TestApp } from "../support/app.js";

@@ -6,7 +6,7 @@
 import { randomBytes } from "node:crypto";
 import { HttpRequest, InvocationContext, type HttpResponseInit, type Timer } from "@azure/functions";
 import { expect, inject } from "vitest";
-import { getRestore } from "../../src/functions/restores.js";
+import { getRestore } from "../../src/handlers/restores.js";
 import { parseConfig, type Env } from "../../src/lib/config.js";
 import { createDeps, type AppDeps, type DepsOptions } from "../../src/lib/deps.js";
 import { startHsmEmulator, type HsmEmulator, type HsmEmulatorOptions, type RecordedRequest } from "../../tools/hsm-emulator/index.js";
