@@ -57,8 +57,12 @@ export function redactSecrets(text: string): string {
     .replace(DELEGATION_KEY_FIELD, "$1$2<redacted>");
 }
 
+/** @azure/identity's failures: DefaultAzureCredential explains every credential it tried, over many lines. */
+const CREDENTIAL_ERRORS = new Set(["AggregateAuthenticationError", "CredentialUnavailableError", "AuthenticationError", "AuthenticationRequiredError"]);
+
 /**
- * Normalises anything thrown into an Error whose message is safe to log. A storage failure's
+ * Normalises anything thrown into an Error whose message is safe to log. A credential failure
+ * becomes one line saying what to do (the chain's full story is in the AZURE_LOG_LEVEL=info log). A storage failure's
  * request ids (RestError: x-ms-request-id, x-ms-client-request-id) are appended when the message does
  * not name them already, so every failure the app records or prints can be looked up by Azure support.
  */
@@ -69,7 +73,10 @@ export function toSafeError(error: unknown): Error {
       ...(ids.requestId && !error.message.includes(ids.requestId) ? { requestId: ids.requestId } : {}),
       ...(ids.clientRequestId && !error.message.includes(ids.clientRequestId) ? { clientRequestId: ids.clientRequestId } : {}),
     };
-    const safe = new Error(redactSecrets(`${error.message}${requestIdsSuffix(missing)}`));
+    const message = CREDENTIAL_ERRORS.has(error.name)
+      ? `no Azure token could be acquired (${error.message.split("\n")[0]!.slice(0, 200)}): sign in with az login, or check the managed identity the app runs as (IDENTITY_ENDPOINT, BackupStorage__clientId)`
+      : error.message;
+    const safe = new Error(redactSecrets(`${message}${requestIdsSuffix(missing)}`));
     safe.name = error.name;
     return safe;
   }
