@@ -2,9 +2,11 @@
  * A small Managed HSM full backup / restore client over the documented data-plane REST API, because
  * @azure/keyvault-admin is not served by the registry this project can reach. Its surface follows
  * keyvault-admin's KeyVaultBackupClient (beginBackup, beginRestore, beginSelectiveKeyRestore,
- * beginPreBackup, beginPreRestore, each with a SAS or managed-identity overload) so the official
- * package can replace it in this one file where it is available. Wire facts and their sources:
- * shared/docs/managed-hsm-backup-api.md.
+ * beginPreBackup, beginPreRestore, each with a SAS or managed-identity overload). The operations do
+ * not depend on this class but on HsmBackupOperations (types.ts), which it implements; where the
+ * official package is available, its client can take this one's place through the small adapter
+ * shown in test/lib/hsm/keyvault-admin-adapter.test.ts (errors mapped, jobs resumed from their id),
+ * changing only deps.ts. Wire facts and their sources: shared/docs/managed-hsm-backup-api.md.
  *
  * Logging is the Azure SDK's: `AZURE_LOG_LEVEL=info` (or verbose) shows every call under the
  * "mhsm-backup" logger, with the Key Vault correlation headers allowed and everything else
@@ -30,7 +32,7 @@ import { requestIdsOf, type RequestIds } from "../correlation.js";
 import { redactSecrets } from "../redact.js";
 import { HsmInvalidResponseError, HsmJobFailedError, HsmRequestError, HsmStatusUnavailableError, type Delivery } from "./errors.js";
 import { HsmOperationPoller, parseOperation } from "./poller.js";
-import { JOB_ID, type Delay, type HsmOperationState, type OperationKind } from "./types.js";
+import { JOB_ID, type BeginOptions, type Delay, type HsmBackupOperations, type HsmOperationState, type OperationKind } from "./types.js";
 
 export const DEFAULT_HSM_API_VERSION = "7.6";
 
@@ -57,14 +59,7 @@ export interface ManagedHsmBackupClientOptions {
   readonly now?: () => Date;
 }
 
-export interface BeginOptions {
-  readonly abortSignal?: AbortSignal;
-  /**
-   * Attempts for a start call the HSM throttles (429/503); default maxStartAttempts. An HTTP handler
-   * passes 1: it answers the person at once rather than sleeping.
-   */
-  readonly maxAttempts?: number;
-}
+export type { BeginOptions } from "./types.js";
 
 /** Node error codes raised before a connection exists: a request that met one never reached the HSM. */
 const NOT_CONNECTED = new Set([
@@ -98,7 +93,7 @@ const sleep: Delay = (ms, signal) =>
     throw signal?.aborted ? signal.reason : error;
   });
 
-export class ManagedHsmBackupClient {
+export class ManagedHsmBackupClient implements HsmBackupOperations {
   /** The HSM's origin, e.g. https://contoso.managedhsm.azure.net */
   readonly vaultUrl: string;
   readonly serviceVersion: string;

@@ -1,8 +1,8 @@
 import { HsmInvalidResponseError, HsmJobFailedError, HsmStatusUnavailableError, HsmWaitDeadlineError } from "./errors.js";
 import type { RequestIds } from "../correlation.js";
-import { JOB_ID, type Delay, type HsmOperationState, type OperationKind, type OperationStatus } from "./types.js";
+import { JOB_ID, type Delay, type HsmOperation, type HsmOperationState, type OperationKind, type OperationStatus, type PollUntilDoneOptions } from "./types.js";
 
-export type { Delay, HsmOperationState, OperationKind, OperationStatus } from "./types.js";
+export type { Delay, HsmOperationState, OperationKind, OperationStatus, PollUntilDoneOptions } from "./types.js";
 
 interface PollDeps {
   readStatus(kind: OperationKind, url: string, signal?: AbortSignal): Promise<HsmOperationState & { retryAfterMs?: number; requestIds?: RequestIds }>;
@@ -13,23 +13,13 @@ interface PollDeps {
   readonly now: () => Date;
 }
 
-export interface PollUntilDoneOptions {
-  readonly abortSignal?: AbortSignal;
-  /** Called after every status read, e.g. to show progress. */
-  readonly onProgress?: (state: HsmOperationState) => void;
-  /**
-   * When to stop waiting. Status reads that fail or answer nonsense do not end the wait before it:
-   * the job may still be running, and a later read may tell. Default: wait without a deadline.
-   */
-  readonly deadline?: Date;
-}
 
 /**
  * Waits for one backup or restore job. Polling follows Retry-After when the service sends it (the
  * 202 carried 0 or 10 s in recordings), capped, and a default interval otherwise. A job id is all it
  * needs, so a worker other than the one that started the job can finish the wait.
  */
-export class HsmOperationPoller {
+export class HsmOperationPoller implements HsmOperation {
   private state: HsmOperationState | undefined;
   private nextWaitMs: number | undefined;
   /** Of the last status read: a job failure names the read that reported it. */
