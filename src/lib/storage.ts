@@ -1,6 +1,6 @@
 import type { TokenCredential } from "@azure/core-auth";
 import type { PipelineOptions, PipelineRequest, SendRequest } from "@azure/core-rest-pipeline";
-import { AzureNamedKeyCredential, TableClient } from "@azure/data-tables";
+import { TableClient, type TableServiceClientOptions } from "@azure/data-tables";
 import {
   BlobServiceClient,
   ContainerSASPermissions,
@@ -10,7 +10,7 @@ import {
   type StoragePipelineOptions,
 } from "@azure/storage-blob";
 import { ConfigError, isLoopback, type StorageConnection } from "./config.js";
-import { rememberSecret } from "./redact.js";
+import { rememberSecret, toSafeError } from "./redact.js";
 
 /** The permissions the HSM needs, and no more: backup writes a folder, restore reads one. */
 export type SasPurpose = "backup" | "restore";
@@ -75,21 +75,6 @@ export interface BackupStorage {
   containerSas(container: string, purpose: SasPurpose, ttlMinutes: number): Promise<ContainerSas>;
 }
 
-interface SharedKey {
-  readonly accountName: string;
-  readonly accountKey: string;
-  readonly blobEndpoint: string;
-  readonly tableEndpoint: string;
-}
-
-/** The Azurite account and its well-known key (public, documented; not a secret). */
-const DEVELOPMENT_STORAGE: SharedKey = {
-  accountName: "devstoreaccount1",
-  accountKey: "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==",
-  blobEndpoint: "http://127.0.0.1:10000/devstoreaccount1",
-  tableEndpoint: "http://127.0.0.1:10002/devstoreaccount1",
-};
-
 /**
  * Builds the blob and table clients from the BackupStorage connection: shared key when the
  * connection string carries one (Azurite, shared-key accounts), otherwise the app's identity, with
@@ -101,20 +86,27 @@ export function createBackupStorage(connection: StorageConnection, credential: T
     ...transport,
     retryOptions: { maxTries: STORAGE_RETRIES + 1, tryTimeoutInMs: requestTimeoutMs, retryDelayInMs: 500, maxRetryDelayInMs: 2000 },
   } as StoragePipelineOptions;
-  const tableOptions = (endpoint: string) => ({
+  const tableOptions = (endpoint: string): TableServiceClientOptions => ({
     ...transport,
     allowInsecureConnection: new URL(endpoint).protocol === "http:",
     retryOptions: { maxRetries: STORAGE_RETRIES, retryDelayInMs: 500, maxRetryDelayInMs: 2000 },
     additionalPolicies: [timeoutPolicy(requestTimeoutMs)],
   });
   if (connection.kind === "connectionString") {
-    const key = parseConnectionString(connection.connectionString);
-    const sharedKey = new StorageSharedKeyCredential(key.accountName, key.accountKey);
-    const blobService = new BlobServiceClient(key.blobEndpoint, sharedKey, options);
-    const tableCredential = new AzureNamedKeyCredential(key.accountName, key.accountKey);
-    return storage(blobService, (name) => new TableClient(key.tableEndpoint, name, tableCredential, tableOptions(key.tableEndpoint)),
-      async (container, permissions, startsOn, expiresOn) =>
-        generateBlobSASQueryParameters(sasValues(blobService.url, container, permissions, startsOn, expiresOn), sharedKey).toString());
+    // The SDKs parse the connection string (UseDevelopmentStorage=true and explicit endpoints
+    // included); the app only insists on an account key, because it signs the HSM's SAS with it.
+    const connectionString = connection.connectionString;
+    const blobService = fromConnectionString(() => BlobServiceClient.fromConnectionString(connectionString, options));
+    const sharedKey = blobService.credential;
+    if (!(sharedKey instanceof StorageSharedKeyCredential)) {
+      throw new ConfigError("BackupStorage",
+        "the connection string has no AccountKey, so the app cannot sign a SAS with it; use an identity-based connection (BackupStorage__blobServiceUri + BackupStorage__tableServiceUri) instead");
+    }
+    // The table endpoint is known once the SDK has parsed the string: plain http (Azurite) needs the insecure flag.
+    const tableUrl = fromConnectionString(() => TableClient.fromConnectionString(connectionString, "catalog").url);
+    const table = (name: string) => TableClient.fromConnectionString(connectionString, name, tableOptions(tableUrl));
+    return storage(blobService, table, async (container, permissions, startsOn, expiresOn) =>
+      generateBlobSASQueryParameters(sasValues(blobService.url, container, permissions, startsOn, expiresOn), sharedKey).toString());
   }
   const blobService = new BlobServiceClient(connection.blobServiceUri, credential, options);
   return storage(blobService, (name) => new TableClient(connection.tableServiceUri, name, credential, tableOptions(connection.tableServiceUri)),
@@ -159,27 +151,11 @@ function sasValues(blobServiceUrl: string, containerName: string, permissions: s
 }
 
 
-/** Reads account name, key and endpoints from a storage connection string. */
-export function parseConnectionString(connectionString: string): SharedKey {
-  const parts = new Map<string, string>();
-  for (const part of connectionString.split(";")) {
-    const at = part.indexOf("=");
-    if (at > 0) parts.set(part.slice(0, at).trim().toLowerCase(), part.slice(at + 1).trim());
+/** An SDK's refusal of the connection string, as the setting's error (the SDK's text never shows the key). */
+function fromConnectionString<T>(create: () => T): T {
+  try {
+    return create();
+  } catch (error) {
+    throw new ConfigError("BackupStorage", `the connection string was refused: ${toSafeError(error).message}`);
   }
-  if (parts.get("usedevelopmentstorage")?.toLowerCase() === "true") return DEVELOPMENT_STORAGE;
-  const accountName = parts.get("accountname");
-  const accountKey = parts.get("accountkey");
-  if (!accountName) throw new ConfigError("BackupStorage", "the connection string has no AccountName");
-  if (!accountKey) {
-    throw new ConfigError("BackupStorage",
-      "the connection string has no AccountKey, so the app cannot sign a SAS with it; use an identity-based connection (BackupStorage__blobServiceUri + BackupStorage__tableServiceUri) instead");
-  }
-  const protocol = parts.get("defaultendpointsprotocol") ?? "https";
-  const suffix = parts.get("endpointsuffix") ?? "core.windows.net";
-  return {
-    accountName,
-    accountKey,
-    blobEndpoint: parts.get("blobendpoint") ?? `${protocol}://${accountName}.blob.${suffix}`,
-    tableEndpoint: parts.get("tableendpoint") ?? `${protocol}://${accountName}.table.${suffix}`,
-  };
 }
