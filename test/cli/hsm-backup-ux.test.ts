@@ -8,6 +8,7 @@ import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ChainedTokenCredential, EnvironmentCredential } from "@azure/identity";
+import { getLogLevel, setLogLevel } from "@azure/logger";
 import { afterEach, describe, expect, it } from "vitest";
 import { EXIT, main, type CliOptions } from "../../src/cli/hsm-backup.js";
 import { fitLine } from "../../src/cli/terminal.js";
@@ -129,6 +130,24 @@ describe("hsm-backup for a new user", () => {
     expect(run.code).toBe(EXIT.error);
     expect(run.stderr).toMatch(/^hsm-backup: AggregateAuthenticationError: no Azure token could be acquired \(ChainedTokenCredential authentication failed\.\): sign in with az login, or check the managed identity/);
     expect(run.stderr.trimEnd().split("\n")).toHaveLength(1);
+  });
+
+  it("at AZURE_LOG_LEVEL=verbose, list and backup show the Azure SDKs' wire logs on stderr, without a SAS", async () => {
+    const app = await start();
+    const level = getLogLevel();
+    setLogLevel("verbose");
+    try {
+      const backup = await cli(app, ["backup", "--json"]);
+      expect(backup.code, backup.stderr).toBe(EXIT.ok);
+      expect(backup.stderr).toMatch(/^azure:mhsm-backup:info Request: \{\n\s+"url": "http:\/\/127\.0\.0\.1:\d+\/backup\?api-version=7\.6"/m);
+      const list = await cli(app, ["list"]);
+      expect(list.code).toBe(EXIT.ok);
+      expect(list.stderr).toMatch(/^azure:(core-rest-pipeline|data-tables|storage-blob):info Request: /m);
+      expect(JSON.parse(backup.stdout)).toHaveLength(1);
+      // cli() checks every run for an unredacted sig= on both streams.
+    } finally {
+      setLogLevel(level);
+    }
   });
 
   it("fits the progress line to the terminal: whole HSM names or '+N more', never half a word", async () => {
