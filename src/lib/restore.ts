@@ -1,7 +1,7 @@
 import { ACTIVE_STATUSES, Catalog, type RestoreRecord, type StartLock, type Stored } from "./catalog.js";
 import type { AppDeps } from "./deps.js";
 import { HsmInvalidResponseError, HsmRequestError } from "./hsm/errors.js";
-import type { HsmOperationPoller } from "./hsm/poller.js";
+import type { HsmOperation } from "./hsm/types.js";
 import type { Logger } from "./logger.js";
 import { finish, persist, recordAccepted, refreshRecord, startRefusedPatch } from "./outcome.js";
 import { ProblemError } from "./problem.js";
@@ -86,7 +86,7 @@ export async function startRestore(deps: AppDeps, log: Logger, request: RestoreR
   } finally {
     await lock.release();
   }
-  let poller: HsmOperationPoller;
+  let poller: HsmOperation;
   try {
     const client = deps.hsmClient(hsm);
     const sas = config.hsmStorageAuth === "sas"

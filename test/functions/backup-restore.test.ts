@@ -4,10 +4,10 @@
  * 202 → status → the deleted key is back.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { getBackup, listBackups } from "../../src/functions/backups.js";
-import { nightlyBackup } from "../../src/functions/nightlyBackup.js";
-import { postRestore } from "../../src/functions/restores.js";
 import type { KeyClient } from "@azure/keyvault-keys";
+import { getBackup, listBackups } from "../../src/handlers/backups.js";
+import { nightlyBackup } from "../../src/handlers/nightlyBackup.js";
+import { postRestore } from "../../src/handlers/restores.js";
 import { MANIFEST_BLOB } from "../../tools/hsm-emulator/index.js";
 import { deleteAndPurge, liveKeyId } from "../../tools/key-client.js";
 import { bodyOf, get, headerOf, keyClient, onTime, postJson, startTestApp, waitForRestore, type TestApp } from "../support/app.js";

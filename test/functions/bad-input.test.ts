@@ -5,9 +5,9 @@
  */
 import { HttpRequest, type HttpResponseInit } from "@azure/functions";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { getBackup, listBackups } from "../../src/functions/backups.js";
-import { nightlyBackup } from "../../src/functions/nightlyBackup.js";
-import { getRestore, postRestore } from "../../src/functions/restores.js";
+import { getBackup, listBackups } from "../../src/handlers/backups.js";
+import { nightlyBackup } from "../../src/handlers/nightlyBackup.js";
+import { getRestore, postRestore } from "../../src/handlers/restores.js";
 import { Catalog } from "../../src/lib/catalog.js";
 import { parseConfig, type Env } from "../../src/lib/config.js";
 import { createDeps, type AppDeps } from "../../src/lib/deps.js";
