@@ -108,8 +108,12 @@ export async function runDemo(print: Print = console.log): Promise<void> {
     await deleteAndPurge(keys, LOST_KEY, 200);
     print(`   key present: ${(await liveKeyId(keys, LOST_KEY)) !== undefined}`);
 
-    step("POST /api/restores for the whole HSM: refused, the backup is less than 30 minutes old");
-    const refused = show(await postRestore(request("POST", "/api/restores", { backupId: backup.id }), context(print, "postRestore"), deps));
+    step("POST /api/restores for the whole HSM without confirming it: refused, nothing started");
+    const unconfirmed = show(await postRestore(request("POST", "/api/restores", { backupId: backup.id }), context(print, "postRestore"), deps));
+    print(`   ${unconfirmed.title}: ${unconfirmed.detail}`);
+
+    step(`POST /api/restores {"backupId": "${backup.id}", "confirm": "${backup.hsmName}"}: refused, the backup is less than 30 minutes old`);
+    const refused = show(await postRestore(request("POST", "/api/restores", { backupId: backup.id, confirm: backup.hsmName }), context(print, "postRestore"), deps));
     print(`   ${refused.title}: ${refused.detail}`);
 
     step(`POST /api/restores {"backupId": "${backup.id}", "keyName": "${LOST_KEY}"}`);

@@ -43,6 +43,8 @@ Commands:
                               Without --key this is a FULL restore: every key in the HSM is replaced
                               by the backup's, and keys created or changed since are lost.
     --key NAME                  restore only this key (all its versions); the rest is left alone
+    --confirm HSM               a full restore must name the HSM it wipes (as the catalog shows it);
+                                on a terminal it is asked for, elsewhere it is required
     --no-wait                   return as soon as the HSM has started the restore
   status <id>                 Show a backup's or a restore's state (it says which), asking the HSM
                               while it runs.
@@ -80,7 +82,7 @@ export type Command =
   | { readonly name: "help" }
   | (Common & { readonly name: "backup"; readonly hsmName?: string })
   | (Common & { readonly name: "list"; readonly query: ListQuery; readonly refresh: boolean })
-  | (Common & { readonly name: "restore"; readonly backupId: string; readonly keyName?: string; readonly wait: boolean })
+  | (Common & { readonly name: "restore"; readonly backupId: string; readonly keyName?: string; readonly confirm?: string; readonly wait: boolean })
   | (Common & { readonly name: "status"; readonly id: string })
   | (Common & { readonly name: "reconcile" });
 
@@ -100,7 +102,7 @@ const COMMANDS: Readonly<Record<Exclude<Command["name"], "help">, { options: Opt
     options: { hsm: { type: "string" }, status: { type: "string" }, top: { type: "string" }, "continuation-token": { type: "string" }, refresh: { type: "boolean" } },
     positionals: [],
   },
-  restore: { options: { key: { type: "string" }, "no-wait": { type: "boolean" } }, positionals: ["backupId"] },
+  restore: { options: { key: { type: "string" }, confirm: { type: "string" }, "no-wait": { type: "boolean" } }, positionals: ["backupId"] },
   status: { options: {}, positionals: ["id"] },
   reconcile: { options: {}, positionals: [] },
 };
@@ -175,6 +177,7 @@ export function parseCommand(argv: readonly string[]): Command {
         name: "restore", ...common,
         backupId: usage(() => checkRecordId(positionals[0] ?? "", "backup")),
         ...(keyName !== undefined ? { keyName } : {}),
+        ...(text("confirm") !== undefined ? { confirm: text("confirm")! } : {}),
         wait: values["no-wait"] !== true,
       };
     }

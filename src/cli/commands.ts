@@ -23,6 +23,10 @@ export interface Context {
   readonly pollIntervalMs: number;
   /** Ctrl-C: stops the waiting, never what the HSM started. */
   readonly signal?: AbortSignal | undefined;
+  /** Asks the person at the terminal (to type the HSM name a full restore wipes); absent off a terminal. */
+  readonly readLine?: ((prompt: string) => Promise<string>) | undefined;
+  /** Recorded with a restore: who ran the CLI. */
+  readonly requestedBy: string;
 }
 
 export async function backup({ deps, log, term, json, signal }: Context, hsmName: string | undefined): Promise<number> {
@@ -139,16 +143,27 @@ export async function list({ deps, log, term, json }: Context, query: ListQuery,
   return EXIT.ok;
 }
 
-export async function restore(context: Context, backupId: string, keyName: string | undefined, wait: boolean): Promise<number> {
+export async function restore(context: Context, backupId: string, keyName: string | undefined, confirm: string | undefined, wait: boolean): Promise<number> {
   const { deps, log, term, json } = context;
   if (keyName === undefined) {
     const backup = (await deps.catalog.get("backup", backupId))?.record;
     // An unknown backup gets no warning: startRestore refuses it before anything happens.
     if (backup) {
       term.line(`WARNING: FULL restore of HSM ${backup.hsmName} from backup ${backup.id} (taken ${backup.endedAt ?? backup.startedAt}): every key in the HSM is replaced by the backup's; keys created or changed since then are lost.`);
+      if (confirm === undefined) {
+        if (!context.readLine) {
+          term.line(`hsm-backup: a full restore must be confirmed: add --confirm ${backup.hsmName} (or run it on a terminal and type the name). Nothing was started.`);
+          return EXIT.refused;
+        }
+        confirm = (await context.readLine(`Type the HSM name (${backup.hsmName}) to confirm the FULL restore: `)).trim();
+      }
     }
   }
-  const started = await startRestore(deps, log, { backupId, ...(keyName !== undefined ? { keyName } : {}) });
+  const started = await startRestore(deps, log, {
+    backupId, requestedBy: context.requestedBy,
+    ...(keyName !== undefined ? { keyName } : {}),
+    ...(confirm !== undefined ? { confirm } : {}),
+  });
   if (!wait) {
     term.line(`Restore ${started.id} started (job ${started.jobId}); follow it with: hsm-backup status ${started.id}`);
     if (json) term.json(started);

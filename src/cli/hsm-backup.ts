@@ -12,6 +12,8 @@
  * (streams and progress), settings (local.settings.json).
  */
 import { realpathSync } from "node:fs";
+import { userInfo } from "node:os";
+import { createInterface } from "node:readline/promises";
 import { pathToFileURL } from "node:url";
 import { format } from "node:util";
 import { AzureLogger } from "@azure/logger";
@@ -80,14 +82,17 @@ export async function main(argv: readonly string[], io: CliIo, options: CliOptio
       warn: (...args) => term.line(args.join(" ")),
       error: (...args) => term.line(args.join(" ")),
     });
-    const context: Context = { deps, log, term, json: command.json, pollIntervalMs: options.pollIntervalMs ?? DEFAULT_POLL_INTERVAL_MS, signal: options.signal };
+    const context: Context = {
+      deps, log, term, json: command.json, pollIntervalMs: options.pollIntervalMs ?? DEFAULT_POLL_INTERVAL_MS, signal: options.signal,
+      readLine: io.readLine, requestedBy: `cli ${osUser()}`,
+    };
     switch (command.name) {
       case "backup":
         return await backup(context, command.hsmName);
       case "list":
         return await list(context, command.query, command.refresh);
       case "restore":
-        return await restore(context, command.backupId, command.keyName, command.wait);
+        return await restore(context, command.backupId, command.keyName, command.confirm, command.wait);
       case "status":
         return await status(context, command.id);
       case "reconcile":
@@ -152,5 +157,25 @@ if (invokedAsScript()) {
     get columns() {
       return stderr.columns;
     },
+    ...(process.stdin.isTTY ? { readLine: askTerminal } : {}),
   }, { settingsDir: process.cwd(), signal: interrupt.signal });
+}
+
+/** The OS account running the CLI, recorded as who asked for a restore. */
+function osUser(): string {
+  try {
+    return userInfo().username;
+  } catch {
+    return "unknown user";
+  }
+}
+
+/** A question on stderr, the answer from the terminal's stdin. */
+async function askTerminal(prompt: string): Promise<string> {
+  const lines = createInterface({ input: process.stdin, output: process.stderr, terminal: true });
+  try {
+    return await lines.question(prompt);
+  } finally {
+    lines.close();
+  }
 }

@@ -17,6 +17,8 @@ export interface CliIo {
   readonly isTTY: boolean;
   /** That terminal's width, read at every redraw (a getter follows resizes). Default 80. */
   readonly columns?: number | undefined;
+  /** Asks the person at the terminal and resolves with the line typed; absent when stdin is not a terminal. */
+  readonly readLine?: ((prompt: string) => Promise<string>) | undefined;
 }
 
 /**

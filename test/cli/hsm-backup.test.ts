@@ -224,7 +224,17 @@ describe("hsm-backup against Azurite and the HSM emulator", () => {
     const backup = await backupNow(app);
     await deleteAndPurge(keys, "payments-rsa");
 
-    const tooSoon = await cli(app, ["restore", backup.id]);
+    // Off a terminal a full restore needs --confirm: refused, saying what to add, before anything happens.
+    const unconfirmed = await cli(app, ["restore", backup.id]);
+    expect(unconfirmed.code).toBe(EXIT.refused);
+    expect(unconfirmed.stderr).toMatch(new RegExp(`^hsm-backup: a full restore must be confirmed: add --confirm ${backup.hsmName} .*Nothing was started\\.$`, "m"));
+    const mistyped = await cli(app, ["restore", backup.id], { typed: "some-other-hsm" });
+    expect(mistyped.code).toBe(EXIT.refused);
+    expect(mistyped.prompts).toEqual([`Type the HSM name (${backup.hsmName}) to confirm the FULL restore: `]);
+    expect(mistyped.stderr).toMatch(/^hsm-backup: Confirmation names another HSM: confirm is "some-other-hsm"/m);
+    expect(await app.deps.catalog.list("restore", { top: 5 })).toEqual({ items: [] });
+
+    const tooSoon = await cli(app, ["restore", backup.id, "--confirm", backup.hsmName]);
     expect(tooSoon.code).toBe(EXIT.refused);
     expect(tooSoon.stdout).toBe("");
     expect(tooSoon.stderr).toMatch(new RegExp(`^WARNING: FULL restore of HSM ${backup.hsmName} from backup ${backup.id} .*every key in the HSM is replaced`, "m"));
@@ -233,7 +243,8 @@ describe("hsm-backup against Azurite and the HSM emulator", () => {
 
     app.clock.advance(31 * 60_000);
     hsm.faults.setJobDurationMs(300);
-    const run = await cli(app, ["restore", backup.id], { isTTY: true });
+    // On a terminal the person types the name.
+    const run = await cli(app, ["restore", backup.id], { isTTY: true, typed: backup.hsmName });
     expect(run.code, run.stderr).toBe(EXIT.ok);
     expect(run.stderr).toMatch(new RegExp(`\\r\\x1b\\[2KFULL restore \\d{13}-[0-9a-f]{8} on HSM ${backup.hsmName}: Running \\d+s`));
     expect(run.stderr.endsWith("\r\x1b[2K")).toBe(true);

@@ -184,7 +184,7 @@ describe("no SAS, account key or bearer token in anything the app puts out", () 
 
       app.clock.advance(31 * 60_000);
       hsm.keys.create("created-after-backup");
-      outcomes.fullRestore = await restore("a full restore", { backupId: good.id });
+      outcomes.fullRestore = await restore("a full restore", { backupId: good.id, confirm: good.hsmName });
 
       hsm.keys.delete("tokens-ec");
       hsm.keys.purge("tokens-ec");
