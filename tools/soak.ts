@@ -295,7 +295,7 @@ async function main(): Promise<number> {
     }
 
     const truth = { jobs, folders, tampered: new Set(hsms.flatMap((h) => [...h.tampered])) };
-    violations.push(...checkRecords(records, truth), ...checkHealthy(records, truth, healthy, windows));
+    violations.push(...checkRecords(records, truth, windows), ...checkHealthy(records, truth, healthy, windows, logs));
     violations.push(...checkSecrets([
       ...logs.map((text, i) => ({ where: `log line ${i + 1}`, text })),
       ...entities.map((e) => ({ where: `catalog entity ${String(e.partitionKey)}/${String(e.rowKey)}`, text: JSON.stringify(e) })),

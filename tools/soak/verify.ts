@@ -50,6 +50,10 @@ export const RULES = `Verification rules (every count must be 0):
                       Succeeded job of that HSM wrote; Failed (the start got no usable answer: StartNotSent,
                       StartOutcomeUnknown, InvalidServiceResponse, a refusal) or Skipped (PreviousJobRunning,
                       Conflict); anything else disagrees
+                    each job an emulator accepted belongs to the newest timer record of its HSM created
+                      before the job started; that record must name the job, or be jobless with errorCode
+                      StartOutcomeUnknown or InvalidServiceResponse, or hold the job's folder as a discovered
+                      backup (a record saying the start was refused or never sent while a job started lies)
   lost jobs         a job an emulator accepted that no record holds (by jobId, or by folderUri for a
                       Succeeded job); a Failed job whose start answer never reached the app counts as held
                       when a jobless Failed record of that HSM was started in the hour before it
@@ -65,10 +69,17 @@ export function createdAt(id: string): number {
   return 9_999_999_999_999 - Number(id.slice(0, 13));
 }
 
-function show(record: BackupRecord): string {
+/** The run during which a record was created (its id's time within a run's window). */
+function runOf(record: BackupRecord, windows: readonly RunWindow[]): string {
+  const at = createdAt(record.id);
+  const run = windows.find((w) => at >= w.from && at < w.to);
+  return run ? `run ${run.run}` : "after the last run";
+}
+
+function showIn(record: BackupRecord, windows: readonly RunWindow[]): string {
   const { id, hsmName, status, jobId, errorCode, folderUri, trigger, origin, activeJobId, correctedFrom } = record;
   const message = record.errorMessage ? ` message=${JSON.stringify(record.errorMessage.slice(0, 240))}` : "";
-  return `record ${id} hsm=${hsmName} ${status}${errorCode ? ` ${errorCode}` : ""}${jobId ? ` job=${jobId}` : ""}${folderUri ? ` folder=${folderUri}` : ""}`
+  return `record ${id} (${runOf(record, windows)}) hsm=${hsmName} ${status}${errorCode ? ` ${errorCode}` : ""}${jobId ? ` job=${jobId}` : ""}${folderUri ? ` folder=${folderUri}` : ""}`
     + ` trigger=${trigger}${origin ? ` origin=${origin}` : ""}${activeJobId ? ` activeJob=${activeJobId}` : ""}${correctedFrom ? ` correctedFrom=${correctedFrom}` : ""}${message}`;
 }
 
@@ -76,7 +87,8 @@ function jobText(job: EmulatorJob | undefined): string {
   return job ? `emulator job ${job.jobId} on ${job.hsm}: ${job.status}${job.folderUri ? ` folder=${job.folderUri}` : ""}` : "no such emulator job";
 }
 
-export function checkRecords(records: readonly BackupRecord[], truth: Truth): Violation[] {
+export function checkRecords(records: readonly BackupRecord[], truth: Truth, windows: readonly RunWindow[]): Violation[] {
+  const show = (r: BackupRecord) => showIn(r, windows);
   const violations: Violation[] = [];
   const byJob = new Map<string, BackupRecord[]>();
   const byFolder = new Map<string, BackupRecord[]>();
@@ -106,9 +118,34 @@ export function checkRecords(records: readonly BackupRecord[], truth: Truth): Vi
       violations.push({ check: "unofferedBackup", detail: `${jobText(job)}: no Succeeded record names its folder; held by: ${holders.map(show).join(" | ") || "nothing"}` });
     }
   }
+  violations.push(...checkAttribution(records, truth, windows));
   const written = new Set([...truth.jobs.values()].flatMap((j) => (j.folderUri ? [j.folderUri] : [])));
   for (const folder of truth.folders) {
     if (!written.has(folder)) violations.push({ check: "unofferedBackup", detail: `folder ${folder} in the container was written by no job an emulator accepted` });
+  }
+  return violations;
+}
+
+/** Error codes of a start whose answer never said which job it started (or whether it started one). */
+const NO_USABLE_ANSWER = new Set(["StartOutcomeUnknown", "InvalidServiceResponse"]);
+
+/**
+ * Each job belongs to the newest timer record of its HSM created before the job started (one start
+ * per HSM and run; throttled starts are re-sent, but a throttled call starts nothing). That record
+ * must name the job, or say the start's answer was unusable, or hold its folder as a discovered
+ * backup: a record that says "refused" or "never sent" while the HSM did start a job tells a lie.
+ */
+function checkAttribution(records: readonly BackupRecord[], truth: Truth, windows: readonly RunWindow[]): Violation[] {
+  const timer = records.filter((r) => r.trigger === "timer").sort((a, b) => createdAt(a.id) - createdAt(b.id));
+  const violations: Violation[] = [];
+  for (const job of truth.jobs.values()) {
+    if (job.startTime === undefined) continue;
+    // startTime is whole seconds: the record may be up to a second younger than the job's start.
+    const owner = timer.filter((r) => r.hsmName === job.hsm && createdAt(r.id) <= job.startTime! + 999).at(-1);
+    const fits = owner !== undefined && (owner.jobId === job.jobId
+      || (owner.jobId === undefined && ((owner.errorCode !== undefined && NO_USABLE_ANSWER.has(owner.errorCode))
+        || (owner.status === "Succeeded" && owner.origin === "discovered" && owner.folderUri === job.folderUri))));
+    if (!fits) violations.push({ check: "disagrees", detail: `${jobText(job)} started ${new Date(job.startTime).toISOString()}, but the run's record says otherwise: ${owner ? showIn(owner, windows) : "no timer record before it"}` });
   }
   return violations;
 }
@@ -154,21 +191,24 @@ function disagreement(r: BackupRecord, truth: Truth): string | undefined {
 }
 
 /** Healthy-HSM runs that did not back up (rule in RULES). */
-export function checkHealthy(records: readonly BackupRecord[], truth: Truth, healthy: string, runs: readonly RunWindow[]): Violation[] {
+export function checkHealthy(records: readonly BackupRecord[], truth: Truth, healthy: string, runs: readonly RunWindow[], logs: readonly string[]): Violation[] {
+  const show = (r: BackupRecord) => showIn(r, runs);
+  // What the app said about the healthy HSM in that run's invocations: the cause, in its own words.
+  const said = (run: number) => logs.filter((l) => l.startsWith(`[run ${run} `) && l.includes(healthy) && / (error|warn|warning)\] /.test(l)).slice(0, 3);
   const timerRecords = records.filter((r) => r.hsmName === healthy && r.trigger === "timer");
   const violations: Violation[] = [];
   for (const run of runs) {
     const mine = timerRecords.filter((r) => createdAt(r.id) >= run.from && createdAt(r.id) < run.to);
     const context = `run ${run.run}${run.killed ? " (wait killed)" : ""}, faults ${run.faults}`;
     if (mine.length !== 1) {
-      violations.push({ check: "healthy", detail: `${context}: ${mine.length} timer records for healthy HSM ${healthy}${mine.length ? `: ${mine.map(show).join(" | ")}` : ""}` });
+      violations.push({ check: "healthy", detail: `${context}: ${mine.length} timer records for healthy HSM ${healthy}${mine.length ? `: ${mine.map(show).join(" | ")}` : ""}; the app logged: ${said(run.run).join(" // ") || "nothing"}` });
       continue;
     }
     const r = mine[0]!;
     if (r.status === "Succeeded") continue;
     const active = r.activeJobId ? truth.jobs.get(r.activeJobId) : undefined;
     if (r.status === "Skipped" && r.errorCode === "PreviousJobRunning" && active?.status === "Succeeded" && active.hsm === healthy) continue;
-    violations.push({ check: "healthy", detail: `${context}: ${show(r)}${r.activeJobId ? `; active ${jobText(active)}` : ""}` });
+    violations.push({ check: "healthy", detail: `${context}: ${show(r)}${r.activeJobId ? `; active ${jobText(active)}` : ""}; the app logged: ${said(run.run).join(" // ") || "nothing"}` });
   }
   return violations;
 }
