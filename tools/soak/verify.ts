@@ -108,7 +108,7 @@ export function checkRecords(records: readonly BackupRecord[], truth: Truth, win
 
   const failedJobless = records.filter((r) => !r.jobId && r.status === "Failed");
   for (const job of truth.jobs.values()) {
-    const holders = [...(byJob.get(job.jobId) ?? []), ...(job.folderUri ? byFolder.get(job.folderUri) ?? [] : [])];
+    const holders = [...new Set([...(byJob.get(job.jobId) ?? []), ...(job.folderUri ? byFolder.get(job.folderUri) ?? [] : [])])];
     if (holders.length === 0) {
       const explained = job.status === "Failed" && job.startTime !== undefined && failedJobless.some((r) =>
         r.hsmName === job.hsm && createdAt(r.id) <= job.startTime! + 1000 && createdAt(r.id) >= job.startTime! - 3_600_000);
