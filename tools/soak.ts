@@ -66,6 +66,10 @@ class SimulatedClock {
   advance(ms: number): void {
     this.offset += ms;
   }
+  /** Moves the clock to `at` unless it is already past it: waits that overlap pass the time once. */
+  advanceTo(at: number): void {
+    this.offset = Math.max(this.offset, at - Date.now());
+  }
 }
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -140,15 +144,18 @@ async function main(): Promise<number> {
     };
     const transport = createDefaultHttpClient();
     const httpClient: HttpClient = { sendRequest: (request) => (noteSecrets(request), transport.sendRequest(request)) };
+    // The HSMs wait side by side, as they would for real: a wait ends at its own end time on the
+    // simulated clock, so two overlapping 60 s waits pass 60 s, not 120 s.
     const delay = (ms: number, signal?: AbortSignal) => new Promise<void>((resolve, reject) => {
       if (signal?.aborted) return reject(signal.reason);
-      clock.advance(ms);
+      const until = clock.nowMs() + ms;
       const onAbort = () => {
         clearTimeout(timer);
         reject(signal!.reason);
       };
       const timer = setTimeout(() => {
         signal?.removeEventListener("abort", onAbort);
+        clock.advanceTo(until);
         resolve();
       }, Math.min(15, Math.max(1, Math.round(ms / 100))));
       signal?.addEventListener("abort", onAbort, { once: true });
@@ -325,7 +332,7 @@ async function main(): Promise<number> {
     row("real time in backup runs / reconcile runs", `${(tally.backupMs / 1000).toFixed(1)} s / ${(tally.reconcileMs / 1000).toFixed(1)} s; slowest: ${slowest.sort((a, b) => b.ms - a.ms).slice(0, 3).map((s) => `${s.what} ${Math.round(s.ms)} ms`).join("; ")}`);
     row("reconcile invocations", `${tally.reconciles} (failed as designed ${tally.reconcileThrew}) + ${passes + 1} final pass(es)`);
     row("jobs the emulators started (backups)", `${jobs.size} (${by(jobList, (j) => `${labelOf.get(j.hsm)}`)}; ${by(jobList, (j) => j.status)})`);
-    row("catalog records", `${records.length} (${by(records, (r) => r.status)}; discovered ${records.filter((r) => r.origin === "discovered").length})`);
+    row("catalog records", `${records.length} (${by(records, (r) => r.status)}; discovered ${records.filter((r) => r.origin === "discovered").length}; corrected ${by(records.filter((r) => r.correctedFrom), (r) => `from ${r.correctedFrom}`) || "none"})`);
     row("HSM faults drawn", [...faultCounts].map(([k, n]) => `${k} ${n}`).join(", "));
     row("table proxy", by(tableProxy.log.filter((e) => e.fault), (e) => e.fault!) || "no faults");
     print("  ---- each must be 0 ----");

@@ -91,14 +91,15 @@ export const HSM_FAULTS: readonly HsmFault[] = [
   { name: "startHugeRetryAfter", weight: 2, apply: (t) => t.proxy.inject({ kind: "rewrite", transform: (a) => ({ ...a, headers: { ...a.headers, "retry-after": "86400" } }) }, { method: "POST", path: START }) },
   { name: "jobFails", weight: 4, apply: (t) => t.emulator.faults.failNextJob("backup", { code: "InternalError", message: "Injected by the soak: the HSM could not complete the backup." }) },
   { name: "statusChaos", weight: 2, apply: (t) => t.proxy.chaos({ status: 0.15, lostResponse: 0.05, delay: 0.1 }, { method: "GET", path: STATUS, status: 503, delayMs: 100 }) },
-  // Last: these take every status read after them (see lieAboutSuccess).
+  // These take every status read after them: the rest of the night's status faults come before them.
+  { name: "statusOutage", weight: 2, apply: (t) => t.proxy.inject({ kind: "status", status: 503, retryAfter: "86400" }, { method: "GET", path: STATUS, times: 10_000 }) },
   { name: "succeededNoFolder", weight: 2, apply: (t) => lieAboutSuccess(t, (b) => ({ ...b, azureStorageBlobContainerUri: null })) },
   { name: "succeededForeignFolder", weight: 2, apply: (t) => lieAboutSuccess(t, (b) => ({ ...b, azureStorageBlobContainerUri: FOREIGN_FOLDER })) },
 ];
 
 const TOTAL_WEIGHT = HSM_FAULTS.reduce((sum, f) => sum + f.weight, 0);
 
-/** 0-2 faults (a third of nights none), applied in menu order so the catch-all rewrites come last. */
+/** 0-2 faults (a third of nights none), applied in menu order so the catch-all ones come last. */
 export function drawHsmFaults(rng: Rng): HsmFault[] {
   const count = rng() < 0.3 ? 0 : between(rng, 1, 2);
   const chosen = new Set<HsmFault>();

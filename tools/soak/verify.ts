@@ -71,7 +71,8 @@ export function createdAt(id: string): number {
 
 /** The run during which a record was created (its id's time within a run's window). */
 function runOf(record: BackupRecord, windows: readonly RunWindow[]): string {
-  const at = createdAt(record.id);
+  // A discovered record's id carries its folder's time in whole seconds: up to a second before its run began.
+  const at = createdAt(record.id) + (record.trigger === "reconcile" ? 999 : 0);
   const run = windows.find((w) => at >= w.from && at < w.to);
   return run ? `run ${run.run}` : "after the last run";
 }
