@@ -204,7 +204,8 @@ async function startFailed(deps: AppDeps, hsm: HsmTarget, stored: Stored<BackupR
 async function settleEarlier(deps: AppDeps, hsm: HsmTarget, log: Logger): Promise<{ kind: Kind; record: AnyRecord } | undefined> {
   let busy: { kind: Kind; record: AnyRecord } | undefined;
   for (const kind of ["restore", "backup"] as const) {
-    for (const stored of await deps.catalog.unsettled(kind, hsm.name)) {
+    // Retried like a write: a read that fails here would cost this HSM its backup tonight.
+    for (const stored of await persist(deps, () => deps.catalog.unsettled(kind, hsm.name))) {
       let current = stored.record as AnyRecord;
       try {
         current = (await refreshRecord<AnyRecord>(deps, kind, stored, log)).record;

@@ -135,8 +135,14 @@ async function discoverOrphans(deps: AppDeps, hsm: HsmTarget, log: Logger, optio
   for (const kind of ["backup", "restore"] as const) {
     if ((await deps.catalog.active(kind, hsm.name)).length > 0) return;
   }
+  // A folder from the time of a record that may still learn its job's outcome (TimedOut) is that
+  // record's, not an orphan: its correction will name it.
+  const claimed = (await deps.catalog.unsettled("backup", hsm.name)).map((s) => ({
+    from: Date.parse(s.record.startedAt) - 60_000, to: deadlineOf(deps, s.record).getTime(),
+  }));
   for (const folder of await unrecordedFolders(deps, hsm, options.maxFoldersPerHsm ?? 10)) {
     if (pastDeadline(deps, options)) return;
+    if (claimed.some((c) => folder.at.getTime() >= c.from && folder.at.getTime() <= c.to)) continue;
     const check = await preRestoreCheck(deps, hsm, folder.uri);
     if (check.verdict !== "passed") {
       report.unadopted.push({ hsm: hsm.name, folderUri: folder.uri, reason: check.reason });

@@ -9,6 +9,7 @@ import { reconcileTimer } from "../../src/handlers/reconcile.js";
 import { Catalog, type BackupRecord } from "../../src/lib/catalog.js";
 import { safeLogger } from "../../src/lib/logger.js";
 import { reconcile } from "../../src/lib/reconcile.js";
+import { backupAll } from "../../src/lib/backup.js";
 import { jobStartRequests, onTime, type TestApp } from "../support/app.js";
 import { events, Night } from "../support/bad-night.js";
 
@@ -131,5 +132,44 @@ describe("reconcile", () => {
     const statuses = Object.fromEntries((await backups(app)).map((r) => [r.hsmName, r.status]));
     expect(statuses).toEqual({ [h.name]: "Running", [g.name]: "Succeeded" });
     expect(jobStartRequests(good).filter((r) => r.headers.authorization)).toHaveLength(1);
+  });
+});
+
+describe("reconcile and the nightly run under a failing catalog or status outage (found by npm run soak)", () => {
+  it("does not adopt a TimedOut backup's folder as an orphan: its own correction names it, and there is one record", async () => {
+    const { emulator, proxy } = await night.emulatorBehindProxy({ jobDurationMs: 50 });
+    let app!: TestApp;
+    // Waiting costs nothing: the app's clock moves by what it asked to wait.
+    ({ app } = await night.app([proxy.url], {
+      env: { JOB_TIMEOUT_MINUTES: "10" },
+      deps: { hsmClientOptions: { requestTimeoutMs: 1000, maxStatusAttempts: 1, defaultPollIntervalMs: 60_000, delay: async (ms) => app.clock.advance(ms) } },
+    }));
+    proxy.chaos({ status: 1 }, { method: "GET", path: /^\/backup\/[^/]+\/pending$/, status: 503 });
+    const [result] = await backupAll(app.deps, safeLogger(app.context()), { trigger: "timer" });
+    expect(result).toMatchObject({ outcome: "TimedOut" });
+
+    await expect.poll(() => emulator.jobs().map((j) => j.status)).toEqual(["Succeeded"]);
+    app.clock.advance(20 * 60_000);
+    // The job did end, but its status still cannot be read: its folder is there, and is not an orphan.
+    const during = await reconcile(app.deps, safeLogger(app.context()));
+    expect(during.discovered).toEqual([]);
+
+    proxy.clear();
+    const after = await reconcile(app.deps, safeLogger(app.context()));
+    expect(after.changed).toMatchObject([{ recordId: result!.record!.id, from: "TimedOut JobTimeout", to: "Succeeded" }]);
+    const all = await backups(app);
+    expect(all).toHaveLength(1);
+    expect(all[0]!.folderUri).toMatch(new RegExp(`/mhsm-${emulator.name}-\\d{16}$`));
+  });
+
+  it("a catalog read that hangs once does not cost a healthy HSM its backup", async () => {
+    const hsm = await night.emulator();
+    const { app, table } = await night.app([hsm.url], { tableProxy: true, env: { HSM_REQUEST_TIMEOUT_SECONDS: "5" } });
+    await app.deps.prepare();
+    // The first query of the night (settling this HSM's earlier records) never answers.
+    table!.inject({ kind: "hang" }, { method: "GET", path: new RegExp(`^/devstoreaccount1/${app.table}\\(\\)$`), times: 1 });
+    await nightlyBackup(onTime, app.context("nightlyBackup"), app.deps);
+    expect((await backups(app)).map((r) => r.status)).toEqual(["Succeeded"]);
+    expect(table!.stats().hang).toBe(1);
   });
 });

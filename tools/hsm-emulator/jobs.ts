@@ -122,6 +122,11 @@ export interface JobManagerDeps {
   /** Builds the storage client for a job; throws JobFailure when the HSM cannot reach storage that way. */
   storageClient(access: StorageAccess): ContainerClient;
   log(line: string): void;
+  /**
+   * The clock of job times and folder names (epoch ms); default Date.now. How long a job runs is
+   * always real time: a test that moves the app's clock moves this one with it.
+   */
+  readonly now?: () => number;
 }
 
 type Outcome =
@@ -178,6 +183,10 @@ export class JobManager {
     private durationMs: number,
   ) {}
 
+  private now(): number {
+    return this.deps.now?.() ?? Date.now();
+  }
+
   setDurationMs(ms: number): void {
     if (!Number.isFinite(ms) || ms < 0) throw new Error(`Job duration must be a non-negative number of milliseconds, got ${ms}.`);
     this.durationMs = ms;
@@ -224,7 +233,7 @@ export class JobManager {
         `Conflict: another backup or restore operation is in progress on this managed HSM (job ${this.running.id}, ${this.running.kind}); only one can run at a time. Retry after it completes.`,
       );
     }
-    const startedAtMs = Date.now();
+    const startedAtMs = this.now();
     const job: Job = {
       id: randomBytes(16).toString("hex"),
       kind: request.kind,
@@ -241,7 +250,7 @@ export class JobManager {
     this.running = job;
     // The backup holds the state at the time the call was received, like the folder timestamp says.
     const snapshot = request.kind === "backup" ? { keys: this.deps.keys.snapshot(), roleAssignments: this.deps.roles.snapshot() } : undefined;
-    const minimumEnd = startedAtMs + this.durationMs;
+    const minimumEnd = Date.now() + this.durationMs;
     const fault = this.takeFault(job.family);
     const secrets = "access" in request && request.access.kind === "sas" ? [request.access.token] : [];
     this.deps.log(`job ${job.id} (${job.kind}) started`);
@@ -312,7 +321,7 @@ export class JobManager {
       job.error = outcome.error;
       job.failureCode = outcome.code;
     }
-    job.endedAt = new Date();
+    job.endedAt = new Date(this.now());
     this.running = undefined;
     this.deps.log(`job ${job.id} (${job.kind}) ${job.status}${job.statusDetails ? `: ${job.statusDetails}` : ""}`);
   }

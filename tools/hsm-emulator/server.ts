@@ -68,6 +68,12 @@ export interface HsmEmulatorOptions {
   initialAdminObjectIds?: readonly string[];
   /** One line per request and per job transition, secrets removed. Default: silent. */
   log?: (line: string) => void;
+  /**
+   * Clock (epoch ms) of job start/end times and backup folder names, e.g. a test's simulated clock
+   * so that folder times agree with the app's; default Date.now. Job durations and token expiry stay
+   * on real time.
+   */
+  now?: () => number;
 }
 
 export interface RecordedRequest {
@@ -325,6 +331,7 @@ export async function startHsmEmulator(options: HsmEmulatorOptions = {}): Promis
       keys,
       roles,
       log,
+      ...(options.now ? { now: options.now } : {}),
       storageClient(access) {
         if (access.kind === "managedIdentity") {
           if (!options.managedIdentityStorage) {
