@@ -1,6 +1,6 @@
 import functions from "@azure/functions";
 import { checkHealth } from "../lib/health.js";
-import { json, route } from "../lib/http.js";
+import { json, route } from "../lib/handler.js";
 
 /**
  * GET /api/health — 200 when every HSM has a recent successful backup, 503 naming the stale ones.

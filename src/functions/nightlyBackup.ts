@@ -1,17 +1,18 @@
 import functions, { type InvocationContext, type Timer } from "@azure/functions";
-import { backupAll, failureSummary } from "../lib/backup.js";
 import { backupSchedule } from "../lib/config.js";
-import { getDeps, type AppDeps } from "../lib/deps.js";
+import type { AppDeps } from "../lib/deps.js";
+import { appDeps } from "../lib/handler.js";
 import { safeLogger } from "../lib/logger.js";
 
 /**
  * Backs up every configured HSM and fails the invocation when any did not succeed, so that a missed
  * backup shows as a failed run in the portal, not as a quiet log line.
  */
-export async function nightlyBackup(timer: Timer, context: InvocationContext, deps: AppDeps = getDeps()): Promise<void> {
+export async function nightlyBackup(timer: Timer, context: InvocationContext, deps?: AppDeps): Promise<void> {
+  const { backupAll, failureSummary } = await import("../lib/backup.js");
   const log = safeLogger(context);
   if (timer.isPastDue) log.warn("The backup timer is past due: this run catches up a missed schedule.");
-  const records = await backupAll(deps, log, { trigger: "timer" });
+  const records = await backupAll(deps ?? await appDeps(), log, { trigger: "timer" });
   const failure = failureSummary(records);
   if (failure) throw new Error(failure);
 }
