@@ -2,12 +2,17 @@
  * `npm run demo`: the whole product on this machine, with nothing from Azure. Starts Azurite, the
  * managed-identity endpoint and the Managed HSM emulator; creates keys; runs the nightly backup
  * handler; prints the catalog; deletes and purges a key; restores it through the HTTP handler; shows
- * it back; stops everything. The app runs exactly its production code: settings from the
- * environment, DefaultAzureCredential, the same handlers Azure calls.
+ * it back; stops everything. The app runs exactly its production code: the deployable bundle
+ * (`npm run build`, package.json main) registering its functions through @azure/functions-core as
+ * in the host, settings from the environment, DefaultAzureCredential, the handlers Azure calls.
  */
+import { readdir, readFile } from "node:fs/promises";
+import { dirname, join } from "node:path";
+import { fileURLToPath, pathToFileURL } from "node:url";
 import functions from "@azure/functions";
-import type { HttpResponseInit } from "@azure/functions";
+import type { HttpResponseInit, Timer } from "@azure/functions";
 import { startAzurite } from "./azurite.js";
+import { installFunctionsCore } from "./functions-host.js";
 import { startHsmEmulator } from "./hsm-emulator/index.js";
 import { applyIdentityEnv, startIdentityEndpoint } from "./identity-endpoint.js";
 
@@ -62,10 +67,13 @@ async function main(): Promise<void> {
     console.log(`   Azurite blobs ${azurite.blobEndpoint}, tables ${azurite.tableEndpoint}`);
     console.log(`   Managed HSM emulator ${hsm.url}`);
 
-    // Imported only now: the function files read settings lazily, but this keeps the order obvious.
-    const { nightlyBackup } = await import("../src/functions/nightlyBackup.js");
-    const { listBackups } = await import("../src/functions/backups.js");
-    const { postRestore, getRestore } = await import("../src/functions/restores.js");
+    step("Loading the bundle as the Functions host does: every file package.json main names");
+    const registered = await loadBundle();
+    type Http = (request: InstanceType<typeof HttpRequest>, context: InstanceType<typeof InvocationContext>) => Promise<HttpResponseInit>;
+    const nightlyBackup = registered("nightlyBackup") as (timer: Timer, context: InstanceType<typeof InvocationContext>) => Promise<void>;
+    const listBackups = registered("listBackups") as Http;
+    const postRestore = registered("postRestore") as Http;
+    const getRestore = registered("getRestore") as Http;
 
     step(`Creating keys in the HSM: ${KEYS.join(", ")}`);
     for (const name of KEYS) hsm.keys.create(name);
@@ -111,6 +119,24 @@ async function main(): Promise<void> {
   } finally {
     for (const stop of stops) await stop();
   }
+}
+
+/**
+ * Imports the built app's entries (package.json main) with @azure/functions-core provided as the host
+ * provides it, and returns the handlers they registered, by function name.
+ */
+async function loadBundle(): Promise<(name: string) => unknown> {
+  const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
+  const main = (JSON.parse(await readFile(join(root, "package.json"), "utf8")) as { main: string }).main;
+  const dir = join(root, dirname(main));
+  const core = installFunctionsCore();
+  for (const file of (await readdir(dir)).filter((f) => f.endsWith(".js")).sort()) await import(pathToFileURL(join(dir, file)).href);
+  console.log(`   ${main}: ${core.registrations.map((r) => `${r.name} (${r.trigger})`).join(", ")}`);
+  return (name) => {
+    const registration = core.registrations.find((r) => r.name === name);
+    if (!registration) throw new Error(`The bundle registered no function ${name}`);
+    return registration.handler;
+  };
 }
 
 main().then(
