@@ -3,6 +3,8 @@
  * tokens from the managed-identity endpoint through DefaultAzureCredential, a user-delegation SAS
  * for the HSM, and the catalog over OAuth — against Azurite in OAuth mode over HTTPS.
  */
+import { subscribe, unsubscribe } from "node:diagnostics_channel";
+import type { ClientRequest } from "node:http";
 import { InvocationContext } from "@azure/functions";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { listBackups } from "../../src/functions/backups.js";
@@ -50,6 +52,31 @@ describe("identity-based storage with user-delegation SAS (Azurite OAuth over HT
     expect(params.get("skoid")).toBe(inject("identityPrincipalId"));
     expect([...params.get("sp")!].sort().join("")).toBe("cdrw");
     expect(params.get("sig")).toBeTruthy();
+  });
+
+  it("signs every SAS of a run with one user-delegation key; each SAS keeps its own expiry", async () => {
+    // Observed at Node's http client: the requests the storage SDK actually sends.
+    const keyRequests: string[] = [];
+    const onRequest = (message: unknown) => {
+      const path = (message as { request: ClientRequest }).request.path;
+      if (path.includes("comp=userdelegationkey")) keyRequests.push(path);
+    };
+    const fresh = createDeps(deps.config, { storageOptions: { tlsOptions: { ca: cert.ca } } });
+    subscribe("http.client.request.start", onRequest);
+    let sas;
+    try {
+      sas = await Promise.all([1, 2, 3].map(() => fresh.storage.containerSas(deps.config.backupContainer, "backup", 30)));
+      sas.push(await fresh.storage.containerSas(deps.config.backupContainer, "restore", 30));
+    } finally {
+      unsubscribe("http.client.request.start", onRequest);
+    }
+    expect(keyRequests).toHaveLength(1);
+    for (const s of sas) {
+      const params = new URLSearchParams(s.token);
+      // ske: the signing key's expiry; se: the SAS's own, still 30 minutes from when it was signed.
+      expect(Date.parse(params.get("ske")!)).toBeGreaterThanOrEqual(Date.parse(params.get("se")!));
+      expect(Math.abs(Date.parse(params.get("se")!) - s.expiresOn.getTime())).toBeLessThan(1000);
+    }
   });
 
   it("backs up, records the backup and restores a key with no account key anywhere", async () => {
