@@ -4,7 +4,6 @@
  * names, and calls a registered handler. Outside the host @azure/functions only warns and registers
  * nothing, so the registrations are observed at the module the host injects (tools/functions-host.ts).
  */
-import { spawn } from "node:child_process";
 import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
@@ -12,7 +11,7 @@ import { fileURLToPath } from "node:url";
 import { build } from "esbuild";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { buildBundle, type BundleResult } from "../../tools/build.js";
-import type { ProbeResult } from "../../tools/registration-probe.js";
+import { runProbe, type ProbeResult } from "../../tools/registration-probe.js";
 import { uniqueName } from "../support/app.js";
 
 const ROOT = fileURLToPath(new URL("../../", import.meta.url));
@@ -49,7 +48,7 @@ describe("the function app bundle", () => {
       for (const m of source.matchAll(/\bapp\.(http|timer)\(\s*"([^"]+)"/g)) expected.push({ name: m[2]!, trigger: `${m[1]}Trigger` });
     }
     expect(expected.length).toBeGreaterThanOrEqual(6);
-    const result = await runProbe(entries, {});
+    const result = await probeRun(entries, {});
     const byName = (a: { name: string }, b: { name: string }) => a.name.localeCompare(b.name);
     expect(result.registrations.sort(byName)).toEqual(expected.sort(byName));
   });
@@ -72,7 +71,7 @@ describe("the function app bundle", () => {
   });
 
   it("answers a first call through the registered handler against Azurite", async () => {
-    const result = await runProbe([...entries, "--call", "health", "/api/health"], {
+    const result = await probeRun([...entries, "--call", "health", "/api/health"], {
       MANAGED_HSM_URLS: "https://bundlehsm.managedhsm.azure.net",
       BackupStorage: inject("azuriteConnectionString"),
       BACKUP_CONTAINER: uniqueName("bundle"),
@@ -82,18 +81,7 @@ describe("the function app bundle", () => {
     expect(JSON.parse(result.call!.body.split("\n")[0]!)).toMatchObject({ status: "stale", hsms: [{ name: "bundlehsm", stale: true }] });
   });
 
-  function runProbe(args: string[], env: Record<string, string>): Promise<ProbeResult> {
-    return new Promise((resolve, reject) => {
-      const child = spawn(process.execPath, [probe, ...args], { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
-      let stdout = "";
-      let stderr = "";
-      child.stdout.setEncoding("utf8").on("data", (c: string) => (stdout += c));
-      child.stderr.setEncoding("utf8").on("data", (c: string) => (stderr += c));
-      child.on("error", reject);
-      child.on("close", (code) => {
-        if (code !== 0) reject(new Error(`probe exited ${code}: ${stderr}`));
-        else resolve(JSON.parse(stdout.trim().split("\n").at(-1)!) as ProbeResult);
-      });
-    });
+  function probeRun(args: string[], env: Record<string, string>): Promise<ProbeResult> {
+    return runProbe(probe, args, { ...process.env, ...env });
   }
 });
