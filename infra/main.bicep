@@ -56,6 +56,29 @@ param backupSchedule string = '0 0 2 * * *'
 @maxValue(47)
 param healthMaxAgeHours int = 26
 
+@description('Timeout of each call to an HSM or to storage, in seconds (HSM_REQUEST_TIMEOUT_SECONDS).')
+@minValue(5)
+@maxValue(120)
+param hsmRequestTimeoutSeconds int = 30
+
+@description('Cap on any wait an HSM asks for with Retry-After, in seconds (MAX_POLL_INTERVAL_SECONDS).')
+@minValue(1)
+@maxValue(300)
+param maxPollIntervalSeconds int = 60
+
+@description('A backup or restore still running after this many minutes is recorded TimedOut; a later status read that sees its real outcome corrects it (JOB_TIMEOUT_MINUTES).')
+@minValue(10)
+@maxValue(1440)
+param jobTimeoutMinutes int = 120
+
+@description('When the reconcile timer settles open records and adopts unrecorded backups (RECONCILE_SCHEDULE): six-field NCRONTAB, UTC.')
+param reconcileSchedule string = '0 */15 * * * *'
+
+@description('At most this many HSMs are backed up at once (BACKUP_CONCURRENCY).')
+@minValue(1)
+@maxValue(100)
+param backupConcurrency int = 8
+
 @description('Lifetime in minutes of the SAS the app signs per job (SAS_TTL_MINUTES).')
 @minValue(5)
 @maxValue(1440)
@@ -248,6 +271,11 @@ module functionApp 'app/function-app.bicep' = {
     hsmStorageAuth: hsmStorageAuth
     restoreEnabled: restoreEnabled
     healthMaxAgeHours: healthMaxAgeHours
+    hsmRequestTimeoutSeconds: hsmRequestTimeoutSeconds
+    maxPollIntervalSeconds: maxPollIntervalSeconds
+    jobTimeoutMinutes: jobTimeoutMinutes
+    reconcileSchedule: reconcileSchedule
+    backupConcurrency: backupConcurrency
   }
   // The app starts as soon as it exists: its roles on storage and telemetry should be in place first.
   dependsOn: [

@@ -80,7 +80,7 @@ var backupFailedQuery = '''
 traces
 | where message startswith "MhsmBackupOutcome "
 | extend e = parse_json(substring(message, indexof(message, " ") + 1))
-| where tostring(e.status) != "Succeeded"
+| where tostring(e.status) !in ("Succeeded", "Skipped")
 | project timestamp, hsm = tostring(e.hsm), status = tostring(e.status), errorCode = tostring(e.errorCode), errorMessage = tostring(e.errorMessage), recordId = tostring(e.recordId), jobId = tostring(e.jobId)
 '''
 

@@ -81,6 +81,21 @@ param restoreEnabled bool
 @description('HEALTH_MAX_AGE_HOURS: /api/health answers 503 once an HSM\'s newest successful backup is older than this.')
 param healthMaxAgeHours int
 
+@description('HSM_REQUEST_TIMEOUT_SECONDS: timeout of each HSM or storage call.')
+param hsmRequestTimeoutSeconds int
+
+@description('MAX_POLL_INTERVAL_SECONDS: cap on any Retry-After the HSM asks for.')
+param maxPollIntervalSeconds int
+
+@description('JOB_TIMEOUT_MINUTES: a job still running after this long is recorded TimedOut.')
+param jobTimeoutMinutes int
+
+@description('RECONCILE_SCHEDULE: NCRONTAB (UTC) of the reconcile timer.')
+param reconcileSchedule string
+
+@description('BACKUP_CONCURRENCY: at most this many HSMs are backed up at once.')
+param backupConcurrency int
+
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   name: planName
   location: location
@@ -157,6 +172,11 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
       HSM_STORAGE_AUTH: hsmStorageAuth
       RESTORE_ENABLED: restoreEnabled ? 'true' : 'false'
       HEALTH_MAX_AGE_HOURS: string(healthMaxAgeHours)
+      HSM_REQUEST_TIMEOUT_SECONDS: string(hsmRequestTimeoutSeconds)
+      MAX_POLL_INTERVAL_SECONDS: string(maxPollIntervalSeconds)
+      JOB_TIMEOUT_MINUTES: string(jobTimeoutMinutes)
+      RECONCILE_SCHEDULE: reconcileSchedule
+      BACKUP_CONCURRENCY: string(backupConcurrency)
     }
   }
 }

@@ -82,9 +82,27 @@ union
   (traces | where message startswith "MhsmBackupOutcome " | extend operation = "backup"),
   (traces | where message startswith "MhsmRestoreOutcome " | extend operation = "restore")
 | extend e = parse_json(substring(message, indexof(message, " ") + 1))
-| where tostring(e.status) != "Succeeded"
-| project timestamp, operation, hsm = tostring(e.hsm), status = tostring(e.status), errorCode = tostring(e.errorCode), errorMessage = tostring(e.errorMessage), jobId = tostring(e.jobId), recordId = tostring(e.recordId)
+| where tostring(e.status) !in ("Succeeded", "Skipped")
+| project timestamp, operation, hsm = tostring(e.hsm), status = tostring(e.status), errorCode = tostring(e.errorCode), errorMessage = tostring(e.errorMessage), correctionOf = tostring(e.correctionOf), jobId = tostring(e.jobId), recordId = tostring(e.recordId)
 | order by timestamp desc
+'''
+
+// A job the HSM accepted whose outcome was never recorded (a catalog write failed, a worker died):
+// the accepted line is written before any catalog write, so the job id is here even then.
+var unrecordedJobsQuery = '''
+let accepted = traces
+| where message startswith "MhsmJobAccepted "
+| extend e = parse_json(substring(message, indexof(message, " ") + 1))
+| where timestamp < ago(3h)
+| project acceptedAt = timestamp, recordId = tostring(e.recordId), hsm = tostring(e.hsm), operation = tostring(e.operation), jobId = tostring(e.jobId);
+let ended = union
+  (traces | where message startswith "MhsmBackupOutcome "),
+  (traces | where message startswith "MhsmRestoreOutcome ")
+| extend e = parse_json(substring(message, indexof(message, " ") + 1))
+| project recordId = tostring(e.recordId);
+accepted
+| join kind=leftanti ended on recordId
+| order by acceptedAt desc
 '''
 
 var restoresQuery = '''
@@ -202,6 +220,17 @@ var workbook = {
         version: 'KqlItem/1.0'
         title: 'Failed backups and restores, with their messages'
         query: failuresQuery
+        size: 0
+        visualization: 'table'
+      })
+    }
+    {
+      type: 3
+      name: 'unrecorded-jobs'
+      content: union(appEvents, {
+        version: 'KqlItem/1.0'
+        title: 'Jobs the HSM accepted with no recorded outcome after 3 hours (run: hsm-backup reconcile)'
+        query: unrecordedJobsQuery
         size: 0
         visualization: 'table'
       })

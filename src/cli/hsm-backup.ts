@@ -25,7 +25,8 @@ import { createDeps, type AppDeps } from "../lib/deps.js";
 import { safeLogger, type Logger } from "../lib/logger.js";
 import { ProblemError } from "../lib/problem.js";
 import { redactSecrets, toSafeError } from "../lib/redact.js";
-import { restoreStatus, startRestore } from "../lib/restore.js";
+import { reconcile, reconcileFailures } from "../lib/reconcile.js";
+import { restoreStatus, startRestore, UNREACHED_TITLES } from "../lib/restore.js";
 import { checkKeyName, checkRecordId, InvalidInput, parseListQuery, truncate } from "../lib/validation.js";
 
 export const EXIT = {
@@ -59,6 +60,9 @@ Commands:
     --key NAME                  restore only this key (all its versions); the rest is left alone
     --no-wait                   return as soon as the HSM has started the restore
   status <restoreId>          Show a restore's state, asking the HSM while it runs.
+  reconcile                   Settle records a bad night left open (Starting, Running, TimedOut),
+                              apply the job deadline, and adopt backups the HSM wrote that no record
+                              holds (after the HSM's pre-restore check); print what changed.
 
 Options for every command:
   --json                      print only JSON on stdout: the records as the HTTP API returns them
@@ -69,12 +73,14 @@ Options for every command:
 
 Exit codes:
   0  succeeded (restore --no-wait: the restore started)
-  1  a backup of at least one HSM, or the restore, ended Failed or Canceled
+  1  a backup of at least one HSM, or the restore, ended Failed, Canceled or TimedOut;
+     reconcile recorded such an outcome
   2  usage error, missing or malformed setting, or request refused: malformed or unknown
      backup/restore id (status of an unknown id included), backup not restorable or too recent
      for a full restore, HSM busy, restore disabled, HSM refused the start
   3  status: the restore is still running
-  4  storage or an HSM could not be reached, or an unexpected error: the outcome is not known
+  4  storage or an HSM could not be reached (nothing was started, or the outcome is not
+     known), or an unexpected error
 `;
 
 /** The HTTP API's rules (src/lib/http.ts keeps these private; a test holds the two together). */
@@ -95,7 +101,8 @@ export type Command =
   | (Common & { readonly name: "backup" })
   | (Common & { readonly name: "list"; readonly query: ListQuery })
   | (Common & { readonly name: "restore"; readonly backupId: string; readonly keyName?: string; readonly wait: boolean })
-  | (Common & { readonly name: "status"; readonly restoreId: string });
+  | (Common & { readonly name: "status"; readonly restoreId: string })
+  | (Common & { readonly name: "reconcile" });
 
 export class UsageError extends Error {
   constructor(message: string) {
@@ -114,6 +121,7 @@ const COMMANDS: Readonly<Record<Exclude<Command["name"], "help">, { options: Opt
   },
   restore: { options: { key: { type: "string" }, "no-wait": { type: "boolean" } }, positionals: ["backupId"] },
   status: { options: {}, positionals: ["restoreId"] },
+  reconcile: { options: {}, positionals: [] },
 };
 
 /**
@@ -178,6 +186,8 @@ export function parseCommand(argv: readonly string[]): Command {
     }
     case "status":
       return { name: "status", ...common, restoreId: recordId(positionals[0] ?? "", "restore") };
+    case "reconcile":
+      return { name: "reconcile", ...common };
   }
 }
 
@@ -264,6 +274,8 @@ export async function main(argv: readonly string[], io: CliIo, options: CliOptio
         return await restore(context, command.backupId, command.keyName, command.wait);
       case "status":
         return await status(context, command.restoreId);
+      case "reconcile":
+        return await reconcileCommand(context);
     }
   } catch (error) {
     term.stopProgress();
@@ -277,10 +289,9 @@ export async function main(argv: readonly string[], io: CliIo, options: CliOptio
         .map((v) => (typeof v === "string" ? /^\/api\/restores\/([^/]+)$/.exec(v)?.[1] : undefined))
         .find((id) => id !== undefined);
       if (restoreId !== undefined) term.line(`Check that restore with: hsm-backup status ${restoreId}`);
-      return EXIT.refused;
+      return UNREACHED_TITLES.has(error.title) ? EXIT.error : EXIT.refused;
     }
-    const safe = toSafeError(error);
-    term.line(`hsm-backup: ${safe.name}: ${safe.message}`);
+    term.line(`hsm-backup: ${describeFailure(error)}`);
     return EXIT.error;
   } finally {
     term.stopProgress();
@@ -304,7 +315,7 @@ async function backup({ deps, log, term, json }: Context): Promise<number> {
     if (running.length === 0) return `Recording the outcomes (${elapsed(undefined)})`;
     return `Backing up ${running.length} of ${hsms.size} HSM(s): ${running.map(([name, s]) => `${name} ${s.status} ${elapsed(undefined)}`).join(" | ")}`;
   });
-  const records = await backupAll(deps, log, {
+  const results = await backupAll(deps, log, {
     trigger: "cli",
     onProgress: (hsm, state) => {
       const entry = hsms.get(hsm.name);
@@ -318,14 +329,55 @@ async function backup({ deps, log, term, json }: Context): Promise<number> {
     },
   });
   term.stopProgress();
+  // An HSM whose part could not be recorded still gets a line: its name, outcome and what is known.
+  const records = results.map((r): BackupRecord => r.record ?? {
+    id: "-", hsmName: r.hsm, hsmUrl: deps.config.hsms.find((h) => h.name === r.hsm)?.url ?? "", status: r.outcome as BackupRecord["status"],
+    startedAt: new Date(started).toISOString(), trigger: "cli", ...(r.jobId ? { jobId: r.jobId } : {}), ...(r.detail ? { errorMessage: r.detail } : {}),
+  });
   if (json) term.json(records);
   else term.out(backupTable(records));
-  const failure = failureSummary(records);
-  if (failure !== undefined) {
-    term.line(failure);
-    return EXIT.failed;
+  for (const r of results.filter((x) => x.outcome === "Pending")) {
+    term.line(`HSM ${r.hsm}: job ${r.jobId} is still running; its outcome is recorded by the next reconcile run (or: hsm-backup reconcile)`);
   }
-  return EXIT.ok;
+  const failure = failureSummary(results);
+  if (failure === undefined) return EXIT.ok;
+  term.line(failure);
+  // Not reached (nothing was sent, no answer, or the catalog was out of reach) is not the same as failed.
+  const unreached = results.some((r) => r.outcome === "Unknown" || r.outcome === "NotRecorded" || r.record?.errorCode === "StartNotSent");
+  return unreached ? EXIT.error : EXIT.failed;
+}
+
+async function reconcileCommand({ deps, log, term, json }: Context): Promise<number> {
+  const report = await reconcile(deps, log);
+  if (json) {
+    term.json(report);
+  } else {
+    if (report.changed.length === 0 && report.discovered.length === 0) term.line(`Nothing to change (${report.checked} record(s) checked).`);
+    for (const c of report.changed) term.out(`${c.kind} ${c.recordId}  HSM ${c.hsm}  ${c.from} -> ${c.to}${c.detail ? `  ${c.detail}` : ""}\n`);
+    for (const d of report.discovered) term.out(`backup ${d.id}  HSM ${d.hsmName}  adopted discovered folder ${folderName(d.folderUri)}\n`);
+    for (const u of report.unadopted) term.line(`Not adopted: ${u.folderUri}: ${u.reason}`);
+    for (const e of report.errors) term.line(`Could not reconcile: ${e}`);
+  }
+  const failure = reconcileFailures(report);
+  if (failure === undefined) return EXIT.ok;
+  if (!json) term.line(failure);
+  return report.errors.length > 0 ? EXIT.error : EXIT.failed;
+}
+
+/** One line saying what could not be reached, for an error that is not a refusal. */
+function describeFailure(error: unknown): string {
+  const safe = toSafeError(error);
+  const e = error as { name?: string; code?: string; request?: { url?: string } };
+  if (e.name === "RestError" && e.request?.url) {
+    let host = "";
+    try {
+      host = new URL(e.request.url).host;
+    } catch {
+      // No host to name.
+    }
+    return `backup storage${host ? ` at ${host}` : ""} could not be reached or refused the call (${e.code ?? safe.message.split("\n")[0]}): check BackupStorage and the network`;
+  }
+  return `${safe.name}: ${safe.message.split("\n")[0]}`;
 }
 
 async function list({ deps, term, json }: Context, query: ListQuery): Promise<number> {

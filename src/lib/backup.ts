@@ -1,111 +1,264 @@
-import { ACTIVE_STATUSES, Catalog, type BackupRecord, type Stored } from "./catalog.js";
+import { ACTIVE_STATUSES, Catalog, type BackupRecord, type Kind, type Stored } from "./catalog.js";
 import type { HsmTarget } from "./config.js";
 import type { AppDeps } from "./deps.js";
-import { HsmJobFailedError, HsmRequestError } from "./hsm/errors.js";
-import type { HsmOperationState } from "./hsm/poller.js";
+import { HsmJobFailedError, HsmRequestError, HsmWaitDeadlineError } from "./hsm/errors.js";
+import type { HsmOperationPoller } from "./hsm/poller.js";
+import type { HsmOperationState } from "./hsm/types.js";
 import type { Logger } from "./logger.js";
-import { finalPatch, finish, refreshRecord, startRefusedPatch } from "./outcome.js";
+import { deadlineOf, emitOutcome, finalPatch, finish, persist, recordAccepted, refreshRecord, startRefusedPatch, timedOutPatch, type AnyRecord, type FinalPatch } from "./outcome.js";
 import { toSafeError } from "./redact.js";
+import { emitEvent, EVENTS } from "./telemetry.js";
 
 export interface BackupRunOptions {
   /** What started the run, kept in the record: "timer", "cli". */
   readonly trigger: string;
   readonly abortSignal?: AbortSignal;
   readonly onProgress?: (hsm: HsmTarget, state: HsmOperationState) => void;
+  /**
+   * When this run stops waiting (a timer run must end before the function timeout). A job still
+   * running then stays Running for the reconcile run; only the job's own deadline makes it TimedOut.
+   */
+  readonly runDeadline?: Date;
+  /** Only these HSMs (by name); default every configured HSM. */
+  readonly hsmNames?: readonly string[];
 }
 
 /**
- * Backs up every configured HSM at once — they are independent, and one failing never stops the
- * others. Earlier records still active (a worker recycled mid-wait) are settled first. Resolves with
- * one record per HSM; a record that is not Succeeded is a failed run for that HSM.
+ * How one HSM's part of a run ended. Pending: the job runs on after this run stopped waiting;
+ * Unknown: the start call got no answer; NotRecorded: the catalog could not be written (detail says
+ * whether a job was started, and its id).
  */
-export async function backupAll(deps: AppDeps, log: Logger, options: BackupRunOptions): Promise<BackupRecord[]> {
-  await deps.prepare();
-  await settleEarlierBackups(deps, log);
-  return Promise.all(deps.config.hsms.map((hsm) => backupHsm(deps, hsm, log, options)));
+export type HsmRunOutcome = "Succeeded" | "Failed" | "Canceled" | "TimedOut" | "Skipped" | "Pending" | "Unknown" | "NotRecorded";
+
+export interface HsmRunResult {
+  readonly hsm: string;
+  readonly outcome: HsmRunOutcome;
+  readonly record?: BackupRecord;
+  readonly jobId?: string;
+  readonly detail?: string;
+}
+
+/** Outcomes that are not a failure of the run: the backup exists, is on its way, or was rightly not attempted. */
+const NOT_FAILED: readonly HsmRunOutcome[] = ["Succeeded", "Skipped", "Pending"];
+
+/**
+ * Backs up every configured HSM, at most BACKUP_CONCURRENCY at once. Each HSM is its own failure
+ * domain: settling its earlier records, its new backup and its catalog writes can fail only that
+ * HSM's result, never stop or delay another HSM's backup. Resolves once every HSM has a result.
+ */
+export async function backupAll(deps: AppDeps, log: Logger, options: BackupRunOptions): Promise<HsmRunResult[]> {
+  const targets = options.hsmNames ? deps.config.hsms.filter((h) => options.hsmNames!.includes(h.name)) : deps.config.hsms;
+  try {
+    await deps.prepare();
+  } catch (error) {
+    const detail = `backup storage could not be reached (${toSafeError(error).message}); no backup was started`;
+    log.error(`Backup run: ${detail}`);
+    return targets.map((hsm) => ({ hsm: hsm.name, outcome: "NotRecorded", detail }));
+  }
+  return mapLimit(targets, deps.config.backupConcurrency, (hsm) =>
+    backupHsm(deps, hsm, log, options).catch((error: unknown): HsmRunResult => {
+      const detail = `unexpected error: ${toSafeError(error).message}`;
+      log.error(`Backup of HSM ${hsm.name}: ${detail}`);
+      return { hsm: hsm.name, outcome: "Unknown", detail };
+    }));
 }
 
 /**
- * One HSM: the record is written before the start call (Starting), gets the job id as soon as the HSM
- * answers (Running) and its outcome when the job ends. If the worker dies at any point, the record
- * says how far it got, and a later status read finishes it.
+ * One HSM: earlier unsettled records are settled first; if a job is still running on the HSM the
+ * backup is Skipped. Otherwise the record is written before the start call (Starting), gets the job
+ * id as soon as the HSM answers (Running) and its outcome when the job ends. If the worker dies at
+ * any point, the record says how far it got, and a later status read (reconcile) finishes it.
  */
-export async function backupHsm(deps: AppDeps, hsm: HsmTarget, log: Logger, options: BackupRunOptions): Promise<BackupRecord> {
-  const { config, catalog, storage } = deps;
+export async function backupHsm(deps: AppDeps, hsm: HsmTarget, log: Logger, options: BackupRunOptions): Promise<HsmRunResult> {
+  const { config, catalog } = deps;
+  let busy: { kind: Kind; record: AnyRecord } | undefined;
+  try {
+    busy = await settleEarlier(deps, hsm, log);
+  } catch (error) {
+    return notRecorded(log, hsm, `the catalog could not be read (${toSafeError(error).message}); no backup was started`);
+  }
   const startedAt = deps.now();
-  let stored: Stored<BackupRecord> = await catalog.insert("backup", {
+  const base = {
     id: Catalog.newId(startedAt),
     hsmName: hsm.name,
     hsmUrl: hsm.url,
-    status: "Starting",
     startedAt: startedAt.toISOString(),
     trigger: options.trigger,
-  });
-  const id = stored.record.id;
-  const begin = options.abortSignal ? { abortSignal: options.abortSignal } : {};
+    deadlineAt: new Date(startedAt.getTime() + config.jobTimeoutMs).toISOString(),
+  };
+  if (busy) return skip(deps, hsm, log, base, busy);
+
+  let stored: Stored<BackupRecord>;
   try {
-    const containerUrl = storage.containerUrl(config.backupContainer);
-    const client = deps.hsmClient(hsm);
-    const poller = config.hsmStorageAuth === "sas"
-      ? await client.beginBackup(containerUrl, (await storage.containerSas(config.backupContainer, "backup", config.sasTtlMinutes)).token, begin)
-      : await client.beginBackup(containerUrl, begin);
-    const started = poller.getOperationState();
-    stored = await catalog.merge("backup", stored, {
-      status: "Running",
-      jobId: poller.jobId,
-      ...(started?.startTime ? { startedAt: started.startTime.toISOString() } : {}),
-    });
-    log.info(`Backup of HSM ${hsm.name} started: job ${poller.jobId}, record ${id}`);
+    stored = await persist(() => catalog.insert("backup", { ...base, status: "Starting" }));
+  } catch (error) {
+    return notRecorded(log, hsm, `the catalog could not be written (${toSafeError(error).message}); no backup was started`);
+  }
+  let poller: HsmOperationPoller;
+  try {
+    poller = await startBackup(deps, hsm, options);
+  } catch (error) {
+    return startFailed(deps, hsm, stored, error, log, options.abortSignal?.aborted === true);
+  }
+  const jobId = poller.jobId;
+  // Before any catalog write: whatever happens to the catalog now, the job id is in the log.
+  emitEvent(log.info, EVENTS.jobAccepted, { hsm: hsm.name, recordId: stored.record.id, jobId, status: "Running", operation: "backup" });
+  log.info(`Backup of HSM ${hsm.name} started: job ${jobId}, record ${stored.record.id}`);
+  try {
+    stored = await recordAccepted(deps, "backup", stored, poller.getOperationState(), jobId, log);
+  } catch (error) {
+    log.error(`Backup job ${jobId} of HSM ${hsm.name} was accepted, but recording it failed (${toSafeError(error).message}); waiting for the job anyway (record ${stored.record.id})`);
+  }
+  const jobDeadline = deadlineOf(deps, stored.record);
+  const waitUntil = options.runDeadline && options.runDeadline < jobDeadline ? options.runDeadline : jobDeadline;
+  let patch: FinalPatch | undefined;
+  let unknown: string | undefined;
+  try {
     const final = await poller.pollUntilDone({
-      ...begin,
+      deadline: waitUntil,
+      ...(options.abortSignal ? { abortSignal: options.abortSignal } : {}),
       ...(options.onProgress ? { onProgress: (state: HsmOperationState) => options.onProgress!(hsm, state) } : {}),
     });
-    stored = await finish(deps, "backup", stored, finalPatch(stored.record, final, deps.now()), log);
+    patch = finalPatch(deps, "backup", stored.record, final, deps.now());
   } catch (error) {
-    stored = await recordFailure(deps, stored, error, log);
+    if (error instanceof HsmJobFailedError) patch = finalPatch(deps, "backup", stored.record, error, deps.now());
+    else if (error instanceof HsmWaitDeadlineError && deps.now() >= jobDeadline) patch = timedOutPatch({ ...stored.record, jobId }, jobDeadline, error.lastState, error.lastProblem);
+    else unknown = toSafeError(error).message;
   }
-  const record = stored.record;
-  if (record.status === "Succeeded") {
-    log.info(`Backup of HSM ${hsm.name} succeeded in ${record.durationSeconds} s: ${record.folderUri} (record ${id})`);
-  } else {
-    log.error(`Backup of HSM ${hsm.name} did not succeed: ${record.status} ${record.errorCode ?? ""} ${record.errorMessage ?? ""} (record ${id})`);
+  if (patch === undefined) {
+    const note = `Outcome not yet known: ${unknown}`;
+    log.warn(`Backup of HSM ${hsm.name}, job ${jobId}: ${note}; a later status read settles it (record ${stored.record.id})`);
+    stored = await persist(() => catalog.merge("backup", stored, { jobId, errorMessage: note })).catch(() => stored);
+    return { hsm: hsm.name, outcome: "Pending", record: stored.record, jobId, detail: note };
   }
-  return record;
+  try {
+    stored = await finish(deps, "backup", stored, { ...patch, jobId }, log);
+  } catch (error) {
+    return notRecorded(log, hsm, `job ${jobId} ended ${patch.status}, but the catalog write failed (${toSafeError(error).message}); the reconcile run records it`, jobId);
+  }
+  return report(log, hsm, stored.record);
+}
+
+function startBackup(deps: AppDeps, hsm: HsmTarget, options: BackupRunOptions): Promise<HsmOperationPoller> {
+  const { config, storage } = deps;
+  const containerUrl = storage.containerUrl(config.backupContainer);
+  const client = deps.hsmClient(hsm);
+  const begin = options.abortSignal ? { abortSignal: options.abortSignal } : {};
+  if (config.hsmStorageAuth !== "sas") return client.beginBackup(containerUrl, begin);
+  return storage.containerSas(config.backupContainer, "backup", config.sasTtlMinutes).then((sas) => client.beginBackup(containerUrl, sas.token, begin));
 }
 
 /**
- * A job that ended badly is recorded Failed/Canceled. When the start call got no answer, or status
- * reads stopped answering, the outcome is unknown: the record stays as it is, with the problem noted,
- * for a later status read to settle.
+ * A start that failed. A refusal or a call that was never sent ends the record (Failed, with the
+ * cause and an event); the HSM's 409 means another job runs there (Skipped). Only a call that may
+ * have reached the HSM without an answer leaves the record Starting, for a later read to settle.
  */
-async function recordFailure(deps: AppDeps, stored: Stored<BackupRecord>, error: unknown, log: Logger): Promise<Stored<BackupRecord>> {
-  const now = deps.now();
-  if (error instanceof HsmJobFailedError) {
-    return finish(deps, "backup", stored, finalPatch(stored.record, error, now), log);
-  }
-  const unanswered = error instanceof HsmRequestError && error.unanswered;
-  if (stored.record.status === "Starting" && !unanswered) {
-    return finish(deps, "backup", stored, startRefusedPatch(error, now), log);
-  }
+async function startFailed(deps: AppDeps, hsm: HsmTarget, stored: Stored<BackupRecord>, error: unknown, log: Logger, aborted: boolean): Promise<HsmRunResult> {
   const safe = toSafeError(error);
-  log.warn(`Backup record ${stored.record.id}: outcome unknown for now (${safe.message}); a later status read will settle it`);
-  const noted = await deps.catalog.merge("backup", stored, { errorMessage: `Outcome not yet known: ${safe.message}` });
-  return noted;
+  const now = deps.now();
+  try {
+    if ((error instanceof HsmRequestError && error.unanswered) || aborted) {
+      const note = `Outcome not yet known: ${safe.message}`;
+      log.warn(`Backup of HSM ${hsm.name}: ${note} (record ${stored.record.id})`);
+      const noted = await persist(() => deps.catalog.merge("backup", stored, { errorMessage: note }));
+      return { hsm: hsm.name, outcome: "Unknown", record: noted.record, detail: note };
+    }
+    if (error instanceof HsmRequestError && error.statusCode === 409) {
+      const skipped = await finish(deps, "backup", stored, {
+        status: "Skipped", endedAt: now.toISOString(), errorCode: error.code ?? "Conflict",
+        errorMessage: `Managed HSM refused the start because another backup or restore is running on it (${error.serviceMessage}). This run's backup was skipped; the next run backs it up.`,
+      }, log);
+      return report(log, hsm, skipped.record);
+    }
+    const failed = await finish(deps, "backup", stored, startRefusedPatch(error, now), log);
+    return report(log, hsm, failed.record);
+  } catch (writeError) {
+    return notRecorded(log, hsm, `the start failed (${safe.message}) and recording that failed too (${toSafeError(writeError).message})`);
+  }
 }
 
-async function settleEarlierBackups(deps: AppDeps, log: Logger): Promise<void> {
-  for (const stored of await deps.catalog.active("backup")) {
-    const settled = await refreshRecord(deps, "backup", stored, log);
-    if (!ACTIVE_STATUSES.includes(settled.record.status)) {
-      log.info(`Settled earlier backup record ${settled.record.id} of HSM ${settled.record.hsmName}: ${settled.record.status}`);
+/**
+ * Settles this HSM's unsettled records (one status read each) and returns one whose job is still
+ * running on the HSM, if any. A record that cannot be settled is logged and left; it never stops the
+ * run. Restores count too: Managed HSM runs one backup or restore at a time.
+ */
+async function settleEarlier(deps: AppDeps, hsm: HsmTarget, log: Logger): Promise<{ kind: Kind; record: AnyRecord } | undefined> {
+  let busy: { kind: Kind; record: AnyRecord } | undefined;
+  for (const kind of ["restore", "backup"] as const) {
+    for (const stored of await deps.catalog.unsettled(kind, hsm.name)) {
+      let current = stored.record as AnyRecord;
+      try {
+        current = (await refreshRecord<AnyRecord>(deps, kind, stored, log)).record;
+        if (current.status !== stored.record.status) log.info(`Settled earlier ${kind} record ${current.id} of HSM ${hsm.name}: ${current.status}`);
+      } catch (error) {
+        log.warn(`Earlier ${kind} record ${current.id} of HSM ${hsm.name} could not be settled now: ${toSafeError(error).message}`);
+      }
+      if (ACTIVE_STATUSES.includes(current.status)) busy ??= { kind, record: current };
     }
   }
+  return busy;
 }
 
-/** One line per HSM that did not succeed, for the invocation's failure message; undefined if all did. */
-export function failureSummary(records: readonly BackupRecord[]): string | undefined {
-  const failed = records.filter((r) => r.status !== "Succeeded");
+/** A rerun over a live job: recorded Skipped with the job that still runs. Not a failure, not an alert. */
+async function skip(deps: AppDeps, hsm: HsmTarget, log: Logger, base: Omit<BackupRecord, "status">, busy: { kind: Kind; record: AnyRecord }): Promise<HsmRunResult> {
+  const active = busy.record;
+  const record: BackupRecord = {
+    ...base,
+    status: "Skipped",
+    endedAt: base.startedAt,
+    errorCode: "PreviousJobRunning",
+    errorMessage: `${busy.kind === "backup" ? "Backup" : "Restore"} ${active.id}${active.jobId ? ` (job ${active.jobId})` : ""} is still ${active.status} on HSM ${hsm.name}; Managed HSM runs one backup or restore at a time. Its outcome is recorded when it ends.`,
+    activeRecordId: active.id,
+    ...(active.jobId ? { activeJobId: active.jobId } : {}),
+  };
+  try {
+    const stored = await persist(() => deps.catalog.insert("backup", record));
+    emitOutcome(log, "backup", stored.record);
+    return report(log, hsm, stored.record);
+  } catch (error) {
+    return notRecorded(log, hsm, `skipped (${record.errorMessage}), and recording that failed (${toSafeError(error).message})`);
+  }
+}
+
+function report(log: Logger, hsm: HsmTarget, record: BackupRecord): HsmRunResult {
+  if (record.status === "Succeeded") {
+    log.info(`Backup of HSM ${hsm.name} succeeded in ${record.durationSeconds} s: ${record.folderUri} (record ${record.id})`);
+  } else if (record.status === "Skipped") {
+    log.info(`Backup of HSM ${hsm.name} skipped: ${record.errorMessage} (record ${record.id})`);
+  } else {
+    log.error(`Backup of HSM ${hsm.name} did not succeed: ${record.status} ${record.errorCode ?? ""} ${record.errorMessage ?? ""} (record ${record.id})`);
+  }
+  const outcome: HsmRunOutcome = ACTIVE_STATUSES.includes(record.status) ? "Pending" : (record.status as HsmRunOutcome);
+  return { hsm: hsm.name, outcome, record, ...(record.jobId ? { jobId: record.jobId } : {}) };
+}
+
+function notRecorded(log: Logger, hsm: HsmTarget, detail: string, jobId?: string): HsmRunResult {
+  log.error(`Backup of HSM ${hsm.name}: ${detail}`);
+  return { hsm: hsm.name, outcome: "NotRecorded", detail, ...(jobId ? { jobId } : {}) };
+}
+
+/** One line per HSM that did not succeed (Skipped and still-running ones are not failures); undefined if none. */
+export function failureSummary(results: readonly HsmRunResult[]): string | undefined {
+  const failed = results.filter((r) => !NOT_FAILED.includes(r.outcome));
   if (failed.length === 0) return undefined;
-  return `Backup did not succeed for ${failed.length} of ${records.length} HSM(s): ` +
-    failed.map((r) => `${r.hsmName} (${r.status}${r.errorCode ? ` ${r.errorCode}` : ""}: ${r.errorMessage ?? "no details"}; record ${r.id})`).join("; ");
+  return `Backup did not succeed for ${failed.length} of ${results.length} HSM(s): ` +
+    failed.map((r) => {
+      const record = r.record;
+      const what = record ? `${record.errorCode ? ` ${record.errorCode}` : ""}: ${record.errorMessage ?? r.detail ?? "no details"}; record ${record.id}` : `: ${r.detail ?? "no details"}`;
+      return `${r.hsm} (${r.outcome}${what}${r.jobId && !record ? `; job ${r.jobId}` : ""})`;
+    }).join("; ");
+}
+
+/** Runs fn over items with at most `limit` in flight, keeping the input order in the results. */
+async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
+  const results = new Array<R>(items.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const index = next++;
+      results[index] = await fn(items[index]!);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return results;
 }

@@ -8,9 +8,15 @@ import { odata, RestError, type TableClient, type TableEntityResult } from "@azu
 import { ProblemError } from "./problem.js";
 import { redactSecrets } from "./redact.js";
 
-export const RECORD_STATUSES = ["Starting", "Running", "Succeeded", "Failed", "Canceled"] as const;
+export const RECORD_STATUSES = ["Starting", "Running", "Succeeded", "Failed", "Canceled", "TimedOut", "Skipped"] as const;
 export type RecordStatus = (typeof RECORD_STATUSES)[number];
+/** A job may be running: the HSM is busy, and whoever reads a final status records it. */
 export const ACTIVE_STATUSES: readonly RecordStatus[] = ["Starting", "Running"];
+/**
+ * Records a later status read may still change: the active ones, and TimedOut (the wait ended, the
+ * job may not have). Reconcile reads these.
+ */
+export const UNSETTLED_STATUSES: readonly RecordStatus[] = ["Starting", "Running", "TimedOut"];
 
 /** Ids are 13 digits of inverted epoch milliseconds, a hyphen and 8 random hex digits. */
 export const RECORD_ID = /^\d{13}-[0-9a-f]{8}$/;
@@ -30,13 +36,24 @@ interface CommonRecord {
   readonly statusDetails?: string;
   readonly errorCode?: string;
   readonly errorMessage?: string;
+  /** When the app stops waiting for the job and records TimedOut. */
+  readonly deadlineAt?: string;
+  /** Set when a later truth replaced an outcome recorded without it (TimedOut, StartOutcomeUnknown). */
+  readonly correctedAt?: string;
+  /** What the corrected outcome said, e.g. "TimedOut JobTimeout". */
+  readonly correctedFrom?: string;
 }
 
 export interface BackupRecord extends CommonRecord {
   /** The folder the HSM wrote, once Succeeded. A plain URL: never a SAS. */
   readonly folderUri?: string;
-  /** What started it: "timer", "cli". */
+  /** What started it: "timer", "cli", "reconcile". */
   readonly trigger: string;
+  /** "discovered": reconcile found the folder in the container without a record and the HSM's pre-restore check accepted it. */
+  readonly origin?: "discovered";
+  /** Skipped: the record of the job that was still running on the HSM. */
+  readonly activeRecordId?: string;
+  readonly activeJobId?: string;
 }
 
 export interface RestoreRecord extends CommonRecord {
@@ -53,6 +70,13 @@ export type RecordPatch<K extends Kind> = Partial<Omit<RecordOf<K>, "id">>;
 export interface Stored<T> {
   readonly record: T;
   readonly etag: string;
+}
+
+/** The start lock of one HSM, held by this worker until released or lost. */
+export interface StartLock {
+  /** Renews the lock; false when it was lost (taken over as stale): the holder must not go on. */
+  renew(): Promise<boolean>;
+  release(): Promise<void>;
 }
 
 export interface ListQuery {
@@ -90,10 +114,21 @@ export class Catalog {
     return `${String(MAX_EPOCH_MS - now.getTime()).padStart(13, "0")}-${randomBytes(4).toString("hex")}`;
   }
 
+  /**
+   * Inserts a new record. Idempotent: when a retried insert finds a row with this id (the SDK retried
+   * after a lost answer, so the first attempt did land) and it holds what we wrote, it is ours.
+   */
   async insert<K extends Kind>(kind: K, record: RecordOf<K>): Promise<Stored<RecordOf<K>>> {
     const clean = redacted(record);
-    const response = await this.table.createEntity({ partitionKey: kind, rowKey: record.id, ...toEntity(clean) });
-    return { record: clean, etag: response.etag ?? "*" };
+    try {
+      const response = await this.table.createEntity({ partitionKey: kind, rowKey: record.id, ...toEntity(clean) });
+      return { record: clean, etag: response.etag ?? "*" };
+    } catch (error) {
+      if (!(error instanceof RestError && error.statusCode === 409)) throw error;
+      const existing = await this.get(kind, record.id);
+      if (existing && sameFields(existing.record, clean)) return existing;
+      throw error;
+    }
   }
 
   /**
@@ -101,25 +136,36 @@ export class Catalog {
    * the record meanwhile, it is re-read; if that worker already recorded an outcome, its record
    * stands and is returned unchanged (two status reads racing must not flip an outcome).
    */
-  async merge<K extends Kind>(kind: K, stored: Stored<RecordOf<K>>, patch: RecordPatch<K>): Promise<Stored<RecordOf<K>> & { applied: boolean }> {
+  async merge<K extends Kind>(kind: K, stored: Stored<RecordOf<K>>, patch: RecordPatch<K>, options: { correction?: boolean } = {}): Promise<Stored<RecordOf<K>> & { applied: boolean }> {
     let current = stored;
     for (let attempt = 0; attempt < 5; attempt++) {
-      const updated = await this.tryUpdate(kind, current, patch);
+      // An outcome is written once. Only a correction (a later truth replacing an outcome recorded
+      // without it) may change a record that is no longer active.
+      if (!ACTIVE_STATUSES.includes(current.record.status) && !options.correction) return { ...current, applied: false };
+      const updated = await this.tryUpdate(kind, current, patch, options.correction === true);
       if (updated) return { ...updated, applied: true };
       const reread = await this.get(kind, current.record.id);
       if (!reread) throw new Error(`Catalog ${kind} record ${current.record.id} vanished while it was being updated`);
-      if (!ACTIVE_STATUSES.includes(reread.record.status)) return { ...reread, applied: false };
+      // A correction is decided on what the record said: when it changed meanwhile, the caller decides again.
+      if (options.correction) return { ...reread, applied: false };
       current = reread;
     }
     throw new Error(`Catalog ${kind} record ${stored.record.id}: too many concurrent updates`);
   }
 
-  private async tryUpdate<K extends Kind>(kind: K, stored: Stored<RecordOf<K>>, patch: RecordPatch<K>): Promise<Stored<RecordOf<K>> | undefined> {
+  /**
+   * Merge for ordinary changes. A correction replaces the whole entity, so that a field the patch sets
+   * to undefined (an error code that no longer holds) is removed rather than left behind.
+   */
+  private async tryUpdate<K extends Kind>(kind: K, stored: Stored<RecordOf<K>>, patch: RecordPatch<K>, replace: boolean): Promise<Stored<RecordOf<K>> | undefined> {
     const clean = redacted(patch);
+    const next = { ...stored.record, ...clean } as RecordOf<K>;
+    const written = replace ? next : clean;
     try {
       const response = await this.table.updateEntity(
-        { partitionKey: kind, rowKey: stored.record.id, ...toEntity(clean) }, "Merge", { etag: stored.etag });
-      return { record: { ...stored.record, ...clean }, etag: response.etag ?? "*" };
+        { partitionKey: kind, rowKey: stored.record.id, ...toEntity(written) }, replace ? "Replace" : "Merge", { etag: stored.etag });
+      const record = Object.fromEntries(Object.entries(next).filter(([, v]) => v !== undefined)) as RecordOf<K>;
+      return { record, etag: response.etag ?? "*" };
     } catch (error) {
       if (error instanceof RestError && error.statusCode === 412) return undefined;
       throw error;
@@ -164,40 +210,75 @@ export class Catalog {
   /**
    * Takes the start lock of an HSM: a row in partition "lock" that only one writer can create. It
    * closes the window between "is the HSM idle?" and "record the new job" that two requests at once
-   * would otherwise both pass. A lock older than staleAfterMs was left by a worker that died and is
-   * taken over (etag-conditional, so only one taker wins).
+   * would otherwise both pass. The holder renews it (etag-conditional) right before it records the
+   * job, so a live holder never loses it; a lock not renewed for staleAfterMs was left by a worker
+   * that died and is taken over (also etag-conditional, so only one taker wins).
    */
-  async tryLock(name: string, now: Date, staleAfterMs: number): Promise<boolean> {
+  async tryLock(name: string, now: () => Date, staleAfterMs: number): Promise<StartLock | undefined> {
     const rowKey = `hsm-${name}`;
+    let etag: string;
     try {
-      await this.table.createEntity({ partitionKey: LOCK_PARTITION, rowKey, takenAt: now.toISOString() });
-      return true;
+      etag = (await this.table.createEntity({ partitionKey: LOCK_PARTITION, rowKey, takenAt: now().toISOString() })).etag ?? "*";
     } catch (error) {
       if (!(error instanceof RestError && error.statusCode === 409)) throw error;
+      try {
+        const held = await this.table.getEntity<{ takenAt?: string }>(LOCK_PARTITION, rowKey);
+        const age = now().getTime() - Date.parse(held.takenAt ?? "");
+        if (age < staleAfterMs) return undefined;
+        etag = (await this.table.updateEntity({ partitionKey: LOCK_PARTITION, rowKey, takenAt: now().toISOString() }, "Replace", { etag: held.etag })).etag ?? "*";
+      } catch (inner) {
+        // Released (404) or taken over by someone else (412) meanwhile: not ours this time.
+        if (inner instanceof RestError && (inner.statusCode === 404 || inner.statusCode === 412)) return undefined;
+        throw inner;
+      }
     }
-    try {
-      const held = await this.table.getEntity<{ takenAt?: string }>(LOCK_PARTITION, rowKey);
-      if (now.getTime() - Date.parse(held.takenAt ?? "") < staleAfterMs) return false;
-      await this.table.updateEntity({ partitionKey: LOCK_PARTITION, rowKey, takenAt: now.toISOString() }, "Replace", { etag: held.etag });
-      return true;
-    } catch (error) {
-      // Released (404) or taken over by someone else (412) meanwhile: not ours this time.
-      if (error instanceof RestError && (error.statusCode === 404 || error.statusCode === 412)) return false;
-      throw error;
-    }
+    const table = this.table;
+    return {
+      async renew() {
+        try {
+          etag = (await table.updateEntity({ partitionKey: LOCK_PARTITION, rowKey, takenAt: now().toISOString() }, "Replace", { etag })).etag ?? "*";
+          return true;
+        } catch (error) {
+          if (error instanceof RestError && (error.statusCode === 404 || error.statusCode === 412)) return false;
+          throw error;
+        }
+      },
+      async release() {
+        try {
+          await table.deleteEntity(LOCK_PARTITION, rowKey, { etag });
+        } catch (error) {
+          // Gone, or taken over after it went stale: either way no longer ours to delete.
+          if (!(error instanceof RestError && (error.statusCode === 404 || error.statusCode === 412))) throw error;
+        }
+      },
+    };
   }
 
-  async unlock(name: string): Promise<void> {
-    try {
-      await this.table.deleteEntity(LOCK_PARTITION, `hsm-${name}`);
-    } catch (error) {
-      if (!(error instanceof RestError && error.statusCode === 404)) throw error;
-    }
+  /**
+   * Whether a backup record names this folder. Only records started within a day of `around` (the
+   * folder's own time) are read: a row-key range, so the cost does not grow with the history.
+   */
+  async hasFolder(folderUri: string, around: Date): Promise<boolean> {
+    const day = 86_400_000;
+    const from = Catalog.newId(new Date(around.getTime() + day)).slice(0, 13);
+    const to = Catalog.newId(new Date(around.getTime() - day)).slice(0, 13);
+    const filter = odata`PartitionKey eq ${"backup"} and RowKey ge ${from} and RowKey lt ${`${to}~`} and folderUri eq ${folderUri}`;
+    for await (const _found of this.table.listEntities({ queryOptions: { filter, select: ["RowKey"] } })) return true;
+    return false;
   }
 
   /** Records of one HSM still Starting or Running (few: at most one job runs per HSM). */
   async active<K extends Kind>(kind: K, hsmName?: string): Promise<Stored<RecordOf<K>>[]> {
-    let filter = odata`PartitionKey eq ${kind} and (status eq ${"Starting"} or status eq ${"Running"})`;
+    return this.withStatus(kind, ACTIVE_STATUSES, hsmName);
+  }
+
+  /** Records a status read may still change (active, TimedOut): what reconcile settles. */
+  async unsettled<K extends Kind>(kind: K, hsmName?: string): Promise<Stored<RecordOf<K>>[]> {
+    return this.withStatus(kind, UNSETTLED_STATUSES, hsmName);
+  }
+
+  private async withStatus<K extends Kind>(kind: K, statuses: readonly RecordStatus[], hsmName?: string): Promise<Stored<RecordOf<K>>[]> {
+    let filter = `${odata`PartitionKey eq ${kind}`} and (${statuses.map((status) => odata`status eq ${status}`).join(" or ")})`;
     if (hsmName !== undefined) filter += ` and ${odata`hsmName eq ${hsmName}`}`;
     const found: Stored<RecordOf<K>>[] = [];
     for await (const entity of this.table.listEntities<Record<string, unknown>>({ queryOptions: { filter } })) {
@@ -232,6 +313,11 @@ function assertContinuationToken(token: string): void {
  */
 function redacted<T extends object>(record: T): T {
   return Object.fromEntries(Object.entries(record).map(([k, v]) => [k, typeof v === "string" ? redactSecrets(v) : v])) as T;
+}
+
+function sameFields(stored: object, written: object): boolean {
+  const have = stored as Record<string, unknown>;
+  return Object.entries(written).every(([key, value]) => value === undefined || have[key] === value);
 }
 
 function toEntity(record: object): Record<string, unknown> {

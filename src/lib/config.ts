@@ -18,12 +18,26 @@ export const SETTINGS = [
   "HSM_STORAGE_AUTH",
   "RESTORE_ENABLED",
   "HEALTH_MAX_AGE_HOURS",
+  "HSM_REQUEST_TIMEOUT_SECONDS",
+  "MAX_POLL_INTERVAL_SECONDS",
+  "JOB_TIMEOUT_MINUTES",
+  "RECONCILE_SCHEDULE",
+  "BACKUP_CONCURRENCY",
 ] as const;
 
 export type SettingName = (typeof SETTINGS)[number];
 export type Env = Readonly<Record<string, string | undefined>>;
 
 export const DEFAULT_BACKUP_SCHEDULE = "0 0 2 * * *";
+export const DEFAULT_RECONCILE_SCHEDULE = "0 */15 * * * *";
+
+/**
+ * host.json's functionTimeout (a test holds the two together). A timer run stops waiting
+ * RUN_MARGIN_MS before it, so it ends on its own terms: what it did not see end stays Running
+ * for the reconcile run to settle, rather than the host killing the invocation mid-write.
+ */
+export const FUNCTION_TIMEOUT_MS = 60 * 60_000;
+export const RUN_MARGIN_MS = 5 * 60_000;
 
 /** api-versions whose backuprestore spec has full backup, restore and selective key restore. */
 export const HSM_API_VERSIONS = ["7.2", "7.3", "7.4", "7.5", "7.6", "2025-06-01", "2025-07-01"] as const;
@@ -58,6 +72,15 @@ export interface AppConfig {
   readonly hsmStorageAuth: "sas" | "managedIdentity";
   readonly restoreEnabled: boolean;
   readonly healthMaxAgeHours: number;
+  /** Per call to an HSM or storage: token, connection and the whole answer. */
+  readonly requestTimeoutMs: number;
+  /** Cap on any Retry-After the HSM asks for. */
+  readonly maxPollIntervalMs: number;
+  /** After this long a job still running (or unreadable) is recorded TimedOut. */
+  readonly jobTimeoutMs: number;
+  readonly reconcileSchedule: string;
+  /** At most this many HSMs are backed up at once. */
+  readonly backupConcurrency: number;
 }
 
 export class ConfigError extends Error {
@@ -93,6 +116,11 @@ export function parseConfig(env: Env): AppConfig {
     hsmStorageAuth,
     restoreEnabled: boolean(env, "RESTORE_ENABLED", true),
     healthMaxAgeHours: integer(env, "HEALTH_MAX_AGE_HOURS", 26, 1, 24 * 31),
+    requestTimeoutMs: integer(env, "HSM_REQUEST_TIMEOUT_SECONDS", 30, 5, 120) * 1000,
+    maxPollIntervalMs: integer(env, "MAX_POLL_INTERVAL_SECONDS", 60, 1, 300) * 1000,
+    jobTimeoutMs: integer(env, "JOB_TIMEOUT_MINUTES", 120, 10, 24 * 60) * 60_000,
+    reconcileSchedule: schedule(env, "RECONCILE_SCHEDULE", DEFAULT_RECONCILE_SCHEDULE, { validate: true }),
+    backupConcurrency: integer(env, "BACKUP_CONCURRENCY", 8, 1, 100),
   };
 }
 
@@ -101,12 +129,31 @@ export function parseConfig(env: Env): AppConfig {
  * a function file loads takes the whole app down, and the host reports a bad schedule itself.
  */
 export function backupSchedule(env: Env, { validate = false } = {}): string {
-  const value = setting(env, "BACKUP_SCHEDULE") ?? DEFAULT_BACKUP_SCHEDULE;
+  return schedule(env, "BACKUP_SCHEDULE", DEFAULT_BACKUP_SCHEDULE, { validate });
+}
+
+/** The reconcile timer's schedule, read at registration time; never throws (see backupSchedule). */
+export function reconcileSchedule(env: Env): string {
+  return schedule(env, "RECONCILE_SCHEDULE", DEFAULT_RECONCILE_SCHEDULE, { validate: false });
+}
+
+function schedule(env: Env, name: "BACKUP_SCHEDULE" | "RECONCILE_SCHEDULE", fallback: string, { validate }: { validate: boolean }): string {
+  const value = setting(env, name) ?? fallback;
   if (validate && value.trim().split(/\s+/).length !== 6) {
-    throw new ConfigError("BACKUP_SCHEDULE",
-      `"${value}" is not a six-field NCRONTAB expression (second minute hour day month day-of-week), e.g. "${DEFAULT_BACKUP_SCHEDULE}"`);
+    throw new ConfigError(name,
+      `"${value}" is not a six-field NCRONTAB expression (second minute hour day month day-of-week), e.g. "${fallback}"`);
   }
   return value;
+}
+
+/**
+ * How long a record may stay Starting (no job id) while its worker is still trying to start the
+ * job: every attempt's timeout plus every capped wait between attempts, and a margin. A Starting
+ * record older than this lost its worker.
+ */
+export function staleStartMs(config: AppConfig, maxStartAttempts = 4): number {
+  const longestStart = maxStartAttempts * config.requestTimeoutMs + (maxStartAttempts - 1) * config.maxPollIntervalMs;
+  return Math.max(15 * 60_000, longestStart + 5 * 60_000);
 }
 
 function parseHsmUrls(env: Env): HsmTarget[] {

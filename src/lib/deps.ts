@@ -31,7 +31,7 @@ export interface DepsOptions {
 export function createDeps(config: AppConfig, options: DepsOptions = {}): AppDeps {
   const clientId = config.storage.kind === "identity" ? config.storage.clientId : undefined;
   const credential = shareTokenRequests(options.credential ?? new DefaultAzureCredential(clientId ? { managedIdentityClientId: clientId } : {}));
-  const storage = createBackupStorage(config.storage, credential, options.storageOptions);
+  const storage = createBackupStorage(config.storage, credential, { requestTimeoutMs: config.requestTimeoutMs, ...options.storageOptions });
   const catalog = new Catalog(storage.table(config.catalogTable));
   const clients = new Map<string, ManagedHsmBackupClient>();
   let prepared: Promise<void> | undefined;
@@ -42,7 +42,13 @@ export function createDeps(config: AppConfig, options: DepsOptions = {}): AppDep
     hsmClient(hsm) {
       let client = clients.get(hsm.url);
       if (!client) {
-        client = new ManagedHsmBackupClient(hsm.url, credential, { serviceVersion: config.hsmApiVersion, ...options.hsmClientOptions });
+        client = new ManagedHsmBackupClient(hsm.url, credential, {
+          serviceVersion: config.hsmApiVersion,
+          requestTimeoutMs: config.requestTimeoutMs,
+          maxPollIntervalMs: config.maxPollIntervalMs,
+          ...(options.now ? { now: options.now } : {}),
+          ...options.hsmClientOptions,
+        });
         clients.set(hsm.url, client);
       }
       return client;

@@ -40,8 +40,10 @@ export function route(handler: (request: HttpRequest, context: InvocationContext
       const safe = toSafeError(error);
       safeLogger(context).error(`${request.method} ${instance} failed: ${safe.name}: ${safe.message}`);
       if (error instanceof ConfigError) {
-        // Names the setting, never its value's secrets (connection strings are not echoed by ConfigError).
-        return problemResponse(new ProblemError(500, "Configuration error", safe.message), instance);
+        // Names the setting and nothing of its value: /api/health is anonymous, and a value can be an
+        // internal host name. The function log has the whole message.
+        return problemResponse(new ProblemError(500, "Configuration error",
+          `App setting ${error.setting} is missing or malformed; the function log has the details under invocation ${context.invocationId}.`), instance);
       }
       return problemResponse(new ProblemError(500, "Internal error",
         `The request could not be completed; the function log has the details under invocation ${context.invocationId}.`), instance);

@@ -1,19 +1,58 @@
 /**
- * Last line of defence against leaking a SAS: storage and HSM error texts may echo a request URL.
- * Everything that leaves the app (log line, catalog field, HTTP body, error message) passes through
- * here. The first line of defence is not putting the token there at all.
+ * Last line of defence against leaking a secret: storage and HSM error texts may echo a request URL
+ * or body, raw or encoded. Everything that leaves the app (log line, catalog field, HTTP body, error
+ * message, CLI output) passes through here. The first line of defence is not putting a token there
+ * at all: the app never writes a SAS, key or token into anything it builds itself.
+ *
+ * Two nets: patterns for what a secret looks like wherever it comes from (a SAS signature in any of
+ * the shapes services echo it, bearer tokens, JWTs, account keys, user-delegation key values), and
+ * the exact values the app itself minted (its SAS signatures), in every encoding it can meet them in.
  */
-const SAS_QUERY = /\?[^\s"'<>]*\b(?:sig|se|sv|sp|skoid|sktid)=[^\s"'<>]*/gi;
-const SIGNATURE = /\bsig=[^&\s"'<>]*/gi;
-const BEARER = /\bBearer\s+[A-Za-z0-9\-._~+/]+=*/g;
-const ACCOUNT_KEY = /\bAccountKey=[^;\s"']*/gi;
+
+/** "sig" or "signature", then a separator however it was encoded or spaced, then the value. */
+const SIGNATURE = /(?<![A-Za-z])(sig|signature)(["']?\s*(?:=|:|%(?:25)*3D)\s*["']?)[^&\s"'<>,;)\]}]+/gi;
+const SAS_QUERY = /\?[^\s"'<>]*(?<![A-Za-z])(?:sig|se|sv|sp|skoid|sktid)(?:=|%(?:25)*3D)[^\s"'<>]*/gi;
+const BEARER = /\bBearer(\s+|%(?:25)*20)[A-Za-z0-9\-._~+/%]+=*/gi;
+const JWT = /\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*/g;
+const ACCOUNT_KEY = /\bAccountKey(\s*(?:=|:|%(?:25)*3D)\s*)[^;\s"']*/gi;
+/** A storage account key: 64 random bytes in base64 are 86 characters and "==". */
+const BASE64_KEY = /(?<![A-Za-z0-9+/])[A-Za-z0-9+/]{86}==/g;
+/** The secret half of a user-delegation key, in the service's XML or echoed as JSON. */
+const DELEGATION_KEY_XML = /<Value>[^<]*<\/Value>/gi;
+const DELEGATION_KEY_FIELD = /(?<![A-Za-z])(value|signedKeyValue)(["']?\s*[:=]\s*["']?)[A-Za-z0-9+/]{40,}={0,2}/gi;
+
+/** Secrets the app minted itself, each with the encodings it may be echoed in. Bounded: the newest win. */
+const minted = new Set<string>();
+const MAX_MINTED = 2000;
+
+/**
+ * Remembers a secret value the app created (a SAS signature) so that it is redacted wherever it
+ * shows up: raw, percent-encoded once or twice, or in base64.
+ */
+export function rememberSecret(value: string): void {
+  if (value.length < 8) return;
+  const once = encodeURIComponent(value);
+  for (const form of [value, once, encodeURIComponent(once), Buffer.from(value).toString("base64"), once.toLowerCase()]) {
+    minted.delete(form);
+    minted.add(form);
+  }
+  while (minted.size > MAX_MINTED) minted.delete(minted.values().next().value as string);
+}
 
 export function redactSecrets(text: string): string {
-  return text
+  let safe = text;
+  for (const secret of minted) {
+    if (safe.includes(secret)) safe = safe.split(secret).join("<redacted>");
+  }
+  return safe
     .replace(SAS_QUERY, "?<redacted-sas>")
-    .replace(SIGNATURE, "sig=<redacted>")
+    .replace(SIGNATURE, "$1$2<redacted>")
     .replace(BEARER, "Bearer <redacted>")
-    .replace(ACCOUNT_KEY, "AccountKey=<redacted>");
+    .replace(JWT, "<redacted-jwt>")
+    .replace(ACCOUNT_KEY, "AccountKey$1<redacted>")
+    .replace(BASE64_KEY, "<redacted-key>")
+    .replace(DELEGATION_KEY_XML, "<Value><redacted></Value>")
+    .replace(DELEGATION_KEY_FIELD, "$1$2<redacted>");
 }
 
 /** Normalises anything thrown into an Error whose message is safe to log. */

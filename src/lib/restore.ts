@@ -1,16 +1,25 @@
-import { ACTIVE_STATUSES, Catalog, type RestoreRecord, type Stored } from "./catalog.js";
+import { ACTIVE_STATUSES, Catalog, type RestoreRecord, type StartLock, type Stored } from "./catalog.js";
 import type { AppDeps } from "./deps.js";
-import { HsmRequestError } from "./hsm/errors.js";
+import { HsmInvalidResponseError, HsmRequestError } from "./hsm/errors.js";
+import type { HsmOperationPoller } from "./hsm/poller.js";
 import type { Logger } from "./logger.js";
-import { finish, refreshRecord, startRefusedPatch } from "./outcome.js";
+import { finish, persist, recordAccepted, refreshRecord, startRefusedPatch } from "./outcome.js";
 import { ProblemError } from "./problem.js";
 import { toSafeError } from "./redact.js";
 import { emitEvent, EVENTS } from "./telemetry.js";
 
+/** Titles of the answers for a start that did not reach the HSM or got no answer from it (the CLI exits 4 on them). */
+export const NOT_SENT_TITLE = "Restore not sent to Managed HSM";
+export const UNANSWERED_TITLE = "Managed HSM did not answer";
+export const UNREACHED_TITLES: ReadonlySet<string> = new Set([NOT_SENT_TITLE, UNANSWERED_TITLE]);
+
 /** Managed HSM requires a full backup to have completed at least this long before a full restore. */
 export const FULL_RESTORE_MIN_BACKUP_AGE_MS = 30 * 60_000;
-/** The start lock is held for a few catalog calls; one this old was left by a worker that died. */
-const START_LOCK_STALE_MS = 60_000;
+/**
+ * A start lock not renewed for this long was left by a worker that died. The holder renews it right
+ * before it records the restore, and every call in between has a request timeout well below this.
+ */
+const START_LOCK_STALE_MS = 5 * 60_000;
 
 export interface RestoreRequest {
   readonly backupId: string;
@@ -52,12 +61,14 @@ export async function startRestore(deps: AppDeps, log: Logger, request: RestoreR
   }
   // Two requests at once (a double click, a retrying client) must not both pass the idle check: the
   // lock is held from the check until the Starting record exists, which later requests then see.
-  if (!(await catalog.tryLock(hsm.name, now, START_LOCK_STALE_MS))) {
+  const lock = await catalog.tryLock(hsm.name, deps.now, START_LOCK_STALE_MS);
+  if (!lock) {
     throw new ProblemError(409, "HSM busy", `Another restore of HSM ${hsm.name} is being started right now.`);
   }
   let stored: Stored<RestoreRecord>;
   try {
     await assertHsmIdle(deps, hsm.name, log);
+    await assertStillHeld(lock, hsm.name);
     stored = await catalog.insert("restore", {
       id: Catalog.newId(now),
       hsmName: hsm.name,
@@ -67,34 +78,49 @@ export async function startRestore(deps: AppDeps, log: Logger, request: RestoreR
       ...(request.keyName !== undefined ? { keyName: request.keyName } : {}),
       status: "Starting",
       startedAt: now.toISOString(),
+      deadlineAt: new Date(now.getTime() + config.jobTimeoutMs).toISOString(),
     });
   } finally {
-    await catalog.unlock(hsm.name);
+    await lock.release();
   }
+  let poller: HsmOperationPoller;
   try {
     const client = deps.hsmClient(hsm);
     const sas = config.hsmStorageAuth === "sas"
       ? (await storage.containerSas(config.backupContainer, "restore", config.sasTtlMinutes)).token
       : undefined;
-    const poller = request.keyName !== undefined
-      ? await (sas !== undefined ? client.beginSelectiveKeyRestore(request.keyName, backup.folderUri, sas) : client.beginSelectiveKeyRestore(request.keyName, backup.folderUri))
-      : await (sas !== undefined ? client.beginRestore(backup.folderUri, sas) : client.beginRestore(backup.folderUri));
-    const started = poller.getOperationState();
-    stored = await catalog.merge("restore", stored, {
-      status: "Running",
-      jobId: poller.jobId,
-      ...(started?.startTime ? { startedAt: started.startTime.toISOString() } : {}),
-    });
+    // One attempt: a person is waiting, and the HTTP trigger is cut off at 230 s. A throttled start is answered, not slept on.
+    const once = { maxAttempts: 1 };
+    poller = request.keyName !== undefined
+      ? await (sas !== undefined ? client.beginSelectiveKeyRestore(request.keyName, backup.folderUri, sas, once) : client.beginSelectiveKeyRestore(request.keyName, backup.folderUri, once))
+      : await (sas !== undefined ? client.beginRestore(backup.folderUri, sas, once) : client.beginRestore(backup.folderUri, once));
   } catch (error) {
     throw await startFailed(deps, stored, error, log);
   }
-  const record = stored.record;
+  const jobId = poller.jobId;
+  // The HSM is restoring from now on: the event (and its alert) goes out before any catalog write can fail.
   emitEvent(log.info, EVENTS.restoreStarted, {
-    hsm: record.hsmName, recordId: record.id, jobId: record.jobId, status: record.status,
-    backupId: record.backupId, folderUri: record.folderUri, keyName: record.keyName,
+    hsm: hsm.name, recordId: stored.record.id, jobId, status: "Running",
+    backupId: backup.id, folderUri: backup.folderUri, keyName: request.keyName,
   });
-  log.warn(`${record.keyName ? `Selective restore of key ${record.keyName}` : "FULL restore"} of HSM ${record.hsmName} started from backup ${record.backupId}: job ${record.jobId}, record ${record.id}`);
-  return record;
+  log.warn(`${request.keyName ? `Selective restore of key ${request.keyName}` : "FULL restore"} of HSM ${hsm.name} started from backup ${backup.id}: job ${jobId}, record ${stored.record.id}`);
+  try {
+    stored = await recordAccepted(deps, "restore", stored, poller.getOperationState(), jobId, log);
+  } catch (error) {
+    // Accepted is accepted: never answered or recorded as a failure. The record stays Starting, which
+    // keeps the HSM busy for other requests, and the answer carries the job id.
+    const safe = toSafeError(error);
+    log.error(`Restore job ${jobId} of HSM ${hsm.name} was accepted, but recording it failed (${safe.message}); record ${stored.record.id} still says Starting`);
+    return { ...stored.record, status: "Running", jobId, errorMessage: `Accepted by the HSM, but not yet recorded in the catalog: ${safe.message}` };
+  }
+  return stored.record;
+}
+
+/** Renews the start lock right before the restore is recorded: a holder that lost it must not go on. */
+async function assertStillHeld(lock: StartLock, hsmName: string): Promise<void> {
+  if (!(await lock.renew())) {
+    throw new ProblemError(409, "HSM busy", `Another restore of HSM ${hsmName} took over the start while this one was checking; nothing was started by this request.`);
+  }
 }
 
 /** The current state of a restore, asking the HSM while it runs. Undefined when no such record exists. */
@@ -120,20 +146,29 @@ async function assertHsmIdle(deps: AppDeps, hsmName: string, log: Logger): Promi
 /** Records why a start failed and turns it into the answer for the caller. */
 async function startFailed(deps: AppDeps, stored: Stored<RestoreRecord>, error: unknown, log: Logger): Promise<ProblemError> {
   const safe = toSafeError(error);
+  const restore = { restore: `/api/restores/${stored.record.id}` };
   if (error instanceof HsmRequestError && error.unanswered) {
     // No answer to the start call: the HSM may be restoring. The record stays Starting for a later read to settle.
-    await deps.catalog.merge("restore", stored, { errorMessage: `Outcome not yet known: ${safe.message}` });
+    await persist(() => deps.catalog.merge("restore", stored, { errorMessage: `Outcome not yet known: ${safe.message}` }));
     log.error(`Restore record ${stored.record.id}: start call unanswered: ${safe.message}`);
-    return new ProblemError(502, "Managed HSM did not answer", `${safe.message}. Check /api/restores/${stored.record.id} before trying again.`,
-      { restore: `/api/restores/${stored.record.id}` });
+    return new ProblemError(502, UNANSWERED_TITLE, `${safe.message}. The HSM may have started the restore: check /api/restores/${stored.record.id} before trying again.`, restore);
   }
   const saved = await finish(deps, "restore", stored, startRefusedPatch(error, deps.now()), log);
   log.error(`Restore record ${saved.record.id} failed to start: ${safe.message}`);
+  if (error instanceof HsmRequestError && error.notSent) {
+    return new ProblemError(502, NOT_SENT_TITLE, `${safe.message}. Nothing was started.`, restore);
+  }
   if (error instanceof HsmRequestError && error.statusCode === 409) {
-    return new ProblemError(409, "HSM busy", safe.message, { restore: `/api/restores/${saved.record.id}` });
+    return new ProblemError(409, "HSM busy", safe.message, restore);
+  }
+  if (error instanceof HsmRequestError && (error.statusCode === 429 || error.statusCode === 503)) {
+    return new ProblemError(503, "Managed HSM is throttling", `${safe.message}. Nothing was started; try again in a minute.`, restore, { "Retry-After": "60" });
   }
   if (error instanceof HsmRequestError) {
-    return new ProblemError(502, "Managed HSM refused the restore", safe.message, { restore: `/api/restores/${saved.record.id}` });
+    return new ProblemError(502, "Managed HSM refused the restore", safe.message, restore);
+  }
+  if (error instanceof HsmInvalidResponseError) {
+    return new ProblemError(502, "Managed HSM gave an invalid answer", `${safe.message}. Check the HSM's audit log before trying again.`, restore);
   }
   throw error;
 }

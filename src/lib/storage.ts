@@ -1,5 +1,5 @@
 import type { TokenCredential } from "@azure/core-auth";
-import type { PipelineOptions } from "@azure/core-rest-pipeline";
+import type { PipelineOptions, PipelineRequest, SendRequest } from "@azure/core-rest-pipeline";
 import { AzureNamedKeyCredential, TableClient } from "@azure/data-tables";
 import {
   BlobServiceClient,
@@ -11,6 +11,7 @@ import {
   type UserDelegationKey,
 } from "@azure/storage-blob";
 import { ConfigError, isLoopback, type StorageConnection } from "./config.js";
+import { rememberSecret } from "./redact.js";
 
 /** The permissions the HSM needs, and no more: backup writes a folder, restore reads one. */
 export type SasPurpose = "backup" | "restore";
@@ -26,7 +27,35 @@ export const SAS_VERSION = "2025-11-05";
 const SAS_START_SKEW_MS = 5 * 60_000;
 
 /** Options for the storage clients; tlsOptions lets a local HTTPS Azurite be trusted in-process. */
-export type StorageClientOptions = Pick<PipelineOptions, "tlsOptions" | "agent">;
+export type StorageClientOptions = Pick<PipelineOptions, "tlsOptions" | "agent"> & {
+  /** Per attempt of every storage call; default 30 s. */
+  readonly requestTimeoutMs?: number;
+};
+
+/**
+ * Storage calls fail fast and say so: a few quick retries, each attempt under the timeout. The SDKs'
+ * defaults wait ~17 s before an unreachable account is reported, and have no per-attempt deadline.
+ */
+const STORAGE_RETRIES = 2;
+
+function clientOptions(options: StorageClientOptions) {
+  const { requestTimeoutMs = 30_000, ...transport } = options;
+  return { transport, requestTimeoutMs };
+}
+
+/** A pipeline policy that gives every table request the timeout (data-tables has no such option). */
+function timeoutPolicy(ms: number) {
+  return {
+    policy: {
+      name: "catalogRequestTimeout",
+      sendRequest: (request: PipelineRequest, next: SendRequest) => {
+        if (!(request.timeout > 0)) request.timeout = ms;
+        return next(request);
+      },
+    },
+    position: "perRetry" as const,
+  };
+}
 
 export interface ContainerSas {
   /** The SAS query string, without "?". A secret: never log, store or return it. */
@@ -67,19 +96,30 @@ const DEVELOPMENT_STORAGE: SharedKey = {
  * connection string carries one (Azurite, shared-key accounts), otherwise the app's identity, with
  * SAS signed by a user-delegation key (in Azure shared-key access is off).
  */
-export function createBackupStorage(connection: StorageConnection, credential: TokenCredential, options: StorageClientOptions = {}): BackupStorage {
+export function createBackupStorage(connection: StorageConnection, credential: TokenCredential, storageOptions: StorageClientOptions = {}): BackupStorage {
+  const { transport, requestTimeoutMs } = clientOptions(storageOptions);
+  const options: StoragePipelineOptions = {
+    ...transport,
+    retryOptions: { maxTries: STORAGE_RETRIES + 1, tryTimeoutInMs: requestTimeoutMs, retryDelayInMs: 500, maxRetryDelayInMs: 2000 },
+  } as StoragePipelineOptions;
+  const tableOptions = (endpoint: string) => ({
+    ...transport,
+    allowInsecureConnection: new URL(endpoint).protocol === "http:",
+    retryOptions: { maxRetries: STORAGE_RETRIES, retryDelayInMs: 500, maxRetryDelayInMs: 2000 },
+    additionalPolicies: [timeoutPolicy(requestTimeoutMs)],
+  });
   if (connection.kind === "connectionString") {
     const key = parseConnectionString(connection.connectionString);
     const sharedKey = new StorageSharedKeyCredential(key.accountName, key.accountKey);
-    const blobService = new BlobServiceClient(key.blobEndpoint, sharedKey, options as StoragePipelineOptions);
+    const blobService = new BlobServiceClient(key.blobEndpoint, sharedKey, options);
     const tableCredential = new AzureNamedKeyCredential(key.accountName, key.accountKey);
-    return storage(blobService, (name) => new TableClient(key.tableEndpoint, name, tableCredential, tableOptions(key.tableEndpoint, options)),
+    return storage(blobService, (name) => new TableClient(key.tableEndpoint, name, tableCredential, tableOptions(key.tableEndpoint)),
       async (container, permissions, startsOn, expiresOn) =>
         generateBlobSASQueryParameters(sasValues(blobService.url, container, permissions, startsOn, expiresOn), sharedKey).toString());
   }
-  const blobService = new BlobServiceClient(connection.blobServiceUri, credential, options as StoragePipelineOptions);
+  const blobService = new BlobServiceClient(connection.blobServiceUri, credential, options);
   const delegationKey = delegationKeys(blobService);
-  return storage(blobService, (name) => new TableClient(connection.tableServiceUri, name, credential, tableOptions(connection.tableServiceUri, options)),
+  return storage(blobService, (name) => new TableClient(connection.tableServiceUri, name, credential, tableOptions(connection.tableServiceUri)),
     async (container, permissions, startsOn, expiresOn) => {
       const key = await delegationKey(startsOn, expiresOn);
       return generateBlobSASQueryParameters(sasValues(blobService.url, container, permissions, startsOn, expiresOn), key, blobService.accountName).toString();
@@ -120,7 +160,11 @@ function storage(blobService: BlobServiceClient, table: (name: string) => TableC
       const permissions = PERMISSIONS[purpose];
       const startsOn = new Date(now.getTime() - SAS_START_SKEW_MS);
       const expiresOn = new Date(now.getTime() + ttlMinutes * 60_000);
-      return { token: await sign(container, permissions, startsOn, expiresOn), permissions, expiresOn };
+      const token = await sign(container, permissions, startsOn, expiresOn);
+      // The redactor then knows this signature in whatever encoding an error text echoes it.
+      const signature = new URLSearchParams(token).get("sig");
+      if (signature) rememberSecret(signature);
+      return { token, permissions, expiresOn };
     },
   };
 }
@@ -137,9 +181,6 @@ function sasValues(blobServiceUrl: string, containerName: string, permissions: s
   };
 }
 
-function tableOptions(endpoint: string, options: StorageClientOptions) {
-  return { ...options, allowInsecureConnection: new URL(endpoint).protocol === "http:" };
-}
 
 /** Reads account name, key and endpoints from a storage connection string. */
 export function parseConnectionString(connectionString: string): SharedKey {

@@ -10,6 +10,11 @@ export const EVENTS = {
   backupOutcome: "MhsmBackupOutcome",
   restoreStarted: "MhsmRestoreStarted",
   restoreOutcome: "MhsmRestoreOutcome",
+  /**
+   * The HSM accepted a start call: written before any catalog write, so that a job id is never lost
+   * even when the catalog cannot be written (the workbook lists accepted jobs with no outcome).
+   */
+  jobAccepted: "MhsmJobAccepted",
 } as const;
 
 export type EventName = (typeof EVENTS)[keyof typeof EVENTS];
@@ -25,6 +30,12 @@ export interface OutcomeFields {
   readonly durationSeconds?: number | undefined;
   readonly errorCode?: string | undefined;
   readonly errorMessage?: string | undefined;
+  /** backup, restore or selectiveKeyRestore (MhsmJobAccepted). */
+  readonly operation?: string | undefined;
+  /** Set on an outcome that replaces one recorded without the HSM's answer, e.g. "TimedOut JobTimeout". */
+  readonly correctionOf?: string | undefined;
+  /** discovered: a backup reconcile found in the container and adopted. */
+  readonly origin?: string | undefined;
 }
 
 export type LogLine = (line: string) => void;

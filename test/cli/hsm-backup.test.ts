@@ -297,6 +297,8 @@ describe("hsm-backup against Azurite and the HSM emulator", () => {
     hsm.keys.create("tokens-ec");
     const backup = await backupNow(app);
     hsm.faults.setJobDurationMs(1500);
+    hsm.keys.delete("tokens-ec");
+    hsm.keys.purge("tokens-ec");
 
     const started = await cli(app, ["restore", backup.id, "--key", "tokens-ec", "--no-wait", "--json"]);
     expect(started.code, started.stderr).toBe(EXIT.ok);

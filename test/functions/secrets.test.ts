@@ -198,8 +198,9 @@ describe("no SAS, account key or bearer token in anything the app puts out", () 
       outcomes.refusedMalformed = bodyOf(await call("postRestore", postRestore, request("POST", "/api/restores", '{"backupId":')));
       outcomes.refusedUnknownField = bodyOf(await call("postRestore", postRestore, postJson("/api/restores", { backupId: good.id, keyname: "x" })));
 
-      // Every start attempt is throttled: the HSM refuses the restore after the SAS was issued.
-      hsm.faults.throttleNext(4, 429, 0);
+      // The start is throttled: the HSM refuses the restore after the SAS was issued, and an HTTP
+      // handler answers at once instead of sleeping on it.
+      hsm.faults.throttleNext(1, 429, 0);
       outcomes.throttledRestore = await restore("a restore the HSM refused", { backupId: good.id, keyName: "payments-rsa" });
 
       hsm.faults.failNextJob("restore", { code: "InternalError", message: "Injected restore failure" });
@@ -237,7 +238,7 @@ describe("no SAS, account key or bearer token in anything the app puts out", () 
     expect(outcomes.refusedFailedBackup).toMatchObject({ http: 409, title: "Backup cannot be restored" });
     expect(outcomes.refusedMalformed).toMatchObject({ status: 400 });
     expect(outcomes.refusedUnknownField).toMatchObject({ status: 400 });
-    expect(outcomes.throttledRestore).toMatchObject({ http: 502, title: "Managed HSM refused the restore" });
+    expect(outcomes.throttledRestore).toMatchObject({ http: 503, title: "Managed HSM is throttling" });
     expect(outcomes.faultedRestore).toMatchObject({ http: 202, status: "Failed", errorMessage: expect.stringContaining("Injected restore failure") });
     expect(outcomes.storageFailedBackupThrew).toBeInstanceOf(Error);
     expect((outcomes.storageFailedBackupThrew as Error).message).toMatch(/ContainerNotFound|container/i);

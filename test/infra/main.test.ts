@@ -117,6 +117,11 @@ describe("the function app", () => {
     hsmStorageAuth: "sas",
     restoreEnabled: true,
     healthMaxAgeHours: 26,
+    hsmRequestTimeoutSeconds: 30,
+    maxPollIntervalSeconds: 60,
+    jobTimeoutMinutes: 120,
+    reconcileSchedule: "0 */15 * * * *",
+    backupConcurrency: 8,
   };
 
   function appSettings(overrides: Record<string, unknown> = {}): Record<string, string> {

@@ -19,6 +19,9 @@ const SAMPLE: Required<OutcomeFields> = {
   durationSeconds: 42,
   errorCode: "E",
   errorMessage: "m",
+  operation: "backup",
+  correctionOf: "TimedOut JobTimeout",
+  origin: "discovered",
 };
 const FIELDS = Object.keys(SAMPLE);
 
@@ -179,7 +182,7 @@ describe("the workbook", () => {
     const { properties, items } = workbookItems();
     expect(properties).toMatchObject({ category: "workbook", sourceId: INSIGHTS });
     const titled = Object.fromEntries(items.filter((i) => i.type === 3).map((i) => [i.name, i.content]));
-    expect(Object.keys(titled)).toEqual(["last-successful-backup", "backup-history", "backup-duration", "failures", "restores", "hsm-audit"]);
+    expect(Object.keys(titled)).toEqual(["last-successful-backup", "backup-history", "backup-duration", "failures", "unrecorded-jobs", "restores", "hsm-audit"]);
 
     expect(titled["last-successful-backup"]!.query).toContain('dynamic(["contoso","fabrikam"])');
     expect(titled["last-successful-backup"]!.query).toContain("ageHours > 26");
@@ -187,7 +190,9 @@ describe("the workbook", () => {
     expect(titled.failures!.query).toContain("errorMessage");
     expect(eventsIn(titled.failures!.query!).sort()).toEqual([EVENTS.backupOutcome, EVENTS.restoreOutcome].sort());
     expect(eventsIn(titled.restores!.query!).sort()).toEqual([EVENTS.restoreOutcome, EVENTS.restoreStarted].sort());
-    for (const name of ["last-successful-backup", "backup-history", "backup-duration", "failures", "restores"]) {
+    expect(eventsIn(titled["unrecorded-jobs"]!.query!).sort()).toEqual([EVENTS.backupOutcome, EVENTS.jobAccepted, EVENTS.restoreOutcome].sort());
+    expect(titled.failures!.query).toContain('!in ("Succeeded", "Skipped")');
+    for (const name of ["last-successful-backup", "backup-history", "backup-duration", "failures", "unrecorded-jobs", "restores"]) {
       expect(titled[name]).toMatchObject({ resourceType: "microsoft.insights/components", crossComponentResources: [INSIGHTS] });
     }
 

@@ -58,7 +58,7 @@ describe("backup under faults", () => {
     expect((await app.deps.catalog.list("backup", { top: 1 })).items[0]).toMatchObject({ status: "Succeeded" });
   });
 
-  it("records the HSM's conflict when another operation is running, without retrying the start", async () => {
+  it("skips, without failing the run, when the HSM answers 409 because another operation is running; never retries the start", async () => {
     app = await startTestApp({ emulator: { jobDurationMs: 3000 } });
     const hsm = app.emulators[0]!;
     const container = app.deps.storage.containerUrl(app.container);
@@ -66,22 +66,26 @@ describe("backup under faults", () => {
     const sas = await app.deps.storage.containerSas(app.container, "backup", 10);
     await app.deps.hsmClient(app.deps.config.hsms[0]!).beginBackup(container, sas.token); // someone else's backup
 
-    await expect(nightlyBackup(onTime, app.context("nightlyBackup"), app.deps)).rejects.toThrow(/Conflict/);
+    await nightlyBackup(onTime, app.context("nightlyBackup"), app.deps);
     const record = (await app.deps.catalog.list("backup", { top: 1 })).items[0]!;
-    expect(record).toMatchObject({ status: "Failed", errorCode: "Conflict" });
+    expect(record).toMatchObject({ status: "Skipped", errorCode: "Conflict" });
+    expect(record.errorMessage).toMatch(/another backup or restore is running/);
     const answered = hsm.requests.filter((r) => r.method === "POST" && r.path === "/backup" && r.headers.authorization);
     expect(answered.map((r) => r.status)).toEqual([202, 409]);
+    expect(events(app.logs, "MhsmBackupOutcome")).toMatchObject([{ status: "Skipped" }]);
   });
 
   it("lets another worker finish the wait of a worker that stopped after the start", async () => {
     app = await startTestApp({ emulator: { jobDurationMs: 400 } });
     const abort = new AbortController();
     // The first worker stops waiting as soon as the job runs (a recycled worker).
-    const [record] = await backupAll(app.deps, safeLogger(app.context()), {
+    const [result] = await backupAll(app.deps, safeLogger(app.context()), {
       trigger: "timer",
       abortSignal: abort.signal,
       onProgress: () => abort.abort(new Error("worker recycled")),
     });
+    expect(result).toMatchObject({ outcome: "Pending" });
+    const record = result!.record;
     expect(record).toMatchObject({ status: "Running" });
     expect(record!.jobId).toMatch(/^[0-9a-f]{32}$/);
     expect(record!.errorMessage).toMatch(/Outcome not yet known: .*worker recycled/);
@@ -111,13 +115,14 @@ describe("backup under faults", () => {
     expect(stale.errorMessage).toMatch(/check its audit log/);
   });
 
-  it("does not record a failure when the HSM cannot be reached: the outcome is unknown", async () => {
+  it("records a start that never left the app (connection refused) as Failed StartNotSent with its cause and an event, not as 'maybe started'", async () => {
     app = await startTestApp();
     await app.emulators[0]!.stop();
-    await expect(nightlyBackup(onTime, app.context("nightlyBackup"), app.deps)).rejects.toThrow(/1 of 1 HSM/);
+    await expect(nightlyBackup(onTime, app.context("nightlyBackup"), app.deps)).rejects.toThrow(/1 of 1 HSM\(s\): .*StartNotSent/);
     const record = (await app.deps.catalog.list("backup", { top: 1 })).items[0]!;
-    expect(record.status).toBe("Starting");
-    expect(record.errorMessage).toMatch(/not retried, because the HSM may have started the job/);
+    expect(record).toMatchObject({ status: "Failed", errorCode: "StartNotSent" });
+    expect(record.errorMessage).toMatch(/was not sent \(.*ECONNREFUSED.*\); nothing was started/);
+    expect(events(app.logs, "MhsmBackupOutcome")).toMatchObject([{ status: "Failed", errorCode: "StartNotSent" }]);
   });
 
   it("retries status reads the HSM answers with 503 and follows the 202's Retry-After", async () => {

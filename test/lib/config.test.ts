@@ -1,6 +1,6 @@
 import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
-import { ConfigError, DEFAULT_BACKUP_SCHEDULE, parseConfig, SETTINGS, type Env } from "../../src/lib/config.js";
+import { ConfigError, DEFAULT_BACKUP_SCHEDULE, DEFAULT_RECONCILE_SCHEDULE, parseConfig, SETTINGS, type Env } from "../../src/lib/config.js";
 
 const minimal: Env = { MANAGED_HSM_URLS: "https://contoso.managedhsm.azure.net", BackupStorage: "UseDevelopmentStorage=true" };
 
@@ -27,6 +27,11 @@ describe("parseConfig", () => {
       hsmStorageAuth: "sas",
       restoreEnabled: true,
       healthMaxAgeHours: 26,
+      requestTimeoutMs: 30_000,
+      maxPollIntervalMs: 60_000,
+      jobTimeoutMs: 120 * 60_000,
+      reconcileSchedule: DEFAULT_RECONCILE_SCHEDULE,
+      backupConcurrency: 8,
     });
   });
 

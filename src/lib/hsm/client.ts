@@ -20,8 +20,9 @@ import {
 import { keyVaultAuthenticationPolicy } from "@azure/keyvault-common";
 import { isLoopback } from "../config.js";
 import { redactSecrets } from "../redact.js";
-import { HsmJobFailedError, HsmRequestError, HsmStatusUnavailableError } from "./errors.js";
-import { HsmOperationPoller, type Delay, type OperationKind, type HsmOperationState, parseOperation } from "./poller.js";
+import { HsmInvalidResponseError, HsmJobFailedError, HsmRequestError, HsmStatusUnavailableError, type Delivery } from "./errors.js";
+import { HsmOperationPoller, parseOperation } from "./poller.js";
+import { JOB_ID, type Delay, type HsmOperationState, type OperationKind } from "./types.js";
 
 export const DEFAULT_HSM_API_VERSION = "7.6";
 
@@ -40,11 +41,29 @@ export interface ManagedHsmBackupClientOptions {
   readonly maxStartAttempts?: number;
   /** Attempts for one status read that met a transient failure. Default 4. */
   readonly maxStatusAttempts?: number;
+  /** How long one call may take, token acquisition and the whole answer included. Default 30 000 ms. */
+  readonly requestTimeoutMs?: number;
+  /** Cap on any wait the HSM asks for with Retry-After (an hour-long or 74-year wait is refused). Default 60 000 ms. */
+  readonly maxPollIntervalMs?: number;
+  /** The clock deadlines are measured with. */
+  readonly now?: () => Date;
 }
 
 export interface BeginOptions {
   readonly abortSignal?: AbortSignal;
+  /**
+   * Attempts for a start call the HSM throttles (429/503); default maxStartAttempts. An HTTP handler
+   * passes 1: it answers the person at once rather than sleeping.
+   */
+  readonly maxAttempts?: number;
 }
+
+/** Node error codes raised before a connection exists: a request that met one never reached the HSM. */
+const NOT_CONNECTED = new Set([
+  "ECONNREFUSED", "ENOTFOUND", "EAI_AGAIN", "EAI_FAIL", "ENETUNREACH", "EHOSTUNREACH", "EADDRNOTAVAIL",
+  "CERT_HAS_EXPIRED", "DEPTH_ZERO_SELF_SIGNED_CERT", "SELF_SIGNED_CERT_IN_CHAIN", "UNABLE_TO_VERIFY_LEAF_SIGNATURE",
+  "UNABLE_TO_GET_ISSUER_CERT_LOCALLY", "ERR_TLS_CERT_ALTNAME_INVALID", "ERR_INVALID_URL",
+]);
 
 /** Storage parameters as the service names them; token is absent in managed-identity mode. */
 interface SasTokenParameter {
@@ -77,6 +96,11 @@ export class ManagedHsmBackupClient {
   private readonly defaultPollIntervalMs: number;
   private readonly maxStartAttempts: number;
   private readonly maxStatusAttempts: number;
+  private readonly requestTimeoutMs: number;
+  private readonly maxPollIntervalMs: number;
+  private readonly now: () => Date;
+  /** Requests that went to the transport carrying a token: only those can have reached the HSM's API. */
+  private readonly authorizedSends = new WeakSet<object>();
   /** Plain http: only ever true for a loopback host (checked in the constructor). */
   private readonly insecure: boolean;
 
@@ -96,11 +120,20 @@ export class ManagedHsmBackupClient {
     this.vaultUrl = url.origin;
     this.insecure = url.protocol === "http:";
     this.serviceVersion = options.serviceVersion ?? DEFAULT_HSM_API_VERSION;
-    this.httpClient = options.httpClient ?? createDefaultHttpClient();
+    const transport = options.httpClient ?? createDefaultHttpClient();
+    this.httpClient = {
+      sendRequest: (request) => {
+        if (request.headers.has("authorization")) this.authorizedSends.add(request);
+        return transport.sendRequest(request);
+      },
+    };
     this.delay = options.delay ?? sleep;
     this.defaultPollIntervalMs = options.defaultPollIntervalMs ?? 2000;
     this.maxStartAttempts = options.maxStartAttempts ?? 4;
     this.maxStatusAttempts = options.maxStatusAttempts ?? 4;
+    this.requestTimeoutMs = options.requestTimeoutMs ?? 30_000;
+    this.maxPollIntervalMs = options.maxPollIntervalMs ?? 60_000;
+    this.now = options.now ?? (() => new Date());
     // Retries are ours, not the pipeline's: a start call must never be replayed blindly (a replayed
     // POST /backup can start a second job or earn a false "already in progress" conflict).
     this.pipeline = createPipelineFromOptions({
@@ -167,41 +200,72 @@ export class ManagedHsmBackupClient {
   /** A poller for a job someone else started (e.g. a recycled worker), from its job id alone. */
   resumeOperation(kind: OperationKind, jobId: string): HsmOperationPoller {
     assertJobId(jobId);
-    return new HsmOperationPoller(kind, this.statusUrl(kind, jobId), undefined, this.pollDeps());
+    return new HsmOperationPoller(kind, this.statusUrl(kind, jobId), jobId, undefined, this.pollDeps());
   }
 
-  /** Reads a job's status once. Failed/Canceled are returned, not thrown; see the poller for waiting. */
+  /**
+   * Reads a job's status with one request and no waiting (an HTTP handler calls this while a person
+   * waits). Failed/Canceled are returned, not thrown; see the poller for waiting.
+   * @throws HsmStatusUnavailableError when no usable answer came; HsmInvalidResponseError for nonsense.
+   */
   async getOperationStatus(kind: OperationKind, jobId: string, options: BeginOptions = {}): Promise<HsmOperationState> {
     assertJobId(jobId);
-    return this.readStatus(kind, this.statusUrl(kind, jobId), options.abortSignal);
+    const { retryAfterMs: _ignored, ...state } = await this.readStatus(kind, this.statusUrl(kind, jobId), options.abortSignal, 1);
+    return state;
   }
 
   private async start(kind: OperationKind, method: "POST" | "PUT", path: string, body: object, options: BeginOptions): Promise<HsmOperationPoller> {
     const url = `${this.vaultUrl}${path}?api-version=${encodeURIComponent(this.serviceVersion)}`;
     const json = JSON.stringify(body);
+    const maxAttempts = options.maxAttempts ?? this.maxStartAttempts;
     for (let attempt = 1; ; attempt++) {
-      let response: PipelineResponse;
-      try {
-        response = await this.send(method, url, json, options.abortSignal);
-      } catch (error) {
-        if (options.abortSignal?.aborted) throw error;
+      const sent = await this.trySend(method, url, json, options.abortSignal);
+      if (!("response" in sent)) {
+        if (sent.delivery === "notSent") {
+          throw new HsmRequestError(`${kind} start`, this.vaultUrl, undefined, undefined,
+            `the call was not sent (${sent.problem}); nothing was started`, "notSent");
+        }
         // The request may or may not have reached the HSM: replaying it could start a second job.
         throw new HsmRequestError(`${kind} start`, this.vaultUrl, undefined, undefined,
-          `the call failed before an answer arrived (${redactSecrets(messageOf(error))}); it was not retried, because the HSM may have started the job. Check the HSM's status before starting again`);
+          `the call failed before an answer arrived (${sent.problem}); it was not retried, because the HSM may have started the job. Check the HSM's status before starting again`, "unanswered");
       }
+      const response = sent.response;
       if (response.status === 202 || response.status === 200) {
-        const state = parseOperation(kind, response.bodyAsText, this.vaultUrl);
-        const statusUrl = this.pollingUrl(kind, response, state.jobId);
-        return new HsmOperationPoller(kind, statusUrl, state, this.pollDeps(), retryAfterMs(response));
+        const { state, statusUrl } = this.accepted(kind, response);
+        return new HsmOperationPoller(kind, statusUrl, state.jobId, state, this.pollDeps(), this.retryAfterMs(response));
       }
       // 429 and 503 are refusals before any work: the only answers after which a start call is re-sent.
-      const wait = retryAfterMs(response);
-      if ((response.status === 429 || response.status === 503) && attempt < this.maxStartAttempts) {
-        await this.delay(wait ?? 5000 * attempt, options.abortSignal);
+      const wait = this.retryAfterMs(response);
+      if ((response.status === 429 || response.status === 503) && attempt < maxAttempts) {
+        await this.delay(Math.min(wait ?? 5000 * attempt, this.maxPollIntervalMs), options.abortSignal);
         continue;
       }
       throw HsmRequestError.fromResponse(`${kind} start`, this.vaultUrl, response);
     }
+  }
+
+  /**
+   * Reads an accepted start: the job id comes from the body, or from a well-formed Azure-AsyncOperation
+   * header on this HSM when the body is unusable (the HSM did accept the job either way).
+   * @throws HsmInvalidResponseError when neither gives a job id: the HSM may be running a job nobody can follow.
+   */
+  private accepted(kind: OperationKind, response: PipelineResponse): { state: HsmOperationState; statusUrl: string } {
+    const fromHeader = this.asyncOperationUrl(response);
+    let state: HsmOperationState;
+    try {
+      state = parseOperation(kind, response.bodyAsText, this.vaultUrl);
+    } catch (error) {
+      if (!fromHeader) {
+        throw new HsmInvalidResponseError(`${kind} start`, this.vaultUrl,
+          `HTTP ${response.status} accepted the call, but ${error instanceof HsmInvalidResponseError ? error.problem : messageOf(error)}, and no usable Azure-AsyncOperation header names the job: a job may be running that cannot be followed`);
+      }
+      return { state: { kind, jobId: fromHeader.jobId, status: "InProgress" }, statusUrl: fromHeader.url };
+    }
+    if (fromHeader && fromHeader.jobId !== state.jobId) {
+      throw new HsmInvalidResponseError(`${kind} start`, this.vaultUrl,
+        `HTTP ${response.status} accepted the call, but the body names job ${state.jobId} and Azure-AsyncOperation job ${fromHeader.jobId}: a job may be running that cannot be followed`);
+    }
+    return { state, statusUrl: fromHeader?.url ?? this.statusUrl(kind, state.jobId) };
   }
 
   private pollDeps() {
@@ -209,75 +273,95 @@ export class ManagedHsmBackupClient {
       readStatus: (kind: OperationKind, url: string, signal?: AbortSignal) => this.readStatus(kind, url, signal),
       delay: this.delay,
       defaultPollIntervalMs: this.defaultPollIntervalMs,
+      maxPollIntervalMs: this.maxPollIntervalMs,
+      now: this.now,
     };
   }
 
   /**
-   * One status read. A 4xx (other than 401, 403, 429) is the job's terminal failure — the service has answered a
-   * bad SAS that way (recorded). 429, 5xx and transport errors are retried; after that the job's fate
-   * is unknown, which is not the same as failed: HsmStatusUnavailableError.
+   * One status read, with up to `attempts` tries. A 4xx (other than 401, 403, 408, 429) is the job's
+   * terminal failure — the service has answered a bad SAS that way (recorded). 401/403 say nothing
+   * about the job, only about our access to its status. 3xx, 408, 429, 5xx and no answer are retried;
+   * after that the job's fate is unknown, which is not the same as failed: HsmStatusUnavailableError.
    */
-  private async readStatus(kind: OperationKind, url: string, signal?: AbortSignal): Promise<HsmOperationState & { retryAfterMs?: number }> {
+  private async readStatus(kind: OperationKind, url: string, signal?: AbortSignal, attempts = this.maxStatusAttempts): Promise<HsmOperationState & { retryAfterMs?: number }> {
+    const jobId = jobIdFromStatusUrl(url);
     let lastProblem = "";
-    for (let attempt = 1; attempt <= this.maxStatusAttempts; attempt++) {
-      let response: PipelineResponse | undefined;
-      try {
-        response = await this.send("GET", url, undefined, signal);
-      } catch (error) {
-        if (signal?.aborted) throw error;
-        lastProblem = redactSecrets(messageOf(error));
-      }
-      if (response) {
+    for (let attempt = 1; attempt <= attempts; attempt++) {
+      const sent = await this.trySend("GET", url, undefined, signal);
+      let wait: number | undefined;
+      if ("response" in sent) {
+        const response = sent.response;
         if (response.status === 200) {
-          const wait = retryAfterMs(response);
-          return { ...parseOperation(kind, response.bodyAsText, this.vaultUrl), ...(wait !== undefined ? { retryAfterMs: wait } : {}) };
+          const retryAfter = this.retryAfterMs(response);
+          return { ...parseOperation(kind, response.bodyAsText, this.vaultUrl, jobId), ...(retryAfter !== undefined ? { retryAfterMs: retryAfter } : {}) };
         }
-        // 401/403 say nothing about the job, only about our access to its status.
         if (response.status === 401 || response.status === 403) {
           throw HsmRequestError.fromResponse(`${kind} status`, this.vaultUrl, response);
         }
-        if (response.status !== 429 && response.status < 500) {
-          throw new HsmJobFailedError(kind, this.vaultUrl, jobIdFromStatusUrl(url), HsmRequestError.fromResponse(`${kind} status`, this.vaultUrl, response));
+        const transient = response.status < 400 || response.status === 408 || response.status === 429 || response.status >= 500;
+        if (!transient) {
+          throw new HsmJobFailedError(kind, this.vaultUrl, jobId, HsmRequestError.fromResponse(`${kind} status`, this.vaultUrl, response));
         }
-        lastProblem = `HTTP ${response.status}`;
-        if (attempt < this.maxStatusAttempts) {
-          await this.delay(retryAfterMs(response) ?? 1000 * 2 ** attempt, signal);
-          continue;
-        }
-      } else if (attempt < this.maxStatusAttempts) {
-        await this.delay(1000 * 2 ** attempt, signal);
-        continue;
+        lastProblem = response.status < 400 ? `HTTP ${response.status} (a redirect, not followed)` : `HTTP ${response.status}`;
+        wait = this.retryAfterMs(response);
+      } else {
+        lastProblem = sent.problem;
       }
+      if (attempt < attempts) await this.delay(Math.min(wait ?? 1000 * 2 ** attempt, this.maxPollIntervalMs), signal);
     }
-    throw new HsmStatusUnavailableError(kind, this.vaultUrl, jobIdFromStatusUrl(url), lastProblem, this.maxStatusAttempts);
-  }
-
-  private send(method: "GET" | "POST" | "PUT", url: string, body: string | undefined, abortSignal?: AbortSignal): Promise<PipelineResponse> {
-    const headers = createHttpHeaders({ Accept: "application/json" });
-    if (body !== undefined) headers.set("Content-Type", "application/json");
-    const request = createPipelineRequest({ url, method, headers, allowInsecureConnection: this.insecure, ...(body !== undefined ? { body } : {}), ...(abortSignal ? { abortSignal } : {}) });
-    return this.pipeline.sendRequest(this.httpClient, request);
+    throw new HsmStatusUnavailableError(kind, this.vaultUrl, jobId, lastProblem, attempts);
   }
 
   /**
-   * The status URL. The Azure-AsyncOperation header is used only when it points at this HSM and at a
-   * status path: a recorded answer carried a malformed one ("...azure.netbackup/..."), and our bearer
-   * token must never follow a URL to another host. Otherwise the documented path is built from the job id.
+   * Sends one call under the request timeout (token, connection and the whole body). Resolves with the
+   * answer, or with how far a call that got none went: a request that never carried a token to the
+   * transport, or that failed before a connection existed, was not sent.
+   * @throws the caller's abort reason when the caller aborted.
    */
-  private pollingUrl(kind: OperationKind, response: PipelineResponse, jobId: string): string {
-    const header = response.headers.get("azure-asyncoperation");
-    if (header) {
-      try {
-        const url = new URL(header);
-        if (url.origin === this.vaultUrl && /^\/(backup|restore)\/[0-9A-Za-z]+\/pending$/.test(url.pathname)) {
-          url.searchParams.set("api-version", this.serviceVersion);
-          return url.href;
-        }
-      } catch {
-        // Malformed header: fall through to the documented path.
-      }
+  private async trySend(method: "GET" | "POST" | "PUT", url: string, body: string | undefined, callerSignal?: AbortSignal): Promise<{ response: PipelineResponse } | { delivery: Exclude<Delivery, "answered">; problem: string }> {
+    const timeout = AbortSignal.timeout(this.requestTimeoutMs);
+    const abortSignal = callerSignal ? AbortSignal.any([callerSignal, timeout]) : timeout;
+    const headers = createHttpHeaders({ Accept: "application/json" });
+    if (body !== undefined) headers.set("Content-Type", "application/json");
+    const request = createPipelineRequest({ url, method, headers, abortSignal, allowInsecureConnection: this.insecure, ...(body !== undefined ? { body } : {}) });
+    try {
+      return { response: await this.pipeline.sendRequest(this.httpClient, request) };
+    } catch (error) {
+      if (callerSignal?.aborted) throw callerSignal.reason ?? error;
+      const problem = timeout.aborted ? `no answer within ${this.requestTimeoutMs / 1000} s` : sendProblem(error);
+      const code = errorCode(error);
+      const sent = this.authorizedSends.has(request) && !(code !== undefined && NOT_CONNECTED.has(code));
+      return { delivery: sent ? "unanswered" : "notSent", problem };
     }
-    return this.statusUrl(kind, jobId);
+  }
+
+  /**
+   * The status URL from Azure-AsyncOperation, used only when it points at this HSM and at a status
+   * path: a recorded answer carried a malformed one ("...azure.netbackup/..."), and our bearer token
+   * must never follow a URL to another host. Otherwise the documented path is built from the job id.
+   */
+  private asyncOperationUrl(response: PipelineResponse): { url: string; jobId: string } | undefined {
+    const header = response.headers.get("azure-asyncoperation");
+    if (!header) return undefined;
+    try {
+      const url = new URL(header);
+      const match = /^\/(?:backup|restore)\/([0-9A-Za-z]{1,64})\/pending$/.exec(url.pathname);
+      if (url.origin !== this.vaultUrl || !match) return undefined;
+      url.search = "";
+      url.searchParams.set("api-version", this.serviceVersion);
+      return { url: url.href, jobId: match[1]! };
+    } catch {
+      return undefined; // Malformed header: the documented path is built instead.
+    }
+  }
+
+  /** Retry-After in ms (seconds or an HTTP date), never more than the cap: a day-long or 74-year wait is not obeyed. */
+  private retryAfterMs(response: PipelineResponse): number | undefined {
+    const value = response.headers.get("retry-after")?.trim();
+    if (value === undefined || value === "") return undefined;
+    const ms = /^\d+$/.test(value) ? Number(value) * 1000 : Date.parse(value) - this.now().getTime();
+    return Number.isFinite(ms) ? Math.min(Math.max(0, ms), this.maxPollIntervalMs) : undefined;
   }
 
   private statusUrl(kind: OperationKind, jobId: string): string {
@@ -326,16 +410,8 @@ export function splitFolderUri(folderUri: string): { containerUri: string; folde
   return { containerUri: `${url.origin}/${container.join("/")}`, folder: folder.join("/") };
 }
 
-function retryAfterMs(response: PipelineResponse): number | undefined {
-  const value = response.headers.get("retry-after");
-  if (value === undefined) return undefined;
-  if (/^\d+$/.test(value.trim())) return Number(value.trim()) * 1000;
-  const date = Date.parse(value);
-  return Number.isNaN(date) ? undefined : Math.max(0, date - Date.now());
-}
-
 function assertJobId(jobId: string): void {
-  if (!/^[0-9A-Za-z]{1,64}$/.test(jobId)) throw new Error(`"${jobId}" is not a Managed HSM job id`);
+  if (!JOB_ID.test(jobId)) throw new Error(`"${jobId.slice(0, 80)}" is not a Managed HSM job id`);
 }
 
 function jobIdFromStatusUrl(url: string): string {
@@ -344,4 +420,26 @@ function jobIdFromStatusUrl(url: string): string {
 
 function messageOf(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
+}
+
+/**
+ * What went wrong with a call, in one line. A credential failure (DefaultAzureCredential explains
+ * every credential it tried, over several lines) becomes one line saying what to do.
+ */
+function sendProblem(error: unknown): string {
+  const first = redactSecrets(messageOf(error)).split("\n")[0]!.slice(0, 300);
+  const name = error instanceof Error ? error.name : "";
+  if (/Credential|Authentication/.test(name)) {
+    return `no token could be acquired for the HSM (${name}: ${first}); sign in (az login) or check the app's managed identity and its IDENTITY_ENDPOINT`;
+  }
+  return first;
+}
+
+/** The Node/system error code of a failed request, looking through core-rest-pipeline's wrapping. */
+function errorCode(error: unknown): string | undefined {
+  for (let e: unknown = error, depth = 0; e && depth < 4; e = (e as { cause?: unknown }).cause, depth++) {
+    const code = (e as { code?: unknown }).code;
+    if (typeof code === "string" && code !== "REQUEST_SEND_ERROR") return code;
+  }
+  return undefined;
 }

@@ -1,23 +1,38 @@
 import type { PipelineResponse } from "@azure/core-rest-pipeline";
 import { redactSecrets } from "../redact.js";
-import type { HsmOperationState, OperationKind } from "./poller.js";
+import type { HsmOperationState, OperationKind } from "./types.js";
 
-/** The HSM answered a call with an unexpected HTTP status (or no answer arrived for a start call). */
+/**
+ * How far a call got before it failed. Only "unanswered" leaves the HSM's state unknown: a call that
+ * was never sent (no token, DNS, a refused connection) cannot have started anything, and an
+ * answered call says what happened.
+ */
+export type Delivery = "notSent" | "unanswered" | "answered";
+
+/** The HSM answered a call with an unexpected HTTP status, or the call got no answer. */
 export class HsmRequestError extends Error {
+  readonly delivery: Delivery;
   constructor(
     readonly operation: string,
     readonly vaultUrl: string,
     readonly statusCode: number | undefined,
     readonly code: string | undefined,
     readonly serviceMessage: string,
+    delivery?: Delivery,
   ) {
     super(redactSecrets(`Managed HSM ${vaultUrl} ${operation}: ${statusCode !== undefined ? `HTTP ${statusCode}${code ? ` ${code}` : ""}: ` : ""}${serviceMessage}`));
     this.name = "HsmRequestError";
+    this.delivery = delivery ?? (statusCode === undefined ? "unanswered" : "answered");
   }
 
-  /** No answer arrived, so the HSM may or may not have acted on the call. */
+  /** The call may have reached the HSM, but no answer arrived: the HSM may or may not have acted on it. */
   get unanswered(): boolean {
-    return this.statusCode === undefined;
+    return this.delivery === "unanswered";
+  }
+
+  /** The call never left the app (credential, DNS, refused connection): nothing can have started. */
+  get notSent(): boolean {
+    return this.delivery === "notSent";
   }
 
   /** Reads the KeyVaultError body ({"error":{"code","message"}}) when there is one. */
@@ -26,8 +41,8 @@ export class HsmRequestError extends Error {
     let message: string | undefined;
     try {
       const body = JSON.parse(response.bodyAsText ?? "") as { error?: { code?: unknown; message?: unknown } };
-      if (typeof body.error?.code === "string") code = body.error.code;
-      if (typeof body.error?.message === "string") message = body.error.message;
+      if (typeof body.error?.code === "string") code = body.error.code.slice(0, 100);
+      if (typeof body.error?.message === "string") message = body.error.message.slice(0, 1000);
     } catch {
       // Not JSON: the status line is all there is.
     }
@@ -35,8 +50,27 @@ export class HsmRequestError extends Error {
       ? "not authorized (the token was refused or the challenge could not be answered)"
       : response.status === 403
         ? "forbidden: the app's identity lacks the Managed HSM local role for this operation"
-        : "no error details in the answer";
+        : response.status >= 300 && response.status < 400
+          ? `an unexpected redirect${response.headers.get("location") ? " to another location" : ""}, not followed`
+          : "no error details in the answer";
     return new HsmRequestError(operation, vaultUrl, response.status, code, message ?? fallback);
+  }
+}
+
+/**
+ * The HSM answered, but with something the app cannot use: not JSON, no or a malformed job id, a
+ * status for another job, a status word nobody documented, a Succeeded backup without a folder or
+ * with a folder outside the app's container. Such an answer is never trusted as given.
+ */
+export class HsmInvalidResponseError extends Error {
+  readonly code = "InvalidServiceResponse";
+  constructor(
+    readonly operation: string,
+    readonly vaultUrl: string,
+    readonly problem: string,
+  ) {
+    super(redactSecrets(`Managed HSM ${vaultUrl} ${operation}: invalid answer: ${problem}`));
+    this.name = "HsmInvalidResponseError";
   }
 }
 
@@ -75,10 +109,28 @@ export class HsmStatusUnavailableError extends Error {
     readonly kind: OperationKind,
     readonly vaultUrl: string,
     readonly jobId: string,
-    lastProblem: string,
+    readonly lastProblem: string,
     attempts: number,
   ) {
-    super(redactSecrets(`Managed HSM ${vaultUrl} ${kind} job ${jobId}: status unavailable after ${attempts} attempts (last: ${lastProblem}); the job may still be running`));
+    super(redactSecrets(`Managed HSM ${vaultUrl} ${kind} job ${jobId}: status unavailable after ${attempts} attempt(s) (last: ${lastProblem}); the job may still be running`));
     this.name = "HsmStatusUnavailableError";
+  }
+}
+
+/** The wait reached its deadline before the job ended (or before its status could be read). */
+export class HsmWaitDeadlineError extends Error {
+  constructor(
+    readonly kind: OperationKind,
+    readonly vaultUrl: string,
+    readonly jobId: string,
+    readonly deadline: Date,
+    /** The last status the HSM gave, if any. */
+    readonly lastState: HsmOperationState | undefined,
+    /** Why the last reads told nothing, if they did not. */
+    readonly lastProblem: string | undefined,
+  ) {
+    const known = lastState ? `last status ${lastState.status}${lastState.statusDetails ? ` (${lastState.statusDetails})` : ""}` : "no status read yet";
+    super(redactSecrets(`Managed HSM ${vaultUrl} ${kind} job ${jobId}: still not ended at the deadline ${deadline.toISOString()}; ${known}${lastProblem ? `; last problem: ${lastProblem}` : ""}`));
+    this.name = "HsmWaitDeadlineError";
   }
 }

@@ -1,38 +1,32 @@
-import { HsmJobFailedError, HsmRequestError } from "./errors.js";
+import { HsmInvalidResponseError, HsmJobFailedError, HsmStatusUnavailableError, HsmWaitDeadlineError } from "./errors.js";
+import { JOB_ID, type Delay, type HsmOperationState, type OperationKind, type OperationStatus } from "./types.js";
 
-export type Delay = (ms: number, signal?: AbortSignal) => Promise<void>;
-export type OperationKind = "backup" | "restore" | "selectiveKeyRestore" | "preBackup" | "preRestore";
-export type OperationStatus = "InProgress" | "Succeeded" | "Failed" | "Canceled";
-
-export interface HsmOperationState {
-  readonly kind: OperationKind;
-  readonly jobId: string;
-  readonly status: OperationStatus;
-  readonly statusDetails?: string;
-  /** Present only when the service filled it in: an all-null error object means nothing. */
-  readonly error?: { readonly code?: string; readonly message?: string };
-  readonly startTime?: Date;
-  readonly endTime?: Date;
-  /** Backup only: the folder the HSM created, once Succeeded. */
-  readonly folderUri?: string;
-}
+export type { Delay, HsmOperationState, OperationKind, OperationStatus } from "./types.js";
 
 interface PollDeps {
   readStatus(kind: OperationKind, url: string, signal?: AbortSignal): Promise<HsmOperationState & { retryAfterMs?: number }>;
   readonly delay: Delay;
   readonly defaultPollIntervalMs: number;
+  /** Upper bound of any wait between reads, whatever Retry-After says. */
+  readonly maxPollIntervalMs: number;
+  readonly now: () => Date;
 }
 
 export interface PollUntilDoneOptions {
   readonly abortSignal?: AbortSignal;
   /** Called after every status read, e.g. to show progress. */
   readonly onProgress?: (state: HsmOperationState) => void;
+  /**
+   * When to stop waiting. Status reads that fail or answer nonsense do not end the wait before it:
+   * the job may still be running, and a later read may tell. Default: wait without a deadline.
+   */
+  readonly deadline?: Date;
 }
 
 /**
  * Waits for one backup or restore job. Polling follows Retry-After when the service sends it (the
- * 202 carried 0 or 10 s in recordings) and a default interval otherwise. A job id is all it needs,
- * so a worker other than the one that started the job can finish the wait.
+ * 202 carried 0 or 10 s in recordings), capped, and a default interval otherwise. A job id is all it
+ * needs, so a worker other than the one that started the job can finish the wait.
  */
 export class HsmOperationPoller {
   private state: HsmOperationState | undefined;
@@ -41,16 +35,13 @@ export class HsmOperationPoller {
   constructor(
     readonly kind: OperationKind,
     private readonly statusUrl: string,
+    readonly jobId: string,
     initialState: HsmOperationState | undefined,
     private readonly deps: PollDeps,
     initialRetryAfterMs?: number,
   ) {
     this.state = initialState;
     this.nextWaitMs = initialRetryAfterMs;
-  }
-
-  get jobId(): string {
-    return this.state?.jobId ?? /\/(?:backup|restore)\/([^/?]+)\/pending/.exec(this.statusUrl)?.[1] ?? "";
   }
 
   getOperationState(): HsmOperationState | undefined {
@@ -70,18 +61,33 @@ export class HsmOperationPoller {
   }
 
   /**
-   * Polls until the job ends. Resolves with the final state when it Succeeded.
+   * Polls until the job ends or the deadline passes. Resolves with the final state when it Succeeded.
    * @throws HsmJobFailedError when it ended Failed or Canceled (or its status read failed terminally);
-   *   HsmStatusUnavailableError when status reads kept failing transiently; the abort reason on abort.
+   *   HsmWaitDeadlineError at the deadline; the abort reason on abort.
    */
   async pollUntilDone(options: PollUntilDoneOptions = {}): Promise<HsmOperationState> {
+    let lastProblem: string | undefined;
+    let read = this.state !== undefined;
     while (!this.isDone()) {
-      if (this.state !== undefined) {
-        await this.deps.delay(this.nextWaitMs ?? this.deps.defaultPollIntervalMs, options.abortSignal);
+      if (read) {
+        const wait = Math.min(this.nextWaitMs ?? this.deps.defaultPollIntervalMs, this.deps.maxPollIntervalMs);
+        const left = options.deadline ? options.deadline.getTime() - this.deps.now().getTime() : Infinity;
+        if (left <= 0) throw new HsmWaitDeadlineError(this.kind, new URL(this.statusUrl).origin, this.jobId, options.deadline!, this.state, lastProblem);
+        await this.deps.delay(Math.max(0, Math.min(wait, left)), options.abortSignal);
       }
-      // Not onProgress?.(await ...): an optional call skips evaluating its argument.
-      const state = await this.poll(options);
-      options.onProgress?.(state);
+      read = true;
+      try {
+        // Not onProgress?.(await ...): an optional call skips evaluating its argument.
+        const state = await this.poll(options);
+        lastProblem = undefined;
+        options.onProgress?.(state);
+      } catch (error) {
+        if (options.abortSignal?.aborted) throw error;
+        // Unknown is not failed: the job may be running on. Only the deadline ends such a wait.
+        if (!(error instanceof HsmStatusUnavailableError || error instanceof HsmInvalidResponseError) || !options.deadline) throw error;
+        lastProblem = error.message;
+        this.nextWaitMs = undefined;
+      }
     }
     const final = this.state!;
     if (final.status !== "Succeeded") {
@@ -96,45 +102,84 @@ export class HsmOperationPoller {
   }
 }
 
-/** Parses a FullBackupOperation / RestoreOperation / SelectiveKeyRestoreOperation body. */
-export function parseOperation(kind: OperationKind, bodyText: string | null | undefined, vaultUrl: string): HsmOperationState {
-  let body: Record<string, unknown>;
+/** Unix seconds the service may plausibly give: 2015 to 2100. Anything else is not a time. */
+const MIN_UNIX_S = 1_420_070_400;
+const MAX_UNIX_S = 4_102_444_800;
+
+/**
+ * Parses a FullBackupOperation / RestoreOperation / SelectiveKeyRestoreOperation body: the edge where
+ * the HSM's answer becomes the app's type. With expectedJobId (a status read) the answer must be
+ * about that job.
+ * @throws HsmInvalidResponseError for anything that is not a usable operation.
+ */
+export function parseOperation(kind: OperationKind, bodyText: string | null | undefined, vaultUrl: string, expectedJobId?: string): HsmOperationState {
+  const operation = `${kind} ${expectedJobId ? "status" : "start"}`;
+  let body: unknown;
   try {
-    body = JSON.parse(bodyText ?? "") as Record<string, unknown>;
+    body = JSON.parse(bodyText ?? "");
   } catch {
-    throw new HsmRequestError(`${kind} status`, vaultUrl, undefined, undefined, "the answer was not JSON");
+    throw new HsmInvalidResponseError(operation, vaultUrl, "the answer was not JSON");
   }
-  const jobId = body.jobId;
-  const rawStatus = body.status;
+  if (typeof body !== "object" || body === null || Array.isArray(body)) {
+    throw new HsmInvalidResponseError(operation, vaultUrl, "the answer was not a JSON object");
+  }
+  const fields = body as Record<string, unknown>;
+  const { jobId, status: rawStatus } = fields;
   if (typeof jobId !== "string" || typeof rawStatus !== "string") {
-    throw new HsmRequestError(`${kind} status`, vaultUrl, undefined, undefined, "the answer had no jobId or status");
+    throw new HsmInvalidResponseError(operation, vaultUrl, "the answer had no jobId or status");
   }
-  const error = body.error as { code?: unknown; message?: unknown } | null | undefined;
-  const code = typeof error?.code === "string" && error.code ? error.code : undefined;
-  const message = typeof error?.message === "string" && error.message ? error.message : undefined;
-  const folderUri = body.azureStorageBlobContainerUri;
+  if (!JOB_ID.test(jobId)) {
+    throw new HsmInvalidResponseError(operation, vaultUrl, `job id ${JSON.stringify(jobId.slice(0, 80))} is not a Managed HSM job id`);
+  }
+  if (expectedJobId !== undefined && jobId !== expectedJobId) {
+    throw new HsmInvalidResponseError(operation, vaultUrl, `the status is for job ${jobId}, not for job ${expectedJobId}`);
+  }
+  const status = normaliseStatus(rawStatus);
+  if (status === undefined) {
+    throw new HsmInvalidResponseError(operation, vaultUrl, `status ${JSON.stringify(rawStatus.slice(0, 40))} is not one Managed HSM documents (InProgress, Succeeded, Failed, Canceled)`);
+  }
+  const error = fields.error as { code?: unknown; message?: unknown } | null | undefined;
+  const code = typeof error?.code === "string" && error.code ? error.code.slice(0, 100) : undefined;
+  const message = typeof error?.message === "string" && error.message ? error.message.slice(0, 1000) : undefined;
+  const folderUri = fields.azureStorageBlobContainerUri;
+  const statusDetails = fields.statusDetails;
   return {
     kind,
     jobId,
-    status: normaliseStatus(rawStatus),
-    ...(typeof body.statusDetails === "string" && body.statusDetails ? { statusDetails: body.statusDetails } : {}),
+    status,
+    ...(typeof statusDetails === "string" && statusDetails ? { statusDetails: statusDetails.slice(0, 1000) } : {}),
     ...(code || message ? { error: { ...(code ? { code } : {}), ...(message ? { message } : {}) } } : {}),
-    ...unixTime("startTime", body.startTime),
-    ...unixTime("endTime", body.endTime),
+    ...unixTime("startTime", fields.startTime),
+    ...unixTime("endTime", fields.endTime),
     ...(typeof folderUri === "string" && folderUri ? { folderUri } : {}),
   };
 }
 
-/** Case-insensitive, as core-lro reads it; an unknown status means the job is still going. */
-function normaliseStatus(raw: string): OperationStatus {
-  const s = raw.toLowerCase();
-  if (s === "succeeded") return "Succeeded";
-  if (s.includes("fail")) return "Failed";
-  if (s === "canceled" || s === "cancelled") return "Canceled";
-  return "InProgress";
+/** Case-insensitive, as core-lro reads it. A word outside the documented set is not guessed at. */
+function normaliseStatus(raw: string): OperationStatus | undefined {
+  switch (raw.toLowerCase()) {
+    case "inprogress":
+    case "running":
+    case "notstarted":
+      return "InProgress";
+    case "succeeded":
+      return "Succeeded";
+    case "failed":
+      return "Failed";
+    case "canceled":
+    case "cancelled":
+      return "Canceled";
+    default:
+      return undefined;
+  }
 }
 
-/** startTime/endTime are Unix seconds; endTime is null (or 0 in spec examples) while running. */
+/**
+ * startTime/endTime are Unix seconds; endTime is null (or 0 in spec examples) while running. A value
+ * no clock could give (1e15 was seen from a hostile stand-in) is treated as absent, not as a date.
+ */
 function unixTime<K extends string>(key: K, value: unknown): Partial<Record<K, Date>> {
-  return typeof value === "number" && value > 0 ? ({ [key]: new Date(value * 1000) } as Record<K, Date>) : {};
+  return typeof value === "number" && value >= MIN_UNIX_S && value <= MAX_UNIX_S
+    ? ({ [key]: new Date(value * 1000) } as Record<K, Date>)
+    : {};
 }
