@@ -8,6 +8,8 @@
  *
  * BENCH_QUICK=1 runs fewer repetitions and a 10,000-record catalog (for trying the bench itself).
  */
+import { subscribe, unsubscribe } from "node:diagnostics_channel";
+import type { ClientRequest } from "node:http";
 import { cpus, freemem, tmpdir, totalmem } from "node:os";
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
@@ -285,8 +287,9 @@ async function main(): Promise<void> {
     const oneMedian = median(one.walls);
     const bound = (n: number) => Math.ceil(n / DEFAULT_CONCURRENCY) * FAN_OUT_JOB_MS / 1000 + 1;
     add({ figure: "fan-out: 1 HSM, D = 5 s", samples: one.walls, unit: "s", goal: "baseline for the next rows" });
-    add({ figure: "fan-out: 10 HSMs, default concurrency", samples: ten.walls, unit: "s", goal: `≤ ⌈10/8⌉ × 5 + 1 = ${bound(10)}`,
-      met: median(ten.walls) <= bound(10), baseline: { label: "1 HSM", samples: one.walls } });
+    // Issue 9 sets goals for 50 HSMs only; the same rule for 10 is printed for reference, not judged.
+    add({ figure: "fan-out: 10 HSMs, default concurrency", samples: ten.walls, unit: "s", goal: `none set (the 50-HSM rule would give ≤ ${bound(10)})`,
+      baseline: { label: "1 HSM", samples: one.walls } });
     add({ figure: "fan-out: 50 HSMs, BACKUP_CONCURRENCY=50", samples: fiftyAll.walls, unit: "s", goal: `≤ 1.5 × 1 HSM = ${(1.5 * oneMedian).toFixed(2)}`,
       met: median(fiftyAll.walls) <= 1.5 * oneMedian, baseline: { label: "1 HSM", samples: one.walls } });
     add({ figure: `fan-out: 50 HSMs, default concurrency (${DEFAULT_CONCURRENCY})`, samples: fiftyDefault.walls, unit: "s", goal: `≤ ⌈50/8⌉ × 5 + 1 = ${bound(50)}`,
@@ -302,11 +305,14 @@ async function main(): Promise<void> {
 
     // ---- catalog: newest 25 of one HSM
     console.error(`catalog (loading ${CATALOG_LARGE.toLocaleString("en")} records) …`);
-    const [small, large] = (await catalogFigures([{ hsms: 1, perHsm: 1_000 }, { hsms: 10, perHsm: CATALOG_LARGE / 10 }])) as [number[], number[]];
+    const [smallRun, largeRun] = await catalogFigures([{ hsms: 1, perHsm: 1_000 }, { hsms: 10, perHsm: CATALOG_LARGE / 10 }]);
+    const [small, large] = [smallRun!.ms, largeRun!.ms];
     add({ figure: "catalog: newest 25 of one HSM, 1,000 records", samples: small, unit: "ms", goal: "baseline for the next row" });
     add({ figure: `catalog: newest 25 of one HSM, ${CATALOG_LARGE.toLocaleString("en")} records (10 HSMs)`, samples: large, unit: "ms",
       goal: `≤ 50 and ≤ 1.5 × 1,000 = ${(1.5 * median(small)).toFixed(1)}`, met: median(large) <= 50 && median(large) <= 1.5 * median(small),
       baseline: { label: "1,000 records", samples: small } });
+    add({ figure: `catalog: table requests per listing, ${CATALOG_LARGE.toLocaleString("en")} records`, samples: largeRun!.requests, unit: "requests",
+      goal: "the same as at 1,000", met: median(largeRun!.requests) <= median(smallRun!.requests), baseline: { label: "1,000 records", samples: smallRun!.requests } });
 
     // ---- restore: POST /api/restores to its 202, warm
     console.error("restore …");
@@ -371,7 +377,7 @@ function peakInFlight(seen: readonly Seen[]): number {
  * through Catalog.insert (so its shape is exactly the app's), Azurite is stopped, the record is
  * copied into its saved LokiJS file under new ids, HSMs and times, and Azurite is started on that file.
  */
-async function catalogFigures(sizes: ReadonlyArray<{ hsms: number; perHsm: number }>): Promise<number[][]> {
+async function catalogFigures(sizes: ReadonlyArray<{ hsms: number; perHsm: number }>): Promise<Array<{ ms: number[]; requests: number[] }>> {
   const dir = mkdtempSync(join(tmpdir(), "bench-catalog-"));
   const tables = sizes.map((_, i) => `benchcatalog${i}`);
   const appEnv = (azurite: Azurite, table: string): Env => ({
@@ -414,18 +420,33 @@ async function catalogFigures(sizes: ReadonlyArray<{ hsms: number; perHsm: numbe
     writeFileSync(file, JSON.stringify(db));
     azurite = await startAzurite({ location: dir, startTimeoutMs: 120_000 });
     try {
-      const results: number[][] = [];
-      for (const table of tables) {
-        const deps = createDeps(parseConfig(appEnv(azurite, table)));
-        const samples: number[] = [];
-        for (let i = 0; i <= RUNS.catalogQueries; i++) {
-          const t0 = performance.now();
-          const page = await deps.catalog.list("backup", { hsmName: "cathsm0", top: 25 });
-          const ms = performance.now() - t0;
-          if (page.items.length !== 25 || page.items.some((r) => r.hsmName !== "cathsm0")) throw new Error(`catalog listing returned ${page.items.length} records`);
-          if (i > 0) samples.push(ms); // the first one builds Azurite's index and the client's connection
+      const results: Array<{ ms: number[]; requests: number[] }> = [];
+      const tableHost = new URL(azurite.tableEndpoint).host;
+      let sent = 0;
+      const onRequest = (message: unknown) => {
+        if ((message as { request: ClientRequest }).request.getHeader("host") === tableHost) sent++;
+      };
+      subscribe("http.client.request.start", onRequest);
+      try {
+        for (const table of tables) {
+          const deps = createDeps(parseConfig(appEnv(azurite, table)));
+          const ms: number[] = [];
+          const requests: number[] = [];
+          for (let i = 0; i <= RUNS.catalogQueries; i++) {
+            sent = 0;
+            const t0 = performance.now();
+            const page = await deps.catalog.list("backup", { hsmName: "cathsm0", top: 25 });
+            const elapsed = performance.now() - t0;
+            if (page.items.length !== 25 || page.items.some((r) => r.hsmName !== "cathsm0")) throw new Error(`catalog listing returned ${page.items.length} records`);
+            if (i > 0) { // the first one builds Azurite's index and the client's connection
+              ms.push(elapsed);
+              requests.push(sent);
+            }
+          }
+          results.push({ ms, requests });
         }
-        results.push(samples);
+      } finally {
+        unsubscribe("http.client.request.start", onRequest);
       }
       return results;
     } finally {
