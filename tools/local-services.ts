@@ -13,12 +13,14 @@ const hsmUrl = new URL(sample.Values.MANAGED_HSM_URLS!);
 
 const azurite = await startAzurite({ ports: { blob: 10000, queue: 10001, table: 10002 } });
 const identity = await startIdentityEndpoint({ port: Number(identityUrl.port), identityHeader: sample.Values.IDENTITY_HEADER! });
-const hsm = await startHsmEmulator({ name: "localhsm", port: Number(hsmUrl.port), retryAfterSeconds: 2, jobDurationMs: 5000 });
+// No name: the emulator takes the one the app gives an HSM at this URL (loopback-8443), so the
+// catalog and the backup folders agree.
+const hsm = await startHsmEmulator({ port: Number(hsmUrl.port), retryAfterSeconds: 2, jobDurationMs: 5000 });
 hsm.keys.create("local-demo-key");
 
 console.log(`Azurite          ${azurite.blobEndpoint} (blobs), ${azurite.tableEndpoint} (tables)`);
 console.log(`Identity         ${identity.env.IDENTITY_ENDPOINT}`);
-console.log(`Managed HSM      ${hsm.url} (emulator, one key: local-demo-key)`);
+console.log(`Managed HSM      ${hsm.url} (emulator '${hsm.name}', one key: local-demo-key)`);
 console.log("Ready. In another terminal: cp local.settings.sample.json local.settings.json && npm start");
 
 const stop = async () => {

@@ -88,7 +88,7 @@ var restoreStartedQuery = '''
 traces
 | where message startswith "MhsmRestoreStarted "
 | extend e = parse_json(substring(message, indexof(message, " ") + 1))
-| project timestamp, hsm = tostring(e.hsm), status = tostring(e.status), folderUri = tostring(e.folderUri), keyName = tostring(e.keyName), recordId = tostring(e.recordId), jobId = tostring(e.jobId)
+| project timestamp, hsm = tostring(e.hsm), requestedBy = tostring(e.requestedBy), status = tostring(e.status), folderUri = tostring(e.folderUri), keyName = tostring(e.keyName), recordId = tostring(e.recordId), jobId = tostring(e.jobId)
 '''
 
 var restoreEndedQuery = '''
@@ -132,7 +132,7 @@ var logAlerts = [
     description: 'Someone started a restore: the HSM is being wiped back to a backup and refuses data-plane calls until it ends. Make sure it was intended.'
     severity: 2
     query: restoreStartedQuery
-    dimensions: ['hsm']
+    dimensions: ['hsm', 'requestedBy']
     evaluationFrequency: 'PT5M'
     windowSize: 'PT5M'
     overrideQueryTimeRange: ''

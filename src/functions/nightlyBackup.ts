@@ -3,6 +3,7 @@ import { backupSchedule, FUNCTION_TIMEOUT_MS, RUN_MARGIN_MS } from "../lib/confi
 import type { AppDeps } from "../lib/deps.js";
 import { appDeps } from "../lib/handler.js";
 import { safeLogger } from "../lib/logger.js";
+import { latestOccurrence, parseSchedule } from "../lib/schedule.js";
 
 /**
  * Backs up every configured HSM and fails the invocation when any did not succeed, so that a missed
@@ -14,8 +15,11 @@ export async function nightlyBackup(timer: Timer, context: InvocationContext, de
   const log = safeLogger(context);
   if (timer.isPastDue) log.warn("The backup timer is past due: this run catches up a missed schedule.");
   const app = deps ?? await appDeps();
-  const runDeadline = new Date(app.now().getTime() + FUNCTION_TIMEOUT_MS - RUN_MARGIN_MS);
-  const results = await backupAll(app, log, { trigger: "timer", runDeadline });
+  const now = app.now();
+  const runDeadline = new Date(now.getTime() + FUNCTION_TIMEOUT_MS - RUN_MARGIN_MS);
+  // The slot this invocation belongs to: a catch-up after downtime backs up once, for the latest slot.
+  const slot = latestOccurrence(parseSchedule(app.config.backupSchedule), now);
+  const results = await backupAll(app, log, { trigger: "timer", runDeadline, ...(slot ? { slot } : {}) });
   const pending = results.filter((r) => r.outcome === "Pending");
   if (pending.length > 0) log.warn(`Still running when this run stopped waiting (reconcile records the outcome): ${pending.map((r) => `${r.hsm} job ${r.jobId}`).join(", ")}`);
   const failure = failureSummary(results);

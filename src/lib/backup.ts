@@ -21,6 +21,11 @@ export interface BackupRunOptions {
   readonly runDeadline?: Date;
   /** Only these HSMs (by name); default every configured HSM. */
   readonly hsmNames?: readonly string[];
+  /**
+   * The schedule slot of a timer run. An HSM is backed up at most once per slot: a second
+   * invocation for the same slot (duplicate delivery, catch-up, two instances) starts nothing.
+   */
+  readonly slot?: Date;
 }
 
 /**
@@ -71,6 +76,20 @@ export async function backupAll(deps: AppDeps, log: Logger, options: BackupRunOp
  */
 export async function backupHsm(deps: AppDeps, hsm: HsmTarget, log: Logger, options: BackupRunOptions): Promise<HsmRunResult> {
   const { config, catalog } = deps;
+  const id = Catalog.newId(deps.now());
+  if (options.slot) {
+    let claimed: boolean;
+    try {
+      claimed = await persist(deps, () => catalog.claimSlot(hsm.name, options.slot!, id));
+    } catch (error) {
+      return notRecorded(log, hsm, `the catalog could not be written (${toSafeError(error).message}); no backup was started`);
+    }
+    if (!claimed) {
+      const detail = `another invocation already took the backup of schedule slot ${options.slot.toISOString()}; nothing was started`;
+      log.info(`Backup of HSM ${hsm.name}: ${detail}`);
+      return { hsm: hsm.name, outcome: "Skipped", detail };
+    }
+  }
   let busy: { kind: Kind; record: AnyRecord } | undefined;
   try {
     busy = await settleEarlier(deps, hsm, log);
@@ -79,18 +98,19 @@ export async function backupHsm(deps: AppDeps, hsm: HsmTarget, log: Logger, opti
   }
   const startedAt = deps.now();
   const base = {
-    id: Catalog.newId(startedAt),
+    id,
     hsmName: hsm.name,
     hsmUrl: hsm.url,
     startedAt: startedAt.toISOString(),
     trigger: options.trigger,
     deadlineAt: new Date(startedAt.getTime() + config.jobTimeoutMs).toISOString(),
+    ...(options.slot ? { slot: options.slot.toISOString() } : {}),
   };
   if (busy) return skip(deps, hsm, log, base, busy);
 
   let stored: Stored<BackupRecord>;
   try {
-    stored = await persist(() => catalog.insert("backup", { ...base, status: "Starting" }));
+    stored = await persist(deps, () => catalog.insert("backup", { ...base, status: "Starting" }));
   } catch (error) {
     return notRecorded(log, hsm, `the catalog could not be written (${toSafeError(error).message}); no backup was started`);
   }
@@ -128,7 +148,7 @@ export async function backupHsm(deps: AppDeps, hsm: HsmTarget, log: Logger, opti
   if (patch === undefined) {
     const note = `Outcome not yet known: ${unknown}`;
     log.warn(`Backup of HSM ${hsm.name}, job ${jobId}: ${note}; a later status read settles it (record ${stored.record.id})`);
-    stored = await persist(() => catalog.merge("backup", stored, { jobId, errorMessage: note })).catch(() => stored);
+    stored = await persist(deps, () => catalog.merge("backup", stored, { jobId, errorMessage: note })).catch(() => stored);
     return { hsm: hsm.name, outcome: "Pending", record: stored.record, jobId, detail: note };
   }
   try {
@@ -160,7 +180,7 @@ async function startFailed(deps: AppDeps, hsm: HsmTarget, stored: Stored<BackupR
     if ((error instanceof HsmRequestError && error.unanswered) || aborted) {
       const note = `Outcome not yet known: ${safe.message}`;
       log.warn(`Backup of HSM ${hsm.name}: ${note} (record ${stored.record.id})`);
-      const noted = await persist(() => deps.catalog.merge("backup", stored, { errorMessage: note }));
+      const noted = await persist(deps, () => deps.catalog.merge("backup", stored, { errorMessage: note }));
       return { hsm: hsm.name, outcome: "Unknown", record: noted.record, detail: note };
     }
     if (error instanceof HsmRequestError && error.statusCode === 409) {
@@ -212,7 +232,7 @@ async function skip(deps: AppDeps, hsm: HsmTarget, log: Logger, base: Omit<Backu
     ...(active.jobId ? { activeJobId: active.jobId } : {}),
   };
   try {
-    const stored = await persist(() => deps.catalog.insert("backup", record));
+    const stored = await persist(deps, () => deps.catalog.insert("backup", record));
     emitOutcome(log, "backup", stored.record);
     return report(log, hsm, stored.record);
   } catch (error) {

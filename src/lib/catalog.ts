@@ -23,6 +23,8 @@ export const RECORD_ID = /^\d{13}-[0-9a-f]{8}$/;
 const MAX_EPOCH_MS = 9_999_999_999_999;
 /** Start locks live beside the records; every listing filters by its own partition, so they never show. */
 const LOCK_PARTITION = "lock";
+/** Claimed schedule slots (one row per HSM and slot), beside the records too. */
+const SLOT_PARTITION = "slot";
 
 interface CommonRecord {
   readonly id: string;
@@ -54,6 +56,8 @@ export interface BackupRecord extends CommonRecord {
   /** Skipped: the record of the job that was still running on the HSM. */
   readonly activeRecordId?: string;
   readonly activeJobId?: string;
+  /** The schedule slot (ISO time) of the timer run that took it: one backup per HSM and slot. */
+  readonly slot?: string;
 }
 
 export interface RestoreRecord extends CommonRecord {
@@ -61,6 +65,8 @@ export interface RestoreRecord extends CommonRecord {
   readonly folderUri: string;
   /** Set for a selective key restore; absent for a full restore. */
   readonly keyName?: string;
+  /** Who asked: the App Service Authentication principal, "function key", or the CLI's signed-in identity / OS user. */
+  readonly requestedBy?: string;
 }
 
 export type Kind = "backup" | "restore";
@@ -252,6 +258,23 @@ export class Catalog {
         }
       },
     };
+  }
+
+  /**
+   * Claims an HSM's backup in one schedule slot. Only one writer can create the row, so a duplicate
+   * timer invocation for the same slot learns it lost and starts nothing.
+   */
+  async claimSlot(hsmName: string, slot: Date, recordId: string): Promise<boolean> {
+    const rowKey = `${hsmName}-${slot.toISOString().replace(/[-:.]/g, "")}`;
+    try {
+      await this.table.createEntity({ partitionKey: SLOT_PARTITION, rowKey, recordId });
+      return true;
+    } catch (error) {
+      if (!(error instanceof RestError && error.statusCode === 409)) throw error;
+      // Our own first try may have landed with its answer lost: the row then names our record.
+      const held = await this.table.getEntity<{ recordId?: string }>(SLOT_PARTITION, rowKey);
+      return held.recordId === recordId;
+    }
   }
 
   /**

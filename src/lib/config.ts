@@ -3,6 +3,7 @@
  * table, local.settings.sample.json and the Bicep app settings list exactly these (tests hold them
  * together). parseConfig is pure so tests can pass a literal object.
  */
+import { parseSchedule } from "./schedule.js";
 
 export const SETTINGS = [
   "MANAGED_HSM_URLS",
@@ -139,9 +140,13 @@ export function reconcileSchedule(env: Env): string {
 
 function schedule(env: Env, name: "BACKUP_SCHEDULE" | "RECONCILE_SCHEDULE", fallback: string, { validate }: { validate: boolean }): string {
   const value = setting(env, name) ?? fallback;
-  if (validate && value.trim().split(/\s+/).length !== 6) {
-    throw new ConfigError(name,
-      `"${value}" is not a six-field NCRONTAB expression (second minute hour day month day-of-week), e.g. "${fallback}"`);
+  if (validate) {
+    try {
+      parseSchedule(value);
+    } catch (error) {
+      throw new ConfigError(name,
+        `${(error as Error).message}: expected six fields (second minute hour day month day-of-week), UTC, e.g. "${fallback}"`);
+    }
   }
   return value;
 }
@@ -167,8 +172,7 @@ function parseHsmUrls(env: Env): HsmTarget[] {
     if (url.pathname !== "/" || url.search || url.hash) {
       throw new ConfigError("MANAGED_HSM_URLS", `"${entry}" must be the HSM's base URL with no path or query`);
     }
-    // A loopback host (the local emulator) has no HSM name in it; its port tells instances apart.
-    const name = isLoopback(url.hostname) ? `loopback-${url.port || "80"}` : (url.hostname.split(".")[0] ?? "");
+    const name = hsmNameOf(url);
     if (targets.some((t) => t.url === url.origin)) {
       throw new ConfigError("MANAGED_HSM_URLS", `"${entry}" is listed twice`);
     }
@@ -224,6 +228,17 @@ function parseServiceUrl(name: SettingName, value: string): URL {
   if (url.protocol === "https:") return url;
   if (url.protocol === "http:" && isLoopback(url.hostname)) return url;
   throw new ConfigError(name, `"${value}" must use https (plain http is accepted only for loopback hosts)`);
+}
+
+/**
+ * The name of the HSM at `url`, as the catalog records it and as its backup folders carry it
+ * (`mhsm-<name>-…`): the first DNS label, `contoso` for https://contoso.managedhsm.azure.net. A bare
+ * loopback address (a local stand-in) has no name in it, so its port tells instances apart:
+ * `loopback-8443`. The HSM emulator names itself by this same function when reached that way, so in
+ * the local http mode the catalog and the folders agree.
+ */
+export function hsmNameOf(url: URL): string {
+  return isLoopback(url.hostname) ? `loopback-${url.port || "80"}` : (url.hostname.split(".")[0] ?? "");
 }
 
 export function isLoopback(hostname: string): boolean {

@@ -14,6 +14,8 @@ export interface AppDeps {
   /** Makes sure the catalog table and backup container exist, once per process (in Azure, Bicep made them). */
   prepare(): Promise<void>;
   now(): Date;
+  /** Waits between tries of a catalog write that must not be lost (it carries an accepted job's id). */
+  readonly persistDelaysMs: readonly number[];
 }
 
 export interface DepsOptions {
@@ -21,6 +23,8 @@ export interface DepsOptions {
   readonly storageOptions?: StorageClientOptions;
   readonly hsmClientOptions?: ManagedHsmBackupClientOptions;
   readonly now?: () => Date;
+  /** Default 0.5, 1, 2 and 4 s. */
+  readonly persistDelaysMs?: readonly number[];
 }
 
 /**
@@ -69,6 +73,7 @@ export function createDeps(config: AppConfig, options: DepsOptions = {}): AppDep
       return prepared;
     },
     now: options.now ?? (() => new Date()),
+    persistDelaysMs: options.persistDelaysMs ?? [500, 1000, 2000, 4000],
   };
 }
 

@@ -9,6 +9,17 @@ import { ProblemError } from "./problem.js";
 import type { RestoreRequest } from "./restore.js";
 import { checkKeyName, checkRecordId, describe, InvalidInput, parseListQuery, truncate } from "./validation.js";
 
+/**
+ * Who made an HTTP request: the principal App Service Authentication vouches for (it sets these
+ * headers and strips callers' own when it is on), else "function key" — all the host checked.
+ */
+export function requestedBy(request: HttpRequest): string {
+  const name = request.headers.get("x-ms-client-principal-name")?.trim();
+  const id = request.headers.get("x-ms-client-principal-id")?.trim();
+  if (!name && !id) return "function key";
+  return [name, id ? `(${id})` : undefined].filter(Boolean).join(" ").slice(0, 200);
+}
+
 /** Restore requests are tiny; anything larger is not one. */
 export const MAX_BODY_BYTES = 4096;
 

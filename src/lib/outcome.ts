@@ -142,22 +142,21 @@ export function emitOutcome(log: Logger, kind: Kind, record: AnyRecord): void {
     errorMessage: record.errorMessage,
     correctionOf: record.correctedAt !== undefined ? record.correctedFrom : undefined,
     origin: backup?.origin,
+    requestedBy: restore?.requestedBy,
   });
 }
 
-/** Delays between tries of a catalog write that must not be lost (a job the HSM accepted). */
-const PERSIST_DELAYS_MS = [500, 1000, 2000, 4000];
-
 /**
- * Retries a catalog write with backoff, within a bound (~7.5 s beyond the storage SDK's own quick
- * retries): a write that follows a job the HSM accepted carries its job id.
+ * Retries a catalog write with backoff, within a bound (deps.persistDelaysMs, ~7.5 s by default,
+ * beyond the storage SDK's own quick retries): a write that follows a job the HSM accepted carries
+ * its job id, and losing it loses the job.
  */
-export async function persist<T>(write: () => Promise<T>, delays: readonly number[] = PERSIST_DELAYS_MS): Promise<T> {
+export async function persist<T>(deps: Pick<AppDeps, "persistDelaysMs">, write: () => Promise<T>): Promise<T> {
   for (let attempt = 0; ; attempt++) {
     try {
       return await write();
     } catch (error) {
-      const wait = delays[attempt];
+      const wait = deps.persistDelaysMs[attempt];
       if (wait === undefined) throw error;
       await new Promise((resolve) => setTimeout(resolve, wait));
     }
@@ -170,7 +169,7 @@ export async function persist<T>(write: () => Promise<T>, delays: readonly numbe
  * one is the HSM's word: then this one replaces it as a correction, with its own event.
  */
 export async function finish<T extends AnyRecord>(deps: AppDeps, kind: Kind, stored: Stored<T>, patch: FinalPatch, log: Logger): Promise<Stored<T>> {
-  const saved = await persist(() => deps.catalog.merge(kind, stored as Stored<never>, patch as never));
+  const saved = await persist(deps, () => deps.catalog.merge(kind, stored as Stored<never>, patch as never));
   if (saved.applied) {
     emitOutcome(log, kind, saved.record);
     return { record: saved.record as T, etag: saved.etag };
@@ -183,7 +182,7 @@ async function correct<T extends AnyRecord>(deps: AppDeps, kind: Kind, stored: S
   const current = stored.record;
   if (!isProvisional(current) || (patch.status === current.status && patch.errorCode === current.errorCode)) return stored;
   const correctedFrom = `${current.status}${current.errorCode ? ` ${current.errorCode}` : ""}`;
-  const corrected = await persist(() => deps.catalog.merge(kind, stored as Stored<never>, {
+  const corrected = await persist(deps, () => deps.catalog.merge(kind, stored as Stored<never>, {
     // A field the new truth does not carry must not survive from the old one.
     errorCode: undefined, errorMessage: undefined, statusDetails: undefined, endedAt: undefined, durationSeconds: undefined,
     ...patch, correctedAt: deps.now().toISOString(), correctedFrom,
@@ -200,7 +199,7 @@ async function correct<T extends AnyRecord>(deps: AppDeps, kind: Kind, stored: S
  */
 export async function recordAccepted<T extends AnyRecord>(deps: AppDeps, kind: Kind, stored: Stored<T>, state: HsmOperationState | undefined, jobId: string, log: Logger): Promise<Stored<T>> {
   const patch: FinalPatch = { status: "Running", jobId, ...(state?.startTime ? { startedAt: state.startTime.toISOString() } : {}) };
-  const saved = await persist(() => deps.catalog.merge(kind, stored as Stored<never>, patch as never));
+  const saved = await persist(deps, () => deps.catalog.merge(kind, stored as Stored<never>, patch as never));
   if (saved.applied) return { record: saved.record as T, etag: saved.etag };
   return correct(deps, kind, { record: saved.record as T, etag: saved.etag }, patch, log);
 }

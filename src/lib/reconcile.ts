@@ -82,11 +82,17 @@ async function reconcileHsm(deps: AppDeps, hsm: HsmTarget, log: Logger, options:
       try {
         const before = describe(stored.record);
         let after: AnyRecord = stored.record;
+        let waitForCheck = false;
         if (kind === "backup" && stored.record.jobId === undefined && stored.record.status === "Starting"
           && now - Date.parse(stored.record.startedAt) >= staleStartMs(deps.config)) {
-          after = (await adoptForRecord(deps, hsm, stored as Stored<BackupRecord>, log)) ?? after;
+          const adoption = await adoptForRecord(deps, hsm, stored as Stored<BackupRecord>, log);
+          if (adoption && "record" in adoption) after = adoption.record;
+          // A candidate folder the HSM could not check now (busy, unreachable): the next run asks
+          // again, until the record's job deadline; then the start's outcome stays unknown.
+          waitForCheck = adoption !== undefined && "unchecked" in adoption && now < deadlineOf(deps, stored.record).getTime();
+          if (adoption && "unchecked" in adoption) report.errors.push(`HSM ${hsm.name}, backup record ${stored.record.id}: ${adoption.unchecked}`);
         }
-        if (UNSETTLED_STATUSES.includes(after.status) && after === stored.record) {
+        if (!waitForCheck && UNSETTLED_STATUSES.includes(after.status) && after === stored.record) {
           after = (await refreshRecord<AnyRecord>(deps, kind, stored, log)).record;
         }
         if (describe(after) !== before) {
@@ -105,20 +111,22 @@ async function reconcileHsm(deps: AppDeps, hsm: HsmTarget, log: Logger, options:
  * be recorded): if the container holds a folder of this HSM from the record's time that no record
  * has, and the HSM's pre-restore check accepts it, the record gets that backup.
  */
-async function adoptForRecord(deps: AppDeps, hsm: HsmTarget, stored: Stored<BackupRecord>, log: Logger): Promise<BackupRecord | undefined> {
+async function adoptForRecord(deps: AppDeps, hsm: HsmTarget, stored: Stored<BackupRecord>, log: Logger): Promise<{ record: BackupRecord } | { unchecked: string } | undefined> {
   const started = Date.parse(stored.record.startedAt);
   const deadline = deadlineOf(deps, stored.record).getTime();
+  let unchecked: string | undefined;
   for (const folder of await unrecordedFolders(deps, hsm, 5)) {
     if (folder.at.getTime() < started - 60_000 || folder.at.getTime() > deadline) continue;
-    const verdict = await preRestoreCheck(deps, hsm, folder.uri);
-    if (verdict !== undefined) continue;
+    const check = await preRestoreCheck(deps, hsm, folder.uri);
+    if (check.verdict === "unavailable") unchecked ??= `folder ${folder.name} could not be checked yet: ${check.reason}`;
+    if (check.verdict !== "passed") continue;
     const saved = await finish(deps, "backup", stored, {
       status: "Succeeded", folderUri: folder.uri, origin: "discovered", endedAt: folder.at.toISOString(),
       errorMessage: `The start call's answer was lost; reconcile found this HSM's folder ${folder.name} and the HSM's pre-restore check accepted it.`,
     }, log);
-    return saved.record;
+    return { record: saved.record };
   }
-  return undefined;
+  return unchecked !== undefined ? { unchecked } : undefined;
 }
 
 /** Folders of this HSM in the container with no record at all: recorded as discovered backups once the HSM vouches for them. */
@@ -129,13 +137,13 @@ async function discoverOrphans(deps: AppDeps, hsm: HsmTarget, log: Logger, optio
   }
   for (const folder of await unrecordedFolders(deps, hsm, options.maxFoldersPerHsm ?? 10)) {
     if (pastDeadline(deps, options)) return;
-    const reason = await preRestoreCheck(deps, hsm, folder.uri);
-    if (reason !== undefined) {
-      report.unadopted.push({ hsm: hsm.name, folderUri: folder.uri, reason });
+    const check = await preRestoreCheck(deps, hsm, folder.uri);
+    if (check.verdict !== "passed") {
+      report.unadopted.push({ hsm: hsm.name, folderUri: folder.uri, reason: check.reason });
       continue;
     }
     const at = folder.at.toISOString();
-    const stored = await persist(() => deps.catalog.insert("backup", {
+    const stored = await persist(deps, () => deps.catalog.insert("backup", {
       id: Catalog.newId(folder.at), hsmName: hsm.name, hsmUrl: hsm.url, status: "Succeeded", startedAt: at, endedAt: at,
       folderUri: folder.uri, trigger: "reconcile", origin: "discovered",
       statusDetails: "Found in the container without a record; the HSM's pre-restore check accepted it.",
@@ -185,14 +193,17 @@ function folderTime(suffix: string): Date | undefined {
   return Number.isNaN(at.getTime()) ? undefined : at;
 }
 
+type Check = { verdict: "passed" } | { verdict: "refused" | "unavailable" | "unverifiable"; reason: string };
+
 /**
- * Runs the HSM's pre-restore check on a folder and waits for its verdict (within the job deadline).
- * Resolves undefined when it passed, else why the folder is not adopted.
+ * Runs the HSM's pre-restore check on a folder and waits for its verdict (at most 10 minutes).
+ * "refused": the HSM says the folder cannot be restored; "unavailable": no verdict now (busy,
+ * unreachable); "unverifiable": this api-version has no such check.
  */
-async function preRestoreCheck(deps: AppDeps, hsm: HsmTarget, folderUri: string): Promise<string | undefined> {
+async function preRestoreCheck(deps: AppDeps, hsm: HsmTarget, folderUri: string): Promise<Check> {
   const { config, storage } = deps;
   if (!PRE_RESTORE_API_VERSIONS.has(config.hsmApiVersion)) {
-    return `not verified: the HSM's pre-restore check needs HSM_API_VERSION 7.6 or later (it is ${config.hsmApiVersion})`;
+    return { verdict: "unverifiable", reason: `not verified: the HSM's pre-restore check needs HSM_API_VERSION 7.6 or later (it is ${config.hsmApiVersion})` };
   }
   try {
     const client = deps.hsmClient(hsm);
@@ -200,10 +211,12 @@ async function preRestoreCheck(deps: AppDeps, hsm: HsmTarget, folderUri: string)
       ? await client.beginPreRestore(folderUri, (await storage.containerSas(config.backupContainer, "restore", config.sasTtlMinutes)).token)
       : await client.beginPreRestore(folderUri);
     await poller.pollUntilDone({ deadline: new Date(deps.now().getTime() + Math.min(config.jobTimeoutMs, 10 * 60_000)) });
-    return undefined;
+    return { verdict: "passed" };
   } catch (error) {
     const safe = toSafeError(error);
-    return error instanceof HsmJobFailedError ? `the HSM's pre-restore check refused it: ${safe.message}` : `the pre-restore check could not run: ${safe.message}`;
+    return error instanceof HsmJobFailedError
+      ? { verdict: "refused", reason: `the HSM's pre-restore check refused it: ${safe.message}` }
+      : { verdict: "unavailable", reason: `the pre-restore check could not run: ${safe.message}` };
   }
 }
 

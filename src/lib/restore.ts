@@ -25,6 +25,8 @@ export interface RestoreRequest {
   readonly backupId: string;
   /** Restore only this key (all its versions); absent: restore the whole HSM. */
   readonly keyName?: string;
+  /** Who asked, recorded with the restore and in its started event. */
+  readonly requestedBy?: string;
 }
 
 /**
@@ -76,6 +78,7 @@ export async function startRestore(deps: AppDeps, log: Logger, request: RestoreR
       backupId: backup.id,
       folderUri: backup.folderUri,
       ...(request.keyName !== undefined ? { keyName: request.keyName } : {}),
+      ...(request.requestedBy !== undefined ? { requestedBy: request.requestedBy } : {}),
       status: "Starting",
       startedAt: now.toISOString(),
       deadlineAt: new Date(now.getTime() + config.jobTimeoutMs).toISOString(),
@@ -98,10 +101,13 @@ export async function startRestore(deps: AppDeps, log: Logger, request: RestoreR
     throw await startFailed(deps, stored, error, log);
   }
   const jobId = poller.jobId;
-  // The HSM is restoring from now on: the event (and its alert) goes out before any catalog write can fail.
+  // The HSM is restoring from now on: the events (and the alert) go out before any catalog write can fail.
+  emitEvent(log.info, EVENTS.jobAccepted, {
+    hsm: hsm.name, recordId: stored.record.id, jobId, status: "Running", operation: request.keyName !== undefined ? "selectiveKeyRestore" : "restore",
+  });
   emitEvent(log.info, EVENTS.restoreStarted, {
     hsm: hsm.name, recordId: stored.record.id, jobId, status: "Running",
-    backupId: backup.id, folderUri: backup.folderUri, keyName: request.keyName,
+    backupId: backup.id, folderUri: backup.folderUri, keyName: request.keyName, requestedBy: request.requestedBy,
   });
   log.warn(`${request.keyName ? `Selective restore of key ${request.keyName}` : "FULL restore"} of HSM ${hsm.name} started from backup ${backup.id}: job ${jobId}, record ${stored.record.id}`);
   try {
@@ -149,7 +155,7 @@ async function startFailed(deps: AppDeps, stored: Stored<RestoreRecord>, error: 
   const restore = { restore: `/api/restores/${stored.record.id}` };
   if (error instanceof HsmRequestError && error.unanswered) {
     // No answer to the start call: the HSM may be restoring. The record stays Starting for a later read to settle.
-    await persist(() => deps.catalog.merge("restore", stored, { errorMessage: `Outcome not yet known: ${safe.message}` }));
+    await persist(deps, () => deps.catalog.merge("restore", stored, { errorMessage: `Outcome not yet known: ${safe.message}` }));
     log.error(`Restore record ${stored.record.id}: start call unanswered: ${safe.message}`);
     return new ProblemError(502, UNANSWERED_TITLE, `${safe.message}. The HSM may have started the restore: check /api/restores/${stored.record.id} before trying again.`, restore);
   }

@@ -36,6 +36,8 @@ export interface OutcomeFields {
   readonly correctionOf?: string | undefined;
   /** discovered: a backup reconcile found in the container and adopted. */
   readonly origin?: string | undefined;
+  /** Who asked for a restore (or a CLI backup): a signed-in principal, "function key" or the CLI's identity. */
+  readonly requestedBy?: string | undefined;
 }
 
 export type LogLine = (line: string) => void;

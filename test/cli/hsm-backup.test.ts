@@ -1,7 +1,7 @@
 /**
  * The operator CLI against the real local services (Azurite, the HSM emulator, the managed-identity
  * endpoint), called in-process through main() with captured streams, and once as a real child
- * process through the package's bin path (compiled by tsc in beforeAll into a temporary directory).
+ * process through the package's bin path (bundled as `npm run build` does, in beforeAll, into a temporary directory).
  */
 import { spawn } from "node:child_process";
 import { access, chmod, mkdir, mkdtemp, readFile, rm, symlink } from "node:fs/promises";
@@ -9,37 +9,13 @@ import { tmpdir } from "node:os";
 import { dirname, join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { EXIT, USAGE, main, parseCommand, UsageError } from "../../src/cli/hsm-backup.js";
+import { EXIT, USAGE, parseCommand, UsageError } from "../../src/cli/hsm-backup.js";
 import { listBackups } from "../../src/functions/backups.js";
-import { createDeps } from "../../src/lib/deps.js";
 import { listQuery, restoreRequest } from "../../src/lib/http.js";
 import { buildBundle } from "../../tools/build.js";
-import { bodyOf, get, postJson, startTestApp, type TestApp, type TestAppOptions } from "../support/app.js";
-
-interface Run {
-  readonly code: number;
-  readonly stdout: string;
-  readonly stderr: string;
-}
-
-/** Runs main() with the test app's settings and clock; polls fast so nothing waits long. */
-async function cli(app: TestApp | undefined, argv: string[], io: { isTTY?: boolean; env?: Record<string, string> } = {}): Promise<Run> {
-  let stdout = "";
-  let stderr = "";
-  const code = await main(argv, {
-    env: io.env ?? app?.env ?? {},
-    stdout: { write: (text: string) => (stdout += text) },
-    stderr: { write: (text: string) => (stderr += text) },
-    isTTY: io.isTTY ?? false,
-    columns: 200,
-  }, app && {
-    createDeps: (config) => createDeps(config, { now: app.clock.now, hsmClientOptions: { defaultPollIntervalMs: 25 } }),
-    pollIntervalMs: 25,
-  });
-  // Whatever the command, no SAS signature leaves the CLI.
-  expect(stdout + stderr).not.toMatch(/sig=(?!<redacted>)/i);
-  return { code, stdout, stderr };
-}
+import { deleteAndPurge, liveKeyId } from "../../tools/key-client.js";
+import { bodyOf, get, keyClient, postJson, startTestApp, type TestApp, type TestAppOptions } from "../support/app.js";
+import { cli, type Run } from "../support/cli.js";
 
 const PROGRESS = /\r|\x1b\[|Backing up|Waiting for|backup job/;
 
@@ -241,10 +217,10 @@ describe("hsm-backup against Azurite and the HSM emulator", () => {
   it("refuses a full restore of a too-recent backup with exit 2, and restores the whole HSM after 30 minutes", async () => {
     const app = await start();
     const hsm = app.emulators[0]!;
-    for (const key of ["payments-rsa", "tokens-ec"]) hsm.keys.create(key);
+    const keys = keyClient(app);
+    for (const key of ["payments-rsa", "tokens-ec"]) await keys.createRsaKey(key);
     const backup = await backupNow(app);
-    hsm.keys.delete("payments-rsa");
-    hsm.keys.purge("payments-rsa");
+    await deleteAndPurge(keys, "payments-rsa");
 
     const tooSoon = await cli(app, ["restore", backup.id]);
     expect(tooSoon.code).toBe(EXIT.refused);
@@ -264,17 +240,17 @@ describe("hsm-backup against Azurite and the HSM emulator", () => {
     expect(warning).toBeLessThan(run.stderr.indexOf(`FULL restore of HSM ${backup.hsmName} started from backup ${backup.id}`));
     expect(run.stdout).toMatch(/^Restore \d{13}-[0-9a-f]{8}  Succeeded\n/);
     expect(run.stdout).toMatch(/^  Scope\s+full \(every key\)$/m);
-    expect(hsm.keys.has("payments-rsa")).toBe(true);
+    expect(await liveKeyId(keys, "payments-rsa")).toBeDefined();
   });
 
   it("restores one key and waits for it: exit 0, the key is back, no wipe warning", async () => {
     const app = await start();
-    const hsm = app.emulators[0]!;
-    for (const key of ["payments-rsa", "tokens-ec"]) hsm.keys.create(key);
+    const keys = keyClient(app);
+    await keys.createRsaKey("payments-rsa");
+    await keys.createEcKey("tokens-ec");
     const backup = await backupNow(app);
-    hsm.keys.delete("tokens-ec");
-    hsm.keys.purge("tokens-ec");
-    hsm.keys.create("unrelated-new-key");
+    await deleteAndPurge(keys, "tokens-ec");
+    await keys.createRsaKey("unrelated-new-key");
 
     const run = await cli(app, ["restore", backup.id, "--key", "tokens-ec", "--json"], { isTTY: true });
     expect(run.code, run.stderr).toBe(EXIT.ok);
@@ -283,8 +259,8 @@ describe("hsm-backup against Azurite and the HSM emulator", () => {
     expect(record.statusDetails).toMatch(/Number of successful key versions restored: 1/);
     expect(run.stderr).not.toMatch(/WARNING/);
     expect(run.stderr).not.toMatch(/\r|\x1b\[/);
-    expect(hsm.keys.has("tokens-ec")).toBe(true);
-    expect(hsm.keys.has("unrelated-new-key")).toBe(true);
+    expect((await keys.getKey("tokens-ec")).keyType).toBe("EC-HSM");
+    expect(await liveKeyId(keys, "unrelated-new-key")).toBeDefined();
 
     const status = await cli(app, ["status", record.id, "--json"]);
     expect(status.code).toBe(EXIT.ok);
@@ -383,7 +359,9 @@ describe("the hsm-backup bin as a child process", () => {
     bin = join(out, "node_modules-bin", "hsm-backup");
     await mkdir(dirname(bin));
     await symlink(relative(dirname(bin), compiled), bin);
-    app = await startTestApp();
+    // A child process gets settings only, no transport: it reaches its emulator the `npm run local`
+    // way, plain http on 127.0.0.1, where the HSM is named by its port on both sides.
+    app = await startTestApp({ hsmAccess: "loopback-http" });
   }, 180_000);
 
   afterAll(async () => {
@@ -395,10 +373,17 @@ describe("the hsm-backup bin as a child process", () => {
     const env = { ...process.env, ...Object.fromEntries(Object.entries(app.env).filter(([, v]) => v !== undefined)) };
     const run = await exec(bin, ["backup"], env);
     expect(run.code, run.stderr).toBe(EXIT.ok);
-    expect(run.stdout).toMatch(new RegExp(`  ${app.deps.config.hsms[0]!.name}\\s+Succeeded `));
+    const hsm = app.deps.config.hsms[0]!.name;
+    expect(hsm).toBe(app.emulators[0]!.name);
+    expect(run.stdout).toMatch(new RegExp(`  ${hsm}\\s+Succeeded\\s.*  mhsm-${hsm}-\\d{16}$`, "m"));
     expect(run.stderr).toBe("");
     const page = await app.deps.catalog.list("backup", { top: 10 });
     expect(page.items.map((r) => [r.status, r.trigger])).toEqual([["Succeeded", "cli"]]);
+
+    // The local http mode names the HSM as its folders do, so filtering by that name finds the backup.
+    const listed = await exec(bin, ["list", "--hsm", hsm, "--json"], env);
+    expect(listed.code, listed.stderr).toBe(EXIT.ok);
+    expect(JSON.parse(listed.stdout).items.map((r: { folderUri: string }) => r.folderUri.split("/").pop())).toEqual([expect.stringMatching(new RegExp(`^mhsm-${hsm}-\\d{16}$`))]);
 
     const help = await exec(bin, ["--help"], env);
     expect(help).toEqual({ code: EXIT.ok, stdout: USAGE, stderr: "" });

@@ -7,16 +7,23 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { getBackup, listBackups } from "../../src/functions/backups.js";
 import { nightlyBackup } from "../../src/functions/nightlyBackup.js";
 import { postRestore } from "../../src/functions/restores.js";
-import { bodyOf, get, headerOf, onTime, postJson, startTestApp, waitForRestore, type TestApp } from "../support/app.js";
+import type { KeyClient } from "@azure/keyvault-keys";
+import { MANIFEST_BLOB } from "../../tools/hsm-emulator/index.js";
+import { deleteAndPurge, liveKeyId } from "../../tools/key-client.js";
+import { bodyOf, get, headerOf, keyClient, onTime, postJson, startTestApp, waitForRestore, type TestApp } from "../support/app.js";
 
 describe("nightly backup and restore through the handlers", () => {
   let app: TestApp;
   let backup: any;
+  /** Keys are handled as an operator would: with the official KeyClient, over the app's HTTPS transport. */
+  let keys: KeyClient;
 
   beforeAll(async () => {
     app = await startTestApp();
-    const hsm = app.emulators[0]!;
-    for (const name of ["payments-rsa", "tokens-ec", "wrapping-oct"]) hsm.keys.create(name);
+    keys = keyClient(app);
+    await keys.createRsaKey("payments-rsa", { hsm: true });
+    await keys.createEcKey("tokens-ec", { hsm: true });
+    await keys.createKey("wrapping-oct", "oct-HSM");
   });
   afterAll(() => app.stop());
 
@@ -49,9 +56,8 @@ describe("nightly backup and restore through the handlers", () => {
 
   it("refuses a full restore within 30 minutes of the backup, then restores the whole HSM", async () => {
     const hsm = app.emulators[0]!;
-    hsm.keys.delete("payments-rsa");
-    hsm.keys.purge("payments-rsa");
-    hsm.keys.create("created-after-backup");
+    await deleteAndPurge(keys, "payments-rsa");
+    await keys.createRsaKey("created-after-backup");
 
     const tooSoon = await postRestore(postJson("/api/restores", { backupId: backup.id }), app.context("postRestore"), app.deps);
     expect(tooSoon.status).toBe(409);
@@ -70,16 +76,15 @@ describe("nightly backup and restore through the handlers", () => {
 
     const final = await waitForRestore(app, body.statusUrl);
     expect(final).toMatchObject({ status: "Succeeded", jobId: body.jobId });
-    expect(hsm.keys.has("payments-rsa")).toBe(true);
+    expect(await liveKeyId(keys, "payments-rsa")).toBeDefined();
     // A full restore puts the HSM back to the backup's state: what came later is gone.
-    expect(hsm.keys.has("created-after-backup")).toBe(false);
+    expect(await liveKeyId(keys, "created-after-backup")).toBeUndefined();
   });
 
   it("restores one purged key and leaves the rest alone", async () => {
     const hsm = app.emulators[0]!;
-    hsm.keys.delete("tokens-ec");
-    hsm.keys.purge("tokens-ec");
-    hsm.keys.create("unrelated-new-key");
+    await deleteAndPurge(keys, "tokens-ec");
+    await keys.createRsaKey("unrelated-new-key");
 
     const started = await postRestore(postJson("/api/restores", { backupId: backup.id, keyName: "tokens-ec" }), app.context("postRestore"), app.deps);
     expect(started.status).toBe(202);
@@ -88,14 +93,17 @@ describe("nightly backup and restore through the handlers", () => {
     const final = await waitForRestore(app, body.statusUrl);
     expect(final.status).toBe("Succeeded");
     expect(final.statusDetails).toMatch(/Number of successful key versions restored: 1/);
-    expect(hsm.keys.has("tokens-ec")).toBe(true);
-    expect(hsm.keys.has("unrelated-new-key")).toBe(true);
+    expect((await keys.getKey("tokens-ec")).keyType).toBe("EC-HSM");
+    expect(await liveKeyId(keys, "unrelated-new-key")).toBeDefined();
     const put = hsm.requests.filter((r) => r.method === "PUT" && r.path === "/keys/tokens-ec/restore" && r.status === 202);
     expect(put).toHaveLength(1);
   });
 
   it("lists newest first and pages with a continuation token", async () => {
-    for (let i = 0; i < 3; i++) await nightlyBackup(onTime, app.context("nightlyBackup"), app.deps);
+    for (let i = 0; i < 3; i++) {
+      app.clock.advance(24 * 3_600_000); // one run per night: each its own schedule slot
+      await nightlyBackup(onTime, app.context("nightlyBackup"), app.deps);
+    }
     const first = bodyOf(await listBackups(get("/api/backups?top=2"), app.context(), app.deps));
     expect(first.items).toHaveLength(2);
     expect(first.continuationToken).toBeTypeOf("string");
@@ -112,5 +120,36 @@ describe("nightly backup and restore through the handlers", () => {
     expect(failed.items).toEqual([]);
     const byHsm = bodyOf(await listBackups(get(`/api/backups?hsm=${app.deps.config.hsms[0]!.name}&status=Succeeded&top=100`), app.context(), app.deps));
     expect(byHsm.items).toHaveLength(4);
+  });
+});
+
+describe("a restore from a folder the HSM finds invalid", () => {
+  let app: TestApp;
+  beforeAll(async () => {
+    app = await startTestApp();
+  });
+  afterAll(() => app.stop());
+
+  it("records the HSM's recorded answer: Failed with 'Invalid backup provided' and no code of its own", async () => {
+    const keys = keyClient(app);
+    await keys.createRsaKey("k1");
+    await nightlyBackup(onTime, app.context("nightlyBackup"), app.deps);
+    const [backup] = bodyOf(await listBackups(get("/api/backups"), app.context(), app.deps)).items;
+    expect(backup.status).toBe("Succeeded");
+    // The folder loses its manifest in storage: the emulator answers as a real HSM did for a bad
+    // folder (recorded): status Failed, statusDetails only, an error object whose fields are all null.
+    const folder = backup.folderUri.split("/").pop();
+    await app.deps.storage.blobService.getContainerClient(app.container).deleteBlob(`${folder}/${MANIFEST_BLOB}`);
+    await deleteAndPurge(keys, "k1");
+
+    const started = await postRestore(postJson("/api/restores", { backupId: backup.id, keyName: "k1" }), app.context("postRestore"), app.deps);
+    expect(started.status).toBe(202);
+    const final = await waitForRestore(app, bodyOf(started).statusUrl);
+    expect(final).toMatchObject({ status: "Failed", errorCode: "Failed" });
+    expect(final.errorMessage).toMatch(/selectiveKeyRestore job [0-9a-f]{32} ended Failed: Invalid backup provided$/);
+    expect(final.errorMessage).not.toMatch(/null|undefined/);
+    const [job] = app.emulators[0]!.jobs().filter((j) => j.kind === "selectiveKeyRestore");
+    expect(job).toMatchObject({ status: "Failed", errorCode: "InvalidBackup" });
+    expect(await liveKeyId(keys, "k1")).toBeUndefined();
   });
 });

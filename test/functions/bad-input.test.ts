@@ -69,7 +69,7 @@ async function expectRefused(app: TestApp, send: () => Promise<HttpResponseInit>
 
 /** A second deployment reading and writing the same catalog, with other settings and its own clock. */
 function otherDeployment(app: TestApp, env: Env, clock = new Clock()): AppDeps {
-  return createDeps(parseConfig({ ...app.env, ...env }), { now: clock.now, hsmClientOptions: { defaultPollIntervalMs: 25 } });
+  return createDeps(parseConfig({ ...app.env, ...env }), { ...app.depsOptions, now: clock.now });
 }
 
 /** An id that has the right shape but names no record. */
@@ -93,6 +93,7 @@ describe("POST /api/restores refuses client mistakes and changes nothing", () =>
     hsm.keys.create("k2");
     await nightlyBackup(onTime, app.context("nightlyBackup"), app.deps);
     hsm.faults.failNextJob("backup");
+    app.clock.advance(24 * 3_600_000); // the next night: a schedule slot of its own
     // The nightly run fails the invocation when a backup fails: that is the point here.
     await expect(nightlyBackup(onTime, app.context("nightlyBackup"), app.deps)).rejects.toThrow(/Backup did not succeed/);
     const { items } = bodyOf(await listBackups(get("/api/backups"), app.context(), app.deps));

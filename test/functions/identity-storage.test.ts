@@ -7,6 +7,8 @@ import { randomUUID } from "node:crypto";
 import { subscribe, unsubscribe } from "node:diagnostics_channel";
 import type { ClientRequest } from "node:http";
 import { InvocationContext } from "@azure/functions";
+import { DefaultAzureCredential } from "@azure/identity";
+import { KeyClient } from "@azure/keyvault-keys";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { listBackups } from "../../src/functions/backups.js";
 import { nightlyBackup } from "../../src/functions/nightlyBackup.js";
@@ -14,34 +16,50 @@ import { getRestore, postRestore } from "../../src/functions/restores.js";
 import { parseConfig } from "../../src/lib/config.js";
 import { createDeps, type AppDeps } from "../../src/lib/deps.js";
 import { startAzurite, type Azurite } from "../../tools/azurite.js";
-import { startHsmEmulator, type HsmEmulator } from "../../tools/hsm-emulator/index.js";
+import type { HsmEmulator } from "../../tools/hsm-emulator/index.js";
+import type { LoopbackTransport } from "../../tools/loopback-transport.js";
 import { createSelfSignedCert, type SelfSignedCert } from "../../tools/tls.js";
-import { bodyOf, get, onTime, postJson, uniqueName } from "../support/app.js";
+import { deleteAndPurge, liveKeyId } from "../../tools/key-client.js";
+import { bodyOf, get, onTime, postJson, realNames, startHttpsEmulator, uniqueName } from "../support/app.js";
+import { HSM_SCOPE, STORAGE_SCOPE, bearerRecording, scopeRecordingCredential } from "../support/tokens.js";
 
 describe("identity-based storage with user-delegation SAS (Azurite OAuth over HTTPS)", () => {
   let cert: SelfSignedCert;
   let azurite: Azurite;
   let hsm: HsmEmulator;
   let deps: AppDeps;
+  let transport: LoopbackTransport;
+  let hsmCalls: ReturnType<typeof bearerRecording>;
+  let keys: KeyClient;
+  const tokens = scopeRecordingCredential();
   const logs: string[] = [];
   const context = () => new InvocationContext({ invocationId: uniqueName("inv-"), functionName: "test", logHandler: (_l, ...a) => logs.push(a.join(" ")) });
 
   beforeAll(async () => {
     cert = createSelfSignedCert();
     azurite = await startAzurite({ https: cert });
-    hsm = await startHsmEmulator({ name: "udhsm", retryAfterSeconds: 0, jobDurationMs: 100, storageClientOptions: { tlsOptions: { ca: cert.ca } } });
+    hsm = await startHttpsEmulator({ name: "udhsm", retryAfterSeconds: 0, jobDurationMs: 100, storageClientOptions: { tlsOptions: { ca: cert.ca } } });
+    const { urls, transport: hsmTransport } = realNames([hsm]);
+    transport = hsmTransport;
+    hsmCalls = bearerRecording(transport);
     const config = parseConfig({
-      MANAGED_HSM_URLS: hsm.url,
+      MANAGED_HSM_URLS: urls[0],
       BackupStorage__blobServiceUri: azurite.blobEndpoint,
       BackupStorage__tableServiceUri: azurite.tableEndpoint,
       BACKUP_CONTAINER: uniqueName("ud"),
       CATALOG_TABLE: uniqueName("ud"),
     });
     // Only the trust of the local CA is passed in; the credential is the app's own DefaultAzureCredential.
-    deps = createDeps(config, { storageOptions: { tlsOptions: { ca: cert.ca } }, hsmClientOptions: { defaultPollIntervalMs: 25 } });
-    hsm.keys.create("ud-key");
+    deps = createDeps(config, {
+      credential: tokens.credential,
+      storageOptions: { tlsOptions: { ca: cert.ca } },
+      hsmClientOptions: { defaultPollIntervalMs: 25, httpClient: hsmCalls.client },
+    });
+    keys = new KeyClient(urls[0]!, new DefaultAzureCredential(), { httpClient: transport });
+    await keys.createRsaKey("ud-key");
   });
   afterAll(async () => {
+    transport?.close();
     await hsm?.stop();
     await azurite?.stop();
     cert?.remove();
@@ -93,7 +111,7 @@ describe("identity-based storage with user-delegation SAS (Azurite OAuth over HT
     }
   });
 
-  it("backs up, records the backup and restores a key with no account key anywhere", async () => {
+  it("backs up, records the backup and restores a key with no account key anywhere, each token to its own audience", async () => {
     expect(deps.config.storage.kind).toBe("identity");
     await nightlyBackup(onTime, context(), deps);
     const { items } = bodyOf(await listBackups(get("/api/backups"), context(), deps));
@@ -101,8 +119,7 @@ describe("identity-based storage with user-delegation SAS (Azurite OAuth over HT
     expect(items[0]).toMatchObject({ status: "Succeeded" });
     expect(items[0].folderUri.startsWith(`${azurite.blobEndpoint}/${deps.config.backupContainer}/mhsm-udhsm-`)).toBe(true);
 
-    hsm.keys.delete("ud-key");
-    hsm.keys.purge("ud-key");
+    await deleteAndPurge(keys, "ud-key");
     const started = await postRestore(postJson("/api/restores", { backupId: items[0].id, keyName: "ud-key" }), context(), deps);
     expect(started.status).toBe(202);
     let status = bodyOf(started);
@@ -111,7 +128,20 @@ describe("identity-based storage with user-delegation SAS (Azurite OAuth over HT
       status = bodyOf(await getRestore(get(`/api/restores/${status.id}`), context(), deps));
     }
     expect(status.status).toBe("Succeeded");
-    expect(hsm.keys.has("ud-key")).toBe(true);
+    expect(await liveKeyId(keys, "ud-key")).toBeDefined();
     expect(logs.join("\n")).not.toMatch(/sig=/);
+
+    // The two audiences stayed apart: the HSM only ever got HSM tokens, storage tokens stayed with storage.
+    const scopes = new Set(tokens.issued.values());
+    expect(scopes).toEqual(new Set([HSM_SCOPE, STORAGE_SCOPE]));
+    const sentToHsm = hsmCalls.bearers.filter((token): token is string => token !== undefined);
+    expect(sentToHsm.length).toBeGreaterThan(0);
+    for (const token of sentToHsm) expect(tokens.issued.get(token)).toBe(HSM_SCOPE);
+    // The other direction is enforced by Azurite itself: with --oauth basic it refuses a token whose
+    // aud is not https://storage.azure.com, so the storage calls above succeeding means no HSM token
+    // reached it. Here: no token the HSM got is one that storage could have been sent.
+    const storageTokens = [...tokens.issued].filter(([, scope]) => scope === STORAGE_SCOPE).map(([token]) => token);
+    expect(storageTokens.length).toBeGreaterThan(0);
+    expect(sentToHsm.filter((token) => storageTokens.includes(token))).toEqual([]);
   });
 });

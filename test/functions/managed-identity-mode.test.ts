@@ -7,7 +7,8 @@ import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { nightlyBackup } from "../../src/functions/nightlyBackup.js";
 import { postRestore } from "../../src/functions/restores.js";
 import { parseConnectionString } from "../../src/lib/storage.js";
-import { bodyOf, onTime, postJson, startTestApp, waitForRestore, type TestApp } from "../support/app.js";
+import { deleteAndPurge, liveKeyId } from "../../tools/key-client.js";
+import { bodyOf, keyClient, onTime, postJson, startTestApp, waitForRestore, type TestApp } from "../support/app.js";
 
 describe("managed-identity storage mode", () => {
   let app: TestApp;
@@ -26,7 +27,7 @@ describe("managed-identity storage mode", () => {
       sasIssued.push(sas.token);
       return sas;
     };
-    app.emulators[0]!.keys.create("mi-key");
+    await keyClient(app).createRsaKey("mi-key");
   });
   afterAll(() => app.stop());
 
@@ -36,12 +37,12 @@ describe("managed-identity storage mode", () => {
     expect(backup.status).toBe("Succeeded");
 
     const hsm = app.emulators[0]!;
-    hsm.keys.delete("mi-key");
-    hsm.keys.purge("mi-key");
+    const keys = keyClient(app);
+    await deleteAndPurge(keys, "mi-key");
     const started = await postRestore(postJson("/api/restores", { backupId: backup.id, keyName: "mi-key" }), app.context(), app.deps);
     expect(started.status).toBe(202);
     expect((await waitForRestore(app, bodyOf(started).statusUrl)).status).toBe("Succeeded");
-    expect(hsm.keys.has("mi-key")).toBe(true);
+    expect(await liveKeyId(keys, "mi-key")).toBeDefined();
 
     expect(sasIssued).toEqual([]);
     const starts = hsm.requests.filter((r) => r.headers.authorization && (r.path === "/backup" || r.path.endsWith("/restore")) && r.method !== "GET");

@@ -22,6 +22,7 @@ const SAMPLE: Required<OutcomeFields> = {
   operation: "backup",
   correctionOf: "TimedOut JobTimeout",
   origin: "discovered",
+  requestedBy: "ops@contoso.com (00000000-0000-0000-0000-000000000001)",
 };
 const FIELDS = Object.keys(SAMPLE);
 
@@ -122,7 +123,7 @@ describe("alert rules", () => {
     expect(summary).toEqual({
       "func-backup-stale": { events: [EVENTS.backupOutcome], dimensions: ["hsm"] },
       "func-backup-failed": { events: [EVENTS.backupOutcome], dimensions: ["hsm", "status", "errorCode"] },
-      "func-restore-started": { events: [EVENTS.restoreStarted], dimensions: ["hsm"] },
+      "func-restore-started": { events: [EVENTS.restoreStarted], dimensions: ["hsm", "requestedBy"] },
       "func-restore-ended": { events: [EVENTS.restoreOutcome], dimensions: ["hsm", "status"] },
     });
     for (const rule of rules) {

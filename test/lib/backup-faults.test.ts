@@ -9,6 +9,7 @@ import { backupAll } from "../../src/lib/backup.js";
 import { Catalog } from "../../src/lib/catalog.js";
 import { safeLogger } from "../../src/lib/logger.js";
 import { bodyOf, get, onTime, startTestApp, type TestApp } from "../support/app.js";
+import { events } from "../support/bad-night.js";
 
 let app: TestApp | undefined;
 afterEach(async () => {
@@ -16,29 +17,27 @@ afterEach(async () => {
   app = undefined;
 });
 
-function events(logs: readonly string[], name: string): any[] {
-  return logs.filter((l) => l.includes(` ${name} `)).map((l) => JSON.parse(l.slice(l.indexOf(`${name} `) + name.length + 1)));
-}
 
 describe("backup under faults", () => {
   it("backs up the healthy HSM when another fails, and fails the invocation naming the failed one", async () => {
     app = await startTestApp({ hsmCount: 2 });
-    const [good, bad] = app.emulators;
+    const [, bad] = app.emulators;
+    const [good, badHsm] = app.deps.config.hsms;
     bad!.faults.failNextJob("backup", { code: "StorageUnavailable", message: "the HSM could not write the backup" });
     app.clock.advance(3_600_000); // the app's clock runs an hour ahead: times must come from the HSM
 
     const run = nightlyBackup(onTime, app.context("nightlyBackup"), app.deps);
-    const badName = app.deps.config.hsms[1]!.name;
+    const badName = badHsm!.name;
     await expect(run).rejects.toThrow(new RegExp(`1 of 2 HSM\\(s\\): ${badName} \\(Failed StorageUnavailable`));
 
     const page = await app.deps.catalog.list("backup", { top: 10 });
     const byHsm = Object.fromEntries(page.items.map((r) => [r.hsmUrl, r]));
     expect(byHsm[good!.url]).toMatchObject({ status: "Succeeded" });
-    expect(byHsm[bad!.url]).toMatchObject({ status: "Failed", errorCode: "StorageUnavailable" });
-    expect(byHsm[bad!.url]!.errorMessage!.match(/could not write the backup/g)).toHaveLength(1);
+    expect(byHsm[badHsm!.url]).toMatchObject({ status: "Failed", errorCode: "StorageUnavailable" });
+    expect(byHsm[badHsm!.url]!.errorMessage!.match(/could not write the backup/g)).toHaveLength(1);
     // The HSM's end time, not the app's clock, even for a failed job.
-    expect(Math.abs(Date.parse(byHsm[bad!.url]!.endedAt!) - Date.now())).toBeLessThan(60_000);
-    expect(byHsm[bad!.url]!.durationSeconds).toBeLessThan(60);
+    expect(Math.abs(Date.parse(byHsm[badHsm!.url]!.endedAt!) - Date.now())).toBeLessThan(60_000);
+    expect(byHsm[badHsm!.url]!.durationSeconds).toBeLessThan(60);
     const outcomes = events(app.logs, "MhsmBackupOutcome");
     expect(outcomes.map((e) => e.status).sort()).toEqual(["Failed", "Succeeded"]);
     expect(outcomes.find((e) => e.status === "Failed")).toMatchObject({ hsm: badName, errorCode: "StorageUnavailable" });

@@ -1,6 +1,6 @@
 import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
-import { ConfigError, DEFAULT_BACKUP_SCHEDULE, DEFAULT_RECONCILE_SCHEDULE, parseConfig, SETTINGS, type Env } from "../../src/lib/config.js";
+import { ConfigError, DEFAULT_BACKUP_SCHEDULE, DEFAULT_RECONCILE_SCHEDULE, FUNCTION_TIMEOUT_MS, parseConfig, RUN_MARGIN_MS, SETTINGS, staleStartMs, type Env } from "../../src/lib/config.js";
 
 const minimal: Env = { MANAGED_HSM_URLS: "https://contoso.managedhsm.azure.net", BackupStorage: "UseDevelopmentStorage=true" };
 
@@ -99,5 +99,24 @@ describe("local.settings.sample.json", () => {
     const table = readme.slice(readme.indexOf("## Settings"));
     const documented = [...table.matchAll(/^\| `([A-Za-z_]+)` \|/gm)].map((m) => m[1]);
     expect(documented.sort()).toEqual([...SETTINGS].sort());
+  });
+});
+
+describe("host.json", () => {
+  const host = JSON.parse(readFileSync(new URL("../../host.json", import.meta.url), "utf8")) as { functionTimeout: string };
+
+  it("has the function timeout the timer runs plan their deadline by, and the margin leaves them time to record", () => {
+    const [h, m, s] = host.functionTimeout.split(":").map(Number) as [number, number, number];
+    expect(((h * 60 + m) * 60 + s) * 1000).toBe(FUNCTION_TIMEOUT_MS);
+    expect(RUN_MARGIN_MS).toBeGreaterThanOrEqual(60_000);
+    expect(RUN_MARGIN_MS).toBeLessThan(FUNCTION_TIMEOUT_MS / 2);
+  });
+});
+
+describe("staleStartMs", () => {
+  it("outlasts the longest start a live worker can still be making (every attempt timing out, every capped wait)", () => {
+    const config = parseConfig({ ...minimal, HSM_REQUEST_TIMEOUT_SECONDS: "120", MAX_POLL_INTERVAL_SECONDS: "300" });
+    expect(staleStartMs(config)).toBeGreaterThan(4 * 120_000 + 3 * 300_000);
+    expect(staleStartMs(parseConfig(minimal))).toBe(15 * 60_000);
   });
 });

@@ -2,17 +2,35 @@
  * Builds the app against the real local services: Azurite from the global setup, a fresh HSM
  * emulator per test, and the app's own createDeps with its production credential (which reaches
  * the local managed-identity endpoint). Each test gets its own container and table.
+ *
+ * By default the app reaches its HSMs the way production does: https://testhsmN.managedhsm.azure.net,
+ * TLS checked against a throwaway test CA, the Key Vault challenge-resource check on. Only the TCP
+ * connection is redirected to the emulator's loopback port, by a transport passed in through the
+ * client options (tools/loopback-transport.ts).
  */
 import { randomBytes } from "node:crypto";
 import { HttpRequest, InvocationContext, type HttpResponseInit, type Timer } from "@azure/functions";
+import { DefaultAzureCredential } from "@azure/identity";
+import { KeyClient } from "@azure/keyvault-keys";
 import { expect, inject } from "vitest";
 import { getRestore } from "../../src/functions/restores.js";
 import { parseConfig, type Env } from "../../src/lib/config.js";
 import { createDeps, type AppDeps, type DepsOptions } from "../../src/lib/deps.js";
 import { startHsmEmulator, type HsmEmulator, type HsmEmulatorOptions, type RecordedRequest } from "../../tools/hsm-emulator/index.js";
+import { HSM_DOMAIN, hsmRealNames, type LoopbackTransport } from "../../tools/loopback-transport.js";
+
+export { HSM_DOMAIN };
+import { createTestCa, type TestCa } from "../../tools/tls.js";
 
 export function uniqueName(prefix: string): string {
   return `${prefix}${randomBytes(5).toString("hex")}`;
+}
+
+/** The official KeyClient on the app's HSM number `index`, over the app's own transport (https, verification on). */
+export function keyClient(app: TestApp, index = 0): KeyClient {
+  const httpClient = app.depsOptions.hsmClientOptions?.httpClient;
+  if (!httpClient) throw new Error("keyClient needs the HTTPS test app (hsmAccess 'https'): KeyClient sends tokens over https only");
+  return new KeyClient(app.deps.config.hsms[index]!.url, new DefaultAzureCredential(), { httpClient });
 }
 
 /** A controllable clock: tests move it instead of waiting (the 30-minute restore rule, stale records). */
@@ -24,8 +42,33 @@ export class Clock {
   }
 }
 
+/** A domain outside it that the certificate covers too: a host whose challenge must not be believed. */
+export const OTHER_DOMAIN = "elsewhere.test";
+
+let ca: TestCa | undefined;
+
+/** One test CA per test worker: made with openssl on first use, never written anywhere lasting. */
+export function testCa(): TestCa {
+  // The real HSM domain, and a domain outside it (OTHER_DOMAIN).
+  ca ??= createTestCa([`*.${HSM_DOMAIN}`, `*.${OTHER_DOMAIN}`]);
+  return ca;
+}
+
+/** An emulator serving HTTPS with the test CA's `*.managedhsm.azure.net` certificate. */
+export function startHttpsEmulator(options: HsmEmulatorOptions = {}): Promise<HsmEmulator> {
+  const { cert, key } = testCa();
+  return startHsmEmulator({ tls: { cert, key }, ...options });
+}
+
+/** `https://<name>.managedhsm.azure.net` for each HTTPS emulator, and the transport that reaches them there. */
+export function realNames(emulators: readonly HsmEmulator[], extraRoutes: Record<string, number> = {}): { urls: string[]; transport: LoopbackTransport } {
+  return hsmRealNames(emulators, testCa().ca, extraRoutes);
+}
+
 export interface TestApp {
   readonly deps: AppDeps;
+  /** What createDeps was given, so a test can build the same dependencies again (e.g. for the CLI). */
+  readonly depsOptions: DepsOptions;
   readonly emulators: HsmEmulator[];
   readonly clock: Clock;
   readonly env: Env;
@@ -42,37 +85,52 @@ export interface TestAppOptions {
   readonly emulator?: HsmEmulatorOptions;
   readonly env?: Env;
   readonly deps?: DepsOptions;
+  /**
+   * "https" (default): https://testhsmN.managedhsm.azure.net, as in production. "loopback-http":
+   * http://127.0.0.1:<port>, the `npm run local` mode, for what cannot take a transport (a child
+   * process); its emulators then carry the app's loopback names (`loopback-<port>`).
+   */
+  readonly hsmAccess?: "https" | "loopback-http";
 }
 
 export async function startTestApp(options: TestAppOptions = {}): Promise<TestApp> {
+  const https = (options.hsmAccess ?? "https") === "https";
   const emulators: HsmEmulator[] = [];
   for (let i = 0; i < (options.hsmCount ?? 1); i++) {
-    emulators.push(await startHsmEmulator({ name: `testhsm${i}`, retryAfterSeconds: 0, jobDurationMs: 100, ...options.emulator }));
+    const emulatorOptions: HsmEmulatorOptions = { retryAfterSeconds: 0, jobDurationMs: 100, ...options.emulator };
+    emulators.push(https ? await startHttpsEmulator({ name: `testhsm${i}`, ...emulatorOptions }) : await startHsmEmulator(emulatorOptions));
   }
+  const access = https ? realNames(emulators) : { urls: emulators.map((e) => e.url), transport: undefined };
   const container = uniqueName("bk");
   const table = uniqueName("cat");
   const env: Env = {
-    MANAGED_HSM_URLS: emulators.map((e) => e.url).join(","),
+    MANAGED_HSM_URLS: access.urls.join(","),
     BackupStorage: inject("azuriteConnectionString"),
     BACKUP_CONTAINER: container,
     CATALOG_TABLE: table,
     ...options.env,
   };
   const clock = new Clock();
-  const deps = createDeps(parseConfig(env), {
+  const depsOptions: DepsOptions = {
     now: clock.now,
     ...options.deps,
-    hsmClientOptions: { defaultPollIntervalMs: 25, ...options.deps?.hsmClientOptions },
-  });
+    hsmClientOptions: {
+      defaultPollIntervalMs: 25,
+      ...(access.transport ? { httpClient: access.transport } : {}),
+      ...options.deps?.hsmClientOptions,
+    },
+  };
+  const deps = createDeps(parseConfig(env), depsOptions);
   const logs: string[] = [];
   return {
-    deps, emulators, clock, env, container, table, logs,
+    deps, depsOptions, emulators, clock, env, container, table, logs,
     context: (functionName = "test") => new InvocationContext({
       invocationId: uniqueName("inv-"),
       functionName,
       logHandler: (level, ...args) => logs.push(`${level}: ${args.map(String).join(" ")}`),
     }),
     stop: async () => {
+      access.transport?.close();
       await Promise.all(emulators.map((e) => e.stop()));
     },
   };
@@ -138,4 +196,9 @@ export function jobStartRequests(emulator: HsmEmulator): RecordedRequest[] {
     (r.method === "POST" && /^\/+(pre)?backup\/*$/i.test(r.path)) ||
     (r.method === "PUT" && /^\/+(pre)?restore\/*$/i.test(r.path)) ||
     (r.method === "PUT" && /^\/+keys\/[^/]+\/restore\/*$/i.test(r.path)));
+}
+
+/** The JSON fields of every outcome event line (e.g. MhsmBackupOutcome) in a test app's logs, in order. */
+export function events(logs: readonly string[], name: string): any[] {
+  return logs.filter((l) => l.includes(` ${name} `)).map((l) => JSON.parse(l.slice(l.indexOf(`${name} `) + name.length + 1)));
 }

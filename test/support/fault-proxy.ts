@@ -103,6 +103,8 @@ export interface FaultProxyOptions {
    * the proxy. Azurite signs the path, not the host, so either works there.
    */
   readonly rewriteHost?: boolean;
+  /** Port on 127.0.0.1; default a free one. */
+  readonly port?: number;
 }
 
 // RFC 9110 §7.6.1 connection-specific fields, plus any named in Connection.
@@ -118,7 +120,7 @@ function endToEnd(headers: IncomingHttpHeaders): OutgoingHttpHeaders {
 }
 
 /** mulberry32: tiny, fast and good enough to spread faults; reproducible from its seed. */
-function prng(seed: number): () => number {
+export function prng(seed: number): () => number {
   let state = seed >>> 0;
   return () => {
     state = (state + 0x6d2b79f5) >>> 0;
@@ -284,7 +286,7 @@ export async function startFaultProxy(target: string, options: FaultProxyOptions
       }
     });
   });
-  const listening = await listenOnLoopback(server);
+  const listening = await listenOnLoopback(server, options.port);
   const origin = listening.origin;
 
   return {

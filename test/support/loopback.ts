@@ -1,5 +1,5 @@
 /** What the test's own HTTP servers (fault proxy, hostile HSM) share: a loopback port and a prompt stop. */
-import type { IncomingMessage, Server } from "node:http";
+import { createServer, type IncomingMessage, type Server } from "node:http";
 import type { AddressInfo, Socket } from "node:net";
 
 export interface ListeningServer {
@@ -9,8 +9,20 @@ export interface ListeningServer {
   close(): Promise<void>;
 }
 
-/** Listens on a free 127.0.0.1 port and tracks sockets, so close() never waits on a client. */
-export async function listenOnLoopback(server: Server): Promise<ListeningServer> {
+/** A port on 127.0.0.1 that was free a moment ago (for a server whose name must carry its port). */
+export async function freePort(): Promise<number> {
+  const probe = createServer();
+  await new Promise<void>((resolve, reject) => {
+    probe.once("error", reject);
+    probe.listen(0, "127.0.0.1", () => resolve());
+  });
+  const { port } = probe.address() as AddressInfo;
+  await new Promise<void>((resolve) => probe.close(() => resolve()));
+  return port;
+}
+
+/** Listens on 127.0.0.1 (a free port unless given) and tracks sockets, so close() never waits on a client. */
+export async function listenOnLoopback(server: Server, port = 0): Promise<ListeningServer> {
   const sockets = new Set<Socket>();
   server.on("connection", (socket) => {
     sockets.add(socket);
@@ -18,7 +30,7 @@ export async function listenOnLoopback(server: Server): Promise<ListeningServer>
   });
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => resolve());
+    server.listen(port, "127.0.0.1", () => resolve());
   });
   return {
     origin: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,

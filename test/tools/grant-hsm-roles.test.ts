@@ -11,6 +11,8 @@ import {
   type GrantHsmRolesOptions,
 } from "../../tools/grant-hsm-roles.js";
 import { startHsmEmulator, type HsmEmulator } from "../../tools/hsm-emulator/index.js";
+import type { LoopbackTransport } from "../../tools/loopback-transport.js";
+import { HSM_DOMAIN, realNames, startHttpsEmulator } from "../support/app.js";
 import { unsignedJwt } from "../../tools/identity-endpoint.js";
 
 const ROLE_PREFIX = "Microsoft.KeyVault/providers/Microsoft.Authorization/roleDefinitions/";
@@ -30,15 +32,21 @@ class JwtCredential implements TokenCredential {
 }
 
 const emulators: HsmEmulator[] = [];
+const transports: LoopbackTransport[] = [];
 afterEach(async () => {
+  for (const transport of transports.splice(0)) transport.close();
   await Promise.all(emulators.splice(0).map((e) => e.stop()));
 });
 
+/** An HTTPS emulator with RBAC on, reached as https://grantN.managedhsm.azure.net (see urlOf). */
 async function emulator(adminOid: string): Promise<HsmEmulator> {
-  const hsm = await startHsmEmulator({ enforceRbac: true, initialAdminObjectIds: [adminOid] });
+  const hsm = await startHttpsEmulator({ name: `grant${emulators.length}`, enforceRbac: true, initialAdminObjectIds: [adminOid] });
   emulators.push(hsm);
   return hsm;
 }
+
+/** The real-looking URL the tool is given for an emulator. */
+const urlOf = (hsm: HsmEmulator): string => `https://${hsm.name}.${HSM_DOMAIN}`;
 
 function roleIdsOf(hsm: HsmEmulator, principalId: string): string[] {
   return hsm.roles
@@ -50,10 +58,13 @@ function roleIdsOf(hsm: HsmEmulator, principalId: string): string[] {
 
 function run(hsms: HsmEmulator[], overrides: Partial<GrantHsmRolesOptions> & { credential: TokenCredential; principalId: string }) {
   const lines: string[] = [];
+  // As against a real HSM: https, the challenge-resource check on; only the connection is redirected.
+  const { transport } = realNames(hsms);
+  transports.push(transport);
   const promise = grantHsmRoles({
-    hsmUrls: hsms.map((h) => h.url),
+    hsmUrls: hsms.map(urlOf),
     restoreEnabled: true,
-    disableChallengeResourceVerification: true,
+    httpClient: transport,
     log: (line) => lines.push(line),
     ...overrides,
   });
@@ -76,8 +87,8 @@ describe("grantHsmRoles against the Managed HSM emulator (RBAC enforced)", () =>
     ]);
     expect(roleIdsOf(hsm, app)).toEqual([ROLE_PREFIX + HSM_ROLE_IDS.restore, ROLE_PREFIX + HSM_ROLE_IDS.backup].sort());
     expect(lines).toEqual([
-      `${hsm.url}: granted Managed HSM Backup to ${app} at scope / (assignment ${assignmentName(hsm.url, app, HSM_ROLE_IDS.backup)})`,
-      `${hsm.url}: granted Managed HSM Restore to ${app} at scope / (assignment ${assignmentName(hsm.url, app, HSM_ROLE_IDS.restore)})`,
+      `${urlOf(hsm)}: granted Managed HSM Backup to ${app} at scope / (assignment ${assignmentName(urlOf(hsm), app, HSM_ROLE_IDS.backup)})`,
+      `${urlOf(hsm)}: granted Managed HSM Restore to ${app} at scope / (assignment ${assignmentName(urlOf(hsm), app, HSM_ROLE_IDS.restore)})`,
     ]);
 
     // The wire shape: the challenge probe first, then PUT {hsm}/{scope "/"}/providers/... with
@@ -158,10 +169,10 @@ describe("grantHsmRoles against the Managed HSM emulator (RBAC enforced)", () =>
     const results = await run([first, second], { credential: new JwtCredential(admin), principalId: app }).promise;
 
     expect(results.map((r) => [r.hsm, r.action])).toEqual([
-      [first.url, "granted"],
-      [first.url, "granted"],
-      [second.url, "granted"],
-      [second.url, "granted"],
+      [urlOf(first), "granted"],
+      [urlOf(first), "granted"],
+      [urlOf(second), "granted"],
+      [urlOf(second), "granted"],
     ]);
     expect(roleIdsOf(first, app)).toHaveLength(2);
     expect(roleIdsOf(second, app)).toHaveLength(2);
@@ -175,19 +186,16 @@ describe("grantHsmRoles against the Managed HSM emulator (RBAC enforced)", () =>
 
     const { promise } = run([hsm], { credential: new JwtCredential(stranger), principalId: randomUUID() });
 
-    await expect(promise).rejects.toThrow(new RegExp(`^${hsm.url}: listing role assignments at scope / failed: HTTP 403.*Managed HSM Administrator`));
+    await expect(promise).rejects.toThrow(new RegExp(`^${urlOf(hsm)}: listing role assignments at scope / failed: HTTP 403.*Managed HSM Administrator`));
     expect(hsm.roles.list().map((a) => a.properties.roleDefinitionId)).toEqual([ROLE_PREFIX + ADMINISTRATOR_ROLE]);
   });
 
   it("verifies the challenge resource unless told otherwise: a loopback host cannot match managedhsm.azure.net", async () => {
     const admin = randomUUID();
-    const hsm = await emulator(admin);
+    const hsm = await startHsmEmulator({ enforceRbac: true, initialAdminObjectIds: [admin] });
+    emulators.push(hsm);
 
-    const { promise } = run([hsm], {
-      credential: new JwtCredential(admin),
-      principalId: randomUUID(),
-      disableChallengeResourceVerification: false,
-    });
+    const promise = grantHsmRoles({ hsmUrls: [hsm.url], principalId: randomUUID(), restoreEnabled: true, credential: new JwtCredential(admin), log: () => {} });
 
     await expect(promise).rejects.toThrow(/challenge resource .* does not match the requested domain/);
     expect(hsm.requests.filter((r) => r.method === "PUT")).toEqual([]);
@@ -198,8 +206,11 @@ describe("runHook (what azd runs after provisioning)", () => {
   it("signs in through the credential chain and grants the roles from azd's environment", async () => {
     // The global test setup points IDENTITY_ENDPOINT at the local managed-identity endpoint, which
     // DefaultAzureCredential (after AzureDeveloperCliCredential, with no azd here) picks up.
+    // The hook reads its settings from the environment and takes no transport: it reaches a stand-in
+    // the way it would on a developer's machine, plain http on loopback.
     const signedIn = inject("identityPrincipalId");
-    const hsm = await emulator(signedIn);
+    const hsm = await startHsmEmulator({ enforceRbac: true, initialAdminObjectIds: [signedIn] });
+    emulators.push(hsm);
     const app = randomUUID();
     const lines: string[] = [];
 

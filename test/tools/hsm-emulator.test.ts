@@ -3,7 +3,9 @@ import { createHttpHeaders, createPipelineFromOptions, createPipelineRequest, cr
 import { keyVaultAuthenticationPolicy } from "@azure/keyvault-common";
 import { BlobServiceClient, ContainerClient, ContainerSASPermissions } from "@azure/storage-blob";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { parseConfig } from "../../src/lib/config.js";
 import { startAzurite, type Azurite } from "../../tools/azurite.js";
+import { HSM_DOMAIN, realNames, startHttpsEmulator } from "../support/app.js";
 import { HSM_ROLES, startHsmEmulator, type HsmEmulator, type HsmEmulatorOptions } from "../../tools/hsm-emulator/index.js";
 
 const API = "7.6";
@@ -296,6 +298,14 @@ describe("HSM emulator: backup and restore against Azurite", () => {
     expect(await blobNames(container)).toEqual([]);
   });
 
+  it("without a name, is named as the app names an HSM at its loopback URL, in its folders too", async () => {
+    const hsm = await emulator({ name: undefined });
+    expect(hsm.name).toBe(`loopback-${hsm.port}`);
+    expect(hsm.name).toBe(parseConfig({ MANAGED_HSM_URLS: hsm.url, BackupStorage: azurite.connectionString }).hsms[0]!.name);
+    const { folderUri } = await backup(hsm, await newContainer());
+    expect(folderUri).toMatch(new RegExp(`/mhsm-loopback-${hsm.port}-\\d{16}$`));
+  });
+
   it("fails a backup with an expired SAS and a restore of a missing folder", async () => {
     const hsm = await emulator();
     const container = await newContainer();
@@ -311,7 +321,10 @@ describe("HSM emulator: backup and restore against Azurite", () => {
       body: { sasTokenParameters: { storageResourceUri: container.url, token: await sas(container, "rl") }, folderToRestore: "mhsm-testhsm-2020010100000000" },
     });
     const missingDone = await waitForJob(hsm, "restore", missing.json!.jobId);
-    expect(missingDone).toMatchObject({ status: "Failed", statusDetails: "Invalid backup provided", error: { code: "InvalidBackup" } });
+    // The recorded real shape (js-keyvaultbackupclient_beginrestore-recording_contains_an_error_when_fails_to_authenticate.js):
+    // only statusDetails says what went wrong, the error object is all null.
+    expect(missingDone).toMatchObject({ status: "Failed", statusDetails: "Invalid backup provided", error: { code: null, message: null, innererror: null } });
+    expect(missingDone.endTime).toEqual(expect.any(Number));
 
     const noContainer = blobService.getContainerClient("doesnotexist");
     const lost = await call(hsm, "POST", "/backup", { body: { storageResourceUri: noContainer.url, token: await sas(noContainer, "crdw") } });
@@ -433,6 +446,79 @@ describe("HSM emulator: concurrency and faults", () => {
       body: { sasTokenParameters: { storageResourceUri: container.url, token: await sas(container, "rl") }, folderToRestore: folderUri.split("/").pop() },
     });
     expect(await waitForJob(hsm, "restore", restore.json!.jobId)).toMatchObject({ status: "Failed", error: { code: "InjectedRestoreError" } });
+  });
+});
+
+describe("HSM emulator: over HTTPS under a real name", () => {
+  it("answers with URLs on the scheme and host the request came in on", async () => {
+    const hsm = await startHttpsEmulator({ name: "testhsm", jobDurationMs: 50, retryAfterSeconds: 0 });
+    emulators.push(hsm);
+    const { urls, transport } = realNames([hsm]);
+    try {
+      const send = (method: "POST" | "GET", path: string, body?: unknown) =>
+        transport.sendRequest(createPipelineRequest({
+          url: `${urls[0]}${path}`,
+          method,
+          headers: createHttpHeaders({ Authorization: `Bearer ${jwt()}`, "Content-Type": "application/json" }),
+          ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
+        }));
+      const started = await send("POST", "/prebackup?api-version=7.6", {});
+      expect(started.status, started.bodyAsText ?? "").toBe(202);
+      const jobId = JSON.parse(started.bodyAsText!).jobId as string;
+      expect(started.headers.get("azure-asyncoperation")).toBe(`https://testhsm.${HSM_DOMAIN}/backup/${jobId}/pending`);
+
+      const key = await send("POST", "/keys/k1/create?api-version=7.6", { kty: "EC" });
+      expect(key.status, key.bodyAsText ?? "").toBe(200);
+      expect(JSON.parse(key.bodyAsText!).key.kid).toMatch(new RegExp(`^https://testhsm\\.managedhsm\\.azure\\.net/keys/k1/[0-9a-f]{32}$`));
+      expect(hsm.url).toMatch(/^https:\/\/127\.0\.0\.1:\d+$/);
+    } finally {
+      transport.close();
+    }
+  });
+});
+
+describe("HSM emulator: job log", () => {
+  it("lists every job it started, in start order, with its outcome, as copies", async () => {
+    const hsm = await emulator();
+    const container = await newContainer();
+    hsm.keys.create("k1");
+    expect(hsm.jobs()).toEqual([]);
+    const before = new Date();
+    const { folderUri } = await backup(hsm, container);
+    const folder = folderUri.split("/").pop()!;
+    const restoreSas = await sas(container, "rl");
+    const bad = await call(hsm, "PUT", "/restore", { body: { sasTokenParameters: { storageResourceUri: container.url, token: restoreSas }, folderToRestore: "mhsm-testhsm-2020010100000000" } });
+    await waitForJob(hsm, "restore", bad.json!.jobId);
+    const pre = await call(hsm, "POST", "/prebackup", { body: { storageResourceUri: container.url, token: await sas(container, "crdw") } });
+    await waitForJob(hsm, "backup", pre.json!.jobId);
+    hsm.faults.setJobDurationMs(2_000);
+    const selective = await call(hsm, "PUT", "/keys/k1/restore", { body: { sasTokenParameters: { storageResourceUri: container.url, token: restoreSas }, folder } });
+    expect(selective.status, selective.text).toBe(202);
+
+    const log = hsm.jobs();
+    expect(log.map((job) => [job.kind, job.status])).toEqual([
+      ["backup", "Succeeded"],
+      ["restore", "Failed"],
+      ["preBackup", "Succeeded"],
+      ["selectiveKeyRestore", "InProgress"],
+    ]);
+    expect(log[0]).toEqual({ jobId: expect.stringMatching(/^[0-9a-f]{32}$/), kind: "backup", status: "Succeeded", folderUri, startTime: expect.any(Date), endTime: expect.any(Date) });
+    // The wire shows an all-null error for an invalid folder; the log still says why.
+    expect(log[1]).toMatchObject({ jobId: bad.json!.jobId, errorCode: "InvalidBackup" });
+    expect(log[1]).not.toHaveProperty("folderUri");
+    expect(log[2]).not.toHaveProperty("folderUri");
+    expect(log[3]).toMatchObject({ jobId: selective.json!.jobId });
+    expect(log[3]).not.toHaveProperty("endTime");
+    for (const job of log) expect(job.startTime.getTime()).toBeGreaterThanOrEqual(before.getTime() - 1000);
+    for (const job of log.slice(0, 3)) expect(job.endTime!.getTime()).toBeGreaterThanOrEqual(job.startTime.getTime());
+    expect(new Set(log.map((job) => job.jobId)).size).toBe(4);
+
+    // A copy: what the caller holds does not change under it, and changing it changes nothing.
+    log[0]!.startTime.setTime(0);
+    expect(hsm.jobs()[0]!.startTime.getTime()).not.toBe(0);
+    await waitForJob(hsm, "restore", selective.json!.jobId);
+    expect(log[3]!.status).toBe("InProgress");
+    expect(hsm.jobs()[3]).toMatchObject({ status: "Succeeded", endTime: expect.any(Date) });
   });
 });
 

@@ -19,6 +19,33 @@ export type JobKind = "backup" | "prebackup" | "restore" | "prerestore" | "selec
 export type JobFamily = "backup" | "restore";
 export type OperationStatus = "InProgress" | "Succeeded" | "Failed";
 
+/**
+ * The error object of a failed job as the real service has sent it: a filled KeyVault error, or — the
+ * only recorded failed job (restore of an invalid folder, 2021) — an object whose fields are all null.
+ */
+export type JobError = KeyVaultErrorDetail | { code: null; message: null; innererror: null };
+
+/** One job as the emulator's job log reports it: the emulator's own view, for tests that watch it work. */
+export interface JobLogEntry {
+  readonly jobId: string;
+  readonly kind: "backup" | "restore" | "selectiveKeyRestore" | "preBackup" | "preRestore";
+  /** "Canceled" is part of the service's enum; the emulator never cancels a job. */
+  readonly status: OperationStatus | "Canceled";
+  readonly folderUri?: string;
+  readonly startTime: Date;
+  readonly endTime?: Date;
+  /** Why it failed, also where the wire shows an all-null error (then e.g. "InvalidBackup"). */
+  readonly errorCode?: string;
+}
+
+const LOG_KIND: Record<JobKind, JobLogEntry["kind"]> = {
+  backup: "backup",
+  prebackup: "preBackup",
+  restore: "restore",
+  prerestore: "preRestore",
+  selectiveKeyRestore: "selectiveKeyRestore",
+};
+
 export type StorageAccess =
   | { readonly kind: "sas"; readonly target: StorageTarget; readonly token: string }
   | { readonly kind: "managedIdentity"; readonly target: StorageTarget };
@@ -40,7 +67,7 @@ export type JobRequest =
 export interface FullBackupOperation {
   status: OperationStatus;
   statusDetails: string | null;
-  error: KeyVaultErrorDetail | null;
+  error: JobError | null;
   startTime: number;
   endTime: number | null;
   jobId: string;
@@ -51,7 +78,7 @@ export interface FullBackupOperation {
 export interface RestoreOperation {
   status: OperationStatus;
   statusDetails: string | null;
-  error: KeyVaultErrorDetail | null;
+  error: JobError | null;
   jobId: string;
   startTime: number;
   endTime: number | null;
@@ -68,10 +95,13 @@ export interface Job {
   readonly family: JobFamily;
   status: OperationStatus;
   statusDetails: string | null;
-  error: KeyVaultErrorDetail | null;
-  readonly startTime: number;
-  endTime: number | null;
+  error: JobError | null;
   folderUri: string | null;
+  /** Millisecond times: the wire shows them as Unix seconds (unixSeconds), the job log as Dates. */
+  readonly startedAt: Date;
+  endedAt: Date | undefined;
+  /** Why it failed, for the job log, also where the wire shows an all-null error. */
+  failureCode: string | undefined;
 }
 
 /** A job failure with a known cause: its message becomes statusDetails and error.message. */
@@ -96,7 +126,7 @@ export interface JobManagerDeps {
 
 type Outcome =
   | { readonly ok: true; readonly folderUri?: string; readonly finish?: () => string | null }
-  | { readonly ok: false; readonly statusDetails: string; readonly error: KeyVaultErrorDetail };
+  | { readonly ok: false; readonly statusDetails: string; readonly error: JobError; readonly code: string };
 
 const FAMILY: Record<JobKind, JobFamily> = {
   backup: "backup",
@@ -106,8 +136,9 @@ const FAMILY: Record<JobKind, JobFamily> = {
   selectiveKeyRestore: "restore",
 };
 
-function nowSeconds(): number {
-  return Math.floor(Date.now() / 1000);
+/** The wire's `unixtime` format (spec: integer seconds). */
+function unixSeconds(date: Date): number {
+  return Math.floor(date.getTime() / 1000);
 }
 
 /** `yyyyMMddHHmmss` in UTC, the documented part of the folder name. */
@@ -161,6 +192,19 @@ export class JobManager {
     return this.running?.kind === "restore" ? this.running : undefined;
   }
 
+  /** Every job ever started, in start order (Map keeps insertion order), as detached copies. */
+  log(): JobLogEntry[] {
+    return [...this.jobs.values()].map((job) => ({
+      jobId: job.id,
+      kind: LOG_KIND[job.kind],
+      status: job.status,
+      ...(job.folderUri !== null ? { folderUri: job.folderUri } : {}),
+      startTime: new Date(job.startedAt),
+      ...(job.endedAt ? { endTime: new Date(job.endedAt) } : {}),
+      ...(job.failureCode !== undefined ? { errorCode: job.failureCode } : {}),
+    }));
+  }
+
   find(family: JobFamily, id: string): Job | undefined {
     const job = this.jobs.get(id.toLowerCase());
     return job?.family === family ? job : undefined;
@@ -188,9 +232,10 @@ export class JobManager {
       status: "InProgress",
       statusDetails: null,
       error: null,
-      startTime: Math.floor(startedAtMs / 1000),
-      endTime: null,
       folderUri: null,
+      startedAt: new Date(startedAtMs),
+      endedAt: undefined,
+      failureCode: undefined,
     };
     this.jobs.set(job.id, job);
     this.running = job;
@@ -214,18 +259,18 @@ export class JobManager {
       status: job.status,
       statusDetails: job.statusDetails,
       error: job.error,
+      startTime: unixSeconds(job.startedAt),
+      endTime: job.endedAt ? unixSeconds(job.endedAt) : null,
     };
     if (job.family === "backup") {
       return {
         ...common,
-        startTime: job.startTime,
-        endTime: job.endTime,
         jobId: job.id,
         // Pre-backup never reports a folder (spec example; Azure/azure-sdk-for-net#49060).
         azureStorageBlobContainerUri: job.kind === "backup" ? job.folderUri : null,
       };
     }
-    return { ...common, jobId: job.id, startTime: job.startTime, endTime: job.endTime };
+    return { ...common, jobId: job.id };
   }
 
   /** Wakes every waiting job, lets it end as Failed, and waits for all of them. */
@@ -265,8 +310,9 @@ export class JobManager {
       job.status = "Failed";
       job.statusDetails = outcome.statusDetails;
       job.error = outcome.error;
+      job.failureCode = outcome.code;
     }
-    job.endTime = nowSeconds();
+    job.endedAt = new Date();
     this.running = undefined;
     this.deps.log(`job ${job.id} (${job.kind}) ${job.status}${job.statusDetails ? `: ${job.statusDetails}` : ""}`);
   }
@@ -278,10 +324,13 @@ export class JobManager {
       ok: false,
       statusDetails: clean(statusDetails),
       error: { code, message: clean(message), innererror: null },
+      code,
     });
     if (error instanceof InvalidBackup) {
-      // The exact recorded statusDetails of a real HSM given a bad folder; the detail goes in error.message.
-      return fail("Invalid backup provided", "InvalidBackup", error.message);
+      // Exactly what a real HSM answered for a bad folder (recorded 2021): only statusDetails, and an
+      // error object whose fields are all null. The emulator's detail goes to its log, not the wire.
+      this.deps.log(`invalid backup: ${clean(error.message)}`);
+      return { ok: false, statusDetails: "Invalid backup provided", error: { code: null, message: null, innererror: null }, code: "InvalidBackup" };
     }
     if (error instanceof StorageFailure || error instanceof JobFailure) return fail(error.message, error.code, error.message);
     if (error instanceof KeyNotInBackup) return fail(error.message, "KeyNotFound", error.message);
@@ -308,7 +357,7 @@ export class JobManager {
         await writeBackup(
           client,
           joinBlobPath(target.prefix, folderName),
-          { hsmName: this.deps.hsmName, jobId: job.id, startTime: job.startTime },
+          { hsmName: this.deps.hsmName, jobId: job.id, startTime: unixSeconds(job.startedAt) },
           snapshot ?? { keys: [], roleAssignments: [] },
           signal,
         );

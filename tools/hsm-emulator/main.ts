@@ -1,8 +1,12 @@
 /**
  * Runs the Managed HSM emulator as a process, for running the app under Functions Core Tools:
  *
- *   node dist/tools/hsm-emulator/main.js --port 8443 --name demohsm [--tenant-id <guid>]
+ *   node dist/tools/hsm-emulator/main.js --port 8443 [--name demohsm] [--tenant-id <guid>]
  *     [--retry-after 1] [--job-duration-ms 2000] [--enforce-rbac --admin <oid> ...] [--quiet]
+ *
+ * Without --name it is named loopback-<port>, as the app names an HSM at http://127.0.0.1:<port>, so
+ * the catalog and the backup folders agree. It speaks plain http: the HTTPS mode with a test CA is
+ * for tests and the demo, which pass clients a transport (tools/loopback-transport.ts).
  *
  * Prints the URL on the first line, then one line per request and per job transition (no secrets).
  */

@@ -1,11 +1,14 @@
 import { randomUUID } from "node:crypto";
-import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
+import { createServer, type IncomingMessage, type RequestListener, type Server, type ServerResponse } from "node:http";
+import { createServer as createHttpsServer } from "node:https";
 import type { AddressInfo } from "node:net";
+import type { TLSSocket } from "node:tls";
 import type { TlsSettings } from "@azure/core-rest-pipeline";
 import { AnonymousCredential, ContainerClient, type StoragePipelineOptions } from "@azure/storage-blob";
+import { hsmNameOf } from "../../src/lib/config.js";
 import { authenticate, challengeHeader, type Caller } from "./auth.js";
 import { HsmHttpError, badRequest, toError } from "./errors.js";
-import { JobFailure, JobManager, type JobFamily, type JobRequest, type MissingParameter, type StorageAccess } from "./jobs.js";
+import { JobFailure, JobManager, type JobFamily, type JobLogEntry, type JobRequest, type MissingParameter, type StorageAccess } from "./jobs.js";
 import {
   KeyStore,
   deletedKeyBundle,
@@ -30,10 +33,19 @@ import {
 import { parseStorageResourceUri, redact } from "./storage.js";
 
 export interface HsmEmulatorOptions {
-  /** HSM name used in backup folder names (`mhsm-<name>-...`). Default "emulatedhsm". */
+  /**
+   * HSM name used in backup folder names (`mhsm-<name>-...`). Default: the name the app gives an HSM
+   * at this emulator's own URL (`loopback-<port>`, src/lib/config.ts hsmNameOf), so an app pointed at
+   * http://127.0.0.1:<port> finds its folders under the name its catalog records.
+   */
   name?: string;
   /** Port on 127.0.0.1; default 0 (a free port). */
   port?: number;
+  /**
+   * Serve HTTPS with this certificate and key (PEM) instead of plain http, so clients run their real
+   * TLS and host-name checks, e.g. against a test CA's leaf for `*.managedhsm.azure.net`.
+   */
+  tls?: { readonly cert: string; readonly key: string };
   /** Tenant in the challenge's authorization URL. Default 00000000-0000-0000-0000-000000000000. */
   tenantId?: string;
   /** Retry-After (seconds) on 202 responses. Default 1. */
@@ -101,13 +113,23 @@ export interface HsmEmulatorFaults {
   throttleNext(count: number, status: 429 | 503, retryAfterSeconds: number): void;
   /** Minimum InProgress time for jobs started from now on. */
   setJobDurationMs(ms: number): void;
+  /**
+   * The next job start answers with an Azure-AsyncOperation URL on this origin (e.g. another host)
+   * instead of the one the request came in on; the job itself runs as usual. For testing that a
+   * client never follows a status URL, with its bearer token, to a host it did not choose.
+   */
+  foreignAsyncOperationNext(origin: string): void;
 }
 
 export interface HsmEmulator {
-  /** http://127.0.0.1:<port> */
+  /** http://127.0.0.1:<port>, or https://127.0.0.1:<port> with the `tls` option. */
   readonly url: string;
+  /** The port it listens on at 127.0.0.1 (what a test transport maps a real HSM host name to). */
+  readonly port: number;
   readonly name: string;
   readonly requests: RecordedRequest[];
+  /** Every job it ever started, in start order (copies: later changes do not show in them). */
+  jobs(): JobLogEntry[];
   readonly keys: HsmEmulatorKeys;
   readonly roles: HsmEmulatorRoles;
   readonly faults: HsmEmulatorFaults;
@@ -279,8 +301,11 @@ function requireStorageAccess(value: unknown, path: string, apiVersion: string):
 
 /** Starts the emulator on 127.0.0.1 and resolves once it listens. */
 export async function startHsmEmulator(options: HsmEmulatorOptions = {}): Promise<HsmEmulator> {
-  const name = options.name ?? "emulatedhsm";
-  if (!HSM_NAME.test(name)) throw new Error(`HSM emulator name '${name}' is invalid: use 3-24 letters, digits and dashes.`);
+  if (options.name !== undefined && !HSM_NAME.test(options.name)) {
+    throw new Error(`HSM emulator name '${options.name}' is invalid: use 3-24 letters, digits and dashes.`);
+  }
+  // Settled once the port is known (below); no request can reach a job before that.
+  let name = options.name ?? "";
   const tenantId = options.tenantId ?? "00000000-0000-0000-0000-000000000000";
   const retryAfterSeconds = options.retryAfterSeconds ?? 1;
   const enforceRbac = options.enforceRbac ?? false;
@@ -290,10 +315,13 @@ export async function startHsmEmulator(options: HsmEmulatorOptions = {}): Promis
   for (const oid of options.initialAdminObjectIds ?? []) roles.put("/", randomUUID(), HSM_ROLES.administrator, oid);
   const requests: RecordedRequest[] = [];
   let throttle: { remaining: number; status: 429 | 503; retryAfterSeconds: number } | undefined;
+  let foreignAsyncOperationOrigin: string | undefined;
 
   const jobs = new JobManager(
     {
-      hsmName: name,
+      get hsmName() {
+        return name;
+      },
       keys,
       roles,
       log,
@@ -330,10 +358,12 @@ export async function startHsmEmulator(options: HsmEmulatorOptions = {}): Promis
 
   function startReply(ctx: RequestContext, family: JobFamily, request: JobRequest): Reply {
     const job = jobs.start(request);
+    const origin = foreignAsyncOperationOrigin ?? ctx.baseUrl;
+    foreignAsyncOperationOrigin = undefined;
     return {
       status: 202,
       headers: {
-        "Azure-AsyncOperation": `${ctx.baseUrl}/${family}/${job.id}/pending`,
+        "Azure-AsyncOperation": `${origin}/${family}/${job.id}/pending`,
         "Retry-After": String(retryAfterSeconds),
       },
       body: jobs.render(job),
@@ -647,9 +677,11 @@ export async function startHsmEmulator(options: HsmEmulatorOptions = {}): Promis
     });
   }
 
+  /** The scheme and host the request came in on: official clients follow the URLs they are given. */
   function baseUrlFor(req: IncomingMessage, fallback: string): string {
     const host = req.headers.host;
-    return host && /^[A-Za-z0-9.\-:[\]]+$/.test(host) ? `http://${host}` : fallback;
+    const scheme = (req.socket as TLSSocket).encrypted ? "https" : "http";
+    return host && /^[A-Za-z0-9.\-:[\]]+$/.test(host) ? `${scheme}://${host}` : fallback;
   }
 
   let url = "";
@@ -701,9 +733,10 @@ export async function startHsmEmulator(options: HsmEmulatorOptions = {}): Promis
     if (!res.headersSent && !res.destroyed) send(res, requestId, startedAt, reply);
   }
 
-  const server = createServer((req, res) => {
+  const listener: RequestListener = (req, res) => {
     void handle(req, res);
-  });
+  };
+  const server: Server = options.tls ? createHttpsServer({ cert: options.tls.cert, key: options.tls.key }, listener) : createServer(listener);
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
     server.listen(options.port ?? 0, "127.0.0.1", () => {
@@ -711,13 +744,17 @@ export async function startHsmEmulator(options: HsmEmulatorOptions = {}): Promis
       resolve();
     });
   });
-  url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const port = (server.address() as AddressInfo).port;
+  url = `${options.tls ? "https" : "http"}://127.0.0.1:${port}`;
+  name ||= hsmNameOf(new URL(url));
 
   let stopped: Promise<void> | undefined;
   return {
     url,
+    port,
     name,
     requests,
+    jobs: () => jobs.log(),
     keys: {
       create: (keyName, kty = "RSA") => keyBundle(url, keyName, keys.create(keyName, kty)),
       get: (keyName) => {
@@ -747,6 +784,9 @@ export async function startHsmEmulator(options: HsmEmulatorOptions = {}): Promis
         throttle = { remaining: count, status, retryAfterSeconds: seconds };
       },
       setJobDurationMs: (ms) => jobs.setDurationMs(ms),
+      foreignAsyncOperationNext(origin) {
+        foreignAsyncOperationOrigin = new URL(origin).origin;
+      },
     },
     stop() {
       stopped ??= (async () => {

@@ -39,20 +39,24 @@ describe("ManagedHsmBackupClient URLs", () => {
 describe("ManagedHsmBackupClient against the emulator", () => {
   let app: TestApp;
   let hsm: HsmEmulator;
+  /** The app's HSM URL (https://testhsm0.managedhsm.azure.net) and a new client for it, with the app's transport. */
+  let url: string;
+  const newClient = () => new ManagedHsmBackupClient(url, new DefaultAzureCredential(), app.depsOptions.hsmClientOptions);
   beforeAll(async () => {
     app = await startTestApp({ emulator: { jobDurationMs: 300 } });
     hsm = app.emulators[0]!;
+    url = app.deps.config.hsms[0]!.url;
     await app.deps.prepare();
   });
   afterAll(() => app.stop());
 
   it("lets a second client, knowing only the job id, wait for a job another client started", async () => {
     const sas = await app.deps.storage.containerSas(app.container, "backup", 10);
-    const first = new ManagedHsmBackupClient(hsm.url, new DefaultAzureCredential(), { defaultPollIntervalMs: 25 });
+    const first = newClient();
     const started = await first.beginBackup(app.deps.storage.containerUrl(app.container), sas.token);
     const { jobId } = JSON.parse(started.toString());
 
-    const second = new ManagedHsmBackupClient(hsm.url, new DefaultAzureCredential(), { defaultPollIntervalMs: 25 });
+    const second = newClient();
     const running = await second.getOperationStatus("backup", jobId);
     expect(running.status).toBe("InProgress");
     const final = await second.resumeOperation("backup", jobId).pollUntilDone();
@@ -63,13 +67,13 @@ describe("ManagedHsmBackupClient against the emulator", () => {
   });
 
   it("refuses a job id that could change the status path", async () => {
-    const client = new ManagedHsmBackupClient(hsm.url, new DefaultAzureCredential());
+    const client = newClient();
     await expect(client.getOperationStatus("backup", "../keys/x")).rejects.toThrow(/is not a Managed HSM job id/);
     expect(() => client.resumeOperation("restore", "a/b")).toThrow(/is not a Managed HSM job id/);
   });
 
   it("reports an unknown job as a terminal failure carrying the service's code", async () => {
-    const client = new ManagedHsmBackupClient(hsm.url, new DefaultAzureCredential());
+    const client = newClient();
     await expect(client.getOperationStatus("backup", "0123456789abcdef0123456789abcdef")).rejects.toMatchObject({ name: "HsmJobFailedError", code: "NotFound" });
   });
 });

@@ -1,0 +1,135 @@
+/**
+ * Reconcile: the records a bad night left open are settled, deadlines applied, corrections made
+ * explicit, and backups the HSM wrote without a record are adopted only when the HSM vouches for
+ * them. Real Azurite, the HSM emulator (with its pre-restore check) and fault proxies.
+ */
+import { afterEach, describe, expect, it } from "vitest";
+import { nightlyBackup } from "../../src/functions/nightlyBackup.js";
+import { reconcileTimer } from "../../src/functions/reconcile.js";
+import { Catalog, type BackupRecord } from "../../src/lib/catalog.js";
+import { safeLogger } from "../../src/lib/logger.js";
+import { reconcile } from "../../src/lib/reconcile.js";
+import { jobStartRequests, onTime, type TestApp } from "../support/app.js";
+import { events, Night } from "../support/bad-night.js";
+
+const night = new Night();
+afterEach(() => night.stopAll());
+
+async function backups(app: TestApp): Promise<BackupRecord[]> {
+  return (await app.deps.catalog.list("backup", { top: 100 })).items;
+}
+
+/** Starts a backup on the HSM behind the app's back (someone else's, or one whose record was lost). */
+async function unrecordedBackup(app: TestApp, index = 0): Promise<string> {
+  await app.deps.prepare();
+  const sas = await app.deps.storage.containerSas(app.container, "backup", 10);
+  const poller = await app.deps.hsmClient(app.deps.config.hsms[index]!).beginBackup(app.deps.storage.containerUrl(app.container), sas.token);
+  const final = await poller.pollUntilDone();
+  return final.folderUri!;
+}
+
+describe("reconcile", () => {
+  it("adopts the folder of a start whose answer was lost, once the HSM's pre-restore check accepts it", async () => {
+    const { emulator, proxy } = await night.emulatorBehindProxy();
+    const { app } = await night.app([proxy.url]);
+    // The HSM starts the job, its answer never arrives (skip the challenge probe).
+    proxy.inject({ kind: "lostResponse" }, { method: "POST", path: /^\/backup$/, skip: 1, times: 1 });
+    await expect(nightlyBackup(onTime, app.context("nightlyBackup"), app.deps)).rejects.toThrow(/Unknown: Outcome not yet known/);
+    const [open] = await backups(app);
+    expect(open).toMatchObject({ status: "Starting" });
+    app.clock.advance(16 * 60_000);
+
+    // Until the job has ended the HSM refuses the check: the record waits for a later run.
+    let report = await reconcile(app.deps, safeLogger(app.context("reconcile")));
+    for (let run = 0; run < 50 && report.changed.length === 0; run++) {
+      expect((await backups(app))[0]!.status).toBe("Starting");
+      await new Promise((r) => setTimeout(r, 100));
+      report = await reconcile(app.deps, safeLogger(app.context("reconcile")));
+    }
+    expect(report.changed).toMatchObject([{ kind: "backup", recordId: open!.id, from: "Starting", to: "Succeeded" }]);
+    const [adopted] = await backups(app);
+    expect(adopted).toMatchObject({ id: open!.id, status: "Succeeded", origin: "discovered" });
+    expect(adopted!.folderUri).toMatch(new RegExp(`/${app.container}/mhsm-${emulator.name}-\\d{16}$`));
+    expect(emulator.requests.filter((r) => r.method === "PUT" && r.path === "/prerestore" && r.status === 202)).toHaveLength(1);
+    expect(events(app.logs, "MhsmBackupOutcome")).toMatchObject([{ recordId: open!.id, status: "Succeeded", origin: "discovered" }]);
+  });
+
+  it("records a backup found in the container without any record, once, and never one the HSM's check refuses", async () => {
+    const emulator = await night.emulator();
+    const { app } = await night.app([emulator.url]);
+    const folder = await unrecordedBackup(app);
+    app.clock.advance(11 * 60_000);
+
+    const log = safeLogger(app.context("reconcile"));
+    const first = await reconcile(app.deps, log);
+    expect(first.discovered).toMatchObject([{ folderUri: folder, status: "Succeeded", origin: "discovered", trigger: "reconcile" }]);
+    const second = await reconcile(app.deps, log);
+    expect(second.discovered).toEqual([]);
+    expect((await backups(app)).map((r) => r.folderUri)).toEqual([folder]);
+
+    // A folder the HSM's check refuses stays unadopted, with the reason.
+    const other = await unrecordedBackup(app);
+    app.clock.advance(11 * 60_000);
+    emulator.faults.failNextJob("restore", { code: "InvalidBackup", message: "Invalid backup provided" });
+    const third = await reconcile(app.deps, log);
+    expect(third.discovered).toEqual([]);
+    expect(third.unadopted).toMatchObject([{ folderUri: other, reason: expect.stringMatching(/pre-restore check refused it: .*Invalid backup provided/) }]);
+  });
+
+  it("does not adopt without the HSM's own check: before api-version 7.6 a found folder is reported, not recorded", async () => {
+    const emulator = await night.emulator();
+    const { app } = await night.app([emulator.url], { env: { HSM_API_VERSION: "7.5" } });
+    const folder = await unrecordedBackup(app);
+    app.clock.advance(11 * 60_000);
+    const report = await reconcile(app.deps, safeLogger(app.context()));
+    expect(report.discovered).toEqual([]);
+    expect(report.unadopted).toMatchObject([{ folderUri: folder, reason: expect.stringMatching(/needs HSM_API_VERSION 7.6/) }]);
+    expect(await backups(app)).toEqual([]);
+  });
+
+  it("applies the job deadline (TimedOut, failing the timer run) and corrects it, explicitly, when the HSM later reports the end", async () => {
+    const emulator = await night.emulator({ jobDurationMs: 1500 });
+    const { app } = await night.app([emulator.url]);
+    await app.deps.prepare();
+    const sas = await app.deps.storage.containerSas(app.container, "backup", 10);
+    const poller = await app.deps.hsmClient(app.deps.config.hsms[0]!).beginBackup(app.deps.storage.containerUrl(app.container), sas.token);
+    const hsm = app.deps.config.hsms[0]!;
+    const at = app.clock.now();
+    const { record } = await app.deps.catalog.insert("backup", {
+      id: Catalog.newId(at), hsmName: hsm.name, hsmUrl: hsm.url, status: "Running", jobId: poller.jobId, startedAt: at.toISOString(),
+      deadlineAt: new Date(at.getTime() - 1000).toISOString(), trigger: "timer",
+    });
+
+    await expect(reconcileTimer(onTime, app.context("reconcile"), app.deps)).rejects.toThrow(new RegExp(`backup ${record.id} of HSM ${hsm.name}: Running \\(job ${poller.jobId}\\) → TimedOut JobTimeout`));
+    await poller.pollUntilDone();
+    const report = await reconcile(app.deps, safeLogger(app.context("reconcile")));
+    expect(report.changed).toMatchObject([{ recordId: record.id, from: "TimedOut JobTimeout", to: "Succeeded" }]);
+    const [settled] = await backups(app);
+    expect(settled).toMatchObject({ status: "Succeeded", correctedFrom: "TimedOut JobTimeout", jobId: poller.jobId });
+    expect(settled!.errorCode).toBeUndefined();
+    expect(events(app.logs, "MhsmBackupOutcome").map((e) => [e.status, e.correctionOf])).toEqual([["TimedOut", undefined], ["Succeeded", "TimedOut JobTimeout"]]);
+  });
+
+  it("keeps each HSM its own failure domain: a hung HSM leaves its record open and another HSM's record is settled", async () => {
+    const hung = await night.hostile();
+    hung.on("GET", /^\/backup\/[^/]+\/pending$/, "hang");
+    const good = await night.emulator();
+    const { app } = await night.app([hung.url, good.url], { deps: { hsmClientOptions: { requestTimeoutMs: 300 } } });
+    await app.deps.prepare();
+    const at = app.clock.now();
+    const [h, g] = app.deps.config.hsms as [{ name: string; url: string }, { name: string; url: string }];
+    const sas = await app.deps.storage.containerSas(app.container, "backup", 10);
+    const poller = await app.deps.hsmClient(g).beginBackup(app.deps.storage.containerUrl(app.container), sas.token);
+    await poller.pollUntilDone();
+    for (const [hsm, jobId] of [[h, "0123456789abcdef0123456789abcdef"], [g, poller.jobId]] as const) {
+      await app.deps.catalog.insert("backup", { id: Catalog.newId(at), hsmName: hsm.name, hsmUrl: hsm.url, status: "Running", jobId, startedAt: at.toISOString(), trigger: "timer" });
+    }
+
+    const report = await reconcile(app.deps, safeLogger(app.context()));
+    expect(report.changed).toMatchObject([{ hsm: g.name, to: "Succeeded" }]);
+    expect(report.errors).toEqual([]);
+    const statuses = Object.fromEntries((await backups(app)).map((r) => [r.hsmName, r.status]));
+    expect(statuses).toEqual({ [h.name]: "Running", [g.name]: "Succeeded" });
+    expect(jobStartRequests(good).filter((r) => r.headers.authorization)).toHaveLength(1);
+  });
+});
