@@ -27,6 +27,7 @@ import { ProblemError } from "../lib/problem.js";
 import { redactSecrets, toSafeError } from "../lib/redact.js";
 import { reconcile, reconcileFailures } from "../lib/reconcile.js";
 import { restoreStatus, startRestore, UNREACHED_TITLES } from "../lib/restore.js";
+import { StorageUnavailableError } from "../lib/storage.js";
 import { checkKeyName, checkRecordId, InvalidInput, parseListQuery, truncate } from "../lib/validation.js";
 
 export const EXIT = {
@@ -67,7 +68,8 @@ Commands:
 Options for every command:
   --json                      print only JSON on stdout: the records as the HTTP API returns them
                               (backup: an array; list: {items, continuationToken}); nothing on
-                              stdout when the exit code is 2 or 4
+                              stdout when the exit code is 2 or 4, except that backup always
+                              prints one entry per HSM, saying what happened to each
   --verbose                   also print the app's information log lines on stderr
   -h, --help                  print this help (exit code 0)
 
@@ -367,6 +369,7 @@ async function reconcileCommand({ deps, log, term, json }: Context): Promise<num
 /** One line saying what could not be reached, for an error that is not a refusal. */
 function describeFailure(error: unknown): string {
   const safe = toSafeError(error);
+  if (error instanceof StorageUnavailableError) return safe.message;
   const e = error as { name?: string; code?: string; request?: { url?: string } };
   if (e.name === "RestError" && e.request?.url) {
     let host = "";

@@ -62,7 +62,9 @@ export function createDeps(config: AppConfig, options: DepsOptions = {}): AppDep
       prepared ??= Promise.all([
         catalog.ensureTable(),
         // The HSM needs the container to exist before a backup; only a missing one is created.
-        container.exists().then((exists) => (exists ? undefined : container.createIfNotExists())),
+        storage.blobCall("checking the backup container", async (abortSignal) => {
+          if (!(await container.exists({ abortSignal }))) await container.createIfNotExists({ abortSignal });
+        }),
       ]).then(
         () => undefined,
         (error: unknown) => {

@@ -168,14 +168,16 @@ async function unrecordedFolders(deps: AppDeps, hsm: HsmTarget, limit: number): 
   const prefix = `mhsm-${hsm.name}-`;
   const now = deps.now().getTime();
   const found: Folder[] = [];
-  for await (const item of container.listBlobsByHierarchy("/", { prefix })) {
-    if (item.kind !== "prefix") continue;
-    const name = item.name.replace(/\/$/, "");
-    const at = folderTime(name.slice(prefix.length));
-    if (!at || now - at.getTime() < DISCOVERY_MIN_AGE_MS || now - at.getTime() > DISCOVERY_WINDOW_MS) continue;
-    const uri = `${containerUrl}/${name}`;
-    if (folderProblem(uri, containerUrl) === undefined) found.push({ name, uri, at });
-  }
+  await deps.storage.blobCall("listing backup folders", async (abortSignal) => {
+    for await (const item of container.listBlobsByHierarchy("/", { prefix, abortSignal })) {
+      if (item.kind !== "prefix") continue;
+      const name = item.name.replace(/\/$/, "");
+      const at = folderTime(name.slice(prefix.length));
+      if (!at || now - at.getTime() < DISCOVERY_MIN_AGE_MS || now - at.getTime() > DISCOVERY_WINDOW_MS) continue;
+      const uri = `${containerUrl}/${name}`;
+      if (folderProblem(uri, containerUrl) === undefined) found.push({ name, uri, at });
+    }
+  });
   found.sort((a, b) => b.at.getTime() - a.at.getTime());
   const unrecorded: Folder[] = [];
   for (const folder of found) {

@@ -10,7 +10,10 @@
  */
 
 /** "sig" or "signature", then a separator however it was encoded or spaced, then the value. */
-const SIGNATURE = /(?<![A-Za-z])(sig|signature)(["']?\s*(?:=|:|%(?:25)*3D)\s*["']?)[^&\s"'<>,;)\]}]+/gi;
+const QUOTE = `(?:["']|%(?:25)*2[27])`;
+const SPACE = `(?:\\s|\\+|%(?:25)*20)`;
+const SEPARATOR = `(?:=|:|%(?:25)*3[ADad])`;
+const SIGNATURE = new RegExp(`(?<![A-Za-z])(sig|signature)(${QUOTE}?${SPACE}*${SEPARATOR}${SPACE}*${QUOTE}?)[^&\\s"'<>,;)\\]}]+`, "gi");
 const SAS_QUERY = /\?[^\s"'<>]*(?<![A-Za-z])(?:sig|se|sv|sp|skoid|sktid)(?:=|%(?:25)*3D)[^\s"'<>]*/gi;
 const BEARER = /\bBearer(\s+|%(?:25)*20)[A-Za-z0-9\-._~+/%]+=*/gi;
 const JWT = /\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*/g;
@@ -32,7 +35,11 @@ const MAX_MINTED = 2000;
 export function rememberSecret(value: string): void {
   if (value.length < 8) return;
   const once = encodeURIComponent(value);
-  for (const form of [value, once, encodeURIComponent(once), Buffer.from(value).toString("base64"), once.toLowerCase()]) {
+  const twice = encodeURIComponent(once);
+  // Some encoders (.NET's HttpUtility.UrlEncode) write the escapes' hex digits in lower case.
+  const lowerHex = (text: string) => text.replace(/%[0-9A-F]{2}/g, (escape) => escape.toLowerCase());
+  const forms = [value, once, lowerHex(once), twice, lowerHex(twice), Buffer.from(value).toString("base64"), Buffer.from(value).toString("base64url")];
+  for (const form of forms) {
     minted.delete(form);
     minted.add(form);
   }

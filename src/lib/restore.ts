@@ -162,7 +162,7 @@ async function startFailed(deps: AppDeps, stored: Stored<RestoreRecord>, error: 
   const saved = await finish(deps, "restore", stored, startRefusedPatch(error, deps.now()), log);
   log.error(`Restore record ${saved.record.id} failed to start: ${safe.message}`);
   if (error instanceof HsmRequestError && error.notSent) {
-    return new ProblemError(502, NOT_SENT_TITLE, `${safe.message}. Nothing was started.`, restore);
+    return new ProblemError(502, NOT_SENT_TITLE, safe.message, restore);
   }
   if (error instanceof HsmRequestError && error.statusCode === 409) {
     return new ProblemError(409, "HSM busy", safe.message, restore);

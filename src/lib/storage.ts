@@ -1,6 +1,6 @@
 import type { TokenCredential } from "@azure/core-auth";
 import type { PipelineOptions, PipelineRequest, SendRequest } from "@azure/core-rest-pipeline";
-import { AzureNamedKeyCredential, TableClient } from "@azure/data-tables";
+import { AzureNamedKeyCredential, RestError, TableClient } from "@azure/data-tables";
 import {
   BlobServiceClient,
   ContainerSASPermissions,
@@ -43,18 +43,47 @@ function clientOptions(options: StorageClientOptions) {
   return { transport, requestTimeoutMs };
 }
 
-/** A pipeline policy that gives every table request the timeout (data-tables has no such option). */
+/**
+ * Gives every attempt of a table request a deadline (data-tables has no such option) and reports a
+ * missed one as ETIMEDOUT, which the retry policy retries: a catalog call is idempotent or guarded
+ * by an etag, so a retry is safe.
+ */
 function timeoutPolicy(ms: number) {
   return {
     policy: {
       name: "catalogRequestTimeout",
-      sendRequest: (request: PipelineRequest, next: SendRequest) => {
-        if (!(request.timeout > 0)) request.timeout = ms;
-        return next(request);
+      async sendRequest(request: PipelineRequest, next: SendRequest) {
+        const timer = new AbortController();
+        const timeout = setTimeout(() => timer.abort(), ms);
+        const callers = request.abortSignal;
+        request.abortSignal = callers ? AbortSignal.any([callers as AbortSignal, timer.signal]) : timer.signal;
+        try {
+          return await next(request);
+        } catch (error) {
+          if (timer.signal.aborted && !callers?.aborted) {
+            throw new RestError(`no answer within ${ms / 1000} s from ${new URL(request.url).host}`, { code: "ETIMEDOUT", request });
+          }
+          throw error;
+        } finally {
+          clearTimeout(timeout);
+          request.abortSignal = callers;
+        }
       },
     },
     position: "perRetry" as const,
   };
+}
+
+/** Backup storage did not answer a blob call in time (storage-blob's own timeout is only a server-side hint). */
+export class StorageUnavailableError extends Error {
+  constructor(
+    readonly host: string,
+    what: string,
+    detail: string,
+  ) {
+    super(`backup storage at ${host} could not be reached while ${what} (${detail})`);
+    this.name = "StorageUnavailableError";
+  }
 }
 
 export interface ContainerSas {
@@ -74,6 +103,12 @@ export interface BackupStorage {
    * is judged by the storage service's clock, so it is always computed from the machine's.
    */
   containerSas(container: string, purpose: SasPurpose, ttlMinutes: number): Promise<ContainerSas>;
+  /**
+   * Runs blob calls under one deadline (every try's timeout, retries included): the abort signal it
+   * hands over ends a call the service never answers.
+   * @throws StorageUnavailableError when the deadline passed.
+   */
+  blobCall<T>(what: string, call: (abortSignal: AbortSignal) => Promise<T>): Promise<T>;
 }
 
 interface SharedKey {
@@ -102,6 +137,7 @@ export function createBackupStorage(connection: StorageConnection, credential: T
     ...transport,
     retryOptions: { maxTries: STORAGE_RETRIES + 1, tryTimeoutInMs: requestTimeoutMs, retryDelayInMs: 500, maxRetryDelayInMs: 2000 },
   } as StoragePipelineOptions;
+  const blobDeadlineMs = requestTimeoutMs * (STORAGE_RETRIES + 1);
   const tableOptions = (endpoint: string) => ({
     ...transport,
     allowInsecureConnection: new URL(endpoint).protocol === "http:",
@@ -115,15 +151,19 @@ export function createBackupStorage(connection: StorageConnection, credential: T
     const tableCredential = new AzureNamedKeyCredential(key.accountName, key.accountKey);
     return storage(blobService, (name) => new TableClient(key.tableEndpoint, name, tableCredential, tableOptions(key.tableEndpoint)),
       async (container, permissions, startsOn, expiresOn) =>
-        generateBlobSASQueryParameters(sasValues(blobService.url, container, permissions, startsOn, expiresOn), sharedKey).toString());
+        generateBlobSASQueryParameters(sasValues(blobService.url, container, permissions, startsOn, expiresOn), sharedKey).toString(),
+      blobDeadlineMs);
   }
   const blobService = new BlobServiceClient(connection.blobServiceUri, credential, options);
-  const delegationKey = delegationKeys(blobService);
-  return storage(blobService, (name) => new TableClient(connection.tableServiceUri, name, credential, tableOptions(connection.tableServiceUri)),
+  const delegationKey = delegationKeys((startsOn, expiresOn) =>
+    signed.blobCall("getting a user-delegation key", (abortSignal) => blobService.getUserDelegationKey(startsOn, expiresOn, { abortSignal })));
+  const signed = storage(blobService, (name) => new TableClient(connection.tableServiceUri, name, credential, tableOptions(connection.tableServiceUri)),
     async (container, permissions, startsOn, expiresOn) => {
       const key = await delegationKey(startsOn, expiresOn);
       return generateBlobSASQueryParameters(sasValues(blobService.url, container, permissions, startsOn, expiresOn), key, blobService.accountName).toString();
-    });
+    },
+    blobDeadlineMs);
+  return signed;
 }
 
 /**
@@ -133,12 +173,12 @@ export function createBackupStorage(connection: StorageConnection, credential: T
  * one fetched. The key never leaves the process — the HSM gets the SAS, whose own expiry is unchanged
  * — so the longer key lifetime widens nothing an HSM or a log could hold. A failed request is not kept.
  */
-function delegationKeys(blobService: BlobServiceClient): (startsOn: Date, expiresOn: Date) => Promise<UserDelegationKey> {
+function delegationKeys(fetch: (startsOn: Date, expiresOn: Date) => Promise<UserDelegationKey>): (startsOn: Date, expiresOn: Date) => Promise<UserDelegationKey> {
   let cached: { startsOn: Date; expiresOn: Date; key: Promise<UserDelegationKey> } | undefined;
   return (startsOn, expiresOn) => {
     if (!cached || startsOn < cached.startsOn || expiresOn > cached.expiresOn) {
       const keyExpiresOn = new Date(expiresOn.getTime() + (expiresOn.getTime() - startsOn.getTime()));
-      const entry = { startsOn, expiresOn: keyExpiresOn, key: blobService.getUserDelegationKey(startsOn, keyExpiresOn) };
+      const entry = { startsOn, expiresOn: keyExpiresOn, key: fetch(startsOn, keyExpiresOn) };
       entry.key.catch(() => {
         if (cached === entry) cached = undefined;
       });
@@ -150,10 +190,19 @@ function delegationKeys(blobService: BlobServiceClient): (startsOn: Date, expire
 
 type Sign = (container: string, permissions: string, startsOn: Date, expiresOn: Date) => Promise<string>;
 
-function storage(blobService: BlobServiceClient, table: (name: string) => TableClient, sign: Sign): BackupStorage {
+function storage(blobService: BlobServiceClient, table: (name: string) => TableClient, sign: Sign, blobDeadlineMs: number): BackupStorage {
   return {
     blobService,
     table,
+    async blobCall(what, call) {
+      const deadline = AbortSignal.timeout(blobDeadlineMs);
+      try {
+        return await call(deadline);
+      } catch (error) {
+        if (deadline.aborted) throw new StorageUnavailableError(new URL(blobService.url).host, what, `no answer within ${blobDeadlineMs / 1000} s`);
+        throw error;
+      }
+    },
     containerUrl: (container) => blobService.getContainerClient(container).url,
     async containerSas(container, purpose, ttlMinutes) {
       const now = new Date();
@@ -202,7 +251,25 @@ export function parseConnectionString(connectionString: string): SharedKey {
   return {
     accountName,
     accountKey,
-    blobEndpoint: parts.get("blobendpoint") ?? `${protocol}://${accountName}.blob.${suffix}`,
-    tableEndpoint: parts.get("tableendpoint") ?? `${protocol}://${accountName}.table.${suffix}`,
+    blobEndpoint: endpoint("BlobEndpoint", parts.get("blobendpoint") ?? `${protocol}://${accountName}.blob.${suffix}`),
+    tableEndpoint: endpoint("TableEndpoint", parts.get("tableendpoint") ?? `${protocol}://${accountName}.table.${suffix}`),
   };
+}
+
+/**
+ * An endpoint of the connection string, held to the rule of every other URL setting: https, or
+ * plain http only on a loopback host (Azurite). Its value is not echoed: the answer of the
+ * anonymous health endpoint carries this message.
+ */
+function endpoint(name: string, value: string): string {
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    throw new ConfigError("BackupStorage", `the connection string's ${name} is not a URL`);
+  }
+  if (url.protocol !== "https:" && !(url.protocol === "http:" && isLoopback(url.hostname))) {
+    throw new ConfigError("BackupStorage", `the connection string's ${name} must use https (plain http is accepted only for loopback hosts)`);
+  }
+  return value;
 }

@@ -47,15 +47,15 @@ describe("hsm-backup when an HSM cannot be reached", () => {
     expect(run.stderr).not.toMatch(/^\s+at /m);
   });
 
-  it("backup --json exits 4 with nothing on stdout, as the usage promises for exit 2 and 4", async () => {
+  it("backup --json exits 4 and still prints one entry per HSM saying what happened to it, as the usage says", async () => {
     app = await startTestApp();
     await app.emulators[0]!.stop();
 
     const run = await cli(app, ["backup", "--json"]);
     expect(run.code).toBe(EXIT.error);
     expect(run.stderr).toMatch(/StartNotSent/);
-    expect(USAGE).toMatch(/nothing on\s+stdout when the exit code is 2 or 4/);
-    expect(run.stdout).toBe("");
+    expect(USAGE).toMatch(/backup always\s+prints one entry per HSM/);
+    expect(JSON.parse(run.stdout)).toMatchObject([{ hsmName: app.deps.config.hsms[0]!.name, status: "Failed", errorCode: "StartNotSent" }]);
   });
 
   it("restore --key exits 4 saying the restore was not sent", async () => {
@@ -71,7 +71,7 @@ describe("hsm-backup when an HSM cannot be reached", () => {
     expect(run.code).toBe(EXIT.error);
     expect(run.stdout).toBe("");
     const reason = lines(run.stderr).find((l) => l.startsWith("hsm-backup: "));
-    expect(reason).toMatch(/^hsm-backup: Restore not sent to Managed HSM: .*ECONNREFUSED.*Nothing was started\.$/);
+    expect(reason).toMatch(/^hsm-backup: Restore not sent to Managed HSM: .*ECONNREFUSED.*nothing was started$/);
     expect(reason).toContain(app.deps.config.hsms[0]!.url);
     expect(run.stderr).toMatch(/^Check that restore with: hsm-backup status \d{13}-[0-9a-f]{8}$/m);
     expect(run.stderr).not.toMatch(/^\s+at /m);

@@ -68,7 +68,8 @@ describe("a credential that cannot get a token", () => {
     const logsBefore = app.logs.length;
 
     // No az CLI here: AzureCliCredential throws a real CredentialUnavailableError.
-    const noToken = createDeps(parseConfig(app.env), { credential: new AzureCliCredential(), now: app.clock.now, hsmClientOptions: { defaultPollIntervalMs: 25 } });
+    const noToken = createDeps(parseConfig(app.env), { ...app.depsOptions, credential: new AzureCliCredential() });
+    app.clock.advance(24 * 3_600_000); // the next night: its own schedule slot
     await expect(nightlyBackup(onTime, app.context("nightlyBackup"), noToken)).rejects.toThrow(/1 of 1 HSM\(s\): .*StartNotSent/);
 
     const failed = (await app.deps.catalog.list("backup", { top: 10 })).items.filter((r) => r.id !== earlier.id);
@@ -104,14 +105,14 @@ describe("a credential that cannot get a token", () => {
     hsm.keys.purge("lost-key");
     const before = hsm.requests.length;
 
-    const noToken = createDeps(parseConfig(app.env), { credential: new AzureCliCredential(), now: app.clock.now });
+    const noToken = createDeps(parseConfig(app.env), { ...app.depsOptions, credential: new AzureCliCredential() });
     const response = await postRestore(postJson("/api/restores", { backupId: backup.id, keyName: "lost-key" }), app.context("postRestore"), noToken);
     expect(response.status).toBe(502);
     expect(headerOf(response, "content-type")).toBe("application/problem+json");
     const body = bodyOf(response);
     expect(body.title).toBe(NOT_SENT_TITLE);
     expect(body.title).toBe("Restore not sent to Managed HSM");
-    expect(body.detail).toMatch(/Nothing was started\.$/);
+    expect(body.detail).toMatch(/no token could be acquired.*; nothing was started$/);
     expect(body.detail).not.toContain("\n");
     expect(body.restore).toMatch(/^\/api\/restores\/\d{13}-[0-9a-f]{8}$/);
 
