@@ -233,9 +233,14 @@ async function main(): Promise<void> {
 
     // ---- a nightly run on a fresh worker (new process, the bundle): overhead over the job, requests by kind
     /** One timer invocation of nightlyBackup in a fresh process; the HSMs' requests classified. */
+    // Each run gets a catalog table of its own, made beforehand as Bicep makes it in Azure: the app
+    // backs up an HSM once per schedule slot, so a second run on the same catalog would start nothing.
+    let runs = 0;
     const nightlyRun = async (hsms: readonly HsmEmulator[], table: string, extra: Env = {}) => {
-      const result = await probe([...bundleEntries, "--timer", "nightlyBackup", "--trace-http"],
-        { ...coldEnv, MANAGED_HSM_URLS: hsms.map((h) => h.url).join(","), ...storageEnv(table), ...extra });
+      const catalog = `${table}${runs++}`;
+      const env = { MANAGED_HSM_URLS: hsms.map((h) => h.url).join(","), ...storageEnv(catalog), ...extra };
+      await freshDeps(env).catalog.ensureTable();
+      const result = await probe([...bundleEntries, "--timer", "nightlyBackup", "--trace-http"], { ...coldEnv, ...env });
       if (result.call?.status !== 200) throw new Error(`nightlyBackup failed: ${result.call?.body}`);
       return { ms: result.call.ms, seen: classify(result.requests ?? [], endpoints), rssMiB: result.maxRssMiB };
     };
