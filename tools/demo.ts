@@ -89,10 +89,11 @@ export async function runDemo(print: Print = console.log): Promise<void> {
     const deps = createDeps(parseConfig(process.env), { hsmClientOptions: { httpClient: transport } });
     const keys = new KeyClient(hsmUrl, new DefaultAzureCredential(), { httpClient: transport });
 
-    // Imported only now: the function files read settings lazily, but this keeps the order obvious.
-    const { nightlyBackup } = await import("../src/functions/nightlyBackup.js");
-    const { listBackups } = await import("../src/functions/backups.js");
-    const { postRestore, getRestore } = await import("../src/functions/restores.js");
+    // Imported only now: the handlers read settings lazily, but this keeps the order obvious. The
+    // handler modules, not src/functions/ (which only registers them with the host).
+    const { nightlyBackup } = await import("../src/handlers/nightlyBackup.js");
+    const { listBackups } = await import("../src/handlers/backups.js");
+    const { postRestore, getRestore } = await import("../src/handlers/restores.js");
 
     step(`Creating keys in the HSM: ${KEYS.join(", ")}`);
     for (const name of KEYS) print(`   ${(await keys.createRsaKey(name, { hsm: true })).id}`);
@@ -110,8 +111,12 @@ export async function runDemo(print: Print = console.log): Promise<void> {
     await deleteAndPurge(keys, LOST_KEY, 200);
     print(`   key present: ${(await liveKeyId(keys, LOST_KEY)) !== undefined}`);
 
-    step("POST /api/restores for the whole HSM: refused, the backup is less than 30 minutes old");
-    const refused = show(await postRestore(request("POST", "/api/restores", { backupId: backup.id }), context(print, "postRestore"), deps));
+    step("POST /api/restores for the whole HSM without confirming it: refused, nothing started");
+    const unconfirmed = show(await postRestore(request("POST", "/api/restores", { backupId: backup.id }), context(print, "postRestore"), deps));
+    print(`   ${unconfirmed.title}: ${unconfirmed.detail}`);
+
+    step(`POST /api/restores {"backupId": "${backup.id}", "confirm": "${backup.hsmName}"}: refused, the backup is less than 30 minutes old`);
+    const refused = show(await postRestore(request("POST", "/api/restores", { backupId: backup.id, confirm: backup.hsmName }), context(print, "postRestore"), deps));
     print(`   ${refused.title}: ${refused.detail}`);
 
     step(`POST /api/restores {"backupId": "${backup.id}", "keyName": "${LOST_KEY}"}`);

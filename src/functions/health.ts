@@ -1,19 +1,5 @@
-import functions from "@azure/functions";
-import { checkHealth } from "../lib/health.js";
-import { json, route } from "../lib/handler.js";
+/** Registration only; the handler is in src/handlers/health.ts (see src/functions/backups.ts for why). */
+import { app } from "@azure/functions";
+import { health } from "../handlers/health.js";
 
-/**
- * GET /api/health — 200 when every HSM has a recent successful backup, 503 naming the stale ones.
- * Anonymous so the availability test can call it; it reveals HSM names and times only.
- */
-export const health = route(async (_request, _context, deps) => {
-  const result = await checkHealth(deps);
-  const stale = result.hsms.filter((h) => h.stale).map((h) => h.name);
-  return json(result.healthy ? 200 : 503, {
-    status: result.healthy ? "healthy" : "stale",
-    ...(stale.length > 0 ? { detail: `No successful backup within ${result.maxAgeHours} h for: ${stale.join(", ")}` } : {}),
-    ...result,
-  });
-});
-
-functions.app.http("health", { methods: ["GET"], route: "health", authLevel: "anonymous", handler: (req, ctx) => health(req, ctx) });
+app.http("health", { methods: ["GET"], route: "health", authLevel: "anonymous", handler: health });

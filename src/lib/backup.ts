@@ -2,8 +2,7 @@ import { ACTIVE_STATUSES, Catalog, type BackupRecord, type Kind, type Stored } f
 import type { HsmTarget } from "./config.js";
 import type { AppDeps } from "./deps.js";
 import { HsmJobFailedError, HsmRequestError, HsmWaitDeadlineError } from "./hsm/errors.js";
-import type { HsmOperationPoller } from "./hsm/poller.js";
-import type { HsmOperationState } from "./hsm/types.js";
+import type { HsmOperation, HsmOperationState } from "./hsm/types.js";
 import type { Logger } from "./logger.js";
 import { deadlineOf, emitOutcome, finalPatch, finish, persist, recordAccepted, refreshRecord, startRefusedPatch, timedOutPatch, type AnyRecord, type FinalPatch } from "./outcome.js";
 import { toSafeError } from "./redact.js";
@@ -114,7 +113,7 @@ export async function backupHsm(deps: AppDeps, hsm: HsmTarget, log: Logger, opti
   } catch (error) {
     return notRecorded(log, hsm, `the catalog could not be written (${toSafeError(error).message}); no backup was started`);
   }
-  let poller: HsmOperationPoller;
+  let poller: HsmOperation;
   try {
     poller = await startBackup(deps, hsm, options);
   } catch (error) {
@@ -159,7 +158,7 @@ export async function backupHsm(deps: AppDeps, hsm: HsmTarget, log: Logger, opti
   return report(log, hsm, stored.record);
 }
 
-function startBackup(deps: AppDeps, hsm: HsmTarget, options: BackupRunOptions): Promise<HsmOperationPoller> {
+function startBackup(deps: AppDeps, hsm: HsmTarget, options: BackupRunOptions): Promise<HsmOperation> {
   const { config, storage } = deps;
   const containerUrl = storage.containerUrl(config.backupContainer);
   const client = deps.hsmClient(hsm);

@@ -44,6 +44,10 @@ interface CommonRecord {
   readonly correctedAt?: string;
   /** What the corrected outcome said, e.g. "TimedOut JobTimeout". */
   readonly correctedFrom?: string;
+  /** x-ms-request-id of the service answer behind a failure: what a support case with Microsoft needs. */
+  readonly requestId?: string;
+  /** x-ms-client-request-id the app sent with that call (known even when no answer came). */
+  readonly clientRequestId?: string;
 }
 
 export interface BackupRecord extends CommonRecord {

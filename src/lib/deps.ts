@@ -3,6 +3,7 @@ import { DefaultAzureCredential } from "@azure/identity";
 import { Catalog } from "./catalog.js";
 import { parseConfig, type AppConfig, type HsmTarget } from "./config.js";
 import { ManagedHsmBackupClient, type ManagedHsmBackupClientOptions } from "./hsm/client.js";
+import type { HsmBackupOperations } from "./hsm/types.js";
 import { createBackupStorage, type BackupStorage, type StorageClientOptions } from "./storage.js";
 
 /** Everything the operations need, passed in so tests can build it from real local services. */
@@ -10,7 +11,8 @@ export interface AppDeps {
   readonly config: AppConfig;
   readonly storage: BackupStorage;
   readonly catalog: Catalog;
-  hsmClient(hsm: HsmTarget): ManagedHsmBackupClient;
+  /** The operations depend on the interface, not on this app's client: keyvault-admin's could serve. */
+  hsmClient(hsm: HsmTarget): HsmBackupOperations;
   /** Makes sure the catalog table and backup container exist, once per process (in Azure, Bicep made them). */
   prepare(): Promise<void>;
   now(): Date;

@@ -47,8 +47,9 @@ export function listQuery(request: HttpRequest): ListQuery {
 }
 
 /**
- * The body of POST /api/restores: {"backupId": "...", "keyName": "..."?}. Unknown fields are refused:
- * a misspelt "keyName" must not turn a one-key restore into a full wipe of the HSM.
+ * The body of POST /api/restores: {"backupId": "...", "keyName": "..."?, "confirm": "<hsm name>"?}.
+ * Unknown fields are refused: a misspelt "keyName" must not turn a one-key restore into a full wipe
+ * of the HSM (and a full restore needs "confirm" anyway: startRestore checks it against the backup).
  */
 export async function restoreRequest(request: HttpRequest): Promise<RestoreRequest> {
   const declared = Number(request.headers.get("content-length") ?? "0");
@@ -69,17 +70,21 @@ export async function restoreRequest(request: HttpRequest): Promise<RestoreReque
     throw new ProblemError(400, "Invalid restore request", 'The body must be a JSON object: {"backupId": "...", "keyName": "..." (optional)}.');
   }
   const fields = body as Record<string, unknown>;
-  const unknown = Object.keys(fields).filter((k) => k !== "backupId" && k !== "keyName");
+  const unknown = Object.keys(fields).filter((k) => k !== "backupId" && k !== "keyName" && k !== "confirm");
   if (unknown.length > 0) {
-    throw new ProblemError(400, "Invalid restore request", `Unknown field(s): ${unknown.map((k) => truncate(k)).join(", ")}. Known: backupId, keyName.`);
+    throw new ProblemError(400, "Invalid restore request", `Unknown field(s): ${unknown.map((k) => truncate(k)).join(", ")}. Known: backupId, keyName, confirm.`);
   }
-  const { backupId, keyName } = fields;
+  const { backupId, keyName, confirm } = fields;
+  if (confirm !== undefined && (typeof confirm !== "string" || confirm.length === 0 || confirm.length > 100)) {
+    throw new ProblemError(400, "Invalid restore request", `confirm ${describe(confirm)} is not an HSM name.`);
+  }
+  const confirmed = confirm !== undefined ? { confirm } : {};
   if (backupId === undefined) throw new ProblemError(400, "Invalid restore request", "backupId is required.");
   if (typeof backupId !== "string" || !RECORD_ID.test(backupId)) {
     throw new ProblemError(400, "Invalid restore request", `backupId ${describe(backupId)} is not a backup id (13 digits, a hyphen, 8 hex digits).`);
   }
-  if (keyName === undefined) return { backupId };
-  return { backupId, keyName: asProblem(() => checkKeyName(keyName, (field) => field), "Invalid restore request") };
+  if (keyName === undefined) return { backupId, ...confirmed };
+  return { backupId, keyName: asProblem(() => checkKeyName(keyName, (field) => field), "Invalid restore request"), ...confirmed };
 }
 
 /** Runs a shared validation rule and answers its InvalidInput as a 400 problem. */

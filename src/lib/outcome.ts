@@ -10,6 +10,7 @@ import { staleStartMs } from "./config.js";
 import type { AppDeps } from "./deps.js";
 import { HsmInvalidResponseError, HsmJobFailedError, HsmRequestError, HsmStatusUnavailableError } from "./hsm/errors.js";
 import { JOB_ID, type HsmOperationState, type OperationKind } from "./hsm/types.js";
+import { requestIdsOfError } from "./correlation.js";
 import type { Logger } from "./logger.js";
 import { toSafeError } from "./redact.js";
 import { emitEvent, EVENTS } from "./telemetry.js";
@@ -48,6 +49,7 @@ export function finalPatch(deps: AppDeps, kind: Kind, record: AnyRecord, outcome
       durationSeconds: seconds(outcome.state?.startTime ?? started, ended),
       errorCode: outcome.code ?? outcome.status,
       errorMessage: outcome.message,
+      ...requestIdsOfError(outcome),
     };
   }
   const ended = outcome.endTime ?? now;
@@ -108,7 +110,7 @@ export function startRefusedPatch(error: unknown, now: Date): FinalPatch {
   const code = error instanceof HsmRequestError
     ? (error.notSent ? "StartNotSent" : (error.code ?? `HTTP${error.statusCode}`))
     : error instanceof HsmInvalidResponseError ? error.code : safe.name;
-  return { status: "Failed", endedAt: now.toISOString(), errorCode: code, errorMessage: safe.message };
+  return { status: "Failed", endedAt: now.toISOString(), errorCode: code, errorMessage: safe.message, ...requestIdsOfError(error) };
 }
 
 /** The record change when the wait for a job reached its deadline; a later status read may still correct it. */
@@ -143,6 +145,8 @@ export function emitOutcome(log: Logger, kind: Kind, record: AnyRecord): void {
     correctionOf: record.correctedAt !== undefined ? record.correctedFrom : undefined,
     origin: backup?.origin,
     requestedBy: restore?.requestedBy,
+    requestId: record.requestId,
+    clientRequestId: record.clientRequestId,
   });
 }
 
@@ -185,6 +189,7 @@ async function correct<T extends AnyRecord>(deps: AppDeps, kind: Kind, stored: S
   const corrected = await persist(deps, () => deps.catalog.merge(kind, stored as Stored<never>, {
     // A field the new truth does not carry must not survive from the old one.
     errorCode: undefined, errorMessage: undefined, statusDetails: undefined, endedAt: undefined, durationSeconds: undefined,
+    requestId: undefined, clientRequestId: undefined,
     ...patch, correctedAt: deps.now().toISOString(), correctedFrom,
   } as never, { correction: true }));
   if (!corrected.applied) return { record: corrected.record as T, etag: corrected.etag };

@@ -9,6 +9,8 @@
  * the exact values the app itself minted (its SAS signatures), in every encoding it can meet them in.
  */
 
+import { requestIdsOfError, requestIdsSuffix } from "./correlation.js";
+
 /** "sig" or "signature", then a separator however it was encoded or spaced, then the value. */
 const QUOTE = `(?:["']|%(?:25)*2[27])`;
 const SPACE = `(?:\\s|\\+|%(?:25)*20)`;
@@ -62,10 +64,26 @@ export function redactSecrets(text: string): string {
     .replace(DELEGATION_KEY_FIELD, "$1$2<redacted>");
 }
 
-/** Normalises anything thrown into an Error whose message is safe to log. */
+/** @azure/identity's failures: DefaultAzureCredential explains every credential it tried, over many lines. */
+const CREDENTIAL_ERRORS = new Set(["AggregateAuthenticationError", "CredentialUnavailableError", "AuthenticationError", "AuthenticationRequiredError"]);
+
+/**
+ * Normalises anything thrown into an Error whose message is safe to log. A credential failure
+ * becomes one line saying what to do (the chain's full story is in the AZURE_LOG_LEVEL=info log). A storage failure's
+ * request ids (RestError: x-ms-request-id, x-ms-client-request-id) are appended when the message does
+ * not name them already, so every failure the app records or prints can be looked up by Azure support.
+ */
 export function toSafeError(error: unknown): Error {
   if (error instanceof Error) {
-    const safe = new Error(redactSecrets(error.message));
+    const ids = requestIdsOfError(error);
+    const missing = {
+      ...(ids.requestId && !error.message.includes(ids.requestId) ? { requestId: ids.requestId } : {}),
+      ...(ids.clientRequestId && !error.message.includes(ids.clientRequestId) ? { clientRequestId: ids.clientRequestId } : {}),
+    };
+    const message = CREDENTIAL_ERRORS.has(error.name)
+      ? `no Azure token could be acquired (${error.message.split("\n")[0]!.slice(0, 200)}): sign in with az login, or check the managed identity the app runs as (IDENTITY_ENDPOINT, BackupStorage__clientId)`
+      : error.message;
+    const safe = new Error(redactSecrets(`${message}${requestIdsSuffix(missing)}`));
     safe.name = error.name;
     return safe;
   }

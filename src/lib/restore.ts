@@ -1,7 +1,7 @@
-import { ACTIVE_STATUSES, Catalog, type RestoreRecord, type StartLock, type Stored } from "./catalog.js";
+import { ACTIVE_STATUSES, Catalog, type BackupRecord, type RestoreRecord, type StartLock, type Stored } from "./catalog.js";
 import type { AppDeps } from "./deps.js";
 import { HsmInvalidResponseError, HsmRequestError } from "./hsm/errors.js";
-import type { HsmOperationPoller } from "./hsm/poller.js";
+import type { HsmOperation } from "./hsm/types.js";
 import type { Logger } from "./logger.js";
 import { finish, persist, recordAccepted, refreshRecord, startRefusedPatch } from "./outcome.js";
 import { ProblemError } from "./problem.js";
@@ -27,6 +27,8 @@ export interface RestoreRequest {
   readonly keyName?: string;
   /** Who asked, recorded with the restore and in its started event. */
   readonly requestedBy?: string;
+  /** A full restore must name the HSM it wipes (as the catalog shows it); a key restore needs nothing. */
+  readonly confirm?: string;
 }
 
 /**
@@ -51,6 +53,7 @@ export async function startRestore(deps: AppDeps, log: Logger, request: RestoreR
     throw new ProblemError(409, "Backup belongs to no configured HSM",
       `Backup ${backup.id} was taken from ${backup.hsmUrl}, which is not in MANAGED_HSM_URLS; this app restores a backup only into the HSM it came from.`);
   }
+  assertConfirmed(backup, request);
   const now = deps.now();
   if (request.keyName === undefined) {
     const allowedAt = Date.parse(backup.endedAt ?? backup.startedAt) + FULL_RESTORE_MIN_BACKUP_AGE_MS;
@@ -86,7 +89,7 @@ export async function startRestore(deps: AppDeps, log: Logger, request: RestoreR
   } finally {
     await lock.release();
   }
-  let poller: HsmOperationPoller;
+  let poller: HsmOperation;
   try {
     const client = deps.hsmClient(hsm);
     const sas = config.hsmStorageAuth === "sas"
@@ -120,6 +123,23 @@ export async function startRestore(deps: AppDeps, log: Logger, request: RestoreR
     return { ...stored.record, status: "Running", jobId, errorMessage: `Accepted by the HSM, but not yet recorded in the catalog: ${safe.message}` };
   }
   return stored.record;
+}
+
+/**
+ * A full restore replaces every key of the HSM, role assignments included: the caller must name the
+ * HSM it wipes. Nothing has been written and the HSM has not been called when this refuses.
+ */
+function assertConfirmed(backup: BackupRecord, request: RestoreRequest): void {
+  if (request.confirm !== undefined && request.confirm !== backup.hsmName) {
+    throw new ProblemError(400, "Confirmation names another HSM",
+      `confirm is "${request.confirm.slice(0, 100)}", but backup ${backup.id} belongs to HSM "${backup.hsmName}". Nothing was started.`);
+  }
+  if (request.keyName === undefined && request.confirm === undefined) {
+    throw new ProblemError(400, "Full restore not confirmed",
+      `A full restore replaces every key of HSM ${backup.hsmName}, and its role assignments, with the state of backup ${backup.id} (${backup.endedAt ?? backup.startedAt}); keys created or changed since are lost. `
+      + `To go ahead send {"backupId": "${backup.id}", "confirm": "${backup.hsmName}"}; to restore one key, send "keyName" instead. Nothing was started.`,
+      { confirm: backup.hsmName });
+  }
 }
 
 /** Renews the start lock right before the restore is recorded: a holder that lost it must not go on. */

@@ -1,6 +1,6 @@
 import type { TokenCredential } from "@azure/core-auth";
 import type { PipelineOptions, PipelineRequest, SendRequest } from "@azure/core-rest-pipeline";
-import { AzureNamedKeyCredential, RestError, TableClient } from "@azure/data-tables";
+import { RestError, TableClient, type TableServiceClientOptions } from "@azure/data-tables";
 import {
   BlobServiceClient,
   ContainerSASPermissions,
@@ -11,7 +11,7 @@ import {
   type UserDelegationKey,
 } from "@azure/storage-blob";
 import { ConfigError, isLoopback, type StorageConnection } from "./config.js";
-import { rememberSecret } from "./redact.js";
+import { rememberSecret, toSafeError } from "./redact.js";
 
 /** The permissions the HSM needs, and no more: backup writes a folder, restore reads one. */
 export type SasPurpose = "backup" | "restore";
@@ -111,21 +111,6 @@ export interface BackupStorage {
   blobCall<T>(what: string, call: (abortSignal: AbortSignal) => Promise<T>): Promise<T>;
 }
 
-interface SharedKey {
-  readonly accountName: string;
-  readonly accountKey: string;
-  readonly blobEndpoint: string;
-  readonly tableEndpoint: string;
-}
-
-/** The Azurite account and its well-known key (public, documented; not a secret). */
-const DEVELOPMENT_STORAGE: SharedKey = {
-  accountName: "devstoreaccount1",
-  accountKey: "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==",
-  blobEndpoint: "http://127.0.0.1:10000/devstoreaccount1",
-  tableEndpoint: "http://127.0.0.1:10002/devstoreaccount1",
-};
-
 /**
  * Builds the blob and table clients from the BackupStorage connection: shared key when the
  * connection string carries one (Azurite, shared-key accounts), otherwise the app's identity, with
@@ -138,21 +123,30 @@ export function createBackupStorage(connection: StorageConnection, credential: T
     retryOptions: { maxTries: STORAGE_RETRIES + 1, tryTimeoutInMs: requestTimeoutMs, retryDelayInMs: 500, maxRetryDelayInMs: 2000 },
   } as StoragePipelineOptions;
   const blobDeadlineMs = requestTimeoutMs * (STORAGE_RETRIES + 1);
-  const tableOptions = (endpoint: string) => ({
+  const tableOptions = (endpoint: string): TableServiceClientOptions => ({
     ...transport,
     allowInsecureConnection: new URL(endpoint).protocol === "http:",
     retryOptions: { maxRetries: STORAGE_RETRIES, retryDelayInMs: 500, maxRetryDelayInMs: 2000 },
     additionalPolicies: [timeoutPolicy(requestTimeoutMs)],
   });
   if (connection.kind === "connectionString") {
-    const key = parseConnectionString(connection.connectionString);
-    const sharedKey = new StorageSharedKeyCredential(key.accountName, key.accountKey);
-    const blobService = new BlobServiceClient(key.blobEndpoint, sharedKey, options);
-    const tableCredential = new AzureNamedKeyCredential(key.accountName, key.accountKey);
-    return storage(blobService, (name) => new TableClient(key.tableEndpoint, name, tableCredential, tableOptions(key.tableEndpoint)),
-      async (container, permissions, startsOn, expiresOn) =>
-        generateBlobSASQueryParameters(sasValues(blobService.url, container, permissions, startsOn, expiresOn), sharedKey).toString(),
-      blobDeadlineMs);
+    // The SDKs parse the connection string (UseDevelopmentStorage=true and explicit endpoints
+    // included); the app only insists on an account key, because it signs the HSM's SAS with it.
+    const connectionString = connection.connectionString;
+    const blobService = fromConnectionString(() => BlobServiceClient.fromConnectionString(connectionString, options));
+    const sharedKey = blobService.credential;
+    if (!(sharedKey instanceof StorageSharedKeyCredential)) {
+      throw new ConfigError("BackupStorage",
+        "the connection string has no AccountKey, so the app cannot sign a SAS with it; use an identity-based connection (BackupStorage__blobServiceUri + BackupStorage__tableServiceUri) instead");
+    }
+    // The table endpoint is known once the SDK has parsed the string: plain http (Azurite) needs the insecure flag.
+    const tableUrl = fromConnectionString(() => TableClient.fromConnectionString(connectionString, "catalog").url);
+    checkEndpoint("BlobEndpoint", blobService.url);
+    checkEndpoint("TableEndpoint", tableUrl);
+    const table = (name: string) => TableClient.fromConnectionString(connectionString, name, tableOptions(tableUrl));
+    return storage(blobService, table, async (container, permissions, startsOn, expiresOn) =>
+      generateBlobSASQueryParameters(sasValues(blobService.url, container, permissions, startsOn, expiresOn), sharedKey).toString(),
+    blobDeadlineMs);
   }
   const blobService = new BlobServiceClient(connection.blobServiceUri, credential, options);
   const delegationKey = delegationKeys((startsOn, expiresOn) =>
@@ -231,29 +225,13 @@ function sasValues(blobServiceUrl: string, containerName: string, permissions: s
 }
 
 
-/** Reads account name, key and endpoints from a storage connection string. */
-export function parseConnectionString(connectionString: string): SharedKey {
-  const parts = new Map<string, string>();
-  for (const part of connectionString.split(";")) {
-    const at = part.indexOf("=");
-    if (at > 0) parts.set(part.slice(0, at).trim().toLowerCase(), part.slice(at + 1).trim());
+/** An SDK's refusal of the connection string, as the setting's error (the SDK's text never shows the key). */
+function fromConnectionString<T>(create: () => T): T {
+  try {
+    return create();
+  } catch (error) {
+    throw new ConfigError("BackupStorage", `the connection string was refused: ${toSafeError(error).message}`);
   }
-  if (parts.get("usedevelopmentstorage")?.toLowerCase() === "true") return DEVELOPMENT_STORAGE;
-  const accountName = parts.get("accountname");
-  const accountKey = parts.get("accountkey");
-  if (!accountName) throw new ConfigError("BackupStorage", "the connection string has no AccountName");
-  if (!accountKey) {
-    throw new ConfigError("BackupStorage",
-      "the connection string has no AccountKey, so the app cannot sign a SAS with it; use an identity-based connection (BackupStorage__blobServiceUri + BackupStorage__tableServiceUri) instead");
-  }
-  const protocol = parts.get("defaultendpointsprotocol") ?? "https";
-  const suffix = parts.get("endpointsuffix") ?? "core.windows.net";
-  return {
-    accountName,
-    accountKey,
-    blobEndpoint: endpoint("BlobEndpoint", parts.get("blobendpoint") ?? `${protocol}://${accountName}.blob.${suffix}`),
-    tableEndpoint: endpoint("TableEndpoint", parts.get("tableendpoint") ?? `${protocol}://${accountName}.table.${suffix}`),
-  };
 }
 
 /**
@@ -261,7 +239,7 @@ export function parseConnectionString(connectionString: string): SharedKey {
  * plain http only on a loopback host (Azurite). Its value is not echoed: the answer of the
  * anonymous health endpoint carries this message.
  */
-function endpoint(name: string, value: string): string {
+function checkEndpoint(name: string, value: string): void {
   let url: URL;
   try {
     url = new URL(value);
@@ -271,5 +249,4 @@ function endpoint(name: string, value: string): string {
   if (url.protocol !== "https:" && !(url.protocol === "http:" && isLoopback(url.hostname))) {
     throw new ConfigError("BackupStorage", `the connection string's ${name} must use https (plain http is accepted only for loopback hosts)`);
   }
-  return value;
 }

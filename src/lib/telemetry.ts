@@ -38,6 +38,10 @@ export interface OutcomeFields {
   readonly origin?: string | undefined;
   /** Who asked for a restore (or a CLI backup): a signed-in principal, "function key" or the CLI's identity. */
   readonly requestedBy?: string | undefined;
+  /** x-ms-request-id of the service answer behind a failure. */
+  readonly requestId?: string | undefined;
+  /** x-ms-client-request-id the app sent with that call. */
+  readonly clientRequestId?: string | undefined;
 }
 
 export type LogLine = (line: string) => void;

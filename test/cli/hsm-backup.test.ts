@@ -10,7 +10,7 @@ import { dirname, join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { EXIT, USAGE, parseCommand, UsageError } from "../../src/cli/hsm-backup.js";
-import { listBackups } from "../../src/functions/backups.js";
+import { listBackups } from "../../src/handlers/backups.js";
 import { listQuery, restoreRequest } from "../../src/lib/http.js";
 import { buildBundle } from "../../tools/build.js";
 import { deleteAndPurge, liveKeyId } from "../../tools/key-client.js";
@@ -23,7 +23,8 @@ describe("hsm-backup arguments", () => {
   it.each([
     [[]],
     [["frobnicate"]],
-    [["--json", "list"]],
+    [["--top", "5", "list"]],
+    [["--json"]],
     [["backup", "--bogus"]],
     [["backup", "extra"]],
     [["list", "--top"]],
@@ -44,12 +45,13 @@ describe("hsm-backup arguments", () => {
     [["restore", "1234567890123-0123abcd", "--keyName", "a"]],
     [["status"]],
     [["status", "1234567890123-0123ABCD"]],
-  ])("refuses %j with the usage on stderr and exit 2, touching nothing", async (argv) => {
+  ])("refuses %j with one line on stderr saying what was wrong and how to get help, exit 2, touching nothing", async (argv) => {
     // No settings at all: a usage error is found before any setting is read.
     const run = await cli(undefined, argv, { env: {} });
     expect(run.code).toBe(EXIT.refused);
     expect(run.stdout).toBe("");
-    expect(run.stderr).toMatch(/^hsm-backup: .+\n\nUsage: hsm-backup <command>/);
+    expect(run.stderr).toMatch(/^hsm-backup: [^\n]+\. Run 'hsm-backup --help' for usage\.\n$/);
+    expect(run.stderr).not.toMatch(/'--'|as in/);
     expect(run.stderr).not.toMatch(/Setting /);
   });
 
@@ -57,7 +59,7 @@ describe("hsm-backup arguments", () => {
     expect(() => parseCommand(["list", "--top", "500"])).toThrow(/--top must be a whole number from 1 to 100, not "500"/);
     expect(() => parseCommand(["restore", "1234567890123-0123abcd", "--key", "a", "--key", "b"])).toThrow(/--key is given more than once/);
     expect(() => parseCommand(["backup", "--tpo"])).toThrow(UsageError);
-    expect(() => parseCommand(["status", "nope"])).toThrow(/"nope" is not a restore id/);
+    expect(() => parseCommand(["status", "nope"])).toThrow(/"nope" is not a backup or restore id/);
   });
 
   it("prints the help on stdout with exit 0, wherever --help is", async () => {
@@ -138,7 +140,8 @@ describe("hsm-backup against Azurite and the HSM emulator", () => {
     const app = await start({ hsmCount: 2 });
     const backup = await cli(app, ["backup"]);
     expect(backup.code, backup.stderr).toBe(EXIT.ok);
-    expect(backup.stderr).toBe("");
+    // Not a terminal: milestones as plain lines, no escape codes.
+    expect(backup.stderr).toMatch(/^(HSM \S+: backup job (?:[0-9a-f]{32} started|Succeeded after \d+s)\n){4}$/);
     const lines = backup.stdout.trimEnd().split("\n");
     expect(lines[0]).toMatch(/^ID\s+HSM\s+STATUS\s+STARTED\s+DURATION\s+FOLDER$/);
     expect(lines).toHaveLength(3);
@@ -194,14 +197,14 @@ describe("hsm-backup against Azurite and the HSM emulator", () => {
 
     const tty = await cli(app, ["backup"], { isTTY: true });
     expect(tty.code).toBe(EXIT.ok);
-    expect(tty.stderr).toMatch(new RegExp(`\\r\\x1b\\[2KBacking up 1 of 1 HSM\\(s\\): ${name} (Starting|Running) \\d+s`));
+    expect(tty.stderr).toMatch(new RegExp(`\\r\\x1b\\[2KBacking up 1 of 1 HSM\\(s\\), \\d+s: ${name} (Starting|Running)`));
     expect(tty.stderr).toMatch(new RegExp(`HSM ${name}: backup job Succeeded after \\d+s\\n`));
     expect(tty.stderr.endsWith("\r\x1b[2K"), "the progress line is cleared at the end").toBe(true);
     expect(tty.stdout).not.toMatch(PROGRESS);
 
     const pipe = await cli(app, ["backup"]);
     expect(pipe.code).toBe(EXIT.ok);
-    expect(pipe.stderr).toBe("");
+    expect(pipe.stderr).toMatch(new RegExp(`^HSM ${name}: backup job [0-9a-f]{32} started\\nHSM ${name}: backup job Succeeded after \\d+s\\n$`));
 
     const json = await cli(app, ["backup", "--json"], { isTTY: true });
     expect(json.code).toBe(EXIT.ok);
@@ -211,7 +214,7 @@ describe("hsm-backup against Azurite and the HSM emulator", () => {
     const verbose = await cli(app, ["backup", "--verbose"]);
     expect(verbose.stderr).toMatch(new RegExp(`^Backup of HSM ${name} started: job [0-9a-f]{32}, record `, "m"));
     expect(verbose.stderr).toMatch(/^MhsmBackupOutcome \{/m);
-    expect(verbose.stderr).not.toMatch(PROGRESS);
+    expect(verbose.stderr).not.toMatch(/\r|\x1b\[|Backing up/);
   });
 
   it("refuses a full restore of a too-recent backup with exit 2, and restores the whole HSM after 30 minutes", async () => {
@@ -222,7 +225,17 @@ describe("hsm-backup against Azurite and the HSM emulator", () => {
     const backup = await backupNow(app);
     await deleteAndPurge(keys, "payments-rsa");
 
-    const tooSoon = await cli(app, ["restore", backup.id]);
+    // Off a terminal a full restore needs --confirm: refused, saying what to add, before anything happens.
+    const unconfirmed = await cli(app, ["restore", backup.id]);
+    expect(unconfirmed.code).toBe(EXIT.refused);
+    expect(unconfirmed.stderr).toMatch(new RegExp(`^hsm-backup: a full restore must be confirmed: add --confirm ${backup.hsmName} .*Nothing was started\\.$`, "m"));
+    const mistyped = await cli(app, ["restore", backup.id], { typed: "some-other-hsm" });
+    expect(mistyped.code).toBe(EXIT.refused);
+    expect(mistyped.prompts).toEqual([`Type the HSM name (${backup.hsmName}) to confirm the FULL restore: `]);
+    expect(mistyped.stderr).toMatch(/^hsm-backup: Confirmation names another HSM: confirm is "some-other-hsm"/m);
+    expect(await app.deps.catalog.list("restore", { top: 5 })).toEqual({ items: [] });
+
+    const tooSoon = await cli(app, ["restore", backup.id, "--confirm", backup.hsmName]);
     expect(tooSoon.code).toBe(EXIT.refused);
     expect(tooSoon.stdout).toBe("");
     expect(tooSoon.stderr).toMatch(new RegExp(`^WARNING: FULL restore of HSM ${backup.hsmName} from backup ${backup.id} .*every key in the HSM is replaced`, "m"));
@@ -231,7 +244,8 @@ describe("hsm-backup against Azurite and the HSM emulator", () => {
 
     app.clock.advance(31 * 60_000);
     hsm.faults.setJobDurationMs(300);
-    const run = await cli(app, ["restore", backup.id], { isTTY: true });
+    // On a terminal the person types the name.
+    const run = await cli(app, ["restore", backup.id], { isTTY: true, typed: backup.hsmName });
     expect(run.code, run.stderr).toBe(EXIT.ok);
     expect(run.stderr).toMatch(new RegExp(`\\r\\x1b\\[2KFULL restore \\d{13}-[0-9a-f]{8} on HSM ${backup.hsmName}: Running \\d+s`));
     expect(run.stderr.endsWith("\r\x1b[2K")).toBe(true);
@@ -316,7 +330,7 @@ describe("hsm-backup against Azurite and the HSM emulator", () => {
     expect(unknownRestore).toEqual({
       code: EXIT.refused,
       stdout: "",
-      stderr: "hsm-backup: Restore not found: No restore with id 8235123456789-0123abcd is recorded.\n",
+      stderr: "hsm-backup: Not found: No backup or restore with id 8235123456789-0123abcd is recorded.\n",
     });
 
     const unknownBackup = await cli(app, ["restore", "8235123456789-0123abcd", "--json"]);
@@ -376,7 +390,8 @@ describe("the hsm-backup bin as a child process", () => {
     const hsm = app.deps.config.hsms[0]!.name;
     expect(hsm).toBe(app.emulators[0]!.name);
     expect(run.stdout).toMatch(new RegExp(`  ${hsm}\\s+Succeeded\\s.*  mhsm-${hsm}-\\d{16}$`, "m"));
-    expect(run.stderr).toBe("");
+    // A pipe gets plain milestone lines, and nothing from @azure/functions or any other library.
+    expect(run.stderr).toMatch(/^HSM \S+: backup job [0-9a-f]{32} started\nHSM \S+: backup job Succeeded after \d+s\n$/);
     const page = await app.deps.catalog.list("backup", { top: 10 });
     expect(page.items.map((r) => [r.status, r.trigger])).toEqual([["Succeeded", "cli"]]);
 

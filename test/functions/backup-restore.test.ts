@@ -4,10 +4,10 @@
  * 202 → status → the deleted key is back.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { getBackup, listBackups } from "../../src/functions/backups.js";
-import { nightlyBackup } from "../../src/functions/nightlyBackup.js";
-import { postRestore } from "../../src/functions/restores.js";
 import type { KeyClient } from "@azure/keyvault-keys";
+import { getBackup, listBackups } from "../../src/handlers/backups.js";
+import { nightlyBackup } from "../../src/handlers/nightlyBackup.js";
+import { postRestore } from "../../src/handlers/restores.js";
 import { MANIFEST_BLOB } from "../../tools/hsm-emulator/index.js";
 import { deleteAndPurge, liveKeyId } from "../../tools/key-client.js";
 import { bodyOf, get, headerOf, keyClient, onTime, postJson, startTestApp, waitForRestore, type TestApp } from "../support/app.js";
@@ -59,7 +59,16 @@ describe("nightly backup and restore through the handlers", () => {
     await deleteAndPurge(keys, "payments-rsa");
     await keys.createRsaKey("created-after-backup");
 
-    const tooSoon = await postRestore(postJson("/api/restores", { backupId: backup.id }), app.context("postRestore"), app.deps);
+    const unconfirmed = await postRestore(postJson("/api/restores", { backupId: backup.id }), app.context("postRestore"), app.deps);
+    expect(unconfirmed.status).toBe(400);
+    expect(bodyOf(unconfirmed)).toMatchObject({ title: "Full restore not confirmed", confirm: backup.hsmName });
+    expect(bodyOf(unconfirmed).detail).toContain(`send {"backupId": "${backup.id}", "confirm": "${backup.hsmName}"}`);
+    const wrongName = await postRestore(postJson("/api/restores", { backupId: backup.id, confirm: "contoso" }), app.context("postRestore"), app.deps);
+    expect(wrongName.status).toBe(400);
+    expect(bodyOf(wrongName).title).toBe("Confirmation names another HSM");
+    expect((await app.deps.catalog.list("restore", { top: 5 })).items).toEqual([]);
+
+    const tooSoon = await postRestore(postJson("/api/restores", { backupId: backup.id, confirm: backup.hsmName }), app.context("postRestore"), app.deps);
     expect(tooSoon.status).toBe(409);
     expect(headerOf(tooSoon, "content-type")).toBe("application/problem+json");
     expect(bodyOf(tooSoon).detail).toMatch(/at least 30 minutes before a full restore/);
@@ -67,7 +76,7 @@ describe("nightly backup and restore through the handlers", () => {
     expect(hsm.requests.filter((r) => r.path === "/restore")).toHaveLength(0);
 
     app.clock.advance(31 * 60_000);
-    const started = await postRestore(postJson("/api/restores", { backupId: backup.id }), app.context("postRestore"), app.deps);
+    const started = await postRestore(postJson("/api/restores", { backupId: backup.id, confirm: backup.hsmName }), app.context("postRestore"), app.deps);
     expect(started.status).toBe(202);
     const body = bodyOf(started);
     expect(headerOf(started, "location")).toBe(`/api/restores/${body.id}`);

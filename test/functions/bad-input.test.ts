@@ -5,9 +5,9 @@
  */
 import { HttpRequest, type HttpResponseInit } from "@azure/functions";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { getBackup, listBackups } from "../../src/functions/backups.js";
-import { nightlyBackup } from "../../src/functions/nightlyBackup.js";
-import { getRestore, postRestore } from "../../src/functions/restores.js";
+import { getBackup, listBackups } from "../../src/handlers/backups.js";
+import { nightlyBackup } from "../../src/handlers/nightlyBackup.js";
+import { getRestore, postRestore } from "../../src/handlers/restores.js";
 import { Catalog } from "../../src/lib/catalog.js";
 import { parseConfig, type Env } from "../../src/lib/config.js";
 import { createDeps, type AppDeps } from "../../src/lib/deps.js";
@@ -299,7 +299,7 @@ describe("POST /api/restores refuses client mistakes and changes nothing", () =>
   it("answers 409 with Retry-After for a full restore of a backup younger than 30 minutes", async () => {
     const now = new Clock();
     const justNow = otherDeployment(app, {}, now);
-    const response = await expectRefused(app, post(postJson("/api/restores", { backupId: succeeded.id }), justNow), {
+    const response = await expectRefused(app, post(postJson("/api/restores", { backupId: succeeded.id, confirm: succeeded.hsmName }), justNow), {
       status: 409, title: /Backup too recent for a full restore/, detail: /at least 30 minutes before a full restore/,
     });
     const allowedAt = Date.parse(succeeded.endedAt) + 30 * 60_000;
@@ -339,7 +339,7 @@ describe("POST /api/restores while a restore runs on the same HSM", () => {
     const expected = { status: 409, title: /HSM busy/, detail: new RegExp(`Restore ${running.id} is still Running`) };
     const selective = await expectRefused(app, () => postRestore(postJson("/api/restores", { backupId, keyName: "k1" }), app.context(), app.deps), expected);
     expect(bodyOf(selective).activeRecord).toBe(`/api/restores/${running.id}`);
-    await expectRefused(app, () => postRestore(postJson("/api/restores", { backupId }), app.context(), app.deps), expected);
+    await expectRefused(app, () => postRestore(postJson("/api/restores", { backupId, confirm: app.deps.config.hsms[0]!.name }), app.context(), app.deps), expected);
 
     const restoreStarts = jobStartRequests(hsm).filter((r) => r.method === "PUT" && r.status === 202);
     expect(restoreStarts).toHaveLength(1);

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { health } from "../../src/functions/health.js";
-import { nightlyBackup } from "../../src/functions/nightlyBackup.js";
+import { health } from "../../src/handlers/health.js";
+import { nightlyBackup } from "../../src/handlers/nightlyBackup.js";
 import { Catalog } from "../../src/lib/catalog.js";
 import { bodyOf, get, headerOf, onTime, startTestApp, type TestApp } from "../support/app.js";
 

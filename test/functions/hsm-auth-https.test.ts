@@ -7,7 +7,7 @@
 import { afterEach, describe, expect, it } from "vitest";
 import type { TokenCredential } from "@azure/core-auth";
 import type { HttpClient } from "@azure/core-rest-pipeline";
-import { nightlyBackup } from "../../src/functions/nightlyBackup.js";
+import { nightlyBackup } from "../../src/handlers/nightlyBackup.js";
 import { parseConfig, type Env } from "../../src/lib/config.js";
 import { createDeps, type AppDeps } from "../../src/lib/deps.js";
 import type { HsmEmulator } from "../../tools/hsm-emulator/index.js";

@@ -2,11 +2,10 @@
  * HSM_STORAGE_AUTH=managedIdentity: the app signs no SAS; the HSM reaches storage with its own
  * user-assigned identity (emulated here by a storage client the emulator is given).
  */
-import { ContainerClient, StorageSharedKeyCredential } from "@azure/storage-blob";
+import { BlobServiceClient, ContainerClient, type StorageSharedKeyCredential } from "@azure/storage-blob";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
-import { nightlyBackup } from "../../src/functions/nightlyBackup.js";
-import { postRestore } from "../../src/functions/restores.js";
-import { parseConnectionString } from "../../src/lib/storage.js";
+import { nightlyBackup } from "../../src/handlers/nightlyBackup.js";
+import { postRestore } from "../../src/handlers/restores.js";
 import { deleteAndPurge, liveKeyId } from "../../tools/key-client.js";
 import { bodyOf, keyClient, onTime, postJson, startTestApp, waitForRestore, type TestApp } from "../support/app.js";
 
@@ -15,8 +14,8 @@ describe("managed-identity storage mode", () => {
   const sasIssued: string[] = [];
 
   beforeAll(async () => {
-    const key = parseConnectionString(inject("azuriteConnectionString"));
-    const hsmIdentity = new StorageSharedKeyCredential(key.accountName, key.accountKey);
+    // The HSM's own identity, played by the account key of Azurite's connection string.
+    const hsmIdentity = BlobServiceClient.fromConnectionString(inject("azuriteConnectionString")).credential as StorageSharedKeyCredential;
     app = await startTestApp({
       env: { HSM_STORAGE_AUTH: "managedIdentity", HSM_API_VERSION: "7.5" },
       emulator: { managedIdentityStorage: (containerUrl) => new ContainerClient(containerUrl, hsmIdentity) },

@@ -14,9 +14,9 @@ import type { AccessToken, GetTokenOptions, TokenCredential } from "@azure/core-
 import type { HttpRequest, HttpResponseInit, InvocationContext } from "@azure/functions";
 import { DefaultAzureCredential } from "@azure/identity";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
-import { getBackup, listBackups } from "../../src/functions/backups.js";
-import { nightlyBackup } from "../../src/functions/nightlyBackup.js";
-import { getRestore, postRestore } from "../../src/functions/restores.js";
+import { getBackup, listBackups } from "../../src/handlers/backups.js";
+import { nightlyBackup } from "../../src/handlers/nightlyBackup.js";
+import { getRestore, postRestore } from "../../src/handlers/restores.js";
 import type { AppDeps } from "../../src/lib/deps.js";
 import type { ContainerSas } from "../../src/lib/storage.js";
 import {
@@ -184,7 +184,7 @@ describe("no SAS, account key or bearer token in anything the app puts out", () 
 
       app.clock.advance(31 * 60_000);
       hsm.keys.create("created-after-backup");
-      outcomes.fullRestore = await restore("a full restore", { backupId: good.id });
+      outcomes.fullRestore = await restore("a full restore", { backupId: good.id, confirm: good.hsmName });
 
       hsm.keys.delete("tokens-ec");
       hsm.keys.purge("tokens-ec");

@@ -5,9 +5,9 @@
  */
 import { AzureCliCredential } from "@azure/identity";
 import { afterEach, describe, expect, it } from "vitest";
-import { health } from "../../src/functions/health.js";
-import { nightlyBackup } from "../../src/functions/nightlyBackup.js";
-import { getRestore, postRestore } from "../../src/functions/restores.js";
+import { health } from "../../src/handlers/health.js";
+import { nightlyBackup } from "../../src/handlers/nightlyBackup.js";
+import { getRestore, postRestore } from "../../src/handlers/restores.js";
 import { parseConfig } from "../../src/lib/config.js";
 import { createDeps } from "../../src/lib/deps.js";
 import { NOT_SENT_TITLE } from "../../src/lib/restore.js";

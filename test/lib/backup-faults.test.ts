@@ -3,8 +3,8 @@
  * emulators with injected faults, real Azurite, the real handlers.
  */
 import { afterEach, describe, expect, it } from "vitest";
-import { getBackup } from "../../src/functions/backups.js";
-import { nightlyBackup } from "../../src/functions/nightlyBackup.js";
+import { getBackup } from "../../src/handlers/backups.js";
+import { nightlyBackup } from "../../src/handlers/nightlyBackup.js";
 import { backupAll } from "../../src/lib/backup.js";
 import { Catalog } from "../../src/lib/catalog.js";
 import { safeLogger } from "../../src/lib/logger.js";

@@ -4,8 +4,8 @@
  * them. Real Azurite, the HSM emulator (with its pre-restore check) and fault proxies.
  */
 import { afterEach, describe, expect, it } from "vitest";
-import { nightlyBackup } from "../../src/functions/nightlyBackup.js";
-import { reconcileTimer } from "../../src/functions/reconcile.js";
+import { nightlyBackup } from "../../src/handlers/nightlyBackup.js";
+import { reconcileTimer } from "../../src/handlers/reconcile.js";
 import { Catalog, type BackupRecord } from "../../src/lib/catalog.js";
 import { safeLogger } from "../../src/lib/logger.js";
 import { reconcile } from "../../src/lib/reconcile.js";

@@ -5,9 +5,9 @@
  * proxies; the app's own code throughout.
  */
 import { afterEach, describe, expect, it } from "vitest";
-import { getBackup } from "../../src/functions/backups.js";
-import { nightlyBackup } from "../../src/functions/nightlyBackup.js";
-import { postRestore } from "../../src/functions/restores.js";
+import { getBackup } from "../../src/handlers/backups.js";
+import { nightlyBackup } from "../../src/handlers/nightlyBackup.js";
+import { postRestore } from "../../src/handlers/restores.js";
 import { backupAll } from "../../src/lib/backup.js";
 import { Catalog, type BackupRecord } from "../../src/lib/catalog.js";
 import { safeLogger } from "../../src/lib/logger.js";

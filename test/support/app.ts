@@ -13,7 +13,7 @@ import { HttpRequest, InvocationContext, type HttpResponseInit, type Timer } fro
 import { DefaultAzureCredential } from "@azure/identity";
 import { KeyClient } from "@azure/keyvault-keys";
 import { expect, inject } from "vitest";
-import { getRestore } from "../../src/functions/restores.js";
+import { getRestore } from "../../src/handlers/restores.js";
 import { parseConfig, type Env } from "../../src/lib/config.js";
 import { createDeps, type AppDeps, type DepsOptions } from "../../src/lib/deps.js";
 import { startHsmEmulator, type HsmEmulator, type HsmEmulatorOptions, type RecordedRequest } from "../../tools/hsm-emulator/index.js";

@@ -7,7 +7,7 @@ import { describe, expect, it } from "vitest";
 import { runDemo } from "../../tools/demo.js";
 
 describe("the demo", () => {
-  it("backs up, is refused a too-early full restore, restores the lost key over HTTPS, and puts the environment back", async () => {
+  it("backs up, is refused an unconfirmed and then a too-early full restore, restores the lost key over HTTPS, and puts the environment back", async () => {
     const before = { ...process.env };
     const lines: string[] = [];
     await runDemo((line) => lines.push(line));
@@ -16,6 +16,7 @@ describe("the demo", () => {
     expect(text).toMatch(/Managed HSM emulator https:\/\/demohsm\.managedhsm\.azure\.net \(listening at https:\/\/127\.0\.0\.1:\d+/);
     expect(text).toMatch(/^ {3}https:\/\/demohsm\.managedhsm\.azure\.net\/keys\/payments-signing\/[0-9a-f]{32}$/m);
     expect(text).toMatch(/^ {3}\d{13}-[0-9a-f]{8} {2}demohsm {2}Succeeded .*\/mhsm-demohsm-\d{16}$/m);
+    expect(text).toMatch(/HTTP 400\n {3}Full restore not confirmed: .*"confirm": "demohsm"/);
     expect(text).toMatch(/HTTP 409\n {3}Backup too recent for a full restore/);
     expect(text).toMatch(/Succeeded: Number of successful key versions restored: 1, Number of key versions could not overwrite: 0/);
     expect(text).toMatch(/key present: true {2}\(https:\/\/demohsm\.managedhsm\.azure\.net\/keys\/customer-data-wrap\/[0-9a-f]{32}\)/);

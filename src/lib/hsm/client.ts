@@ -2,10 +2,18 @@
  * A small Managed HSM full backup / restore client over the documented data-plane REST API, because
  * @azure/keyvault-admin is not served by the registry this project can reach. Its surface follows
  * keyvault-admin's KeyVaultBackupClient (beginBackup, beginRestore, beginSelectiveKeyRestore,
- * beginPreBackup, beginPreRestore, each with a SAS or managed-identity overload) so the official
- * package can replace it in this one file where it is available. Wire facts and their sources:
- * shared/docs/managed-hsm-backup-api.md.
+ * beginPreBackup, beginPreRestore, each with a SAS or managed-identity overload). The operations do
+ * not depend on this class but on HsmBackupOperations (types.ts), which it implements; where the
+ * official package is available, its client can take this one's place through the small adapter
+ * shown in test/lib/hsm/keyvault-admin-adapter.test.ts (errors mapped, jobs resumed from their id),
+ * changing only deps.ts. Wire facts and their sources: shared/docs/managed-hsm-backup-api.md.
+ *
+ * Logging is the Azure SDK's: `AZURE_LOG_LEVEL=info` (or verbose) shows every call under the
+ * "mhsm-backup" logger, with the Key Vault correlation headers allowed and everything else
+ * (Authorization, any query parameter but api-version) redacted by core-rest-pipeline. The SAS
+ * travels in the request body, which the logging policy never logs.
  */
+import { setTimeout as sleepFor } from "node:timers/promises";
 import type { TokenCredential } from "@azure/core-auth";
 import {
   createDefaultHttpClient,
@@ -18,11 +26,13 @@ import {
   type TlsSettings,
 } from "@azure/core-rest-pipeline";
 import { keyVaultAuthenticationPolicy } from "@azure/keyvault-common";
+import { createClientLogger } from "@azure/logger";
 import { isLoopback } from "../config.js";
+import { requestIdsOf, type RequestIds } from "../correlation.js";
 import { redactSecrets } from "../redact.js";
 import { HsmInvalidResponseError, HsmJobFailedError, HsmRequestError, HsmStatusUnavailableError, type Delivery } from "./errors.js";
 import { HsmOperationPoller, parseOperation } from "./poller.js";
-import { JOB_ID, type Delay, type HsmOperationState, type OperationKind } from "./types.js";
+import { JOB_ID, type BeginOptions, type Delay, type HsmBackupOperations, type HsmOperationState, type OperationKind } from "./types.js";
 
 export const DEFAULT_HSM_API_VERSION = "7.6";
 
@@ -49,14 +59,7 @@ export interface ManagedHsmBackupClientOptions {
   readonly now?: () => Date;
 }
 
-export interface BeginOptions {
-  readonly abortSignal?: AbortSignal;
-  /**
-   * Attempts for a start call the HSM throttles (429/503); default maxStartAttempts. An HTTP handler
-   * passes 1: it answers the person at once rather than sleeping.
-   */
-  readonly maxAttempts?: number;
-}
+export type { BeginOptions } from "./types.js";
 
 /** Node error codes raised before a connection exists: a request that met one never reached the HSM. */
 const NOT_CONNECTED = new Set([
@@ -72,21 +75,25 @@ interface SasTokenParameter {
   useManagedIdentity?: boolean;
 }
 
+/** The client's logger: AZURE_LOG_LEVEL (or setLogLevel from @azure/logger) turns it on. */
+export const logger = createClientLogger("mhsm-backup");
+
+/**
+ * Headers worth seeing in a wire log: the Key Vault correlation and routing headers a support case
+ * asks for, and where a job can be followed. core-rest-pipeline allows the standard ones already.
+ */
+const LOGGED_HEADERS = [
+  "x-ms-keyvault-region", "x-ms-keyvault-service-version", "x-ms-keyvault-network-info", "x-ms-request-id",
+  "x-ms-client-request-id", "Azure-AsyncOperation", "Retry-After", "WWW-Authenticate",
+];
+
+/** An abortable wait that rejects with the caller's abort reason, as every other wait of this client does. */
 const sleep: Delay = (ms, signal) =>
-  new Promise((resolve, reject) => {
-    if (signal?.aborted) return reject(signal.reason);
-    const onAbort = () => {
-      clearTimeout(timer);
-      reject(signal?.reason);
-    };
-    const timer = setTimeout(() => {
-      signal?.removeEventListener("abort", onAbort);
-      resolve();
-    }, ms);
-    signal?.addEventListener("abort", onAbort, { once: true });
+  sleepFor(ms, undefined, signal ? { signal } : {}).catch((error: unknown) => {
+    throw signal?.aborted ? signal.reason : error;
   });
 
-export class ManagedHsmBackupClient {
+export class ManagedHsmBackupClient implements HsmBackupOperations {
   /** The HSM's origin, e.g. https://contoso.managedhsm.azure.net */
   readonly vaultUrl: string;
   readonly serviceVersion: string;
@@ -139,6 +146,7 @@ export class ManagedHsmBackupClient {
     this.pipeline = createPipelineFromOptions({
       retryOptions: { maxRetries: 0 },
       userAgentOptions: { userAgentPrefix: "mhsm-backup-functions" },
+      loggingOptions: { logger: logger.info, additionalAllowedHeaderNames: LOGGED_HEADERS, additionalAllowedQueryParameters: ["api-version"] },
       ...(options.tlsOptions ? { tlsOptions: options.tlsOptions } : {}),
     });
     // The challenge resource check stops a token being sent to a host that claims another
@@ -210,7 +218,7 @@ export class ManagedHsmBackupClient {
    */
   async getOperationStatus(kind: OperationKind, jobId: string, options: BeginOptions = {}): Promise<HsmOperationState> {
     assertJobId(jobId);
-    const { retryAfterMs: _ignored, ...state } = await this.readStatus(kind, this.statusUrl(kind, jobId), options.abortSignal, 1);
+    const { retryAfterMs: _wait, requestIds: _ids, ...state } = await this.readStatus(kind, this.statusUrl(kind, jobId), options.abortSignal, 1);
     return state;
   }
 
@@ -227,7 +235,7 @@ export class ManagedHsmBackupClient {
         }
         // The request may or may not have reached the HSM: replaying it could start a second job.
         throw new HsmRequestError(`${kind} start`, this.vaultUrl, undefined, undefined,
-          `the call failed before an answer arrived (${sent.problem}); it was not retried, because the HSM may have started the job. Check the HSM's status before starting again`, "unanswered");
+          `the call failed before an answer arrived (${sent.problem}); it was not retried, because the HSM may have started the job. Check the HSM's status before starting again`, "unanswered", sent.ids);
       }
       const response = sent.response;
       if (response.status === 202 || response.status === 200) {
@@ -257,13 +265,13 @@ export class ManagedHsmBackupClient {
     } catch (error) {
       if (!fromHeader) {
         throw new HsmInvalidResponseError(`${kind} start`, this.vaultUrl,
-          `HTTP ${response.status} accepted the call, but ${error instanceof HsmInvalidResponseError ? error.problem : messageOf(error)}, and no usable Azure-AsyncOperation header names the job: a job may be running that cannot be followed`);
+          `HTTP ${response.status} accepted the call, but ${error instanceof HsmInvalidResponseError ? error.problem : messageOf(error)}, and no usable Azure-AsyncOperation header names the job: a job may be running that cannot be followed`, requestIdsOf(response));
       }
       return { state: { kind, jobId: fromHeader.jobId, status: "InProgress" }, statusUrl: fromHeader.url };
     }
     if (fromHeader && fromHeader.jobId !== state.jobId) {
       throw new HsmInvalidResponseError(`${kind} start`, this.vaultUrl,
-        `HTTP ${response.status} accepted the call, but the body names job ${state.jobId} and Azure-AsyncOperation job ${fromHeader.jobId}: a job may be running that cannot be followed`);
+        `HTTP ${response.status} accepted the call, but the body names job ${state.jobId} and Azure-AsyncOperation job ${fromHeader.jobId}: a job may be running that cannot be followed`, requestIdsOf(response));
     }
     return { state, statusUrl: fromHeader?.url ?? this.statusUrl(kind, state.jobId) };
   }
@@ -284,17 +292,25 @@ export class ManagedHsmBackupClient {
    * about the job, only about our access to its status. 3xx, 408, 429, 5xx and no answer are retried;
    * after that the job's fate is unknown, which is not the same as failed: HsmStatusUnavailableError.
    */
-  private async readStatus(kind: OperationKind, url: string, signal?: AbortSignal, attempts = this.maxStatusAttempts): Promise<HsmOperationState & { retryAfterMs?: number }> {
+  private async readStatus(kind: OperationKind, url: string, signal?: AbortSignal, attempts = this.maxStatusAttempts): Promise<StatusRead> {
     const jobId = jobIdFromStatusUrl(url);
     let lastProblem = "";
+    let lastIds: RequestIds = {};
     for (let attempt = 1; attempt <= attempts; attempt++) {
       const sent = await this.trySend("GET", url, undefined, signal);
       let wait: number | undefined;
       if ("response" in sent) {
         const response = sent.response;
+        lastIds = requestIdsOf(response);
         if (response.status === 200) {
           const retryAfter = this.retryAfterMs(response);
-          return { ...parseOperation(kind, response.bodyAsText, this.vaultUrl, jobId), ...(retryAfter !== undefined ? { retryAfterMs: retryAfter } : {}) };
+          let state: HsmOperationState;
+          try {
+            state = parseOperation(kind, response.bodyAsText, this.vaultUrl, jobId);
+          } catch (error) {
+            throw error instanceof HsmInvalidResponseError ? error.withIds(lastIds) : error;
+          }
+          return { ...state, requestIds: lastIds, ...(retryAfter !== undefined ? { retryAfterMs: retryAfter } : {}) };
         }
         if (response.status === 401 || response.status === 403) {
           throw HsmRequestError.fromResponse(`${kind} status`, this.vaultUrl, response);
@@ -307,10 +323,11 @@ export class ManagedHsmBackupClient {
         wait = this.retryAfterMs(response);
       } else {
         lastProblem = sent.problem;
+        lastIds = sent.ids;
       }
       if (attempt < attempts) await this.delay(Math.min(wait ?? 1000 * 2 ** attempt, this.maxPollIntervalMs), signal);
     }
-    throw new HsmStatusUnavailableError(kind, this.vaultUrl, jobId, lastProblem, attempts);
+    throw new HsmStatusUnavailableError(kind, this.vaultUrl, jobId, lastProblem, attempts, lastIds);
   }
 
   /**
@@ -319,7 +336,7 @@ export class ManagedHsmBackupClient {
    * transport, or that failed before a connection existed, was not sent.
    * @throws the caller's abort reason when the caller aborted.
    */
-  private async trySend(method: "GET" | "POST" | "PUT", url: string, body: string | undefined, callerSignal?: AbortSignal): Promise<{ response: PipelineResponse } | { delivery: Exclude<Delivery, "answered">; problem: string }> {
+  private async trySend(method: "GET" | "POST" | "PUT", url: string, body: string | undefined, callerSignal?: AbortSignal): Promise<{ response: PipelineResponse } | { delivery: Exclude<Delivery, "answered">; problem: string; ids: RequestIds }> {
     const timeout = AbortSignal.timeout(this.requestTimeoutMs);
     const abortSignal = callerSignal ? AbortSignal.any([callerSignal, timeout]) : timeout;
     const headers = createHttpHeaders({ Accept: "application/json" });
@@ -332,7 +349,8 @@ export class ManagedHsmBackupClient {
       const problem = timeout.aborted ? `no answer within ${this.requestTimeoutMs / 1000} s` : sendProblem(error);
       const code = errorCode(error);
       const sent = this.authorizedSends.has(request) && !(code !== undefined && NOT_CONNECTED.has(code));
-      return { delivery: sent ? "unanswered" : "notSent", problem };
+      // A call that may have reached the HSM can be looked up by the id it carried; one never sent cannot.
+      return { delivery: sent ? "unanswered" : "notSent", problem, ids: sent ? requestIdsOf(undefined, request) : {} };
     }
   }
 
@@ -369,6 +387,9 @@ export class ManagedHsmBackupClient {
     return `${this.vaultUrl}/${family}/${jobId}/pending?api-version=${encodeURIComponent(this.serviceVersion)}`;
   }
 }
+
+/** One status read: the state, the wait the HSM asked for, and the ids of the exchange. */
+type StatusRead = HsmOperationState & { retryAfterMs?: number; requestIds?: RequestIds };
 
 function overload(sasOrOptions: string | BeginOptions | undefined, maybeOptions: BeginOptions | undefined): [string | undefined, BeginOptions] {
   return typeof sasOrOptions === "string" ? [sasOrOptions, maybeOptions ?? {}] : [undefined, sasOrOptions ?? {}];

@@ -1,4 +1,5 @@
 import type { PipelineResponse } from "@azure/core-rest-pipeline";
+import { requestIdsOf, requestIdsSuffix, type RequestIds } from "../correlation.js";
 import { redactSecrets } from "../redact.js";
 import type { HsmOperationState, OperationKind } from "./types.js";
 
@@ -12,6 +13,10 @@ export type Delivery = "notSent" | "unanswered" | "answered";
 /** The HSM answered a call with an unexpected HTTP status, or the call got no answer. */
 export class HsmRequestError extends Error {
   readonly delivery: Delivery;
+  /** The HSM's x-ms-request-id, when it answered. */
+  readonly requestId: string | undefined;
+  /** The x-ms-client-request-id the app sent, when the call got as far as the pipeline. */
+  readonly clientRequestId: string | undefined;
   constructor(
     readonly operation: string,
     readonly vaultUrl: string,
@@ -19,10 +24,13 @@ export class HsmRequestError extends Error {
     readonly code: string | undefined,
     readonly serviceMessage: string,
     delivery?: Delivery,
+    ids: RequestIds = {},
   ) {
-    super(redactSecrets(`Managed HSM ${vaultUrl} ${operation}: ${statusCode !== undefined ? `HTTP ${statusCode}${code ? ` ${code}` : ""}: ` : ""}${serviceMessage}`));
+    super(redactSecrets(`Managed HSM ${vaultUrl} ${operation}: ${statusCode !== undefined ? `HTTP ${statusCode}${code ? ` ${code}` : ""}: ` : ""}${serviceMessage}${requestIdsSuffix(ids)}`));
     this.name = "HsmRequestError";
     this.delivery = delivery ?? (statusCode === undefined ? "unanswered" : "answered");
+    this.requestId = ids.requestId;
+    this.clientRequestId = ids.clientRequestId;
   }
 
   /** The call may have reached the HSM, but no answer arrived: the HSM may or may not have acted on it. */
@@ -53,7 +61,7 @@ export class HsmRequestError extends Error {
         : response.status >= 300 && response.status < 400
           ? `an unexpected redirect${response.headers.get("location") ? " to another location" : ""}, not followed`
           : "no error details in the answer";
-    return new HsmRequestError(operation, vaultUrl, response.status, code, message ?? fallback);
+    return new HsmRequestError(operation, vaultUrl, response.status, code, message ?? fallback, "answered", requestIdsOf(response));
   }
 }
 
@@ -64,13 +72,23 @@ export class HsmRequestError extends Error {
  */
 export class HsmInvalidResponseError extends Error {
   readonly code = "InvalidServiceResponse";
+  readonly requestId: string | undefined;
+  readonly clientRequestId: string | undefined;
   constructor(
     readonly operation: string,
     readonly vaultUrl: string,
     readonly problem: string,
+    ids: RequestIds = {},
   ) {
-    super(redactSecrets(`Managed HSM ${vaultUrl} ${operation}: invalid answer: ${problem}`));
+    super(redactSecrets(`Managed HSM ${vaultUrl} ${operation}: invalid answer: ${problem}${requestIdsSuffix(ids)}`));
     this.name = "HsmInvalidResponseError";
+    this.requestId = ids.requestId;
+    this.clientRequestId = ids.clientRequestId;
+  }
+
+  /** The same error, naming the exchange it came from (parseOperation does not see the headers). */
+  withIds(ids: RequestIds): HsmInvalidResponseError {
+    return this.requestId || this.clientRequestId ? this : new HsmInvalidResponseError(this.operation, this.vaultUrl, this.problem, ids);
   }
 }
 
@@ -81,11 +99,15 @@ export class HsmJobFailedError extends Error {
   readonly status: "Failed" | "Canceled";
   /** The job's final state when the service reported one (absent when a status read failed terminally). */
   readonly state: HsmOperationState | undefined;
+  /** x-ms-request-id of the status read that reported the failure, when known. */
+  readonly requestId: string | undefined;
+  readonly clientRequestId: string | undefined;
   constructor(
     readonly kind: OperationKind,
     readonly vaultUrl: string,
     readonly jobId: string,
     cause: HsmRequestError | HsmOperationState,
+    readIds: RequestIds = {},
   ) {
     const fromRequest = cause instanceof HsmRequestError;
     const code = fromRequest ? cause.code : cause.error?.code;
@@ -94,7 +116,10 @@ export class HsmJobFailedError extends Error {
       ? cause.serviceMessage
       : [...new Set([cause.error?.message, cause.statusDetails].filter((s): s is string => !!s))].join("; ") || "no details given";
     const status = fromRequest ? `status read failed with HTTP ${cause.statusCode}` : `ended ${cause.status}`;
-    super(redactSecrets(`Managed HSM ${vaultUrl} ${kind} job ${jobId} ${status}${code ? ` (${code})` : ""}: ${details}`));
+    const ids: RequestIds = fromRequest ? { ...(cause.requestId ? { requestId: cause.requestId } : {}), ...(cause.clientRequestId ? { clientRequestId: cause.clientRequestId } : {}) } : readIds;
+    super(redactSecrets(`Managed HSM ${vaultUrl} ${kind} job ${jobId} ${status}${code ? ` (${code})` : ""}: ${details}${requestIdsSuffix(ids)}`));
+    this.requestId = ids.requestId;
+    this.clientRequestId = ids.clientRequestId;
     this.name = "HsmJobFailedError";
     this.code = code ?? (fromRequest ? `HTTP${cause.statusCode}` : cause.status);
     this.serviceMessage = redactSecrets(details);
@@ -105,15 +130,21 @@ export class HsmJobFailedError extends Error {
 
 /** Status reads kept failing transiently: the job's outcome is unknown (it may still be running). */
 export class HsmStatusUnavailableError extends Error {
+  /** Of the last read, when it got an answer (or at least a client request id). */
+  readonly requestId: string | undefined;
+  readonly clientRequestId: string | undefined;
   constructor(
     readonly kind: OperationKind,
     readonly vaultUrl: string,
     readonly jobId: string,
     readonly lastProblem: string,
     attempts: number,
+    ids: RequestIds = {},
   ) {
-    super(redactSecrets(`Managed HSM ${vaultUrl} ${kind} job ${jobId}: status unavailable after ${attempts} attempt(s) (last: ${lastProblem}); the job may still be running`));
+    super(redactSecrets(`Managed HSM ${vaultUrl} ${kind} job ${jobId}: status unavailable after ${attempts} attempt(s) (last: ${lastProblem}${requestIdsSuffix(ids)}); the job may still be running`));
     this.name = "HsmStatusUnavailableError";
+    this.requestId = ids.requestId;
+    this.clientRequestId = ids.clientRequestId;
   }
 }
 

@@ -1,10 +1,11 @@
 import { HsmInvalidResponseError, HsmJobFailedError, HsmStatusUnavailableError, HsmWaitDeadlineError } from "./errors.js";
-import { JOB_ID, type Delay, type HsmOperationState, type OperationKind, type OperationStatus } from "./types.js";
+import type { RequestIds } from "../correlation.js";
+import { JOB_ID, type Delay, type HsmOperation, type HsmOperationState, type OperationKind, type OperationStatus, type PollUntilDoneOptions } from "./types.js";
 
-export type { Delay, HsmOperationState, OperationKind, OperationStatus } from "./types.js";
+export type { Delay, HsmOperationState, OperationKind, OperationStatus, PollUntilDoneOptions } from "./types.js";
 
 interface PollDeps {
-  readStatus(kind: OperationKind, url: string, signal?: AbortSignal): Promise<HsmOperationState & { retryAfterMs?: number }>;
+  readStatus(kind: OperationKind, url: string, signal?: AbortSignal): Promise<HsmOperationState & { retryAfterMs?: number; requestIds?: RequestIds }>;
   readonly delay: Delay;
   readonly defaultPollIntervalMs: number;
   /** Upper bound of any wait between reads, whatever Retry-After says. */
@@ -12,25 +13,17 @@ interface PollDeps {
   readonly now: () => Date;
 }
 
-export interface PollUntilDoneOptions {
-  readonly abortSignal?: AbortSignal;
-  /** Called after every status read, e.g. to show progress. */
-  readonly onProgress?: (state: HsmOperationState) => void;
-  /**
-   * When to stop waiting. Status reads that fail or answer nonsense do not end the wait before it:
-   * the job may still be running, and a later read may tell. Default: wait without a deadline.
-   */
-  readonly deadline?: Date;
-}
 
 /**
  * Waits for one backup or restore job. Polling follows Retry-After when the service sends it (the
  * 202 carried 0 or 10 s in recordings), capped, and a default interval otherwise. A job id is all it
  * needs, so a worker other than the one that started the job can finish the wait.
  */
-export class HsmOperationPoller {
+export class HsmOperationPoller implements HsmOperation {
   private state: HsmOperationState | undefined;
   private nextWaitMs: number | undefined;
+  /** Of the last status read: a job failure names the read that reported it. */
+  private lastIds: RequestIds = {};
 
   constructor(
     readonly kind: OperationKind,
@@ -54,8 +47,9 @@ export class HsmOperationPoller {
 
   /** Reads the status once. */
   async poll(options: { abortSignal?: AbortSignal } = {}): Promise<HsmOperationState> {
-    const { retryAfterMs, ...state } = await this.deps.readStatus(this.kind, this.statusUrl, options.abortSignal);
+    const { retryAfterMs, requestIds, ...state } = await this.deps.readStatus(this.kind, this.statusUrl, options.abortSignal);
     this.state = state;
+    this.lastIds = requestIds ?? {};
     this.nextWaitMs = retryAfterMs;
     return state;
   }
@@ -91,7 +85,7 @@ export class HsmOperationPoller {
     }
     const final = this.state!;
     if (final.status !== "Succeeded") {
-      throw new HsmJobFailedError(this.kind, new URL(this.statusUrl).origin, final.jobId, final);
+      throw new HsmJobFailedError(this.kind, new URL(this.statusUrl).origin, final.jobId, final, this.lastIds);
     }
     return final;
   }
