@@ -14,6 +14,11 @@ export interface AzuriteOptions {
   readonly ports?: { readonly blob: number; readonly queue: number; readonly table: number };
   /** Milliseconds to wait for all three services to listen. */
   readonly startTimeoutMs?: number;
+  /**
+   * Keep the data in this folder (Azurite's LokiJS files) instead of in memory, e.g. to start on data
+   * written there beforehand; Azurite saves it when stopped.
+   */
+  readonly location?: string;
 }
 
 export interface Azurite {
@@ -35,8 +40,7 @@ export async function startAzurite(options: AzuriteOptions = {}): Promise<Azurit
   const args = [
     entry,
     "--silent",
-    "--inMemoryPersistence",
-    "--extentMemoryLimit", "256",
+    ...(options.location ? ["--location", options.location] : ["--inMemoryPersistence", "--extentMemoryLimit", "256"]),
     // storage-blob 12.32 sends an x-ms-version newer than Azurite 3.35 knows.
     "--skipApiVersionCheck",
     // Without it Azurite tries to reach the internet.

@@ -8,7 +8,9 @@
  * passed in is the transport that connects that name to the emulator's loopback port and trusts the
  * demo's throwaway CA. Keys are handled with the official KeyClient, as an operator would.
  */
-import { pathToFileURL } from "node:url";
+import { readdir, readFile } from "node:fs/promises";
+import { dirname, join } from "node:path";
+import { fileURLToPath, pathToFileURL } from "node:url";
 import functions from "@azure/functions";
 import type { HttpResponseInit } from "@azure/functions";
 import { DefaultAzureCredential } from "@azure/identity";
@@ -20,6 +22,7 @@ import { startHsmEmulator } from "./hsm-emulator/index.js";
 import { applyIdentityEnv, startIdentityEndpoint } from "./identity-endpoint.js";
 import { deleteAndPurge, liveKeyId } from "./key-client.js";
 import { HSM_DOMAIN, hsmRealNames } from "./loopback-transport.js";
+import { runProbe } from "./registration-probe.js";
 import { createTestCa } from "./tls.js";
 
 const { HttpRequest, InvocationContext } = functions;
@@ -142,9 +145,26 @@ export async function runDemo(print: Print = console.log): Promise<void> {
   }
 }
 
+/**
+ * `npm run demo` first loads the deployable bundle (package.json main) in a fresh process the way the
+ * Functions host does and shows what registers; the steps above then run the handlers from the
+ * compiled sources, because they are handed the HSM transport, which the bundle's handlers (built
+ * from the app settings alone) have no way to receive.
+ */
+async function showBundle(print: Print = console.log): Promise<void> {
+  const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
+  const main = (JSON.parse(await readFile(join(root, "package.json"), "utf8")) as { main: string }).main;
+  const dir = join(root, dirname(main));
+  const entries = (await readdir(dir)).filter((f) => f.endsWith(".js")).sort().map((f) => join(dir, f));
+  const result = await runProbe(join(root, "dist", "tools", "registration-probe.js"), entries, process.env);
+  print(`\n== The deployable bundle, loaded as the Functions host loads it: ${main}`);
+  print(`   ${result.registrations.map((r) => `${r.name} (${r.trigger})`).join(", ")}; registered in ${result.importMs.toFixed(0)} ms`);
+  if (result.registrations.length === 0) throw new Error(`The bundle ${main} registered no function`);
+}
+
 // `npm run demo` runs this file; a test imports runDemo instead.
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  runDemo().then(
+  showBundle().then(() => runDemo()).then(
     () => process.exit(0),
     (error: unknown) => {
       console.error(`\nDemo failed: ${error instanceof Error ? error.stack ?? error.message : String(error)}`);

@@ -1,5 +1,5 @@
 import { checkHealth } from "../lib/health.js";
-import { json, route } from "../lib/http.js";
+import { json, route } from "../lib/handler.js";
 
 /**
  * GET /api/health — 200 when every HSM has a recent successful backup, 503 naming the stale ones.

@@ -1,7 +1,7 @@
 import type { InvocationContext, Timer } from "@azure/functions";
-import { backupAll, failureSummary } from "../lib/backup.js";
 import { FUNCTION_TIMEOUT_MS, RUN_MARGIN_MS } from "../lib/config.js";
-import { getDeps, type AppDeps } from "../lib/deps.js";
+import type { AppDeps } from "../lib/deps.js";
+import { appDeps } from "../lib/handler.js";
 import { safeLogger } from "../lib/logger.js";
 import { latestOccurrence, parseSchedule } from "../lib/schedule.js";
 
@@ -10,14 +10,16 @@ import { latestOccurrence, parseSchedule } from "../lib/schedule.js";
  * backup shows as a failed run in the portal, not as a quiet log line. It stops waiting RUN_MARGIN_MS
  * before the function timeout; a job still running then is settled by the reconcile timer.
  */
-export async function nightlyBackup(timer: Timer, context: InvocationContext, deps: AppDeps = getDeps()): Promise<void> {
+export async function nightlyBackup(timer: Timer, context: InvocationContext, deps?: AppDeps): Promise<void> {
+  const { backupAll, failureSummary } = await import("../lib/backup.js");
   const log = safeLogger(context);
   if (timer.isPastDue) log.warn("The backup timer is past due: this run catches up a missed schedule.");
-  const now = deps.now();
+  const app = deps ?? await appDeps();
+  const now = app.now();
   const runDeadline = new Date(now.getTime() + FUNCTION_TIMEOUT_MS - RUN_MARGIN_MS);
   // The slot this invocation belongs to: a catch-up after downtime backs up once, for the latest slot.
-  const slot = latestOccurrence(parseSchedule(deps.config.backupSchedule), now);
-  const results = await backupAll(deps, log, { trigger: "timer", runDeadline, ...(slot ? { slot } : {}) });
+  const slot = latestOccurrence(parseSchedule(app.config.backupSchedule), now);
+  const results = await backupAll(app, log, { trigger: "timer", runDeadline, ...(slot ? { slot } : {}) });
   const pending = results.filter((r) => r.outcome === "Pending");
   if (pending.length > 0) log.warn(`Still running when this run stopped waiting (reconcile records the outcome): ${pending.map((r) => `${r.hsm} job ${r.jobId}`).join(", ")}`);
   const failure = failureSummary(results);

@@ -1,4 +1,4 @@
-import type { TokenCredential } from "@azure/core-auth";
+import type { AccessToken, GetTokenOptions, TokenCredential } from "@azure/core-auth";
 import { DefaultAzureCredential } from "@azure/identity";
 import { Catalog } from "./catalog.js";
 import { parseConfig, type AppConfig, type HsmTarget } from "./config.js";
@@ -36,7 +36,7 @@ export interface DepsOptions {
  */
 export function createDeps(config: AppConfig, options: DepsOptions = {}): AppDeps {
   const clientId = config.storage.kind === "identity" ? config.storage.clientId : undefined;
-  const credential = options.credential ?? new DefaultAzureCredential(clientId ? { managedIdentityClientId: clientId } : {});
+  const credential = shareTokenRequests(options.credential ?? new DefaultAzureCredential(clientId ? { managedIdentityClientId: clientId } : {}));
   const storage = createBackupStorage(config.storage, credential, { requestTimeoutMs: config.requestTimeoutMs, ...options.storageOptions });
   const catalog = new Catalog(storage.table(config.catalogTable));
   const clients = new Map<string, ManagedHsmBackupClient>();
@@ -78,6 +78,35 @@ export function createDeps(config: AppConfig, options: DepsOptions = {}): AppDep
     },
     now: options.now ?? (() => new Date()),
     persistDelaysMs: options.persistDelaysMs ?? [500, 1000, 2000, 4000],
+  };
+}
+
+/**
+ * Concurrent requests for the same token become one: a run's first calls (the catalog table and the
+ * backup container at once, then every HSM) would otherwise each fetch a token before the first one
+ * is cached — `npm run bench` counted two storage tokens per run. Once a token is issued, the
+ * credential's own cache answers. Each caller keeps its own abort signal.
+ */
+export function shareTokenRequests(credential: TokenCredential): TokenCredential {
+  const pending = new Map<string, Promise<AccessToken | null>>();
+  return {
+    getToken(scopes: string | string[], options: GetTokenOptions = {}) {
+      const { abortSignal, ...shared } = options;
+      const key = JSON.stringify([scopes, shared.tenantId ?? null, shared.claims ?? null, shared.enableCae ?? null]);
+      let request = pending.get(key);
+      if (!request) {
+        request = credential.getToken(scopes, shared).finally(() => pending.delete(key));
+        pending.set(key, request);
+      }
+      if (!abortSignal) return request;
+      const aborted = () => Object.assign(new Error("The token request was aborted."), { name: "AbortError" });
+      if (abortSignal.aborted) return Promise.reject(aborted());
+      return new Promise<AccessToken | null>((resolve, reject) => {
+        const abort = () => reject(aborted());
+        abortSignal.addEventListener("abort", abort, { once: true });
+        request.then(resolve, reject).finally(() => abortSignal.removeEventListener("abort", abort));
+      });
+    },
   };
 }
 

@@ -1,10 +1,11 @@
-import type { HttpRequest, HttpResponseInit, InvocationContext } from "@azure/functions";
+/**
+ * Reading HTTP requests: record ids, listing queries and restore bodies, checked before anything is
+ * asked of storage or an HSM. Handlers import it on first use (it pulls in the catalog); the route
+ * wrapper and JSON answers live in handler.ts, which registration loads.
+ */
+import type { HttpRequest } from "@azure/functions";
 import { RECORD_ID, type ListQuery } from "./catalog.js";
-import { ConfigError } from "./config.js";
-import { getDeps, type AppDeps } from "./deps.js";
-import { safeLogger } from "./logger.js";
-import { ProblemError, problemResponse } from "./problem.js";
-import { toSafeError } from "./redact.js";
+import { ProblemError } from "./problem.js";
 import type { RestoreRequest } from "./restore.js";
 import { checkKeyName, checkRecordId, describe, InvalidInput, parseListQuery, truncate } from "./validation.js";
 
@@ -21,41 +22,6 @@ export function requestedBy(request: HttpRequest): string {
 
 /** Restore requests are tiny; anything larger is not one. */
 export const MAX_BODY_BYTES = 4096;
-
-export type Handler = (request: HttpRequest, context: InvocationContext, deps?: AppDeps) => Promise<HttpResponseInit>;
-
-/**
- * Wraps a route: ProblemErrors become problem+json answers; anything else is a fault of ours or of a
- * dependency, logged in full (redacted) and answered 500 without internals. Dependencies come from
- * the app settings unless a test passes its own.
- */
-export function route(handler: (request: HttpRequest, context: InvocationContext, deps: AppDeps) => Promise<HttpResponseInit>): Handler {
-  return async (request, context, deps) => {
-    const instance = new URL(request.url).pathname;
-    try {
-      return await handler(request, context, deps ?? getDeps());
-    } catch (error) {
-      if (error instanceof ProblemError) {
-        if (error.status >= 500) safeLogger(context).error(`${request.method} ${instance}: ${error.message}`);
-        return problemResponse(error, instance);
-      }
-      const safe = toSafeError(error);
-      safeLogger(context).error(`${request.method} ${instance} failed: ${safe.name}: ${safe.message}`);
-      if (error instanceof ConfigError) {
-        // Names the setting and nothing of its value: /api/health is anonymous, and a value can be an
-        // internal host name. The function log has the whole message.
-        return problemResponse(new ProblemError(500, "Configuration error",
-          `App setting ${error.setting} is missing or malformed; the function log has the details under invocation ${context.invocationId}.`), instance);
-      }
-      return problemResponse(new ProblemError(500, "Internal error",
-        `The request could not be completed; the function log has the details under invocation ${context.invocationId}.`), instance);
-    }
-  };
-}
-
-export function json(status: number, body: unknown, headers: Record<string, string> = {}): HttpResponseInit {
-  return { status, jsonBody: body, headers: { "Content-Type": "application/json", ...headers } };
-}
 
 /** A record id from the route; malformed ids (quotes, OData, anything odd) are refused before any query. */
 export function recordId(request: HttpRequest, what: "backup" | "restore"): string {

@@ -8,6 +8,7 @@ import {
   SASProtocol,
   StorageSharedKeyCredential,
   type StoragePipelineOptions,
+  type UserDelegationKey,
 } from "@azure/storage-blob";
 import { ConfigError, isLoopback, type StorageConnection } from "./config.js";
 import { rememberSecret, toSafeError } from "./redact.js";
@@ -148,14 +149,37 @@ export function createBackupStorage(connection: StorageConnection, credential: T
     blobDeadlineMs);
   }
   const blobService = new BlobServiceClient(connection.blobServiceUri, credential, options);
+  const delegationKey = delegationKeys((startsOn, expiresOn) =>
+    signed.blobCall("getting a user-delegation key", (abortSignal) => blobService.getUserDelegationKey(startsOn, expiresOn, { abortSignal })));
   const signed = storage(blobService, (name) => new TableClient(connection.tableServiceUri, name, credential, tableOptions(connection.tableServiceUri)),
     async (container, permissions, startsOn, expiresOn) => {
-      // A delegation key lives no longer than the SAS it signs.
-      const key = await signed.blobCall("getting a user-delegation key", (abortSignal) => blobService.getUserDelegationKey(startsOn, expiresOn, { abortSignal }));
+      const key = await delegationKey(startsOn, expiresOn);
       return generateBlobSASQueryParameters(sasValues(blobService.url, container, permissions, startsOn, expiresOn), key, blobService.accountName).toString();
     },
     blobDeadlineMs);
   return signed;
+}
+
+/**
+ * One user-delegation key serves every SAS of a run instead of one request per HSM (issue 9): a key
+ * is asked for with twice the lifetime of the SAS that needs it, and reused (concurrent callers share
+ * the request in flight) for every later SAS that it covers from start to expiry; only then is a new
+ * one fetched. The key never leaves the process — the HSM gets the SAS, whose own expiry is unchanged
+ * — so the longer key lifetime widens nothing an HSM or a log could hold. A failed request is not kept.
+ */
+function delegationKeys(fetch: (startsOn: Date, expiresOn: Date) => Promise<UserDelegationKey>): (startsOn: Date, expiresOn: Date) => Promise<UserDelegationKey> {
+  let cached: { startsOn: Date; expiresOn: Date; key: Promise<UserDelegationKey> } | undefined;
+  return (startsOn, expiresOn) => {
+    if (!cached || startsOn < cached.startsOn || expiresOn > cached.expiresOn) {
+      const keyExpiresOn = new Date(expiresOn.getTime() + (expiresOn.getTime() - startsOn.getTime()));
+      const entry = { startsOn, expiresOn: keyExpiresOn, key: fetch(startsOn, keyExpiresOn) };
+      entry.key.catch(() => {
+        if (cached === entry) cached = undefined;
+      });
+      cached = entry;
+    }
+    return cached.key;
+  };
 }
 
 type Sign = (container: string, permissions: string, startsOn: Date, expiresOn: Date) => Promise<string>;

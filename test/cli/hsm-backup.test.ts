@@ -1,10 +1,10 @@
 /**
  * The operator CLI against the real local services (Azurite, the HSM emulator, the managed-identity
  * endpoint), called in-process through main() with captured streams, and once as a real child
- * process through the package's bin path (compiled by tsc in beforeAll into a temporary directory).
+ * process through the package's bin path (bundled as `npm run build` does, in beforeAll, into a temporary directory).
  */
 import { spawn } from "node:child_process";
-import { access, chmod, mkdir, mkdtemp, readFile, rm, symlink, writeFile } from "node:fs/promises";
+import { access, chmod, mkdir, mkdtemp, readFile, rm, symlink } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -12,6 +12,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { EXIT, USAGE, parseCommand, UsageError } from "../../src/cli/hsm-backup.js";
 import { listBackups } from "../../src/handlers/backups.js";
 import { listQuery, restoreRequest } from "../../src/lib/http.js";
+import { buildBundle } from "../../tools/build.js";
 import { deleteAndPurge, liveKeyId } from "../../tools/key-client.js";
 import { bodyOf, get, keyClient, postJson, startTestApp, type TestApp, type TestAppOptions } from "../support/app.js";
 import { cli, type Run } from "../support/cli.js";
@@ -358,25 +359,15 @@ describe("the hsm-backup bin as a child process", () => {
   let app: TestApp;
 
   beforeAll(async () => {
-    // Compiles only the CLI and what it imports, into a temporary tree laid out like dist/, so the
-    // run neither needs nor disturbs the project's own build.
+    // Bundles the app and the CLI exactly as `npm run build` does, into a temporary tree laid out
+    // like the project, so the run neither needs nor disturbs the project's own build.
     out = await mkdtemp(join(tmpdir(), "hsm-backup-cli-"));
-    await symlink(join(root, "node_modules"), join(out, "node_modules"), "dir");
-    await writeFile(join(out, "package.json"), JSON.stringify({ type: "module" }));
-    await writeFile(join(out, "tsconfig.json"), JSON.stringify({
-      extends: join(root, "tsconfig.json"),
-      compilerOptions: { rootDir: root, outDir: join(out, "dist"), sourceMap: false },
-      files: [join(root, "src/cli/hsm-backup.ts")],
-      include: [],
-    }));
-    const tsc = await exec(process.execPath, [join(root, "node_modules/typescript/bin/tsc"), "-p", join(out, "tsconfig.json")], process.env);
+    await buildBundle(join(out, "dist"));
     const pkg = JSON.parse(await readFile(join(root, "package.json"), "utf8")) as { bin?: Record<string, string> };
     const target = pkg.bin?.["hsm-backup"];
-    expect(target, "package.json bin.hsm-backup").toBe("dist/src/cli/hsm-backup.js");
+    expect(target, "package.json bin.hsm-backup").toBe("dist/cli/hsm-backup.js");
     const compiled = join(out, target!);
-    await access(compiled).catch(() => {
-      throw new Error(`tsc emitted no ${compiled} (exit ${tsc.code}):\n${tsc.stdout}${tsc.stderr}`);
-    });
+    await access(compiled);
     // What npm does for a bin: a symlink to the file, made executable; the shebang picks node.
     await chmod(compiled, 0o755);
     bin = join(out, "node_modules-bin", "hsm-backup");

@@ -3,6 +3,9 @@
  * tokens from the managed-identity endpoint through DefaultAzureCredential, a user-delegation SAS
  * for the HSM, and the catalog over OAuth — against Azurite in OAuth mode over HTTPS.
  */
+import { randomUUID } from "node:crypto";
+import { subscribe, unsubscribe } from "node:diagnostics_channel";
+import type { ClientRequest } from "node:http";
 import { InvocationContext } from "@azure/functions";
 import { DefaultAzureCredential } from "@azure/identity";
 import { KeyClient } from "@azure/keyvault-keys";
@@ -68,6 +71,44 @@ describe("identity-based storage with user-delegation SAS (Azurite OAuth over HT
     expect(params.get("skoid")).toBe(inject("identityPrincipalId"));
     expect([...params.get("sp")!].sort().join("")).toBe("cdrw");
     expect(params.get("sig")).toBeTruthy();
+  });
+
+  /** The requests the SDKs actually send while fn runs, observed at Node's http client. */
+  async function requestsDuring<T>(fn: () => Promise<T>): Promise<{ value: T; requests: ClientRequest[] }> {
+    const requests: ClientRequest[] = [];
+    const onRequest = (message: unknown) => requests.push((message as { request: ClientRequest }).request);
+    subscribe("http.client.request.start", onRequest);
+    try {
+      return { value: await fn(), requests };
+    } finally {
+      unsubscribe("http.client.request.start", onRequest);
+    }
+  }
+
+  it("a fresh worker's first calls (table and container at once) fetch one storage token", async () => {
+    // A user-assigned identity of its own: @azure/identity caches managed-identity tokens process-wide
+    // per identity, so this one has none yet, whatever ran before in this worker.
+    const storage = { ...deps.config.storage, clientId: randomUUID() } as AppDeps["config"]["storage"];
+    const fresh = createDeps({ ...deps.config, storage }, { storageOptions: { tlsOptions: { ca: cert.ca } } });
+    const identityHost = new URL(process.env.IDENTITY_ENDPOINT!).host;
+    const { requests } = await requestsDuring(() => fresh.prepare());
+    expect(requests.filter((r) => r.getHeader("host") === identityHost).map((r) => new URL(r.path, "http://x").searchParams.get("resource")))
+      .toEqual(["https://storage.azure.com"]);
+  });
+
+  it("signs every SAS of a run with one user-delegation key; each SAS keeps its own expiry", async () => {
+    const fresh = createDeps(deps.config, { storageOptions: { tlsOptions: { ca: cert.ca } } });
+    const { value: sas, requests } = await requestsDuring(async () => {
+      const all = await Promise.all([1, 2, 3].map(() => fresh.storage.containerSas(deps.config.backupContainer, "backup", 30)));
+      return [...all, await fresh.storage.containerSas(deps.config.backupContainer, "restore", 30)];
+    });
+    expect(requests.filter((r) => r.path.includes("comp=userdelegationkey"))).toHaveLength(1);
+    for (const s of sas) {
+      const params = new URLSearchParams(s.token);
+      // ske: the signing key's expiry; se: the SAS's own, still 30 minutes from when it was signed.
+      expect(Date.parse(params.get("ske")!)).toBeGreaterThanOrEqual(Date.parse(params.get("se")!));
+      expect(Math.abs(Date.parse(params.get("se")!) - s.expiresOn.getTime())).toBeLessThan(1000);
+    }
   });
 
   it("backs up, records the backup and restores a key with no account key anywhere, each token to its own audience", async () => {
