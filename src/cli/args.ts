@@ -4,7 +4,7 @@
  */
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import { RECORD_ID, RECORD_STATUSES, type ListQuery } from "../lib/catalog.js";
-import { checkKeyName, checkRecordId, HSM_NAME, InvalidInput, parseListQuery, truncate } from "../lib/validation.js";
+import { checkKeyName, checkRecordId, HSM_NAME, InvalidInput, parseListQuery, truncate, type RawListQuery } from "../lib/validation.js";
 
 export const EXIT = {
   ok: 0,
@@ -35,6 +35,7 @@ Commands:
   list                        List recorded backups, newest first.
     --hsm NAME                  only this HSM's backups
     --status STATUS             only backups in this status: ${RECORD_STATUSES.join(", ")}
+    --verification V            only backups whose restorability check was Passed, Failed or Skipped
     --top N                     at most N backups, 1-100 (default 25)
     --continuation-token T      the next page, as printed by the previous list
     --refresh                   ask the HSM about backups still Starting, Running or TimedOut and
@@ -99,7 +100,7 @@ const COMMON_FLAGS = new Set(["--json", "--verbose", "--help", "-h"]);
 const COMMANDS: Readonly<Record<Exclude<Command["name"], "help">, { options: Options; positionals: readonly string[] }>> = {
   backup: { options: { hsm: { type: "string" } }, positionals: [] },
   list: {
-    options: { hsm: { type: "string" }, status: { type: "string" }, top: { type: "string" }, "continuation-token": { type: "string" }, refresh: { type: "boolean" } },
+    options: { hsm: { type: "string" }, status: { type: "string" }, verification: { type: "string" }, top: { type: "string" }, "continuation-token": { type: "string" }, refresh: { type: "boolean" } },
     positionals: [],
   },
   restore: { options: { key: { type: "string" }, confirm: { type: "string" }, "no-wait": { type: "boolean" } }, positionals: ["backupId"] },
@@ -169,7 +170,7 @@ export function parseCommand(argv: readonly string[]): Command {
       return { name: "backup", ...common, ...(hsm !== undefined ? { hsmName: hsm } : {}) };
     }
     case "list":
-      return { name: "list", ...common, query: listQuery(text("hsm"), text("status"), text("top"), text("continuation-token")), refresh: values.refresh === true };
+      return { name: "list", ...common, query: listQuery({ hsm: text("hsm"), status: text("status"), verification: text("verification"), top: text("top"), continuationToken: text("continuation-token") }), refresh: values.refresh === true };
     case "restore": {
       const key = text("key");
       const keyName = key === undefined ? undefined : usage(() => checkKeyName(key, () => "restore: --key"));
@@ -192,10 +193,10 @@ export function parseCommand(argv: readonly string[]): Command {
   }
 }
 
-const LIST_FLAGS = { hsm: "--hsm", status: "--status", top: "--top", continuationToken: "--continuation-token", keyName: "--key" } as const;
+const LIST_FLAGS = { hsm: "--hsm", status: "--status", verification: "--verification", top: "--top", continuationToken: "--continuation-token", keyName: "--key" } as const;
 
-function listQuery(hsm: string | undefined, status: string | undefined, top: string | undefined, continuationToken: string | undefined): ListQuery {
-  return usage(() => parseListQuery({ hsm, status, top, continuationToken }, (field) => `list: ${LIST_FLAGS[field]}`));
+function listQuery(raw: RawListQuery): ListQuery {
+  return usage(() => parseListQuery(raw, (field) => `list: ${LIST_FLAGS[field]}`));
 }
 
 /** Runs a rule shared with the HTTP API and turns its refusal into a usage error. */

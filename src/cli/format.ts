@@ -2,8 +2,8 @@
 import type { BackupRecord, RestoreRecord } from "../lib/catalog.js";
 
 export function backupTable(records: readonly BackupRecord[]): string {
-  const rows = records.map((r) => [r.id, r.hsmName, r.status, time(r.startedAt), duration(r.durationSeconds), folderName(r.folderUri)]);
-  return table([["ID", "HSM", "STATUS", "STARTED", "DURATION", "FOLDER"], ...rows]);
+  const rows = records.map((r) => [r.id, r.hsmName, r.status, time(r.startedAt), duration(r.durationSeconds), r.verification ?? "-", folderName(r.folderUri)]);
+  return table([["ID", "HSM", "STATUS", "STARTED", "DURATION", "VERIFIED", "FOLDER"], ...rows]);
 }
 
 export function backupSummary(r: BackupRecord): string {

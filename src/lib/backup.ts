@@ -6,6 +6,7 @@ import type { HsmOperation, HsmOperationState } from "./hsm/types.js";
 import type { Logger } from "./logger.js";
 import { deadlineOf, emitOutcome, finalPatch, finish, persist, recordAccepted, refreshRecord, startRefusedPatch, timedOutPatch, type AnyRecord, type FinalPatch } from "./outcome.js";
 import { toSafeError } from "./redact.js";
+import { verifyBackup } from "./verify.js";
 import { emitEvent, EVENTS } from "./telemetry.js";
 
 export interface BackupRunOptions {
@@ -139,6 +140,8 @@ export async function backupHsm(deps: AppDeps, hsm: HsmTarget, log: Logger, opti
       ...(options.onProgress ? { onProgress: (state: HsmOperationState) => options.onProgress!(hsm, state) } : {}),
     });
     patch = finalPatch(deps, "backup", stored.record, final, deps.now());
+    // A backup is only as good as its restore: the HSM's own pre-restore check on the new folder.
+    if (patch.status === "Succeeded" && patch.folderUri) patch = { ...patch, ...(await verifyBackup(deps, hsm, patch.folderUri, waitUntil)) };
   } catch (error) {
     if (error instanceof HsmJobFailedError) patch = finalPatch(deps, "backup", stored.record, error, deps.now());
     else if (error instanceof HsmWaitDeadlineError && deps.now() >= jobDeadline) patch = timedOutPatch({ ...stored.record, jobId }, jobDeadline, error.lastState, error.lastProblem);

@@ -6,6 +6,7 @@
 import { randomBytes } from "node:crypto";
 import { odata, RestError, type TableClient, type TableEntityResult } from "@azure/data-tables";
 import { ProblemError } from "./problem.js";
+import type { Verification } from "./verify.js";
 import { redactSecrets } from "./redact.js";
 
 export const RECORD_STATUSES = ["Starting", "Running", "Succeeded", "Failed", "Canceled", "TimedOut", "Skipped"] as const;
@@ -62,6 +63,11 @@ export interface BackupRecord extends CommonRecord {
   readonly activeJobId?: string;
   /** The schedule slot (ISO time) of the timer run that took it: one backup per HSM and slot. */
   readonly slot?: string;
+  /** A Succeeded backup checked by the HSM's own pre-restore check right after it ended. */
+  readonly verification?: Verification;
+  readonly verifiedAt?: string;
+  /** Why verification Failed (the HSM's message) or was Skipped. */
+  readonly verificationMessage?: string;
 }
 
 export interface RestoreRecord extends CommonRecord {
@@ -89,9 +95,12 @@ export interface StartLock {
   release(): Promise<void>;
 }
 
+export const VERIFICATIONS = ["Passed", "Failed", "Skipped"] as const satisfies readonly Verification[];
+
 export interface ListQuery {
   readonly hsmName?: string;
   readonly status?: RecordStatus;
+  readonly verification?: Verification;
   readonly top: number;
   readonly continuationToken?: string;
 }
@@ -198,6 +207,7 @@ export class Catalog {
     let filter = odata`PartitionKey eq ${kind}`;
     if (query.hsmName !== undefined) filter += ` and ${odata`hsmName eq ${query.hsmName}`}`;
     if (query.status !== undefined) filter += ` and ${odata`status eq ${query.status}`}`;
+    if (query.verification !== undefined) filter += ` and ${odata`verification eq ${query.verification}`}`;
     let token = query.continuationToken;
     if (token !== undefined) assertContinuationToken(token);
     const pages = this.table

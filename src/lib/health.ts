@@ -6,6 +6,10 @@ export interface HsmHealth {
   readonly lastSuccessAt?: string;
   readonly ageHours?: number;
   readonly stale: boolean;
+  /** The HSM's pre-restore check of that backup: Passed, Failed, Skipped, or "none" (never checked). */
+  readonly verification?: string;
+  /** The newest successful backup was not verified restorable (Failed, Skipped or never checked). */
+  readonly unverified?: boolean;
 }
 
 export interface Health {
@@ -15,8 +19,10 @@ export interface Health {
 }
 
 /**
- * Healthy when every configured HSM has a successful backup younger than HEALTH_MAX_AGE_HOURS. Only
- * names and times: the endpoint is anonymous, so no folder URIs, URLs or errors.
+ * Healthy when every configured HSM has a successful backup younger than HEALTH_MAX_AGE_HOURS whose
+ * restorability check did not fail: a backup the HSM says it cannot restore is no backup. One that was
+ * not checked (api-version before 7.6, HSM busy) is reported as unverified, not as unhealthy. Only
+ * names, times and verdicts: the endpoint is anonymous, so no folder URIs, URLs or errors.
  */
 export async function checkHealth(deps: AppDeps): Promise<Health> {
   await deps.prepare();
@@ -27,7 +33,11 @@ export async function checkHealth(deps: AppDeps): Promise<Health> {
     if (!newest) return { name: hsm.name, stale: true };
     const endedAt = newest.endedAt ?? newest.startedAt;
     const ageHours = Math.round(((now - Date.parse(endedAt)) / 3_600_000) * 10) / 10;
-    return { name: hsm.name, lastSuccessAt: endedAt, ageHours, stale: ageHours >= maxAgeHours };
+    const verification = newest.verification ?? "none";
+    return {
+      name: hsm.name, lastSuccessAt: endedAt, ageHours, stale: ageHours >= maxAgeHours || verification === "Failed",
+      verification, unverified: verification !== "Passed",
+    };
   }));
   return { healthy: hsms.every((h) => !h.stale), maxAgeHours, hsms };
 }

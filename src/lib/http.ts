@@ -30,10 +30,10 @@ export function recordId(request: HttpRequest, what: "backup" | "restore"): stri
 
 /** The listing's query: hsm, status, top (1-100), continuationToken; unknown names are refused so a typo cannot widen a listing. */
 export function listQuery(request: HttpRequest): ListQuery {
-  const allowed = new Set(["hsm", "status", "top", "continuationToken", "code"]); // code: the function key
+  const allowed = new Set(["hsm", "status", "verification", "top", "continuationToken", "code"]); // code: the function key
   const unknown = [...request.query.keys()].filter((k) => !allowed.has(k));
   if (unknown.length > 0) {
-    throw new ProblemError(400, "Unknown query parameter", `Unknown query parameter(s): ${unknown.map((k) => truncate(k)).join(", ")}. Known: hsm, status, top, continuationToken.`);
+    throw new ProblemError(400, "Unknown query parameter", `Unknown query parameter(s): ${unknown.map((k) => truncate(k)).join(", ")}. Known: hsm, status, verification, top, continuationToken.`);
   }
   const repeated = [...new Set(request.query.keys())].filter((k) => request.query.getAll(k).length > 1);
   if (repeated.length > 0) {
@@ -41,7 +41,7 @@ export function listQuery(request: HttpRequest): ListQuery {
   }
   const value = (name: string) => request.query.get(name) ?? undefined;
   return asProblem(() => parseListQuery(
-    { hsm: value("hsm"), status: value("status"), top: value("top"), continuationToken: value("continuationToken") },
+    { hsm: value("hsm"), status: value("status"), verification: value("verification"), top: value("top"), continuationToken: value("continuationToken") },
     (field) => field,
   ));
 }

@@ -144,6 +144,8 @@ export function emitOutcome(log: Logger, kind: Kind, record: AnyRecord): void {
     errorMessage: record.errorMessage,
     correctionOf: record.correctedAt !== undefined ? record.correctedFrom : undefined,
     origin: backup?.origin,
+    verification: backup?.verification,
+    verificationMessage: backup?.verificationMessage,
     requestedBy: restore?.requestedBy,
     requestId: record.requestId,
     clientRequestId: record.clientRequestId,

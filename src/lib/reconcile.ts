@@ -8,13 +8,11 @@
 import { ACTIVE_STATUSES, Catalog, UNSETTLED_STATUSES, type BackupRecord, type Kind, type Stored } from "./catalog.js";
 import { staleStartMs, type HsmTarget } from "./config.js";
 import type { AppDeps } from "./deps.js";
-import { HsmJobFailedError } from "./hsm/errors.js";
 import type { Logger } from "./logger.js";
 import { deadlineOf, emitOutcome, finish, folderProblem, persist, refreshRecord, type AnyRecord } from "./outcome.js";
 import { toSafeError } from "./redact.js";
+import { preRestoreCheck } from "./verify.js";
 
-/** Pre-restore (the check a discovered folder must pass) exists from api-version 7.6 on. */
-const PRE_RESTORE_API_VERSIONS = new Set(["7.6", "2025-06-01", "2025-07-01"]);
 /** A TimedOut record older than this past its deadline is no longer asked about: the HSM keeps no job history that long. */
 const TIMED_OUT_RECHECK_MS = 7 * 24 * 3_600_000;
 /** Folders younger than this may still be written by a running job; older than the window are history. */
@@ -199,33 +197,6 @@ function folderTime(suffix: string): Date | undefined {
   if (!m) return undefined;
   const at = new Date(Date.UTC(Number(m[1]), Number(m[2]) - 1, Number(m[3]), Number(m[4]), Number(m[5]), Number(m[6])));
   return Number.isNaN(at.getTime()) ? undefined : at;
-}
-
-type Check = { verdict: "passed" } | { verdict: "refused" | "unavailable" | "unverifiable"; reason: string };
-
-/**
- * Runs the HSM's pre-restore check on a folder and waits for its verdict (at most 10 minutes).
- * "refused": the HSM says the folder cannot be restored; "unavailable": no verdict now (busy,
- * unreachable); "unverifiable": this api-version has no such check.
- */
-async function preRestoreCheck(deps: AppDeps, hsm: HsmTarget, folderUri: string): Promise<Check> {
-  const { config, storage } = deps;
-  if (!PRE_RESTORE_API_VERSIONS.has(config.hsmApiVersion)) {
-    return { verdict: "unverifiable", reason: `not verified: the HSM's pre-restore check needs HSM_API_VERSION 7.6 or later (it is ${config.hsmApiVersion})` };
-  }
-  try {
-    const client = deps.hsmClient(hsm);
-    const poller = config.hsmStorageAuth === "sas"
-      ? await client.beginPreRestore(folderUri, (await storage.containerSas(config.backupContainer, "restore", config.sasTtlMinutes)).token)
-      : await client.beginPreRestore(folderUri);
-    await poller.pollUntilDone({ deadline: new Date(deps.now().getTime() + Math.min(config.jobTimeoutMs, 10 * 60_000)) });
-    return { verdict: "passed" };
-  } catch (error) {
-    const safe = toSafeError(error);
-    return error instanceof HsmJobFailedError
-      ? { verdict: "refused", reason: `the HSM's pre-restore check refused it: ${safe.message}` }
-      : { verdict: "unavailable", reason: `the pre-restore check could not run: ${safe.message}` };
-  }
 }
 
 function describe(record: AnyRecord): string {

@@ -36,6 +36,9 @@ export interface OutcomeFields {
   readonly correctionOf?: string | undefined;
   /** discovered: a backup reconcile found in the container and adopted. */
   readonly origin?: string | undefined;
+  /** Backups: Passed, Failed or Skipped, the HSM's pre-restore check of the new folder. */
+  readonly verification?: string | undefined;
+  readonly verificationMessage?: string | undefined;
   /** Who asked for a restore (or a CLI backup): a signed-in principal, "function key" or the CLI's identity. */
   readonly requestedBy?: string | undefined;
   /** x-ms-request-id of the service answer behind a failure. */

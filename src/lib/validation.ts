@@ -3,7 +3,8 @@
  * the fields its own way (top / --top) through `label` and turns InvalidInput into its own refusal
  * (a 400 problem, a usage error).
  */
-import { RECORD_ID, RECORD_STATUSES, type ListQuery, type RecordStatus } from "./catalog.js";
+import { RECORD_ID, RECORD_STATUSES, VERIFICATIONS, type ListQuery, type RecordStatus } from "./catalog.js";
+import type { Verification } from "./verify.js";
 
 export const KEY_NAME = /^[0-9A-Za-z-]{1,127}$/;
 export const HSM_NAME = /^[0-9A-Za-z-]{1,63}$/;
@@ -11,7 +12,7 @@ export const LIST_TOP = { min: 1, max: 100, default: 25 } as const;
 /** Longer than any token the Table service hands out; anything longer is not one of ours. */
 export const MAX_CONTINUATION_TOKEN_LENGTH = 1024;
 
-export type Field = "hsm" | "status" | "top" | "continuationToken" | "keyName";
+export type Field = "hsm" | "status" | "verification" | "top" | "continuationToken" | "keyName";
 export type Label = (field: Field) => string;
 
 export class InvalidInput extends Error {
@@ -28,6 +29,7 @@ export class InvalidInput extends Error {
 export interface RawListQuery {
   readonly hsm?: string | undefined;
   readonly status?: string | undefined;
+  readonly verification?: string | undefined;
   readonly top?: string | undefined;
   readonly continuationToken?: string | undefined;
 }
@@ -40,6 +42,10 @@ export function parseListQuery(raw: RawListQuery, label: Label): ListQuery {
   if (status !== undefined && !RECORD_STATUSES.includes(status as RecordStatus)) {
     throw new InvalidInput("status", "Invalid status", `${label("status")} "${truncate(status)}" is not one of ${RECORD_STATUSES.join(", ")}`);
   }
+  const { verification } = raw;
+  if (verification !== undefined && !VERIFICATIONS.includes(verification as Verification)) {
+    throw new InvalidInput("verification", "Invalid verification", `${label("verification")} "${truncate(verification)}" is not one of ${VERIFICATIONS.join(", ")}`);
+  }
   const top = raw.top ?? String(LIST_TOP.default);
   if (!/^\d{1,3}$/.test(top) || Number(top) < LIST_TOP.min || Number(top) > LIST_TOP.max) {
     throw new InvalidInput("top", "Invalid top", `${label("top")} must be a whole number from ${LIST_TOP.min} to ${LIST_TOP.max}, not "${truncate(top)}"`);
@@ -51,6 +57,7 @@ export function parseListQuery(raw: RawListQuery, label: Label): ListQuery {
     top: Number(top),
     ...(hsm !== undefined ? { hsmName: hsm } : {}),
     ...(status !== undefined ? { status: status as RecordStatus } : {}),
+    ...(verification !== undefined ? { verification: verification as Verification } : {}),
     ...(continuationToken !== undefined ? { continuationToken } : {}),
   };
 }

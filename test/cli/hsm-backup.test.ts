@@ -143,10 +143,10 @@ describe("hsm-backup against Azurite and the HSM emulator", () => {
     // Not a terminal: milestones as plain lines, no escape codes.
     expect(backup.stderr).toMatch(/^(HSM \S+: backup job (?:[0-9a-f]{32} started|Succeeded after \d+s)\n){4}$/);
     const lines = backup.stdout.trimEnd().split("\n");
-    expect(lines[0]).toMatch(/^ID\s+HSM\s+STATUS\s+STARTED\s+DURATION\s+FOLDER$/);
+    expect(lines[0]).toMatch(/^ID\s+HSM\s+STATUS\s+STARTED\s+DURATION\s+VERIFIED\s+FOLDER$/);
     expect(lines).toHaveLength(3);
     for (const hsm of app.deps.config.hsms) {
-      expect(backup.stdout).toMatch(new RegExp(`^\\d{13}-[0-9a-f]{8}  ${hsm.name}\\s+Succeeded  \\d{4}-\\d\\d-\\d\\d \\d\\d:\\d\\d:\\d\\dZ  \\d+s\\s+mhsm-testhsm\\d-\\d{16}$`, "m"));
+      expect(backup.stdout).toMatch(new RegExp(`^\\d{13}-[0-9a-f]{8}  ${hsm.name}\\s+Succeeded  \\d{4}-\\d\\d-\\d\\d \\d\\d:\\d\\d:\\d\\dZ  \\d+s\\s+Passed\\s+mhsm-testhsm\\d-\\d{16}$`, "m"));
     }
 
     const list = await cli(app, ["list", "--json"]);

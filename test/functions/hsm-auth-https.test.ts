@@ -57,7 +57,10 @@ describe("the app's HSM authentication over HTTPS", () => {
     expect(probe!.headers.authorization).toBeUndefined();
     expect(resent).toMatchObject({ method: "POST", path: "/backup", status: 202, headers: { authorization: "<redacted>" } });
     expect(rest.length).toBeGreaterThan(0);
-    for (const poll of rest) expect(poll).toMatchObject({ method: "GET", status: 200, headers: { authorization: "<redacted>" } });
+    // Then status polls, and the pre-restore check that verifies the new backup: all with the token.
+    for (const call of rest) expect(call).toMatchObject({ status: expect.any(Number), headers: { authorization: "<redacted>" } });
+    expect(rest.map((r) => `${r.method} ${r.path.replace(/[0-9a-f]{32}/, "<job>")}`)).toEqual(expect.arrayContaining(["GET /backup/<job>/pending", "PUT /prerestore", "GET /restore/<job>/pending"]));
+    expect(rest.every((r) => r.status === 200 || r.status === 202)).toBe(true);
     // Every request went to the HSM's real name over https, through the test CA.
     expect(hsm.requests.every((r) => r.headers.host === `testhsm0.${HSM_DOMAIN}`)).toBe(true);
 
@@ -100,13 +103,14 @@ describe("the app's HSM authentication over HTTPS", () => {
     await nightlyBackup(onTime, testApp.context("nightlyBackup"), deps);
     const started = hsm.requests.find((r) => r.method === "POST" && r.status === 202);
     expect(started).toBeDefined();
-    const [job] = hsm.jobs();
+    const [job, check] = hsm.jobs();
     expect(job).toMatchObject({ kind: "backup", status: "Succeeded" });
+    expect(check).toMatchObject({ kind: "preRestore", status: "Succeeded" });
     expect(other.requests).toEqual([]);
     expect(transport.sent.filter((line) => line.includes("otherhsm"))).toEqual([]);
     const polls = hsm.requests.filter((r) => r.method === "GET");
     expect(polls.length).toBeGreaterThan(0);
-    for (const poll of polls) expect(poll.path).toBe(`/backup/${job!.jobId}/pending`);
+    for (const poll of polls) expect([`/backup/${job!.jobId}/pending`, `/restore/${check!.jobId}/pending`]).toContain(poll.path);
     expect((await deps.catalog.list("backup", { top: 1 })).items[0]).toMatchObject({ status: "Succeeded" });
   });
 });

@@ -247,8 +247,9 @@ describe("no SAS, account key or bearer token in anything the app puts out", () 
   });
 
   it("observed the secrets it looks for: one SAS per job start, and the HSM client's bearer tokens", () => {
-    // 3 backups; full, selective, throttled, failed and storage-failed restores.
-    expect(issuedSas.map((s) => s.purpose).sort()).toEqual(["backup", "backup", "backup", "restore", "restore", "restore", "restore", "restore"]);
+    // 3 backups, the pre-restore check that verified the one that succeeded; full, selective,
+    // throttled, failed and storage-failed restores.
+    expect(issuedSas.map((s) => s.purpose).sort()).toEqual(["backup", "backup", "backup", "restore", "restore", "restore", "restore", "restore", "restore"]);
     for (const { sas } of issuedSas) expect(new URLSearchParams(sas.token).get("sig")).toMatch(/.{40,}/);
     expect(issuedTokens.size).toBeGreaterThan(0);
     // Each SAS really went to the HSM (the emulator records the request with the token blanked).

@@ -28,9 +28,9 @@ function byHsm(records: readonly BackupRecord[], name: string): BackupRecord[] {
   return records.filter((r) => r.hsmName === name);
 }
 
-/** Authenticated start calls the emulator accepted. */
+/** Authenticated backup starts the emulator accepted (not the pre-restore checks that verify them). */
 function acceptedStarts(emulator: { requests: { method: string; path: string; status: number; headers: Record<string, string> }[] }): number {
-  return jobStartRequests(emulator as never).filter((r) => r.headers.authorization && r.status === 202).length;
+  return jobStartRequests(emulator as never).filter((r) => r.headers.authorization && r.status === 202 && r.method === "POST").length;
 }
 
 describe("the worst night", () => {
