@@ -27,13 +27,14 @@ export interface SentRequest {
   readonly method: string;
   readonly url: URL;
   readonly body: unknown;
+  readonly headers: Readonly<Record<string, string>>;
 }
 
 export class ScriptedHsm implements HttpClient {
   readonly sent: SentRequest[] = [];
   private readonly steps: Step[];
 
-  constructor(steps: readonly Step[] = []) {
+  constructor(steps: readonly Step[] = [], private readonly challenge = CHALLENGE) {
     this.steps = [...steps];
   }
 
@@ -47,10 +48,10 @@ export class ScriptedHsm implements HttpClient {
 
   async sendRequest(request: PipelineRequest): Promise<PipelineResponse> {
     if (!request.headers.has("authorization")) {
-      return { request, status: 401, headers: createHttpHeaders({ "www-authenticate": CHALLENGE }), bodyAsText: "" };
+      return { request, status: 401, headers: createHttpHeaders({ "www-authenticate": this.challenge }), bodyAsText: "" };
     }
     const url = new URL(request.url);
-    this.sent.push({ method: request.method, url, body: typeof request.body === "string" ? JSON.parse(request.body) : null });
+    this.sent.push({ method: request.method, url, body: typeof request.body === "string" ? JSON.parse(request.body) : null, headers: request.headers.toJSON() });
     let step = this.steps.shift();
     if (step === undefined) throw new Error(`ScriptedHsm: no answer scripted for ${request.method} ${url.pathname}`);
     if (typeof step === "function") step = await step(request);
