@@ -168,6 +168,7 @@ describe("BackupStorage", () => {
     [{ ...identity, BackupStorage__tableServiceUri: "table" }, "BackupStorage__tableServiceUri", '"table" is not a URL'],
     [{ ...identity, BackupStorage__clientId: "0a1b2c3d-1111-2222-3333-44444444444" }, "BackupStorage__clientId", '"0a1b2c3d-1111-2222-3333-44444444444" is not a client id (GUID)'],
     [{ ...identity, BackupStorage__clientId: "x0a1b2c3d-1111-2222-3333-444444444444" }, "BackupStorage__clientId", '"x0a1b2c3d-1111-2222-3333-444444444444" is not a client id (GUID)'],
+    [{ ...identity, BackupStorage__clientId: "0a1b2c3d-1111-2222-3333-4444444444440" }, "BackupStorage__clientId", '"0a1b2c3d-1111-2222-3333-4444444444440" is not a client id (GUID)'],
   ] as [Env, string, string][])("refuses a bad connection: %s", (env, setting, message) => {
     const error = refused(env);
     expect(error.setting).toBe(setting);

@@ -370,3 +370,46 @@ describe("splitFolderUri", () => {
     expect(splitFolderUri("https://acct.blob.core.windows.net//c//f/")).toStrictEqual({ containerUri: "https://acct.blob.core.windows.net/c", folder: "f" });
   });
 });
+
+describe("more of what a failure says", () => {
+  it.each([
+    "ECONNREFUSED", "ENOTFOUND", "EAI_AGAIN", "EAI_FAIL", "ENETUNREACH", "EHOSTUNREACH", "EADDRNOTAVAIL",
+    "CERT_HAS_EXPIRED", "DEPTH_ZERO_SELF_SIGNED_CERT", "SELF_SIGNED_CERT_IN_CHAIN", "UNABLE_TO_VERIFY_LEAF_SIGNATURE",
+    "UNABLE_TO_GET_ISSUER_CERT_LOCALLY", "ERR_TLS_CERT_ALTNAME_INVALID", "ERR_INVALID_URL",
+  ])("%s means the call never reached the HSM", async (code) => {
+    const { client } = scriptedClient([Object.assign(new Error(`failed: ${code}`), { code })]);
+    expect(await failure(client.beginBackup(CONTAINER, "sig=x"))).toMatchObject({ delivery: "notSent" });
+  });
+
+  it("a call that failed before it carried a token was not sent, whatever the error", async () => {
+    const failing = { sendRequest: async () => Promise.reject(new Error("socket closed")) };
+    const client = new ManagedHsmBackupClient(VAULT, tokenCredential, { httpClient: failing, delay: async () => {} });
+    expect(await failure(client.beginBackup(CONTAINER, "sig=x"))).toMatchObject({ delivery: "notSent" });
+  });
+
+  it("keeps the first 300 characters of the first line of a transport error", async () => {
+    const { client } = scriptedClient([new Error(`${"x".repeat(400)}\nsecond`)]);
+    expect((await failure(client.beginBackup(CONTAINER, "sig=x"))).message).toContain(`(${"x".repeat(300)}); it was not retried`);
+  });
+
+  it("names the operation that failed", async () => {
+    const { client } = scriptedClient([{ status: 400 }]);
+    expect((await failure(client.beginPreRestore(FOLDER, "sig=x"))).message).toBe(`Managed HSM ${VAULT} preRestore start: HTTP 400: no error details in the answer`);
+  });
+
+  it("shows at most 80 characters of a job id it refuses", () => {
+    const { client } = scriptedClient();
+    expect(() => client.resumeOperation("backup", `${"a".repeat(80)}/x`)).toThrow(`"${"a".repeat(80)}" is not a Managed HSM job id`);
+  });
+
+  it("ties the caller's abort to the request itself, not only to the wait after it", async () => {
+    const hang: Step = (request) => new Promise((resolve) => request.abortSignal?.addEventListener("abort", () => resolve(new Error("aborted"))));
+    const { client } = scriptedClient([hang], { requestTimeoutMs: 20_000 });
+    const controller = new AbortController();
+    const reason = new Error("caller gave up");
+    setTimeout(() => controller.abort(reason), 20);
+    const started = Date.now();
+    expect(await failure(client.getOperationStatus("backup", JOB, { abortSignal: controller.signal }))).toBe(reason);
+    expect(Date.now() - started).toBeLessThan(5000);
+  });
+});
