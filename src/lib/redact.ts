@@ -11,20 +11,29 @@
 
 import { requestIdsOfError, requestIdsSuffix } from "./correlation.js";
 
-/** "sig" or "signature", then a separator however it was encoded or spaced, then the value. */
-const QUOTE = `(?:["']|%(?:25)*2[27])`;
-const SPACE = `(?:\\s|\\+|%(?:25)*20)`;
-const SEPARATOR = `(?:=|:|%(?:25)*3[ADad])`;
-const SIGNATURE = new RegExp(`(?<![A-Za-z])(sig|signature)(${QUOTE}?${SPACE}*${SEPARATOR}${SPACE}*${QUOTE}?)[^&\\s"'<>,;)\\]}]+`, "gi");
-const SAS_QUERY = /\?[^\s"'<>]*(?<![A-Za-z])(?:sig|se|sv|sp|skoid|sktid)(?:=|%(?:25)*3D)[^\s"'<>]*/gi;
-const BEARER = /\bBearer(\s+|%(?:25)*20)[A-Za-z0-9\-._~+/%]+=*/gi;
-const JWT = /\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*/g;
-const ACCOUNT_KEY = /\bAccountKey(\s*(?:=|:|%(?:25)*3D)\s*)[^;\s"']*/gi;
-/** A storage account key: 64 random bytes in base64 are 86 characters and "==". */
-const BASE64_KEY = /(?<![A-Za-z0-9+/])[A-Za-z0-9+/]{86}==/g;
-/** The secret half of a user-delegation key, in the service's XML or echoed as JSON. */
-const DELEGATION_KEY_XML = /<Value>[^<]*<\/Value>/gi;
-const DELEGATION_KEY_FIELD = /(?<![A-Za-z])(value|signedKeyValue)(["']?\s*[:=]\s*["']?)[A-Za-z0-9+/]{40,}={0,2}/gi;
+/**
+ * The patterns, built per call rather than at import: code that runs while a module loads is
+ * outside every test for Stryker ("static"), so each of these mutants would need the whole suite
+ * (issue 11). V8 caches the compiled form of a regex literal, so this costs nothing measurable.
+ */
+function patterns() {
+  /** "sig" or "signature", then a separator however it was encoded or spaced, then the value. */
+  const QUOTE = `(?:["']|%(?:25)*2[27])`;
+  const SPACE = `(?:\\s|\\+|%(?:25)*20)`;
+  const SEPARATOR = `(?:=|:|%(?:25)*3[ADad])`;
+  const SIGNATURE = new RegExp(`(?<![A-Za-z])(sig|signature)(${QUOTE}?${SPACE}*${SEPARATOR}${SPACE}*${QUOTE}?)[^&\\s"'<>,;)\\]}]+`, "gi");
+  const SAS_QUERY = /\?[^\s"'<>]*(?<![A-Za-z])(?:sig|se|sv|sp|skoid|sktid)(?:=|%(?:25)*3D)[^\s"'<>]*/gi;
+  const BEARER = /\bBearer(\s+|%(?:25)*20)[A-Za-z0-9\-._~+/%]+=*/gi;
+  const JWT = /\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*/g;
+  // Also quoted, as JSON echoes it: {"AccountKey": "..."}.
+  const ACCOUNT_KEY = /\bAccountKey["']?(\s*(?:=|:|%(?:25)*3D)\s*["']?)[^;\s"']*/gi;
+  /** A storage account key: 64 random bytes in base64 are 86 characters and "==". */
+  const BASE64_KEY = /(?<![A-Za-z0-9+/])[A-Za-z0-9+/]{86}==/g;
+  /** The secret half of a user-delegation key, in the service's XML or echoed as JSON. */
+  const DELEGATION_KEY_XML = /<Value>[^<]*<\/Value>/gi;
+  const DELEGATION_KEY_FIELD = /(?<![A-Za-z])(value|signedKeyValue)(["']?\s*[:=]\s*["']?)[A-Za-z0-9+/]{40,}={0,2}/gi;
+  return { SIGNATURE, SAS_QUERY, BEARER, JWT, ACCOUNT_KEY, BASE64_KEY, DELEGATION_KEY_XML, DELEGATION_KEY_FIELD };
+}
 
 /** Secrets the app minted itself, each with the encodings it may be echoed in. Bounded: the newest win. */
 const minted = new Set<string>();
@@ -49,6 +58,7 @@ export function rememberSecret(value: string): void {
 }
 
 export function redactSecrets(text: string): string {
+  const { SIGNATURE, SAS_QUERY, BEARER, JWT, ACCOUNT_KEY, BASE64_KEY, DELEGATION_KEY_XML, DELEGATION_KEY_FIELD } = patterns();
   let safe = text;
   for (const secret of minted) {
     if (safe.includes(secret)) safe = safe.split(secret).join("<redacted>");

@@ -10,7 +10,9 @@ import { fileURLToPath } from "node:url";
 import vm from "node:vm";
 import { createHttpHeaders, type HttpClient, type PipelineRequest, type PipelineResponse } from "@azure/core-rest-pipeline";
 
-export const RECORDINGS_DIR = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..", "shared", "recordings");
+/** Beside the repository; MHSM_RECORDINGS_DIR overrides it where the tests run from a copy (Stryker's sandbox). */
+export const RECORDINGS_DIR = process.env.MHSM_RECORDINGS_DIR
+  ?? join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..", "shared", "recordings");
 
 export interface RecordedEntry {
   readonly method: string;

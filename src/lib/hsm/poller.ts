@@ -62,14 +62,19 @@ export class HsmOperationPoller implements HsmOperation {
   async pollUntilDone(options: PollUntilDoneOptions = {}): Promise<HsmOperationState> {
     let lastProblem: string | undefined;
     let read = this.state !== undefined;
+    let polled = false;
     while (!this.isDone()) {
       if (read) {
-        const wait = Math.min(this.nextWaitMs ?? this.deps.defaultPollIntervalMs, this.deps.maxPollIntervalMs);
+        // Between the HSM's Retry-After and the cap, with a floor after the first status read: an HSM
+        // answering Retry-After 0 (or a past date) on every read must not make the app read in a loop.
+        const floor = polled ? Math.min(this.deps.defaultPollIntervalMs, MIN_POLL_INTERVAL_MS) : 0;
+        const wait = Math.max(floor, Math.min(this.nextWaitMs ?? this.deps.defaultPollIntervalMs, this.deps.maxPollIntervalMs));
         const left = options.deadline ? options.deadline.getTime() - this.deps.now().getTime() : Infinity;
         if (left <= 0) throw new HsmWaitDeadlineError(this.kind, new URL(this.statusUrl).origin, this.jobId, options.deadline!, this.state, lastProblem);
         await this.deps.delay(Math.max(0, Math.min(wait, left)), options.abortSignal);
       }
       read = true;
+      polled = true;
       try {
         // Not onProgress?.(await ...): an optional call skips evaluating its argument.
         const state = await this.poll(options);
@@ -95,6 +100,9 @@ export class HsmOperationPoller implements HsmOperation {
     return JSON.stringify({ kind: this.kind, jobId: this.jobId });
   }
 }
+
+/** The shortest wait between two status reads of a running job, whatever Retry-After says. */
+const MIN_POLL_INTERVAL_MS = 1000;
 
 /** Unix seconds the service may plausibly give: 2015 to 2100. Anything else is not a time. */
 const MIN_UNIX_S = 1_420_070_400;
