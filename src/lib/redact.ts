@@ -26,7 +26,7 @@ function patterns() {
   const BEARER = /\bBearer(\s+|%(?:25)*20)[A-Za-z0-9\-._~+/%]+=*/gi;
   const JWT = /\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*/g;
   // Also quoted, as JSON echoes it: {"AccountKey": "..."}.
-  const ACCOUNT_KEY = /\bAccountKey["']?(\s*(?:=|:|%(?:25)*3D)\s*["']?)[^;\s"']*/gi;
+  const ACCOUNT_KEY = /\bAccountKey(["']?\s*(?:=|:|%(?:25)*3D)\s*["']?)[^;\s"']*/gi;
   /** A storage account key: 64 random bytes in base64 are 86 characters and "==". */
   const BASE64_KEY = /(?<![A-Za-z0-9+/])[A-Za-z0-9+/]{86}==/g;
   /** The secret half of a user-delegation key, in the service's XML or echoed as JSON. */

@@ -81,9 +81,9 @@ describe("schedules", () => {
   it("accepts six fields however spaced, and says what a bad one should look like", () => {
     expect(parseConfig({ ...minimal, BACKUP_SCHEDULE: " 0  30   1 * * 1-5 " }).backupSchedule).toBe("0  30   1 * * 1-5");
     expect(refused({ ...minimal, BACKUP_SCHEDULE: "0 0 2 * * * *" }).message)
-      .toBe('Setting BACKUP_SCHEDULE: "0 0 2 * * * *" is not a six-field NCRONTAB expression (second minute hour day month day-of-week), e.g. "0 0 2 * * *"');
+      .toBe('Setting BACKUP_SCHEDULE: "0 0 2 * * * *" is not a six-field NCRONTAB expression: expected six fields (second minute hour day month day-of-week), UTC, e.g. "0 0 2 * * *"');
     expect(refused({ ...minimal, RECONCILE_SCHEDULE: "*/15 * * * *" }).message)
-      .toBe('Setting RECONCILE_SCHEDULE: "*/15 * * * *" is not a six-field NCRONTAB expression (second minute hour day month day-of-week), e.g. "0 */15 * * * *"');
+      .toBe('Setting RECONCILE_SCHEDULE: "*/15 * * * *" is not a six-field NCRONTAB expression: expected six fields (second minute hour day month day-of-week), UTC, e.g. "0 */15 * * * *"');
     expect(parseConfig({ ...minimal, RECONCILE_SCHEDULE: "0 */5 * * * *" }).reconcileSchedule).toBe("0 */5 * * * *");
   });
 

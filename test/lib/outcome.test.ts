@@ -26,7 +26,7 @@ import {
   type AnyRecord,
 } from "../../src/lib/outcome.js";
 import { uniqueName } from "../support/app.js";
-import { JOB, operation, ScriptedHsm, status, tokenCredential, VAULT } from "../support/scripted-hsm.js";
+import { JOB, operation, ScriptedHsm, status, tokenCredential, VAULT, withoutRequestIds } from "../support/scripted-hsm.js";
 
 const T0 = new Date("2026-12-01T00:00:00.000Z");
 const CONTAINER_URL = "https://acct.blob.core.windows.net/mhsm-backups";
@@ -370,7 +370,7 @@ describe("against a real catalog", () => {
     hsm.push({ status: 503 });
     const early = capture();
     expect(await refreshAt(0, "backup", record, early.log)).toBe(record);
-    expect(early.lines).toEqual([`warn Status of backup ${record.record.id} (HSM contoso, job ${JOB}) is unknown for now: Managed HSM ${VAULT} backup job ${JOB}: status unavailable after 1 attempt(s) (last: HTTP 503); the job may still be running`]);
+    expect(early.lines.map(withoutRequestIds)).toEqual([`warn Status of backup ${record.record.id} (HSM contoso, job ${JOB}) is unknown for now: Managed HSM ${VAULT} backup job ${JOB}: status unavailable after 1 attempt(s) (last: HTTP 503); the job may still be running`]);
     for (const answer of [{ status: 403 }, { status: 200, body: "<html/>" }]) {
       hsm.push(answer);
       expect(await refreshAt(0, "backup", record, capture().log)).toBe(record);

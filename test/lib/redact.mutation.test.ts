@@ -103,8 +103,9 @@ describe("redactSecrets: tokens and keys", () => {
     expect(redactSecrets(input)).toBe(output);
   });
 
-  it("catches a real account key quoted in JSON through its shape (the AccountKey pattern allows no quote before the separator)", () => {
-    expect(redactSecrets(`{"AccountKey": "${AZURITE_KEY}"}`)).toBe('{"AccountKey": "<redacted-key>"}');
+  it("redacts an account key quoted in JSON, whatever its length", () => {
+    expect(redactSecrets(`{"AccountKey": "${AZURITE_KEY}"}`)).toBe('{"AccountKey": "<redacted>"}');
+    expect(redactSecrets('{"AccountKey": "c2VjcmV0"}')).toBe('{"AccountKey": "<redacted>"}');
   });
 
   it("redacts a bare storage account key (86 base64 characters and ==), and nothing longer", () => {
@@ -140,13 +141,17 @@ describe("redactSecrets: tokens and keys", () => {
 });
 
 describe("rememberSecret", () => {
-  it("redacts a remembered value raw, percent-encoded once or twice (either case) and in base64, everywhere it occurs", () => {
+  it("redacts a remembered value raw, percent-encoded once or twice (escapes in either case) and in base64, everywhere it occurs", () => {
     const secret = fresh("Minted");
     rememberSecret(secret);
     const once = encodeURIComponent(secret);
-    const forms = [secret, once, encodeURIComponent(once), Buffer.from(secret).toString("base64"), once.toLowerCase()];
-    expect(new Set(forms).size).toBe(5);
+    const twice = encodeURIComponent(once);
+    const lowerHex = (text: string) => text.replace(/%[0-9A-F]{2}/g, (e) => e.toLowerCase());
+    const forms = [secret, once, lowerHex(once), twice, lowerHex(twice), Buffer.from(secret).toString("base64"), Buffer.from(secret).toString("base64url")];
+    // Twice encoded, every escape is %25 followed by digits: its lower-hex form is the same.
+    expect(new Set(forms).size).toBe(6);
     for (const form of forms) expect(redactSecrets(`a ${form} b ${form} c`)).toBe("a <redacted> b <redacted> c");
+    // Upper-casing the value itself is no encoding: it is not the secret.
     expect(redactSecrets(`a ${once.toUpperCase()} b`)).toBe(`a ${once.toUpperCase()} b`);
   });
 
@@ -159,21 +164,28 @@ describe("rememberSecret", () => {
   });
 
   it("keeps the newest 2000 forms: the oldest go first, and remembering a value again makes it new", () => {
-    // 400 values with 5 distinct forms each fill the set exactly, pushing out whatever came before.
-    const fill = Array.from({ length: 400 }, (_, i) => fresh(`Fill${i}`));
-    for (const value of fill) rememberSecret(value);
-    const first = fill[0]!;
-    expect(redactSecrets(first)).toBe("<redacted>");
-
-    // Remembering the first again moves it to the newest end; one more value then evicts the second.
+    const first = fresh("First");
+    const second = fresh("Second");
     rememberSecret(first);
-    rememberSecret(fresh("Next"));
-    expect(redactSecrets(first)).toBe("<redacted>");
-    const second = fill[1]!;
-    for (const form of [second, encodeURIComponent(second), encodeURIComponent(second).toLowerCase()]) {
-      expect(redactSecrets(`x ${form} y`)).toBe(`x ${form} y`);
-    }
-    expect(redactSecrets(fill[2]!)).toBe("<redacted>");
+    rememberSecret(second);
+    // Fewer than 2000 forms later both are still known; remembering the first again makes it the newest.
+    for (let i = 0; i < 100; i++) rememberSecret(fresh(`Some${i}`));
+    expect(redactSecrets(`${first} ${second}`)).toBe("<redacted> <redacted>");
+    rememberSecret(first);
+    // 2000 more forms push out everything remembered before them, the renewed first included.
+    for (let i = 0; i < 2000; i++) rememberSecret(fresh(`Fill${i}`));
+    expect(redactSecrets(`x ${second} y`)).toBe(`x ${second} y`);
+    expect(redactSecrets(`x ${first} y`)).toBe(`x ${first} y`);
+  });
+
+  it("evicts the oldest remembered value first", () => {
+    const old = fresh("Old");
+    rememberSecret(old);
+    const filler = Array.from({ length: 400 }, (_, i) => fresh(`F${i}`));
+    for (const value of filler) rememberSecret(value);
+    // 400 values of 7 forms each are more than 2000: the oldest are gone, the newest are kept.
+    expect(redactSecrets(`x ${old} y`)).toBe(`x ${old} y`);
+    expect(redactSecrets(filler.at(-1)!)).toBe("<redacted>");
   });
 });
 

@@ -99,3 +99,8 @@ export const accepted = (extra: Record<string, unknown> = {}, headers: Record<st
   ({ status: 202, headers, body: operation("InProgress", extra) });
 export const status = (word: string, extra: Record<string, unknown> = {}, headers: Record<string, string> = {}): Answer =>
   ({ status: 200, headers, body: operation(word, extra) });
+
+/** A failure's message without the request ids every service call carries (correlation.test.ts covers those). */
+export function withoutRequestIds(message: string): string {
+  return message.replace(/ \((?:x-ms-request-id [^,)]+, )?x-ms-client-request-id [0-9a-f-]+\)/g, "");
+}

@@ -6,7 +6,7 @@
 import { describe, expect, it } from "vitest";
 import { HsmInvalidResponseError, HsmJobFailedError, HsmStatusUnavailableError, HsmWaitDeadlineError } from "../../../src/lib/hsm/errors.js";
 import { parseOperation, type HsmOperationState } from "../../../src/lib/hsm/poller.js";
-import { accepted, JOB, scriptedClient, status, VAULT } from "../../support/scripted-hsm.js";
+import { accepted, JOB, scriptedClient, status, VAULT, withoutRequestIds } from "../../support/scripted-hsm.js";
 
 const START = 1_764_547_200; // 2025-12-01T00:00:00Z
 
@@ -198,7 +198,7 @@ describe("HsmOperationPoller.pollUntilDone", () => {
     const deadline = new Date(failing.clock.now().getTime() + 2000);
     const error = await failing.client.resumeOperation("backup", JOB).pollUntilDone({ deadline }).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(HsmWaitDeadlineError);
-    expect((error as HsmWaitDeadlineError).lastProblem).toBe(`Managed HSM ${VAULT} backup job ${JOB}: status unavailable after 1 attempt(s) (last: HTTP 500); the job may still be running`);
+    expect(withoutRequestIds((error as HsmWaitDeadlineError).lastProblem!)).toBe(`Managed HSM ${VAULT} backup job ${JOB}: status unavailable after 1 attempt(s) (last: HTTP 500); the job may still be running`);
     expect((error as HsmWaitDeadlineError).lastState?.status).toBe("InProgress");
 
     const recovered = scriptedClient([{ status: 503 }, status("InProgress"), status("InProgress")]);
