@@ -80,7 +80,7 @@ export async function runDemo(print: Print = console.log): Promise<void> {
     }
   };
   const restoreIdentity = applyIdentityEnv(identity.env);
-  const stops = [restoreSettings, restoreIdentity, () => transport.close(), () => hsm.stop(), () => identity.stop(), () => azurite.stop()];
+  const stops: (() => unknown)[] = [restoreSettings, restoreIdentity, () => transport.close(), () => hsm.stop(), () => identity.stop(), () => azurite.stop()];
   try {
     // Exactly what the Functions host gives the app in Azure: identity endpoint + app settings.
     Object.assign(process.env, settings);

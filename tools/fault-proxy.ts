@@ -233,6 +233,9 @@ export async function startFaultProxy(target: string, options: FaultProxyOptions
         await new Promise<void>((resolve) => after(fault.ms, resolve));
         if (stopped) return;
         break;
+      default:
+        // No fault, lostResponse and rewrite forward the request; they act on the answer below.
+        break;
     }
     let upstream: IncomingMessage;
     try {

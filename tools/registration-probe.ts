@@ -73,8 +73,8 @@ async function probe(argv: string[]): Promise<ProbeResult> {
     })()
     : { isPastDue: false, schedule: { adjustForDST: false }, scheduleStatus: { last: "", next: "", lastUpdated: "" } };
   const callStart = performance.now();
-  let status = 200;
-  let body = "";
+  let status: number;
+  let body: string;
   try {
     const response = await registration.handler(input, context) as { status?: number; jsonBody?: unknown; body?: unknown } | undefined;
     status = response?.status ?? 200;

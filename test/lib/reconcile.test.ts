@@ -140,6 +140,7 @@ describe("reconcile and the nightly run under a failing catalog or status outage
     const { emulator, proxy } = await night.emulatorBehindProxy({ jobDurationMs: 50 });
     let app!: TestApp;
     // Waiting costs nothing: the app's clock moves by what it asked to wait.
+    // eslint-disable-next-line prefer-const -- app is declared before the closures that read it and assigned once they exist
     ({ app } = await night.app([proxy.url], {
       env: { JOB_TIMEOUT_MINUTES: "10" },
       deps: { hsmClientOptions: { requestTimeoutMs: 1000, maxStatusAttempts: 1, defaultPollIntervalMs: 60_000, delay: async (ms) => app.clock.advance(ms) } },

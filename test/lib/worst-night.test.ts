@@ -151,6 +151,7 @@ describe("the worst night", () => {
     hsm.on("GET", STATUS, [hostile.comeBackLater("backup"), hostile.comeBackLater("backup", RETRY_AFTER_FAR_DATE), keyVaultError(503, "Busy", "later", { "retry-after": "4" })]);
     let app!: TestApp;
     // Waiting costs nothing here: the app's clock moves by what it asked to wait.
+    // eslint-disable-next-line prefer-const -- app is declared before the closures that read it and assigned once they exist
     ({ app } = await night.app([hsm.url], { env: { MAX_POLL_INTERVAL_SECONDS: "45" }, deps: { hsmClientOptions: { delay: async (ms) => { waits.push(ms); app.clock.advance(ms); } } } }));
 
     const [result] = await backupAll(app.deps, safeLogger(app.context()), { trigger: "timer", runDeadline: new Date(app.clock.now().getTime() + 3_600_000) });
@@ -171,6 +172,7 @@ describe("the worst night", () => {
 
   it("5. an outcome is written once: an early 'start outcome unknown' is corrected by the HSM's answer, with its own event, never silently overwritten", async () => {
     const hsm = await night.hostile();
+    // eslint-disable-next-line prefer-const -- app is declared before the closures that read it and assigned once they exist
     let app!: TestApp;
     let corrected = false;
     hsm.on("POST", "/backup", [keyVaultError(429, "Throttled", "slow down", { "retry-after": "1" }), started("backup")]);
