@@ -4,8 +4,7 @@ import { tmpdir } from "node:os";
 
 /** The well-known Azurite account; its key is public and documented, not a secret. */
 export const AZURITE_ACCOUNT = "devstoreaccount1";
-export const AZURITE_KEY =
-  "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+export const AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 
 export interface AzuriteOptions {
   /** HTTPS with OAuth ("basic"): needed for user-delegation SAS. Paths to a PEM cert and key. */
@@ -46,9 +45,12 @@ export async function startAzurite(options: AzuriteOptions = {}): Promise<Azurit
     // Without it Azurite tries to reach the internet.
     "--disableTelemetry",
     // No --location: Azurite 3.35 refuses it together with --inMemoryPersistence.
-    "--blobPort", String(options.ports?.blob ?? 0),
-    "--queuePort", String(options.ports?.queue ?? 0),
-    "--tablePort", String(options.ports?.table ?? 0),
+    "--blobPort",
+    String(options.ports?.blob ?? 0),
+    "--queuePort",
+    String(options.ports?.queue ?? 0),
+    "--tablePort",
+    String(options.ports?.table ?? 0),
   ];
   if (options.https) {
     args.push("--oauth", "basic", "--cert", options.https.certPath, "--key", options.https.keyPath);
@@ -79,18 +81,26 @@ export async function startAzurite(options: AzuriteOptions = {}): Promise<Azurit
   };
 }
 
-function waitForPorts(child: ChildProcess, timeoutMs: number): Promise<{ blob?: string; queue?: string; table?: string }> {
+function waitForPorts(
+  child: ChildProcess,
+  timeoutMs: number,
+): Promise<{ blob?: string; queue?: string; table?: string }> {
   return new Promise((resolve, reject) => {
     const ports: Record<string, string> = {};
     let output = "";
-    const timer = setTimeout(() => fail(new Error(`Azurite did not start within ${timeoutMs} ms. Output:\n${output}`)), timeoutMs);
+    const timer = setTimeout(
+      () => fail(new Error(`Azurite did not start within ${timeoutMs} ms. Output:\n${output}`)),
+      timeoutMs,
+    );
     const fail = (error: Error) => {
       clearTimeout(timer);
       reject(error);
     };
     const onData = (chunk: Buffer) => {
       output += chunk.toString();
-      for (const match of output.matchAll(/Azurite (Blob|Queue|Table) service is successfully listening at https?:\/\/[^:]+:(\d+)/g)) {
+      for (const match of output.matchAll(
+        /Azurite (Blob|Queue|Table) service is successfully listening at https?:\/\/[^:]+:(\d+)/g,
+      )) {
         ports[match[1]!.toLowerCase()] = match[2]!;
       }
       if (ports.blob && ports.queue && ports.table) {
@@ -101,7 +111,9 @@ function waitForPorts(child: ChildProcess, timeoutMs: number): Promise<{ blob?: 
     };
     child.stdout?.on("data", onData);
     child.stderr?.on("data", (chunk: Buffer) => (output += chunk.toString()));
-    child.once("exit", (code) => fail(new Error(`Azurite exited with code ${code} before it listened. Output:\n${output}`)));
+    child.once("exit", (code) =>
+      fail(new Error(`Azurite exited with code ${code} before it listened. Output:\n${output}`)),
+    );
   });
 }
 

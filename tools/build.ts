@@ -18,7 +18,6 @@ import { join, relative, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { build, type BuildOptions, type Metafile } from "esbuild";
 
-
 /** The repository root, whichever of tools/ (vitest) or dist/tools/ (node) this file runs from. */
 function repoRoot(): string {
   const here = fileURLToPath(new URL(".", import.meta.url));
@@ -45,7 +44,9 @@ const COMMON: BuildOptions = {
   sourcesContent: false,
   external: ["@azure/functions-core"],
   // ESM output has no `require`; bundled CommonJS (@azure/functions) needs one to reach the host's module.
-  banner: { js: 'import{createRequire as __bundleRequire}from"node:module";const require=__bundleRequire(import.meta.url);' },
+  banner: {
+    js: 'import{createRequire as __bundleRequire}from"node:module";const require=__bundleRequire(import.meta.url);',
+  },
   logLevel: "warning",
   metafile: true,
 };
@@ -54,7 +55,10 @@ const COMMON: BuildOptions = {
 export async function buildBundle(outDir = join(repoRoot(), "dist")): Promise<BundleResult> {
   const root = repoRoot();
   const functionsDir = join(root, "src", "functions");
-  const sources = readdirSync(functionsDir).filter((f) => f.endsWith(".ts")).sort().map((f) => join(functionsDir, f));
+  const sources = readdirSync(functionsDir)
+    .filter((f) => f.endsWith(".ts"))
+    .sort()
+    .map((f) => join(functionsDir, f));
   const appDir = join(outDir, "app");
   const cliDir = join(outDir, "cli");
   rmSync(appDir, { recursive: true, force: true });
@@ -77,7 +81,10 @@ export async function buildBundle(outDir = join(repoRoot(), "dist")): Promise<Bu
   return {
     functionEntries: sources.map((s) => join(appDir, "functions", relative(functionsDir, s).replace(/\.ts$/, ".js"))),
     cliEntry: join(cliDir, "hsm-backup.js"),
-    metafile: { inputs: { ...app.metafile!.inputs, ...cli.metafile!.inputs }, outputs: { ...app.metafile!.outputs, ...cli.metafile!.outputs } },
+    metafile: {
+      inputs: { ...app.metafile!.inputs, ...cli.metafile!.inputs },
+      outputs: { ...app.metafile!.outputs, ...cli.metafile!.outputs },
+    },
   };
 }
 

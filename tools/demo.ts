@@ -45,7 +45,9 @@ function request(method: string, path: string, body?: unknown) {
   return new HttpRequest({
     method,
     url: url.href,
-    ...(body !== undefined ? { body: { string: JSON.stringify(body) }, headers: { "content-type": "application/json" } } : {}),
+    ...(body !== undefined
+      ? { body: { string: JSON.stringify(body) }, headers: { "content-type": "application/json" } }
+      : {}),
     ...(id ? { params: { id } } : {}),
   });
 }
@@ -64,8 +66,16 @@ export async function runDemo(print: Print = console.log): Promise<void> {
   const azurite = await startAzurite();
   const identity = await startIdentityEndpoint();
   const demoCa = createTestCa([`*.${HSM_DOMAIN}`]);
-  const hsm = await startHsmEmulator({ name: "demohsm", tls: { cert: demoCa.cert, key: demoCa.key }, retryAfterSeconds: 1, jobDurationMs: 1500 });
-  const { urls: [hsmUrl = ""], transport } = hsmRealNames([hsm], demoCa.ca);
+  const hsm = await startHsmEmulator({
+    name: "demohsm",
+    tls: { cert: demoCa.cert, key: demoCa.key },
+    retryAfterSeconds: 1,
+    jobDurationMs: 1500,
+  });
+  const {
+    urls: [hsmUrl = ""],
+    transport,
+  } = hsmRealNames([hsm], demoCa.ca);
   const settings: Record<string, string> = {
     MANAGED_HSM_URLS: hsmUrl,
     BackupStorage: azurite.connectionString,
@@ -80,7 +90,14 @@ export async function runDemo(print: Print = console.log): Promise<void> {
     }
   };
   const restoreIdentity = applyIdentityEnv(identity.env);
-  const stops: (() => unknown)[] = [restoreSettings, restoreIdentity, () => transport.close(), () => hsm.stop(), () => identity.stop(), () => azurite.stop()];
+  const stops: (() => unknown)[] = [
+    restoreSettings,
+    restoreIdentity,
+    () => transport.close(),
+    () => hsm.stop(),
+    () => identity.stop(),
+    () => azurite.stop(),
+  ];
   try {
     // Exactly what the Functions host gives the app in Azure: identity endpoint + app settings.
     Object.assign(process.env, settings);
@@ -99,7 +116,11 @@ export async function runDemo(print: Print = console.log): Promise<void> {
     for (const name of KEYS) print(`   ${(await keys.createRsaKey(name, { hsm: true })).id}`);
 
     step("Running the nightly backup timer function");
-    await nightlyBackup({ isPastDue: false, schedule: { adjustForDST: false }, scheduleStatus: { last: "", next: "", lastUpdated: "" } }, context(print, "nightlyBackup"), deps);
+    await nightlyBackup(
+      { isPastDue: false, schedule: { adjustForDST: false }, scheduleStatus: { last: "", next: "", lastUpdated: "" } },
+      context(print, "nightlyBackup"),
+      deps,
+    );
 
     step("GET /api/backups: the catalog");
     const { items } = show(await listBackups(request("GET", "/api/backups"), context(print, "listBackups"), deps));
@@ -112,15 +133,29 @@ export async function runDemo(print: Print = console.log): Promise<void> {
     print(`   key present: ${(await liveKeyId(keys, LOST_KEY)) !== undefined}`);
 
     step("POST /api/restores for the whole HSM without confirming it: refused, nothing started");
-    const unconfirmed = show(await postRestore(request("POST", "/api/restores", { backupId: backup.id }), context(print, "postRestore"), deps));
+    const unconfirmed = show(
+      await postRestore(request("POST", "/api/restores", { backupId: backup.id }), context(print, "postRestore"), deps),
+    );
     print(`   ${unconfirmed.title}: ${unconfirmed.detail}`);
 
-    step(`POST /api/restores {"backupId": "${backup.id}", "confirm": "${backup.hsmName}"}: refused, the backup is less than 30 minutes old`);
-    const refused = show(await postRestore(request("POST", "/api/restores", { backupId: backup.id, confirm: backup.hsmName }), context(print, "postRestore"), deps));
+    step(
+      `POST /api/restores {"backupId": "${backup.id}", "confirm": "${backup.hsmName}"}: refused, the backup is less than 30 minutes old`,
+    );
+    const refused = show(
+      await postRestore(
+        request("POST", "/api/restores", { backupId: backup.id, confirm: backup.hsmName }),
+        context(print, "postRestore"),
+        deps,
+      ),
+    );
     print(`   ${refused.title}: ${refused.detail}`);
 
     step(`POST /api/restores {"backupId": "${backup.id}", "keyName": "${LOST_KEY}"}`);
-    const started = await postRestore(request("POST", "/api/restores", { backupId: backup.id, keyName: LOST_KEY }), context(print, "postRestore"), deps);
+    const started = await postRestore(
+      request("POST", "/api/restores", { backupId: backup.id, keyName: LOST_KEY }),
+      context(print, "postRestore"),
+      deps,
+    );
     const restore = show(started);
     print(`   Location: ${(started.headers as Record<string, string>).Location}  status: ${restore.status}`);
     if (started.status !== 202) throw new Error(`The restore was not accepted: ${JSON.stringify(restore)}`);
@@ -133,7 +168,8 @@ export async function runDemo(print: Print = console.log): Promise<void> {
       status = show(await getRestore(request("GET", restore.statusUrl), context(print, "getRestore"), deps));
       print(`   ${status.status}${status.statusDetails ? `: ${status.statusDetails}` : ""}`);
     }
-    if (status.status !== "Succeeded") throw new Error(`The demo restore ended ${status.status}: ${status.errorMessage}`);
+    if (status.status !== "Succeeded")
+      throw new Error(`The demo restore ended ${status.status}: ${status.errorMessage}`);
 
     step(`Key "${LOST_KEY}" is back`);
     const kid = await liveKeyId(keys, LOST_KEY);
@@ -155,20 +191,27 @@ async function showBundle(print: Print = console.log): Promise<void> {
   const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
   const main = (JSON.parse(await readFile(join(root, "package.json"), "utf8")) as { main: string }).main;
   const dir = join(root, dirname(main));
-  const entries = (await readdir(dir)).filter((f) => f.endsWith(".js")).sort().map((f) => join(dir, f));
+  const entries = (await readdir(dir))
+    .filter((f) => f.endsWith(".js"))
+    .sort()
+    .map((f) => join(dir, f));
   const result = await runProbe(join(root, "dist", "tools", "registration-probe.js"), entries, process.env);
   print(`\n== The deployable bundle, loaded as the Functions host loads it: ${main}`);
-  print(`   ${result.registrations.map((r) => `${r.name} (${r.trigger})`).join(", ")}; registered in ${result.importMs.toFixed(0)} ms`);
+  print(
+    `   ${result.registrations.map((r) => `${r.name} (${r.trigger})`).join(", ")}; registered in ${result.importMs.toFixed(0)} ms`,
+  );
   if (result.registrations.length === 0) throw new Error(`The bundle ${main} registered no function`);
 }
 
 // `npm run demo` runs this file; a test imports runDemo instead.
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  showBundle().then(() => runDemo()).then(
-    () => process.exit(0),
-    (error: unknown) => {
-      console.error(`\nDemo failed: ${error instanceof Error ? error.stack ?? error.message : String(error)}`);
-      process.exit(1);
-    },
-  );
+  showBundle()
+    .then(() => runDemo())
+    .then(
+      () => process.exit(0),
+      (error: unknown) => {
+        console.error(`\nDemo failed: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`);
+        process.exit(1);
+      },
+    );
 }

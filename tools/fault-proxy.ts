@@ -5,7 +5,15 @@
  * night. Faults are queued one-shot (`inject`) or drawn at random from a seeded PRNG (`chaos`), so a
  * failing run can be replayed.
  */
-import { createServer, request as httpRequest, Agent, type IncomingHttpHeaders, type IncomingMessage, type OutgoingHttpHeaders, type ServerResponse } from "node:http";
+import {
+  createServer,
+  request as httpRequest,
+  Agent,
+  type IncomingHttpHeaders,
+  type IncomingMessage,
+  type OutgoingHttpHeaders,
+  type ServerResponse,
+} from "node:http";
 import { listenOnLoopback, readBody } from "./loopback.js";
 
 export type FaultKind = "status" | "lostResponse" | "hang" | "refuse" | "delay" | "rewrite";
@@ -19,7 +27,14 @@ export interface ProxiedAnswer {
 
 export type Fault =
   /** Answered by the proxy; the target never sees the request. */
-  | { readonly kind: "status"; readonly status: number; readonly retryAfter?: string; readonly body?: string; readonly contentType?: string; readonly headers?: Readonly<Record<string, string>> }
+  | {
+      readonly kind: "status";
+      readonly status: number;
+      readonly retryAfter?: string;
+      readonly body?: string;
+      readonly contentType?: string;
+      readonly headers?: Readonly<Record<string, string>>;
+    }
   /** Forwarded, so the target acts; then the client's socket is destroyed without an answer. */
   | { readonly kind: "lostResponse" }
   /** Not forwarded and never answered; with `ms`, the connection is dropped after that long (an idle timeout). */
@@ -109,10 +124,23 @@ export interface FaultProxyOptions {
 }
 
 // RFC 9110 §7.6.1 connection-specific fields, plus any named in Connection.
-const HOP_BY_HOP = new Set(["connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade"]);
+const HOP_BY_HOP = new Set([
+  "connection",
+  "keep-alive",
+  "proxy-connection",
+  "proxy-authenticate",
+  "proxy-authorization",
+  "te",
+  "trailer",
+  "transfer-encoding",
+  "upgrade",
+]);
 
 function endToEnd(headers: IncomingHttpHeaders): OutgoingHttpHeaders {
-  const named = String(headers.connection ?? "").split(",").map((h) => h.trim().toLowerCase()).filter(Boolean);
+  const named = String(headers.connection ?? "")
+    .split(",")
+    .map((h) => h.trim().toLowerCase())
+    .filter(Boolean);
   const out: OutgoingHttpHeaders = {};
   for (const [name, value] of Object.entries(headers)) {
     if (value !== undefined && !HOP_BY_HOP.has(name) && !named.includes(name)) out[name] = value;
@@ -133,7 +161,10 @@ export function prng(seed: number): () => number {
 }
 
 function matches(match: FaultMatch, method: string, path: string): boolean {
-  return (match.method === undefined || match.method.toUpperCase() === method.toUpperCase()) && (match.path === undefined || match.path.test(path));
+  return (
+    (match.method === undefined || match.method.toUpperCase() === method.toUpperCase()) &&
+    (match.path === undefined || match.path.test(path))
+  );
 }
 
 /**
@@ -163,7 +194,7 @@ export async function startFaultProxy(target: string, options: FaultProxyOptions
   };
 
   const pick = (method: string, path: string): Fault | undefined => {
-    const queued = queue.findIndex((q) => matches(q.match, method, path) && (q.skip-- <= 0));
+    const queued = queue.findIndex((q) => matches(q.match, method, path) && q.skip-- <= 0);
     if (queued >= 0) {
       const entry = queue[queued]!;
       if (--entry.remaining <= 0) queue.splice(queued, 1);
@@ -174,11 +205,16 @@ export async function startFaultProxy(target: string, options: FaultProxyOptions
     const kind = chaosSetting.cumulative.find((c) => draw < c.upTo)?.kind;
     const o = chaosSetting.options;
     switch (kind) {
-      case undefined: return undefined;
-      case "status": return { kind, status: o.status ?? 503 };
-      case "delay": return { kind, ms: o.delayMs ?? 50 };
-      case "hang": return o.hangMs !== undefined ? { kind, ms: o.hangMs } : { kind };
-      default: return { kind };
+      case undefined:
+        return undefined;
+      case "status":
+        return { kind, status: o.status ?? 503 };
+      case "delay":
+        return { kind, ms: o.delayMs ?? 50 };
+      case "hang":
+        return o.hangMs !== undefined ? { kind, ms: o.hangMs } : { kind };
+      default:
+        return { kind };
     }
   };
 
@@ -192,7 +228,14 @@ export async function startFaultProxy(target: string, options: FaultProxyOptions
     if (req.headers["transfer-encoding"] !== undefined) headers["content-length"] = String(body.length);
     return new Promise((resolve, reject) => {
       const upstream = httpRequest(
-        { host: targetUrl.hostname, port: targetUrl.port || 80, method: req.method, path: req.url, headers, agent: upstreamAgent },
+        {
+          host: targetUrl.hostname,
+          port: targetUrl.port || 80,
+          method: req.method,
+          path: req.url,
+          headers,
+          agent: upstreamAgent,
+        },
         resolve,
       );
       upstreams.add(upstream);
@@ -215,7 +258,14 @@ export async function startFaultProxy(target: string, options: FaultProxyOptions
     const body = await readBody(req);
     switch (fault?.kind) {
       case "status": {
-        const text = fault.body ?? JSON.stringify({ error: { code: "InjectedFault", message: `The fault proxy answered ${fault.status} instead of forwarding ${entry.method} ${entry.path}` } });
+        const text =
+          fault.body ??
+          JSON.stringify({
+            error: {
+              code: "InjectedFault",
+              message: `The fault proxy answered ${fault.status} instead of forwarding ${entry.method} ${entry.path}`,
+            },
+          });
         const headers: OutgoingHttpHeaders = {
           "content-type": fault.contentType ?? "application/json; charset=utf-8",
           "content-length": Buffer.byteLength(text),
@@ -245,7 +295,9 @@ export async function startFaultProxy(target: string, options: FaultProxyOptions
       if (stopped || res.headersSent) return;
       const text = `The fault proxy could not reach ${targetUrl.origin}: ${(error as Error).message}`;
       entry.status = 502;
-      res.writeHead(502, { "content-type": "text/plain; charset=utf-8", "content-length": Buffer.byteLength(text) }).end(text);
+      res
+        .writeHead(502, { "content-type": "text/plain; charset=utf-8", "content-length": Buffer.byteLength(text) })
+        .end(text);
       return;
     }
     if (fault?.kind === "lostResponse") {
@@ -257,12 +309,15 @@ export async function startFaultProxy(target: string, options: FaultProxyOptions
     if (fault?.kind === "rewrite") {
       const original: ProxiedAnswer = {
         status: upstream.statusCode ?? 502,
-        headers: Object.fromEntries(Object.entries(endToEnd(upstream.headers)).map(([k, v]) => [k, Array.isArray(v) ? v.join(", ") : String(v)])),
+        headers: Object.fromEntries(
+          Object.entries(endToEnd(upstream.headers)).map(([k, v]) => [k, Array.isArray(v) ? v.join(", ") : String(v)]),
+        ),
         bodyText: (await readBody(upstream)).toString("utf8"),
       };
       const answer = await fault.transform(original);
       const headers: Record<string, string> = {};
-      for (const [name, value] of Object.entries(answer.headers)) if (name.toLowerCase() !== "content-length") headers[name.toLowerCase()] = value;
+      for (const [name, value] of Object.entries(answer.headers))
+        if (name.toLowerCase() !== "content-length") headers[name.toLowerCase()] = value;
       headers["content-length"] = String(Buffer.byteLength(answer.bodyText));
       entry.status = answer.status;
       res.writeHead(answer.status, headers).end(answer.bodyText);
@@ -278,13 +333,19 @@ export async function startFaultProxy(target: string, options: FaultProxyOptions
     counts.requests!++;
     const raw = req.url ?? "/";
     const q = raw.indexOf("?");
-    const entry: ProxyLogEntry = { method: req.method ?? "GET", path: q < 0 ? raw : raw.slice(0, q), query: q < 0 ? "" : raw.slice(q + 1) };
+    const entry: ProxyLogEntry = {
+      method: req.method ?? "GET",
+      path: q < 0 ? raw : raw.slice(0, q),
+      query: q < 0 ? "" : raw.slice(q + 1),
+    };
     log.push(entry);
     handle(req, res, entry).catch((error: unknown) => {
       if (!res.headersSent && !stopped) {
         const text = `The fault proxy failed: ${(error as Error).message}`;
         entry.status = 500;
-        res.writeHead(500, { "content-type": "text/plain; charset=utf-8", "content-length": Buffer.byteLength(text) }).end(text);
+        res
+          .writeHead(500, { "content-type": "text/plain; charset=utf-8", "content-length": Buffer.byteLength(text) })
+          .end(text);
       } else {
         res.destroy();
       }
@@ -306,7 +367,8 @@ export async function startFaultProxy(target: string, options: FaultProxyOptions
       let upTo = 0;
       const cumulative: { kind: ChaosKind; upTo: number }[] = [];
       for (const [kind, rate] of Object.entries(rates) as [ChaosKind, number][]) {
-        if (!(rate >= 0 && rate <= 1)) throw new RangeError(`The chaos rate for ${kind} must be within [0, 1], got ${rate}`);
+        if (!(rate >= 0 && rate <= 1))
+          throw new RangeError(`The chaos rate for ${kind} must be within [0, 1], got ${rate}`);
         upTo += rate;
         cumulative.push({ kind, upTo });
       }
@@ -334,7 +396,11 @@ export async function startFaultProxy(target: string, options: FaultProxyOptions
  * SDK client built from it goes through a proxy; the account and key stay as they were.
  * @throws Error when the connection string names no such endpoint.
  */
-export function withEndpoint(connectionString: string, endpoint: "BlobEndpoint" | "TableEndpoint" | "QueueEndpoint", url: string): string {
+export function withEndpoint(
+  connectionString: string,
+  endpoint: "BlobEndpoint" | "TableEndpoint" | "QueueEndpoint",
+  url: string,
+): string {
   const parts = connectionString.split(";");
   const index = parts.findIndex((p) => p.toLowerCase().startsWith(`${endpoint.toLowerCase()}=`));
   if (index < 0) throw new Error(`The connection string has no ${endpoint}`);

@@ -15,7 +15,10 @@ export interface Registration {
   readonly name: string;
   /** The trigger binding's type, e.g. "httpTrigger", "timerTrigger". */
   readonly trigger: string;
-  readonly metadata: { readonly name: string; readonly bindings: Record<string, { type: string; direction: string; [key: string]: unknown }> };
+  readonly metadata: {
+    readonly name: string;
+    readonly bindings: Record<string, { type: string; direction: string; [key: string]: unknown }>;
+  };
   readonly handler: (...args: unknown[]) => unknown;
 }
 
@@ -36,7 +39,9 @@ export function installFunctionsCore(): FunctionsCore {
   const core = {
     version: "stand-in",
     hostVersion: "4.1000.0",
-    setProgrammingModel: (value: unknown) => { model = value; },
+    setProgrammingModel: (value: unknown) => {
+      model = value;
+    },
     getProgrammingModel: () => model,
     registerHook: () => ({ dispose: () => {} }),
     log: () => {},

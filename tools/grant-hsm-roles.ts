@@ -138,7 +138,9 @@ export async function grantHsmRoles(options: GrantHsmRolesOptions): Promise<Gran
   const log = options.log ?? ((line: string) => console.log(line));
   const disableVerification = options.disableChallengeResourceVerification ?? false;
   if (!GUID.test(options.principalId)) {
-    throw new Error(`principal id "${options.principalId}" is not a GUID (expected the object id of the app's identity)`);
+    throw new Error(
+      `principal id "${options.principalId}" is not a GUID (expected the object id of the app's identity)`,
+    );
   }
   // Validate every URL before touching any HSM: fail whole, not halfway.
   const urls = options.hsmUrls.map((value) => parseHsmUrl(value, disableVerification));
@@ -187,7 +189,11 @@ async function ensureGranted(
   // Someone granted the same role between our listing and our PUT, or the service refuses a second
   // assignment of one role to one principal: the principal has the role, which is what we want.
   const error = errorOf(response);
-  if (response.status === 409 && /exist/i.test(`${error.code} ${error.message}`) && !/UpdateNotPermitted/i.test(error.code)) {
+  if (
+    response.status === 409 &&
+    /exist/i.test(`${error.code} ${error.message}`) &&
+    !/UpdateNotPermitted/i.test(error.code)
+  ) {
     log(`${client.origin}: ${base.role} already granted to ${principalId} at scope / (${error.code || "409"})`);
     return { ...base, action: "already-granted", assignmentName: name };
   }
@@ -215,7 +221,9 @@ async function revokeOwn(
     log(`${client.origin}: ${base.role} not granted to ${principalId}: RESTORE_ENABLED is false`);
   }
   if (others.length > 0) {
-    log(`${client.origin}: note: ${principalId} still holds ${base.role} through assignment(s) ${others.join(", ")}, not made by this hook; left alone`);
+    log(
+      `${client.origin}: note: ${principalId} still holds ${base.role} through assignment(s) ${others.join(", ")}, not made by this hook; left alone`,
+    );
   }
   return own ? { ...base, action: "revoked", assignmentName: name } : { ...base, action: "not-granted" };
 }
@@ -272,7 +280,9 @@ class HsmRbacClient {
       all.push(...(page.value ?? []));
       next = page.nextLink ?? undefined;
       if (next !== undefined && new URL(next).origin !== this.origin) {
-        throw new Error(`${this.origin}: the role assignment listing points to another host (${new URL(next).origin}); refusing to follow it`);
+        throw new Error(
+          `${this.origin}: the role assignment listing points to another host (${new URL(next).origin}); refusing to follow it`,
+        );
       }
     }
     return all;
@@ -286,11 +296,13 @@ class HsmRbacClient {
     const { code, message } = errorOf(response);
     const hint =
       response.status === 403
-        ? " The signed-in identity needs Managed HSM Administrator or Managed HSM Policy Administrator on this HSM (az keyvault role assignment create --hsm-name <name> --role \"Managed HSM Administrator\" --scope / --assignee <you>)."
+        ? ' The signed-in identity needs Managed HSM Administrator or Managed HSM Policy Administrator on this HSM (az keyvault role assignment create --hsm-name <name> --role "Managed HSM Administrator" --scope / --assignee <you>).'
         : response.status === 401
           ? " The HSM rejected the token: sign in to the HSM's tenant (azd auth login / az login --tenant <tenant>)."
           : "";
-    return new Error(`${this.origin}: ${what} failed: HTTP ${response.status}${code ? ` ${code}` : ""}${message ? `: ${message}` : ""}.${hint}`);
+    return new Error(
+      `${this.origin}: ${what} failed: HTTP ${response.status}${code ? ` ${code}` : ""}${message ? `: ${message}` : ""}.${hint}`,
+    );
   }
 
   /** Scope "/" in the SDKs' form: `{hsm}/` + `/` (scope) + `/providers/...`, as the recorded real traffic has it. */
@@ -302,7 +314,10 @@ class HsmRbacClient {
     const request = createPipelineRequest({
       url,
       method,
-      headers: createHttpHeaders({ accept: "application/json", ...(body === undefined ? {} : { "content-type": "application/json" }) }),
+      headers: createHttpHeaders({
+        accept: "application/json",
+        ...(body === undefined ? {} : { "content-type": "application/json" }),
+      }),
       ...(body === undefined ? {} : { body: JSON.stringify(body) }),
       allowInsecureConnection: this.allowInsecureConnection,
     });
@@ -310,9 +325,12 @@ class HsmRbacClient {
     try {
       return await this.pipeline.sendRequest(client, request);
     } catch (error) {
-      throw new Error(`${this.origin}: ${method} ${new URL(url).pathname} failed: ${error instanceof Error ? error.message : String(error)}`, {
-        cause: error,
-      });
+      throw new Error(
+        `${this.origin}: ${method} ${new URL(url).pathname} failed: ${error instanceof Error ? error.message : String(error)}`,
+        {
+          cause: error,
+        },
+      );
     }
   }
 }
@@ -326,16 +344,24 @@ export interface HookSettings {
 
 /** Reads the hook's settings from azd's environment (main.bicep outputs); errors name the variable. */
 export function readHookSettings(env: Readonly<Record<string, string | undefined>>): HookSettings {
-  const hsmUrls = (env.MANAGED_HSM_URLS ?? "").split(",").map((s) => s.trim()).filter((s) => s.length > 0);
+  const hsmUrls = (env.MANAGED_HSM_URLS ?? "")
+    .split(",")
+    .map((s) => s.trim())
+    .filter((s) => s.length > 0);
   if (hsmUrls.length === 0) {
-    throw new Error("MANAGED_HSM_URLS is empty: set it (azd env set MANAGED_HSM_URLS https://<name>.managedhsm.azure.net) and run azd provision");
+    throw new Error(
+      "MANAGED_HSM_URLS is empty: set it (azd env set MANAGED_HSM_URLS https://<name>.managedhsm.azure.net) and run azd provision",
+    );
   }
   const principalId = env.FUNCTION_IDENTITY_PRINCIPAL_ID?.trim() ?? "";
   if (!GUID.test(principalId)) {
-    throw new Error(`FUNCTION_IDENTITY_PRINCIPAL_ID "${principalId}" is not a GUID: it is an output of infra/main.bicep; run azd provision first`);
+    throw new Error(
+      `FUNCTION_IDENTITY_PRINCIPAL_ID "${principalId}" is not a GUID: it is an output of infra/main.bicep; run azd provision first`,
+    );
   }
   const restore = (env.RESTORE_ENABLED ?? "true").trim().toLowerCase();
-  if (restore !== "true" && restore !== "false") throw new Error(`RESTORE_ENABLED "${env.RESTORE_ENABLED}" is not true or false`);
+  if (restore !== "true" && restore !== "false")
+    throw new Error(`RESTORE_ENABLED "${env.RESTORE_ENABLED}" is not true or false`);
   const tenantId = env.AZURE_TENANT_ID?.trim();
   return { hsmUrls, principalId, restoreEnabled: restore === "true", ...(tenantId ? { tenantId } : {}) };
 }
@@ -344,11 +370,18 @@ export function readHookSettings(env: Readonly<Record<string, string | undefined
  * The hook itself: reads azd's environment, signs in as the user azd (or the Azure CLI, or whatever
  * DefaultAzureCredential finds) is signed in as, and grants the roles.
  */
-export async function runHook(env: Readonly<Record<string, string | undefined>>, log: (line: string) => void = console.log): Promise<GrantResult[]> {
+export async function runHook(
+  env: Readonly<Record<string, string | undefined>>,
+  log: (line: string) => void = console.log,
+): Promise<GrantResult[]> {
   const settings = readHookSettings(env);
   // Imported here so that tests of the other exports do not load the whole identity stack.
-  const { AzureDeveloperCliCredential, ChainedTokenCredential, DefaultAzureCredential } = await import("@azure/identity");
-  const credentialOptions = { ...(settings.tenantId ? { tenantId: settings.tenantId } : {}), additionallyAllowedTenants: ["*"] };
+  const { AzureDeveloperCliCredential, ChainedTokenCredential, DefaultAzureCredential } =
+    await import("@azure/identity");
+  const credentialOptions = {
+    ...(settings.tenantId ? { tenantId: settings.tenantId } : {}),
+    additionallyAllowedTenants: ["*"],
+  };
   // azd's own sign-in first (this runs as an azd hook), then whatever DefaultAzureCredential finds
   // (az CLI, environment, workload identity in a pipeline, managed identity).
   const credential = new ChainedTokenCredential(

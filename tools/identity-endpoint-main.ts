@@ -35,7 +35,9 @@ const endpoint = await startIdentityEndpoint({
   clientId: values["client-id"],
 });
 
-process.stdout.write(`IDENTITY_ENDPOINT=${endpoint.env.IDENTITY_ENDPOINT}\nIDENTITY_HEADER=${endpoint.env.IDENTITY_HEADER}\n`);
+process.stdout.write(
+  `IDENTITY_ENDPOINT=${endpoint.env.IDENTITY_ENDPOINT}\nIDENTITY_HEADER=${endpoint.env.IDENTITY_HEADER}\n`,
+);
 process.stderr.write(`tokens have tid=${endpoint.tenantId} oid=${endpoint.principalId}; Ctrl+C stops\n`);
 
 for (const signal of ["SIGINT", "SIGTERM"] as const) {

@@ -89,13 +89,20 @@ export async function startIdentityEndpoint(options: IdentityEndpointOptions = {
     }
     const apiVersion = url.searchParams.get("api-version");
     if (apiVersion !== API_VERSION) {
-      return sendError(res, 400, "invalid_request", `api-version ${JSON.stringify(apiVersion)} not supported; use ${API_VERSION}`);
+      return sendError(
+        res,
+        400,
+        "invalid_request",
+        `api-version ${JSON.stringify(apiVersion)} not supported; use ${API_VERSION}`,
+      );
     }
     const resource = url.searchParams.get("resource");
     if (!resource) {
       return sendError(res, 400, "invalid_request", "missing query parameter resource");
     }
-    const requestedIds = ["client_id", "mi_res_id", "object_id", "principal_id"].filter((name) => url.searchParams.has(name));
+    const requestedIds = ["client_id", "mi_res_id", "object_id", "principal_id"].filter((name) =>
+      url.searchParams.has(name),
+    );
     if (requestedIds.length > 1) {
       return sendError(res, 400, "invalid_request", `give at most one of ${requestedIds.join(", ")}`);
     }
@@ -131,7 +138,9 @@ export async function startIdentityEndpoint(options: IdentityEndpointOptions = {
   }
 
   await new Promise<void>((resolve, reject) => {
-    server.once("error", (error) => reject(new Error(`identity endpoint could not listen on 127.0.0.1:${options.port ?? 0}: ${error.message}`)));
+    server.once("error", (error) =>
+      reject(new Error(`identity endpoint could not listen on 127.0.0.1:${options.port ?? 0}: ${error.message}`)),
+    );
     server.listen(options.port ?? 0, "127.0.0.1", () => resolve());
   });
   const { port } = server.address() as AddressInfo;
@@ -157,10 +166,19 @@ export async function startIdentityEndpoint(options: IdentityEndpointOptions = {
  */
 const COMPETING_IDENTITY_VARIABLES = [
   "AZURE_TOKEN_CREDENTIALS",
-  "AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET",
-  "AZURE_CLIENT_CERTIFICATE_PATH", "AZURE_CLIENT_CERTIFICATE_PASSWORD", "AZURE_USERNAME", "AZURE_PASSWORD",
-  "AZURE_FEDERATED_TOKEN_FILE", "AZURE_POD_IDENTITY_AUTHORITY_HOST",
-  "IDENTITY_SERVER_THUMBPRINT", "MSI_ENDPOINT", "MSI_SECRET", "IMDS_ENDPOINT",
+  "AZURE_TENANT_ID",
+  "AZURE_CLIENT_ID",
+  "AZURE_CLIENT_SECRET",
+  "AZURE_CLIENT_CERTIFICATE_PATH",
+  "AZURE_CLIENT_CERTIFICATE_PASSWORD",
+  "AZURE_USERNAME",
+  "AZURE_PASSWORD",
+  "AZURE_FEDERATED_TOKEN_FILE",
+  "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+  "IDENTITY_SERVER_THUMBPRINT",
+  "MSI_ENDPOINT",
+  "MSI_SECRET",
+  "IMDS_ENDPOINT",
 ] as const;
 
 /**
@@ -205,6 +223,9 @@ function sendError(res: ServerResponse, status: number, error: string, message: 
 
 function sendJson(res: ServerResponse, status: number, body: unknown): void {
   const text = JSON.stringify(body);
-  res.writeHead(status, { "content-type": "application/json; charset=utf-8", "content-length": Buffer.byteLength(text) });
+  res.writeHead(status, {
+    "content-type": "application/json; charset=utf-8",
+    "content-length": Buffer.byteLength(text),
+  });
   res.end(text);
 }

@@ -7,12 +7,17 @@ import { startAzurite } from "./azurite.js";
 import { startHsmEmulator } from "./hsm-emulator/index.js";
 import { startIdentityEndpoint } from "./identity-endpoint.js";
 
-const sample = JSON.parse(readFileSync(new URL("../../local.settings.sample.json", import.meta.url), "utf8")) as { Values: Record<string, string> };
+const sample = JSON.parse(readFileSync(new URL("../../local.settings.sample.json", import.meta.url), "utf8")) as {
+  Values: Record<string, string>;
+};
 const identityUrl = new URL(sample.Values.IDENTITY_ENDPOINT!);
 const hsmUrl = new URL(sample.Values.MANAGED_HSM_URLS!);
 
 const azurite = await startAzurite({ ports: { blob: 10000, queue: 10001, table: 10002 } });
-const identity = await startIdentityEndpoint({ port: Number(identityUrl.port), identityHeader: sample.Values.IDENTITY_HEADER! });
+const identity = await startIdentityEndpoint({
+  port: Number(identityUrl.port),
+  identityHeader: sample.Values.IDENTITY_HEADER!,
+});
 // No name: the emulator takes the one the app gives an HSM at this URL (loopback-8443), so the
 // catalog and the backup folders agree.
 const hsm = await startHsmEmulator({ port: Number(hsmUrl.port), retryAfterSeconds: 2, jobDurationMs: 5000 });

@@ -8,7 +8,12 @@
  * TCP connection goes to the port the route names. So the client runs exactly the code a real
  * deployment runs — https, the challenge-resource check on — against the local emulator.
  */
-import { createDefaultHttpClient, type HttpClient, type PipelineRequest, type PipelineResponse } from "@azure/core-rest-pipeline";
+import {
+  createDefaultHttpClient,
+  type HttpClient,
+  type PipelineRequest,
+  type PipelineResponse,
+} from "@azure/core-rest-pipeline";
 import http from "node:http";
 import https from "node:https";
 import { isLoopback } from "../src/lib/config.js";
@@ -36,7 +41,10 @@ function routed<T extends http.Agent>(agent: T, portFor: (host: string) => numbe
   const connect = agent.createConnection.bind(agent);
   agent.createConnection = (options, callback) => {
     const host = String((options as { servername?: string }).servername ?? options.host ?? "");
-    return connect({ ...options, host: "127.0.0.1", port: portFor(host), ...(tls ? { servername: host } : {}) }, callback);
+    return connect(
+      { ...options, host: "127.0.0.1", port: portFor(host), ...(tls ? { servername: host } : {}) },
+      callback,
+    );
   };
   return agent;
 }
@@ -45,12 +53,18 @@ export function createLoopbackTransport(options: LoopbackTransportOptions): Loop
   const portFor = (host: string): number => {
     const port = options.routes[host.toLowerCase()];
     if (port === undefined) {
-      throw new Error(`loopback transport: no route for host "${host}" (routes: ${Object.keys(options.routes).join(", ") || "none"})`);
+      throw new Error(
+        `loopback transport: no route for host "${host}" (routes: ${Object.keys(options.routes).join(", ") || "none"})`,
+      );
     }
     return port;
   };
   const inner = createDefaultHttpClient();
-  const httpsAgent = routed(new https.Agent({ keepAlive: true, ...(options.ca ? { ca: options.ca } : {}) }), portFor, true);
+  const httpsAgent = routed(
+    new https.Agent({ keepAlive: true, ...(options.ca ? { ca: options.ca } : {}) }),
+    portFor,
+    true,
+  );
   const httpAgent = routed(new http.Agent({ keepAlive: true }), portFor, false);
   const sent: string[] = [];
   return {
@@ -58,7 +72,8 @@ export function createLoopbackTransport(options: LoopbackTransportOptions): Loop
     async sendRequest(request: PipelineRequest): Promise<PipelineResponse> {
       sent.push(`${request.method} ${request.url}`);
       const url = new URL(request.url);
-      if (isLoopback(url.hostname) && options.routes[url.hostname.toLowerCase()] === undefined) return inner.sendRequest(request);
+      if (isLoopback(url.hostname) && options.routes[url.hostname.toLowerCase()] === undefined)
+        return inner.sendRequest(request);
       portFor(url.hostname); // refuse an unrouted host here, with its name, not deep inside a socket
       request.agent = url.protocol === "https:" ? httpsAgent : httpAgent;
       return inner.sendRequest(request);
@@ -84,5 +99,8 @@ export function hsmRealNames(
 ): { urls: string[]; transport: LoopbackTransport } {
   const routes: Record<string, number> = { ...extraRoutes };
   for (const emulator of emulators) routes[`${emulator.name}.${HSM_DOMAIN}`] = emulator.port;
-  return { urls: emulators.map((e) => `https://${e.name}.${HSM_DOMAIN}`), transport: createLoopbackTransport({ routes, ca }) };
+  return {
+    urls: emulators.map((e) => `https://${e.name}.${HSM_DOMAIN}`),
+    transport: createLoopbackTransport({ routes, ca }),
+  };
 }

@@ -42,8 +42,13 @@ async function probe(argv: string[]): Promise<ProbeResult> {
   if (requests) {
     subscribe("http.client.request.start", (message) => {
       const request = (message as { request: ClientRequest }).request;
-      requests.push({ method: request.method, host: String(request.getHeader("host") ?? request.host), path: request.path,
-        authorized: request.getHeader("authorization") !== undefined, at: performance.now() });
+      requests.push({
+        method: request.method,
+        host: String(request.getHeader("host") ?? request.host),
+        path: request.path,
+        authorized: request.getHeader("authorization") !== undefined,
+        at: performance.now(),
+      });
     });
   }
   const args = argv.filter((a) => a !== "--trace-http");
@@ -61,22 +66,49 @@ async function probe(argv: string[]): Promise<ProbeResult> {
   if (actionAt < 0) return { ...base, maxRssMiB: process.resourceUsage().maxRSS / 1024 };
   const name = args[actionAt + 1];
   const registration = core.registrations.find((r) => r.name === name);
-  if (!registration) throw new Error(`No function ${name} was registered; registered: ${core.registrations.map((r) => r.name).join(", ")}`);
+  if (!registration)
+    throw new Error(
+      `No function ${name} was registered; registered: ${core.registrations.map((r) => r.name).join(", ")}`,
+    );
   const lines: string[] = [];
-  const log = (...a: unknown[]) => { lines.push(a.map(String).join(" ")); };
-  const context = { invocationId: "probe", functionName: name, log, trace: log, debug: log, info: log, warn: log, error: log };
+  const log = (...a: unknown[]) => {
+    lines.push(a.map(String).join(" "));
+  };
+  const context = {
+    invocationId: "probe",
+    functionName: name,
+    log,
+    trace: log,
+    debug: log,
+    info: log,
+    warn: log,
+    error: log,
+  };
   // The shapes the worker hands a handler (HttpRequest / Timer, InvocationContext).
-  const input = args[actionAt] === "--call"
-    ? (() => {
-      const url = new URL(args[actionAt + 2] ?? "/", "http://localhost:7071");
-      return { method: "GET", url: url.href, query: url.searchParams, params: {}, headers: new Headers(), text: async () => "" };
-    })()
-    : { isPastDue: false, schedule: { adjustForDST: false }, scheduleStatus: { last: "", next: "", lastUpdated: "" } };
+  const input =
+    args[actionAt] === "--call"
+      ? (() => {
+          const url = new URL(args[actionAt + 2] ?? "/", "http://localhost:7071");
+          return {
+            method: "GET",
+            url: url.href,
+            query: url.searchParams,
+            params: {},
+            headers: new Headers(),
+            text: async () => "",
+          };
+        })()
+      : {
+          isPastDue: false,
+          schedule: { adjustForDST: false },
+          scheduleStatus: { last: "", next: "", lastUpdated: "" },
+        };
   const callStart = performance.now();
   let status: number;
   let body: string;
   try {
-    const response = await registration.handler(input, context) as { status?: number; jsonBody?: unknown; body?: unknown } | undefined;
+    const response = (await registration.handler(input, context)) as
+      { status?: number; jsonBody?: unknown; body?: unknown } | undefined;
     status = response?.status ?? 200;
     body = response?.jsonBody !== undefined ? JSON.stringify(response.jsonBody) : String(response?.body ?? "");
   } catch (error) {
@@ -87,7 +119,13 @@ async function probe(argv: string[]): Promise<ProbeResult> {
   const end = performance.now();
   return {
     ...base,
-    call: { name: name!, status, ms: end - callStart, sinceProcessStartMs: end, body: `${body}${lines.length ? `\n${lines.join("\n")}` : ""}`.slice(0, 4000) },
+    call: {
+      name: name!,
+      status,
+      ms: end - callStart,
+      sinceProcessStartMs: end,
+      body: `${body}${lines.length ? `\n${lines.join("\n")}` : ""}`.slice(0, 4000),
+    },
     ...(requests ? { requests } : {}),
     maxRssMiB: process.resourceUsage().maxRSS / 1024,
   };
@@ -116,7 +154,7 @@ if (process.argv[1] && realpathSync(process.argv[1]) === fileURLToPath(import.me
       process.exit(0);
     },
     (error: unknown) => {
-      console.error(error instanceof Error ? error.stack ?? error.message : String(error));
+      console.error(error instanceof Error ? (error.stack ?? error.message) : String(error));
       process.exit(1);
     },
   );

@@ -28,7 +28,15 @@ import { prng, startFaultProxy, withEndpoint, type FaultProxy } from "./fault-pr
 import { HSM_RESOURCE, startHsmEmulator } from "./hsm-emulator/index.js";
 import { applyIdentityEnv, startIdentityEndpoint, unsignedJwt } from "./identity-endpoint.js";
 import { between, drawHsmFaults, TABLE_CHAOS, type HsmUnderTest } from "./soak/faults.js";
-import { checkHealthy, checkRecords, checkSecrets, RULES, type EmulatorJob, type RunWindow, type Violation } from "./soak/verify.js";
+import {
+  checkHealthy,
+  checkRecords,
+  checkSecrets,
+  RULES,
+  type EmulatorJob,
+  type RunWindow,
+  type Violation,
+} from "./soak/verify.js";
 
 const { InvocationContext } = functions;
 const MINUTE = 60_000;
@@ -39,7 +47,11 @@ const TABLE = "soakcatalog";
 /** One invocation that takes longer than this (real time) is reported stuck. */
 const INVOCATION_LIMIT_MS = 120_000;
 const FINAL_RECONCILE_PASSES = 30;
-const TIMER: Timer = { isPastDue: false, schedule: { adjustForDST: false }, scheduleStatus: { last: "", next: "", lastUpdated: "" } };
+const TIMER: Timer = {
+  isPastDue: false,
+  schedule: { adjustForDST: false },
+  scheduleStatus: { last: "", next: "", lastUpdated: "" },
+};
 
 interface Options {
   readonly runs: number;
@@ -55,7 +67,11 @@ function parseArgs(argv: readonly string[]): Options {
     if (!/^\d+$/.test(raw)) throw new Error(`--${name} needs a whole number, got "${raw}"`);
     return Number(raw);
   };
-  return { runs: value("runs", 500), seed: value("seed", randomInt(1, 2 ** 31)), reconcileEvery: Math.max(1, value("reconcile-every", 1)) };
+  return {
+    runs: value("runs", 500),
+    seed: value("seed", randomInt(1, 2 ** 31)),
+    reconcileEvery: Math.max(1, value("reconcile-every", 1)),
+  };
 }
 
 /** The app's and the emulators' clock: real time plus however far the soak moved it. */
@@ -91,7 +107,9 @@ async function main(): Promise<number> {
     console.log(line);
   };
   const elapsed = () => `${((performance.now() - startedAt) / 1000).toFixed(1)} s`;
-  print(`Soak: ${options.runs} runs, seed ${options.seed}, reconcile every ${options.reconcileEvery} run(s) (replay: npm run soak -- --seed ${options.seed} --runs ${options.runs})`);
+  print(
+    `Soak: ${options.runs} runs, seed ${options.seed}, reconcile every ${options.reconcileEvery} run(s) (replay: npm run soak -- --seed ${options.seed} --runs ${options.runs})`,
+  );
 
   const clock = new SimulatedClock();
   const stops: (() => Promise<void>)[] = [];
@@ -117,16 +135,25 @@ async function main(): Promise<number> {
       const proxy = await startFaultProxy(tap.origin, { seed: options.seed + hsms.length + 1 });
       stops.push(() => proxy.stop());
       const name = `loopback-${new URL(proxy.origin).port}`;
-      const emulator = await startHsmEmulator({ name, port, retryAfterSeconds: 1, jobDurationMs: 50, now: clock.nowMs });
+      const emulator = await startHsmEmulator({
+        name,
+        port,
+        retryAfterSeconds: 1,
+        jobDurationMs: 50,
+        now: clock.nowMs,
+      });
       stops.unshift(() => emulator.stop());
-      tap.inject({
-        kind: "rewrite",
-        transform: (answer) => {
-          const jobId = answer.status === 202 ? /"jobId":"([0-9a-f]+)"/.exec(answer.bodyText)?.[1] : undefined;
-          if (jobId) accepted.set(jobId, name);
-          return answer;
+      tap.inject(
+        {
+          kind: "rewrite",
+          transform: (answer) => {
+            const jobId = answer.status === 202 ? /"jobId":"([0-9a-f]+)"/.exec(answer.bodyText)?.[1] : undefined;
+            if (jobId) accepted.set(jobId, name);
+            return answer;
+          },
         },
-      }, { method: "POST", path: /^\/backup\/?$/, times: 1e9 });
+        { method: "POST", path: /^\/backup\/?$/, times: 1e9 },
+      );
       hsms.push({ label, proxy, tap, emulator, tampered: new Set() });
     }
 
@@ -146,20 +173,24 @@ async function main(): Promise<number> {
     const httpClient: HttpClient = { sendRequest: (request) => (noteSecrets(request), transport.sendRequest(request)) };
     // The HSMs wait side by side, as they would for real: a wait ends at its own end time on the
     // simulated clock, so two overlapping 60 s waits pass 60 s, not 120 s.
-    const delay = (ms: number, signal?: AbortSignal) => new Promise<void>((resolve, reject) => {
-      if (signal?.aborted) return reject(signal.reason);
-      const until = clock.nowMs() + ms;
-      const onAbort = () => {
-        clearTimeout(timer);
-        reject(signal!.reason);
-      };
-      const timer = setTimeout(() => {
-        signal?.removeEventListener("abort", onAbort);
-        clock.advanceTo(until);
-        resolve();
-      }, Math.min(15, Math.max(1, Math.round(ms / 100))));
-      signal?.addEventListener("abort", onAbort, { once: true });
-    });
+    const delay = (ms: number, signal?: AbortSignal) =>
+      new Promise<void>((resolve, reject) => {
+        if (signal?.aborted) return reject(signal.reason);
+        const until = clock.nowMs() + ms;
+        const onAbort = () => {
+          clearTimeout(timer);
+          reject(signal!.reason);
+        };
+        const timer = setTimeout(
+          () => {
+            signal?.removeEventListener("abort", onAbort);
+            clock.advanceTo(until);
+            resolve();
+          },
+          Math.min(15, Math.max(1, Math.round(ms / 100))),
+        );
+        signal?.addEventListener("abort", onAbort, { once: true });
+      });
 
     const config = parseConfig({
       MANAGED_HSM_URLS: hsms.map((h) => h.proxy.origin).join(","),
@@ -171,31 +202,58 @@ async function main(): Promise<number> {
     const deps = createDeps(config, {
       now: clock.now,
       storageOptions: { requestTimeoutMs: 1000 },
-      hsmClientOptions: { httpClient, delay, defaultPollIntervalMs: 2000, requestTimeoutMs: 1000, maxPollIntervalMs: 60_000 },
+      hsmClientOptions: {
+        httpClient,
+        delay,
+        defaultPollIntervalMs: 2000,
+        requestTimeoutMs: 1000,
+        maxPollIntervalMs: 60_000,
+      },
     });
     const healthy = config.hsms[0]!.name;
     const labelOf = new Map(hsms.map((h, i) => [config.hsms[i]!.name, h.label]));
-    print(`HSMs: ${config.hsms.map((h) => `${labelOf.get(h.name)}=${h.name}`).join(", ")}; ${healthy} (steady) gets no HSM faults`);
+    print(
+      `HSMs: ${config.hsms.map((h) => `${labelOf.get(h.name)}=${h.name}`).join(", ")}; ${healthy} (steady) gets no HSM faults`,
+    );
 
     const logs: string[] = [];
-    const context = (functionName: string, run: number) => new InvocationContext({
-      invocationId: `soak-${functionName}-${run}`,
-      functionName,
-      logHandler: (level, ...args) => logs.push(`[run ${run} ${functionName} ${level}] ${args.map(String).join(" ")}`),
-    });
+    const context = (functionName: string, run: number) =>
+      new InvocationContext({
+        invocationId: `soak-${functionName}-${run}`,
+        functionName,
+        logHandler: (level, ...args) =>
+          logs.push(`[run ${run} ${functionName} ${level}] ${args.map(String).join(" ")}`),
+      });
     const bounded = async (what: string, work: Promise<unknown>): Promise<"ok" | "threw" | "stuck"> => {
       let timer: NodeJS.Timeout | undefined;
-      const limit = new Promise<"stuck">((resolve) => (timer = setTimeout(() => resolve("stuck"), INVOCATION_LIMIT_MS)));
-      const result = await Promise.race([work.then(() => "ok" as const, () => "threw" as const), limit]);
+      const limit = new Promise<"stuck">(
+        (resolve) => (timer = setTimeout(() => resolve("stuck"), INVOCATION_LIMIT_MS)),
+      );
+      const result = await Promise.race([
+        work.then(
+          () => "ok" as const,
+          () => "threw" as const,
+        ),
+        limit,
+      ]);
       clearTimeout(timer);
-      if (result === "stuck") violations.push({ check: "stuck", detail: `${what} still running after ${INVOCATION_LIMIT_MS / 1000} s` });
+      if (result === "stuck")
+        violations.push({ check: "stuck", detail: `${what} still running after ${INVOCATION_LIMIT_MS / 1000} s` });
       return result;
     };
 
     await deps.prepare();
     const rng = prng(options.seed);
     const windows: RunWindow[] = [];
-    const tally = { threw: 0, killed: 0, reconciles: 0, reconcileThrew: 0, badTableNights: 0, backupMs: 0, reconcileMs: 0 };
+    const tally = {
+      threw: 0,
+      killed: 0,
+      reconciles: 0,
+      reconcileThrew: 0,
+      badTableNights: 0,
+      backupMs: 0,
+      reconcileMs: 0,
+    };
     const slowest: { ms: number; what: string }[] = [];
     const faultCounts = new Map<string, number>();
     for (let run = 1; run <= options.runs; run++) {
@@ -246,7 +304,8 @@ async function main(): Promise<number> {
       if (run % options.reconcileEvery === 0) {
         tally.reconciles++;
         const reconcileStarted = performance.now();
-        if ((await bounded(`run ${run} reconcile`, reconcileTimer(TIMER, context("reconcile", run), deps))) === "threw") tally.reconcileThrew++;
+        if ((await bounded(`run ${run} reconcile`, reconcileTimer(TIMER, context("reconcile", run), deps))) === "threw")
+          tally.reconcileThrew++;
         tally.reconcileMs += performance.now() - reconcileStarted;
       }
       for (const h of hsms) {
@@ -254,7 +313,10 @@ async function main(): Promise<number> {
         h.emulator.faults.throttleNext(0, 429, 0);
       }
       tableProxy.clear();
-      if (run % 25 === 0) print(`  run ${run}/${options.runs}  ${elapsed()}  jobs accepted ${accepted.size}  failed invocations ${tally.threw}`);
+      if (run % 25 === 0)
+        print(
+          `  run ${run}/${options.runs}  ${elapsed()}  jobs accepted ${accepted.size}  failed invocations ${tally.threw}`,
+        );
     }
 
     // Every fault healed, every job ended, the clock past every deadline: reconcile until it changes nothing.
@@ -265,7 +327,9 @@ async function main(): Promise<number> {
       const report = await reconcile(deps, safeLogger(context("finalReconcile", passes + 1)), {});
       if (report.changed.length === 0 && report.discovered.length === 0 && report.errors.length === 0) break;
     }
-    print(`Final reconcile: ${passes + 1} pass(es)${passes === FINAL_RECONCILE_PASSES ? " (limit reached: still changing)" : ""}  ${elapsed()}`);
+    print(
+      `Final reconcile: ${passes + 1} pass(es)${passes === FINAL_RECONCILE_PASSES ? " (limit reached: still changing)" : ""}  ${elapsed()}`,
+    );
 
     // What the emulators did, asked directly (no proxy), and what the container holds.
     const token = unsignedJwt({ aud: HSM_RESOURCE, exp: Math.floor(Date.now() / 1000) + 3600, oid: "soak-verifier" });
@@ -273,15 +337,25 @@ async function main(): Promise<number> {
     const jobs = new Map<string, EmulatorJob>();
     const ids = [...accepted];
     for (let i = 0; i < ids.length; i += 16) {
-      await Promise.all(ids.slice(i, i + 16).map(async ([jobId, hsm]) => {
-        const response = await fetch(`${emulatorOf.get(hsm)!.url}/backup/${jobId}/pending?api-version=7.6`, { headers: { authorization: `Bearer ${token}` } });
-        const body = (await response.json()) as { status?: string; azureStorageBlobContainerUri?: string | null; startTime?: number };
-        jobs.set(jobId, {
-          hsm, jobId, status: response.status === 200 ? body.status ?? "?" : `HTTP ${response.status}`,
-          ...(body.azureStorageBlobContainerUri ? { folderUri: body.azureStorageBlobContainerUri } : {}),
-          ...(typeof body.startTime === "number" ? { startTime: body.startTime * 1000 } : {}),
-        });
-      }));
+      await Promise.all(
+        ids.slice(i, i + 16).map(async ([jobId, hsm]) => {
+          const response = await fetch(`${emulatorOf.get(hsm)!.url}/backup/${jobId}/pending?api-version=7.6`, {
+            headers: { authorization: `Bearer ${token}` },
+          });
+          const body = (await response.json()) as {
+            status?: string;
+            azureStorageBlobContainerUri?: string | null;
+            startTime?: number;
+          };
+          jobs.set(jobId, {
+            hsm,
+            jobId,
+            status: response.status === 200 ? (body.status ?? "?") : `HTTP ${response.status}`,
+            ...(body.azureStorageBlobContainerUri ? { folderUri: body.azureStorageBlobContainerUri } : {}),
+            ...(typeof body.startTime === "number" ? { startTime: body.startTime * 1000 } : {}),
+          });
+        }),
+      );
     }
     const containerUrl = deps.storage.containerUrl(CONTAINER);
     const folders = new Set<string>();
@@ -292,26 +366,47 @@ async function main(): Promise<number> {
     const entities: Record<string, unknown>[] = [];
     const table = TableClient.fromConnectionString(azurite.connectionString, TABLE, { allowInsecureConnection: true });
     for await (const entity of table.listEntities<Record<string, unknown>>()) entities.push({ ...entity });
-    const records = entities.filter((e) => e.partitionKey === "backup").map((e) => {
-      const { partitionKey: _p, rowKey, etag: _e, timestamp: _t, "odata.metadata": _m, ...fields } = e;
-      return { id: rowKey, ...fields } as unknown as BackupRecord;
-    });
-    const startsAnswered = hsms.reduce((n, h) => n + h.emulator.requests.filter((r) => r.method === "POST" && /^\/backup\/?$/.test(r.path) && r.status === 202).length, 0);
+    const records = entities
+      .filter((e) => e.partitionKey === "backup")
+      .map((e) => {
+        const { partitionKey: _p, rowKey, etag: _e, timestamp: _t, "odata.metadata": _m, ...fields } = e;
+        return { id: rowKey, ...fields } as unknown as BackupRecord;
+      });
+    const startsAnswered = hsms.reduce(
+      (n, h) =>
+        n +
+        h.emulator.requests.filter((r) => r.method === "POST" && /^\/backup\/?$/.test(r.path) && r.status === 202)
+          .length,
+      0,
+    );
     if (startsAnswered !== accepted.size) {
-      violations.push({ check: "lostJob", detail: `the emulators answered ${startsAnswered} backup starts with 202, but the tap saw ${accepted.size}: the job log is incomplete` });
+      violations.push({
+        check: "lostJob",
+        detail: `the emulators answered ${startsAnswered} backup starts with 202, but the tap saw ${accepted.size}: the job log is incomplete`,
+      });
     }
 
     const truth = { jobs, folders, tampered: new Set(hsms.flatMap((h) => [...h.tampered])) };
     violations.push(...checkRecords(records, truth, windows), ...checkHealthy(records, truth, healthy, windows, logs));
-    violations.push(...checkSecrets([
-      ...logs.map((text, i) => ({ where: `log line ${i + 1}`, text })),
-      ...entities.map((e) => ({ where: `catalog entity ${String(e.partitionKey)}/${String(e.rowKey)}`, text: JSON.stringify(e) })),
-      ...output.map((text, i) => ({ where: `output line ${i + 1}`, text })),
-    ], sent));
+    violations.push(
+      ...checkSecrets(
+        [
+          ...logs.map((text, i) => ({ where: `log line ${i + 1}`, text })),
+          ...entities.map((e) => ({
+            where: `catalog entity ${String(e.partitionKey)}/${String(e.rowKey)}`,
+            text: JSON.stringify(e),
+          })),
+          ...output.map((text, i) => ({ where: `output line ${i + 1}`, text })),
+        ],
+        sent,
+      ),
+    );
 
     const count = (check: Violation["check"]) => violations.filter((v) => v.check === check).length;
     const by = <T>(items: readonly T[], key: (item: T) => string) =>
-      [...items.reduce((m, item) => m.set(key(item), (m.get(key(item)) ?? 0) + 1), new Map<string, number>())].map(([k, n]) => `${k} ${n}`).join(", ");
+      [...items.reduce((m, item) => m.set(key(item), (m.get(key(item)) ?? 0) + 1), new Map<string, number>())]
+        .map(([k, n]) => `${k} ${n}`)
+        .join(", ");
     const jobList = [...jobs.values()];
 
     if (violations.length > 0) {
@@ -328,13 +423,43 @@ async function main(): Promise<number> {
     print();
     const row = (label: string, value: string | number) => print(`  ${label.padEnd(46)} ${value}`);
     print(`Summary (seed ${options.seed}, elapsed ${elapsed()}):`);
-    row("scheduled runs (nightlyBackup)", `${options.runs} (killed waits ${tally.killed}, invocations failed as designed ${tally.threw}, bad table nights ${tally.badTableNights})`);
-    row("real time in backup runs / reconcile runs", `${(tally.backupMs / 1000).toFixed(1)} s / ${(tally.reconcileMs / 1000).toFixed(1)} s; slowest: ${slowest.sort((a, b) => b.ms - a.ms).slice(0, 3).map((s) => `${s.what} ${Math.round(s.ms)} ms`).join("; ")}`);
-    row("reconcile invocations", `${tally.reconciles} (failed as designed ${tally.reconcileThrew}) + ${passes + 1} final pass(es)`);
-    row("jobs the emulators started (backups)", `${jobs.size} (${by(jobList, (j) => `${labelOf.get(j.hsm)}`)}; ${by(jobList, (j) => j.status)})`);
-    row("catalog records", `${records.length} (${by(records, (r) => r.status)}; discovered ${records.filter((r) => r.origin === "discovered").length}; corrected ${by(records.filter((r) => r.correctedFrom), (r) => `from ${r.correctedFrom}`) || "none"})`);
+    row(
+      "scheduled runs (nightlyBackup)",
+      `${options.runs} (killed waits ${tally.killed}, invocations failed as designed ${tally.threw}, bad table nights ${tally.badTableNights})`,
+    );
+    row(
+      "real time in backup runs / reconcile runs",
+      `${(tally.backupMs / 1000).toFixed(1)} s / ${(tally.reconcileMs / 1000).toFixed(1)} s; slowest: ${slowest
+        .sort((a, b) => b.ms - a.ms)
+        .slice(0, 3)
+        .map((s) => `${s.what} ${Math.round(s.ms)} ms`)
+        .join("; ")}`,
+    );
+    row(
+      "reconcile invocations",
+      `${tally.reconciles} (failed as designed ${tally.reconcileThrew}) + ${passes + 1} final pass(es)`,
+    );
+    row(
+      "jobs the emulators started (backups)",
+      `${jobs.size} (${by(jobList, (j) => `${labelOf.get(j.hsm)}`)}; ${by(jobList, (j) => j.status)})`,
+    );
+    row(
+      "catalog records",
+      `${records.length} (${by(records, (r) => r.status)}; discovered ${records.filter((r) => r.origin === "discovered").length}; corrected ${
+        by(
+          records.filter((r) => r.correctedFrom),
+          (r) => `from ${r.correctedFrom}`,
+        ) || "none"
+      })`,
+    );
     row("HSM faults drawn", [...faultCounts].map(([k, n]) => `${k} ${n}`).join(", "));
-    row("table proxy", by(tableProxy.log.filter((e) => e.fault), (e) => e.fault!) || "no faults");
+    row(
+      "table proxy",
+      by(
+        tableProxy.log.filter((e) => e.fault),
+        (e) => e.fault!,
+      ) || "no faults",
+    );
     print("  ---- each must be 0 ----");
     row("duplicates", count("duplicate"));
     row("records still Starting/Running", count("unsettled"));
@@ -354,7 +479,7 @@ async function main(): Promise<number> {
 main().then(
   (code) => process.exit(code),
   (error: unknown) => {
-    console.error(`Soak failed to run: ${error instanceof Error ? error.stack ?? error.message : String(error)}`);
+    console.error(`Soak failed to run: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`);
     process.exit(2);
   },
 );

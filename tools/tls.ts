@@ -35,10 +35,21 @@ export function createSelfSignedCert(): SelfSignedCert {
   const certPath = join(dir, "cert.pem");
   const keyPath = join(dir, "key.pem");
   openssl(dir, [
-    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-    "-subj", "/CN=127.0.0.1",
-    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-    "-keyout", keyPath, "-out", certPath,
+    "req",
+    "-x509",
+    "-newkey",
+    "rsa:2048",
+    "-nodes",
+    "-days",
+    "2",
+    "-subj",
+    "/CN=127.0.0.1",
+    "-addext",
+    "subjectAltName=IP:127.0.0.1,DNS:localhost",
+    "-keyout",
+    keyPath,
+    "-out",
+    certPath,
   ]);
   return {
     certPath,
@@ -75,18 +86,59 @@ export function createTestCa(dnsNames: readonly string[]): TestCa {
     // EC keys: generated in milliseconds, where RSA 2048 costs a noticeable part of a test's setup.
     const newKey = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
     openssl(dir, [
-      "req", "-x509", ...newKey, "-days", "2", "-subj", "/CN=mhsm-backup-functions test CA",
-      "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-      "-keyout", file("ca.key"), "-out", file("ca.pem"),
+      "req",
+      "-x509",
+      ...newKey,
+      "-days",
+      "2",
+      "-subj",
+      "/CN=mhsm-backup-functions test CA",
+      "-addext",
+      "basicConstraints=critical,CA:TRUE",
+      "-addext",
+      "keyUsage=critical,keyCertSign,cRLSign",
+      "-keyout",
+      file("ca.key"),
+      "-out",
+      file("ca.pem"),
     ]);
-    openssl(dir, ["req", ...newKey, "-subj", `/CN=${dnsNames[0]}`, "-keyout", file("server.key"), "-out", file("server.csr")]);
-    const san = [...dnsNames.map((name) => `DNS:${name}`), "IP:127.0.0.1"].join(",");
-    writeFileSync(file("server.ext"), `subjectAltName=${san}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n`);
     openssl(dir, [
-      "x509", "-req", "-in", file("server.csr"), "-CA", file("ca.pem"), "-CAkey", file("ca.key"), "-CAcreateserial",
-      "-days", "2", "-extfile", file("server.ext"), "-out", file("server.pem"),
+      "req",
+      ...newKey,
+      "-subj",
+      `/CN=${dnsNames[0]}`,
+      "-keyout",
+      file("server.key"),
+      "-out",
+      file("server.csr"),
     ]);
-    return { ca: readFileSync(file("ca.pem"), "utf8"), cert: readFileSync(file("server.pem"), "utf8"), key: readFileSync(file("server.key"), "utf8") };
+    const san = [...dnsNames.map((name) => `DNS:${name}`), "IP:127.0.0.1"].join(",");
+    writeFileSync(
+      file("server.ext"),
+      `subjectAltName=${san}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n`,
+    );
+    openssl(dir, [
+      "x509",
+      "-req",
+      "-in",
+      file("server.csr"),
+      "-CA",
+      file("ca.pem"),
+      "-CAkey",
+      file("ca.key"),
+      "-CAcreateserial",
+      "-days",
+      "2",
+      "-extfile",
+      file("server.ext"),
+      "-out",
+      file("server.pem"),
+    ]);
+    return {
+      ca: readFileSync(file("ca.pem"), "utf8"),
+      cert: readFileSync(file("server.pem"), "utf8"),
+      key: readFileSync(file("server.key"), "utf8"),
+    };
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -4,7 +4,15 @@
  */
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import { RECORD_ID, RECORD_STATUSES, type ListQuery } from "../lib/catalog.js";
-import { checkKeyName, checkRecordId, HSM_NAME, InvalidInput, parseListQuery, truncate, type RawListQuery } from "../lib/validation.js";
+import {
+  checkKeyName,
+  checkRecordId,
+  HSM_NAME,
+  InvalidInput,
+  parseListQuery,
+  truncate,
+  type RawListQuery,
+} from "../lib/validation.js";
 
 export const EXIT = {
   ok: 0,
@@ -83,7 +91,13 @@ export type Command =
   | { readonly name: "help" }
   | (Common & { readonly name: "backup"; readonly hsmName?: string })
   | (Common & { readonly name: "list"; readonly query: ListQuery; readonly refresh: boolean })
-  | (Common & { readonly name: "restore"; readonly backupId: string; readonly keyName?: string; readonly confirm?: string; readonly wait: boolean })
+  | (Common & {
+      readonly name: "restore";
+      readonly backupId: string;
+      readonly keyName?: string;
+      readonly confirm?: string;
+      readonly wait: boolean;
+    })
   | (Common & { readonly name: "status"; readonly id: string })
   | (Common & { readonly name: "reconcile" });
 
@@ -95,15 +109,31 @@ export class UsageError extends Error {
 }
 
 type Options = NonNullable<ParseArgsConfig["options"]>;
-const COMMON_OPTIONS: Options = { json: { type: "boolean" }, verbose: { type: "boolean" }, help: { type: "boolean", short: "h" } };
+const COMMON_OPTIONS: Options = {
+  json: { type: "boolean" },
+  verbose: { type: "boolean" },
+  help: { type: "boolean", short: "h" },
+};
 const COMMON_FLAGS = new Set(["--json", "--verbose", "--help", "-h"]);
-const COMMANDS: Readonly<Record<Exclude<Command["name"], "help">, { options: Options; positionals: readonly string[] }>> = {
+const COMMANDS: Readonly<
+  Record<Exclude<Command["name"], "help">, { options: Options; positionals: readonly string[] }>
+> = {
   backup: { options: { hsm: { type: "string" } }, positionals: [] },
   list: {
-    options: { hsm: { type: "string" }, status: { type: "string" }, verification: { type: "string" }, top: { type: "string" }, "continuation-token": { type: "string" }, refresh: { type: "boolean" } },
+    options: {
+      hsm: { type: "string" },
+      status: { type: "string" },
+      verification: { type: "string" },
+      top: { type: "string" },
+      "continuation-token": { type: "string" },
+      refresh: { type: "boolean" },
+    },
     positionals: [],
   },
-  restore: { options: { key: { type: "string" }, confirm: { type: "string" }, "no-wait": { type: "boolean" } }, positionals: ["backupId"] },
+  restore: {
+    options: { key: { type: "string" }, confirm: { type: "string" }, "no-wait": { type: "boolean" } },
+    positionals: ["backupId"],
+  },
   status: { options: {}, positionals: ["id"] },
   reconcile: { options: {}, positionals: [] },
 };
@@ -119,9 +149,11 @@ export function parseCommand(argv: readonly string[]): Command {
   if (before.includes("--help") || before.includes("-h")) return { name: "help" };
   const misplaced = before.find((arg) => !COMMON_FLAGS.has(arg));
   if (misplaced !== undefined) {
-    throw new UsageError(at < 0
-      ? `no command given (${Object.keys(COMMANDS).join(", ")})`
-      : `"${truncate(misplaced)}" is not an option of every command: put it after the command`);
+    throw new UsageError(
+      at < 0
+        ? `no command given (${Object.keys(COMMANDS).join(", ")})`
+        : `"${truncate(misplaced)}" is not an option of every command: put it after the command`,
+    );
   }
   if (at < 0) throw new UsageError(`no command given (${Object.keys(COMMANDS).join(", ")})`);
   const name = argv[at]!;
@@ -135,7 +167,13 @@ export function parseCommand(argv: readonly string[]): Command {
   if (rest.includes("--help") || rest.includes("-h")) return { name: "help" };
   let parsed: ReturnType<typeof parseArgs>;
   try {
-    parsed = parseArgs({ args: rest, options: { ...COMMON_OPTIONS, ...spec.options }, allowPositionals: true, strict: true, tokens: true });
+    parsed = parseArgs({
+      args: rest,
+      options: { ...COMMON_OPTIONS, ...spec.options },
+      allowPositionals: true,
+      strict: true,
+      tokens: true,
+    });
   } catch (error) {
     // node:util names the option ("Unknown option '--tpo'"); Node 22 adds a hint about '--' with
     // nested quotes that reads as garbage here, so only the first sentence is kept.
@@ -154,9 +192,11 @@ export function parseCommand(argv: readonly string[]): Command {
   const { values, positionals } = parsed;
   if (positionals.length !== spec.positionals.length) {
     const expected = spec.positionals.length === 0 ? "no arguments" : spec.positionals.map((p) => `<${p}>`).join(" ");
-    throw new UsageError(positionals.length < spec.positionals.length
-      ? `${commandName}: missing ${expected}`
-      : `${commandName}: takes ${expected}, but got ${positionals.map((p) => `"${truncate(p)}"`).join(" ")}`);
+    throw new UsageError(
+      positionals.length < spec.positionals.length
+        ? `${commandName}: missing ${expected}`
+        : `${commandName}: takes ${expected}, but got ${positionals.map((p) => `"${truncate(p)}"`).join(" ")}`,
+    );
   }
   const common: Common = { json: values.json === true, verbose: values.verbose === true };
   const text = (option: string): string | undefined => {
@@ -166,16 +206,29 @@ export function parseCommand(argv: readonly string[]): Command {
   switch (commandName) {
     case "backup": {
       const hsm = text("hsm");
-      if (hsm !== undefined && !HSM_NAME.test(hsm)) throw new UsageError(`backup: --hsm "${truncate(hsm)}" is not an HSM name`);
+      if (hsm !== undefined && !HSM_NAME.test(hsm))
+        throw new UsageError(`backup: --hsm "${truncate(hsm)}" is not an HSM name`);
       return { name: "backup", ...common, ...(hsm !== undefined ? { hsmName: hsm } : {}) };
     }
     case "list":
-      return { name: "list", ...common, query: listQuery({ hsm: text("hsm"), status: text("status"), verification: text("verification"), top: text("top"), continuationToken: text("continuation-token") }), refresh: values.refresh === true };
+      return {
+        name: "list",
+        ...common,
+        query: listQuery({
+          hsm: text("hsm"),
+          status: text("status"),
+          verification: text("verification"),
+          top: text("top"),
+          continuationToken: text("continuation-token"),
+        }),
+        refresh: values.refresh === true,
+      };
     case "restore": {
       const key = text("key");
       const keyName = key === undefined ? undefined : usage(() => checkKeyName(key, () => "restore: --key"));
       return {
-        name: "restore", ...common,
+        name: "restore",
+        ...common,
         backupId: usage(() => checkRecordId(positionals[0] ?? "", "backup")),
         ...(keyName !== undefined ? { keyName } : {}),
         ...(text("confirm") !== undefined ? { confirm: text("confirm")! } : {}),
@@ -185,7 +238,10 @@ export function parseCommand(argv: readonly string[]): Command {
     case "status": {
       // Backup and restore ids have the same shape: the record found says which it is.
       const id = positionals[0] ?? "";
-      if (!RECORD_ID.test(id)) throw new UsageError(`status: "${truncate(id)}" is not a backup or restore id (13 digits, a hyphen, 8 hex digits)`);
+      if (!RECORD_ID.test(id))
+        throw new UsageError(
+          `status: "${truncate(id)}" is not a backup or restore id (13 digits, a hyphen, 8 hex digits)`,
+        );
       return { name: "status", ...common, id };
     }
     case "reconcile":
@@ -193,7 +249,14 @@ export function parseCommand(argv: readonly string[]): Command {
   }
 }
 
-const LIST_FLAGS = { hsm: "--hsm", status: "--status", verification: "--verification", top: "--top", continuationToken: "--continuation-token", keyName: "--key" } as const;
+const LIST_FLAGS = {
+  hsm: "--hsm",
+  status: "--status",
+  verification: "--verification",
+  top: "--top",
+  continuationToken: "--continuation-token",
+  keyName: "--key",
+} as const;
 
 function listQuery(raw: RawListQuery): ListQuery {
   return usage(() => parseListQuery(raw, (field) => `list: ${LIST_FLAGS[field]}`));

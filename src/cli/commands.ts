@@ -1,7 +1,13 @@
 /** What each command does, over the same src/lib code the function app runs. */
 import { setTimeout as sleep } from "node:timers/promises";
 import { backupAll, failureSummary } from "../lib/backup.js";
-import { ACTIVE_STATUSES, UNSETTLED_STATUSES, type BackupRecord, type ListQuery, type RestoreRecord } from "../lib/catalog.js";
+import {
+  ACTIVE_STATUSES,
+  UNSETTLED_STATUSES,
+  type BackupRecord,
+  type ListQuery,
+  type RestoreRecord,
+} from "../lib/catalog.js";
 import { describeRequestIds, requestIdsOfError } from "../lib/correlation.js";
 import type { AppDeps } from "../lib/deps.js";
 import type { Logger } from "../lib/logger.js";
@@ -31,7 +37,11 @@ export interface Context {
 
 export async function backup({ deps, log, term, json, signal }: Context, hsmName: string | undefined): Promise<number> {
   if (hsmName !== undefined && !deps.config.hsms.some((h) => h.name === hsmName)) {
-    throw new ProblemError(400, "Unknown HSM", `No configured HSM is named ${hsmName} (MANAGED_HSM_URLS has: ${deps.config.hsms.map((h) => h.name).join(", ")}).`);
+    throw new ProblemError(
+      400,
+      "Unknown HSM",
+      `No configured HSM is named ${hsmName} (MANAGED_HSM_URLS has: ${deps.config.hsms.map((h) => h.name).join(", ")}).`,
+    );
   }
   const targets = deps.config.hsms.filter((h) => hsmName === undefined || h.name === hsmName);
   const started = Date.now();
@@ -40,7 +50,11 @@ export async function backup({ deps, log, term, json, signal }: Context, hsmName
   term.startProgress((width) => {
     const running = [...hsms].filter(([, s]) => s.endedAt === undefined);
     if (running.length === 0) return `Recording the outcomes (${elapsed(undefined)})`;
-    return fitLine(`Backing up ${running.length} of ${hsms.size} HSM(s), ${elapsed(undefined)}`, running.map(([name, s]) => `${name} ${s.status}`), width);
+    return fitLine(
+      `Backing up ${running.length} of ${hsms.size} HSM(s), ${elapsed(undefined)}`,
+      running.map(([name, s]) => `${name} ${s.status}`),
+      width,
+    );
   });
   const results = await backupAll(deps, log, {
     trigger: "cli",
@@ -60,30 +74,47 @@ export async function backup({ deps, log, term, json, signal }: Context, hsmName
   });
   term.stopProgress();
   // An HSM whose part could not be recorded still gets a line: its name, outcome and what is known.
-  const records = results.map((r): BackupRecord => r.record ?? {
-    id: "-", hsmName: r.hsm, hsmUrl: deps.config.hsms.find((h) => h.name === r.hsm)?.url ?? "", status: r.outcome as BackupRecord["status"],
-    startedAt: new Date(started).toISOString(), trigger: "cli", ...(r.jobId ? { jobId: r.jobId } : {}), ...(r.detail ? { errorMessage: r.detail } : {}),
-  });
+  const records = results.map(
+    (r): BackupRecord =>
+      r.record ?? {
+        id: "-",
+        hsmName: r.hsm,
+        hsmUrl: deps.config.hsms.find((h) => h.name === r.hsm)?.url ?? "",
+        status: r.outcome as BackupRecord["status"],
+        startedAt: new Date(started).toISOString(),
+        trigger: "cli",
+        ...(r.jobId ? { jobId: r.jobId } : {}),
+        ...(r.detail ? { errorMessage: r.detail } : {}),
+      },
+  );
   if (json) term.json(records);
   else term.out(backupTable(records));
   if (signal?.aborted) {
     for (const r of results) {
       const id = r.record?.id;
       if (r.outcome === "Pending" || r.outcome === "Unknown") {
-        term.line(`HSM ${r.hsm}: ${r.jobId ? `job ${r.jobId} keeps running on the HSM` : "the start call may have reached the HSM"}; follow it with: hsm-backup status ${id ?? "<id>"} (the reconcile timer, or hsm-backup reconcile, records its outcome)`);
+        term.line(
+          `HSM ${r.hsm}: ${r.jobId ? `job ${r.jobId} keeps running on the HSM` : "the start call may have reached the HSM"}; follow it with: hsm-backup status ${id ?? "<id>"} (the reconcile timer, or hsm-backup reconcile, records its outcome)`,
+        );
       }
     }
-    term.line("Interrupted: only the wait stopped. Backups already started keep running on their HSMs; hsm-backup list --refresh shows where they are.");
+    term.line(
+      "Interrupted: only the wait stopped. Backups already started keep running on their HSMs; hsm-backup list --refresh shows where they are.",
+    );
     return EXIT.interrupted;
   }
   for (const r of results.filter((x) => x.outcome === "Pending")) {
-    term.line(`HSM ${r.hsm}: job ${r.jobId} is still running; its outcome is recorded by the next reconcile run (or: hsm-backup reconcile)`);
+    term.line(
+      `HSM ${r.hsm}: job ${r.jobId} is still running; its outcome is recorded by the next reconcile run (or: hsm-backup reconcile)`,
+    );
   }
   const failure = failureSummary(results);
   if (failure === undefined) return EXIT.ok;
   term.line(failure);
   // Not reached (nothing was sent, no answer, or the catalog was out of reach) is not the same as failed.
-  const unreached = results.some((r) => r.outcome === "Unknown" || r.outcome === "NotRecorded" || r.record?.errorCode === "StartNotSent");
+  const unreached = results.some(
+    (r) => r.outcome === "Unknown" || r.outcome === "NotRecorded" || r.record?.errorCode === "StartNotSent",
+  );
   return unreached ? EXIT.error : EXIT.failed;
 }
 
@@ -92,9 +123,12 @@ export async function reconcileCommand({ deps, log, term, json }: Context): Prom
   if (json) {
     term.json(report);
   } else {
-    if (report.changed.length === 0 && report.discovered.length === 0) term.line(`Nothing to change (${report.checked} record(s) checked).`);
-    for (const c of report.changed) term.out(`${c.kind} ${c.recordId}  HSM ${c.hsm}  ${c.from} -> ${c.to}${c.detail ? `  ${c.detail}` : ""}\n`);
-    for (const d of report.discovered) term.out(`backup ${d.id}  HSM ${d.hsmName}  adopted discovered folder ${folderName(d.folderUri)}\n`);
+    if (report.changed.length === 0 && report.discovered.length === 0)
+      term.line(`Nothing to change (${report.checked} record(s) checked).`);
+    for (const c of report.changed)
+      term.out(`${c.kind} ${c.recordId}  HSM ${c.hsm}  ${c.from} -> ${c.to}${c.detail ? `  ${c.detail}` : ""}\n`);
+    for (const d of report.discovered)
+      term.out(`backup ${d.id}  HSM ${d.hsmName}  adopted discovered folder ${folderName(d.folderUri)}\n`);
     for (const u of report.unadopted) term.line(`Not adopted: ${u.folderUri}: ${u.reason}`);
     for (const e of report.errors) term.line(`Could not reconcile: ${e}`);
   }
@@ -143,24 +177,37 @@ export async function list({ deps, log, term, json }: Context, query: ListQuery,
   return EXIT.ok;
 }
 
-export async function restore(context: Context, backupId: string, keyName: string | undefined, confirm: string | undefined, wait: boolean): Promise<number> {
+export async function restore(
+  context: Context,
+  backupId: string,
+  keyName: string | undefined,
+  confirm: string | undefined,
+  wait: boolean,
+): Promise<number> {
   const { deps, log, term, json } = context;
   if (keyName === undefined) {
     const backup = (await deps.catalog.get("backup", backupId))?.record;
     // An unknown backup gets no warning: startRestore refuses it before anything happens.
     if (backup) {
-      term.line(`WARNING: FULL restore of HSM ${backup.hsmName} from backup ${backup.id} (taken ${backup.endedAt ?? backup.startedAt}): every key in the HSM is replaced by the backup's; keys created or changed since then are lost.`);
+      term.line(
+        `WARNING: FULL restore of HSM ${backup.hsmName} from backup ${backup.id} (taken ${backup.endedAt ?? backup.startedAt}): every key in the HSM is replaced by the backup's; keys created or changed since then are lost.`,
+      );
       if (confirm === undefined) {
         if (!context.readLine) {
-          term.line(`hsm-backup: a full restore must be confirmed: add --confirm ${backup.hsmName} (or run it on a terminal and type the name). Nothing was started.`);
+          term.line(
+            `hsm-backup: a full restore must be confirmed: add --confirm ${backup.hsmName} (or run it on a terminal and type the name). Nothing was started.`,
+          );
           return EXIT.refused;
         }
-        confirm = (await context.readLine(`Type the HSM name (${backup.hsmName}) to confirm the FULL restore: `)).trim();
+        confirm = (
+          await context.readLine(`Type the HSM name (${backup.hsmName}) to confirm the FULL restore: `)
+        ).trim();
       }
     }
   }
   const started = await startRestore(deps, log, {
-    backupId, requestedBy: context.requestedBy,
+    backupId,
+    requestedBy: context.requestedBy,
     ...(keyName !== undefined ? { keyName } : {}),
     ...(confirm !== undefined ? { confirm } : {}),
   });
@@ -170,13 +217,17 @@ export async function restore(context: Context, backupId: string, keyName: strin
     else term.out(restoreSummary(started));
     return EXIT.ok;
   }
-  term.line(`Waiting for restore ${started.id} to end; Ctrl-C stops the wait, not the restore (check it later with: hsm-backup status ${started.id}).`);
+  term.line(
+    `Waiting for restore ${started.id} to end; Ctrl-C stops the wait, not the restore (check it later with: hsm-backup status ${started.id}).`,
+  );
   let final: RestoreRecord;
   try {
     final = await waitForRestore(context, started);
   } catch (error) {
     term.stopProgress();
-    term.line(`The wait for restore ${started.id} stopped; the restore itself may still be running: hsm-backup status ${started.id}`);
+    term.line(
+      `The wait for restore ${started.id} stopped; the restore itself may still be running: hsm-backup status ${started.id}`,
+    );
     if (context.signal?.aborted) return EXIT.interrupted;
     throw error;
   }
@@ -185,15 +236,21 @@ export async function restore(context: Context, backupId: string, keyName: strin
   return final.status === "Succeeded" ? EXIT.ok : EXIT.failed;
 }
 
-async function waitForRestore({ deps, log, term, pollIntervalMs, signal }: Context, started: RestoreRecord): Promise<RestoreRecord> {
+async function waitForRestore(
+  { deps, log, term, pollIntervalMs, signal }: Context,
+  started: RestoreRecord,
+): Promise<RestoreRecord> {
   const since = Date.now();
   let current = started;
   const what = `${current.keyName !== undefined ? `Restore of key ${current.keyName}` : "FULL restore"} ${current.id} on HSM ${current.hsmName}`;
-  term.startProgress((width) => fitLine(what, [`${current.status} ${Math.round((Date.now() - since) / 1000)}s`], width));
+  term.startProgress((width) =>
+    fitLine(what, [`${current.status} ${Math.round((Date.now() - since) / 1000)}s`], width),
+  );
   while (ACTIVE_STATUSES.includes(current.status)) {
     await sleep(pollIntervalMs, undefined, signal ? { signal } : {});
     const next = await restoreStatus(deps, log, current.id);
-    if (!next) throw new Error(`Restore record ${current.id} is no longer in catalog table ${deps.config.catalogTable}`);
+    if (!next)
+      throw new Error(`Restore record ${current.id} is no longer in catalog table ${deps.config.catalogTable}`);
     current = next;
     term.refreshProgress();
   }

@@ -2,7 +2,15 @@
 import type { BackupRecord, RestoreRecord } from "../lib/catalog.js";
 
 export function backupTable(records: readonly BackupRecord[]): string {
-  const rows = records.map((r) => [r.id, r.hsmName, r.status, time(r.startedAt), duration(r.durationSeconds), r.verification ?? "-", folderName(r.folderUri)]);
+  const rows = records.map((r) => [
+    r.id,
+    r.hsmName,
+    r.status,
+    time(r.startedAt),
+    duration(r.durationSeconds),
+    r.verification ?? "-",
+    folderName(r.folderUri),
+  ]);
   return table([["ID", "HSM", "STATUS", "STARTED", "DURATION", "VERIFIED", "FOLDER"], ...rows]);
 }
 
@@ -31,7 +39,12 @@ function common(r: BackupRecord | RestoreRecord): [string, string | undefined][]
     ["Ended", r.endedAt !== undefined ? time(r.endedAt) : undefined],
     ["Duration", r.durationSeconds !== undefined ? duration(r.durationSeconds) : undefined],
     ["Details", r.statusDetails],
-    ["Error", r.errorCode !== undefined || r.errorMessage !== undefined ? [r.errorCode, r.errorMessage].filter(Boolean).join(": ") : undefined],
+    [
+      "Error",
+      r.errorCode !== undefined || r.errorMessage !== undefined
+        ? [r.errorCode, r.errorMessage].filter(Boolean).join(": ")
+        : undefined,
+    ],
     ["Request id", r.requestId],
   ];
 }
@@ -45,7 +58,11 @@ function summary(title: string, fields: readonly [string, string | undefined][])
 export function table(rows: readonly (readonly string[])[]): string {
   const widths: number[] = [];
   for (const row of rows) row.forEach((cell, i) => (widths[i] = Math.max(widths[i] ?? 0, cell.length)));
-  return rows.map((row) => row.map((cell, i) => (i === row.length - 1 ? cell : cell.padEnd(widths[i] ?? 0))).join("  ")).join("\n") + "\n";
+  return (
+    rows
+      .map((row) => row.map((cell, i) => (i === row.length - 1 ? cell : cell.padEnd(widths[i] ?? 0))).join("  "))
+      .join("\n") + "\n"
+  );
 }
 
 function time(iso: string): string {

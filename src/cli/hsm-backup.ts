@@ -71,7 +71,8 @@ export async function main(argv: readonly string[], io: CliIo, options: CliOptio
   const sdkLog = AzureLogger.log;
   AzureLogger.log = (...args: unknown[]) => term.line(format(...args));
   try {
-    const settings = options.settingsDir !== undefined ? withLocalSettings(io.env, options.settingsDir) : { env: io.env };
+    const settings =
+      options.settingsDir !== undefined ? withLocalSettings(io.env, options.settingsDir) : { env: io.env };
     if (settings.file !== undefined && command.verbose) term.line(`Settings: the environment, then ${settings.file}`);
     const config = parseConfig(settings.env);
     const deps = (options.createDeps ?? ((c: AppConfig) => createDeps(c)))(config);
@@ -83,8 +84,14 @@ export async function main(argv: readonly string[], io: CliIo, options: CliOptio
       error: (...args) => term.line(args.join(" ")),
     });
     const context: Context = {
-      deps, log, term, json: command.json, pollIntervalMs: options.pollIntervalMs ?? DEFAULT_POLL_INTERVAL_MS, signal: options.signal,
-      readLine: io.readLine, requestedBy: `cli ${osUser()}`,
+      deps,
+      log,
+      term,
+      json: command.json,
+      pollIntervalMs: options.pollIntervalMs ?? DEFAULT_POLL_INTERVAL_MS,
+      signal: options.signal,
+      readLine: io.readLine,
+      requestedBy: `cli ${osUser()}`,
     };
     switch (command.name) {
       case "backup":
@@ -149,16 +156,20 @@ if (invokedAsScript()) {
     interrupt.abort(new Error("interrupted (Ctrl-C)"));
   });
   const stderr = process.stderr;
-  process.exitCode = await main(argv, {
-    env: process.env,
-    stdout: process.stdout,
-    stderr,
-    isTTY: stderr.isTTY === true,
-    get columns() {
-      return stderr.columns;
+  process.exitCode = await main(
+    argv,
+    {
+      env: process.env,
+      stdout: process.stdout,
+      stderr,
+      isTTY: stderr.isTTY === true,
+      get columns() {
+        return stderr.columns;
+      },
+      ...(process.stdin.isTTY ? { readLine: askTerminal } : {}),
     },
-    ...(process.stdin.isTTY ? { readLine: askTerminal } : {}),
-  }, { settingsDir: process.cwd(), signal: interrupt.signal });
+    { settingsDir: process.cwd(), signal: interrupt.signal },
+  );
 }
 
 /** The OS account running the CLI, recorded as who asked for a restore. */

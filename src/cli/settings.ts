@@ -35,8 +35,11 @@ export function withLocalSettings(env: Env, dir: string): { env: Env; file?: str
     throw new SettingsFileError(file, `is not JSON (${error instanceof Error ? error.message : String(error)})`);
   }
   if (values === undefined) return { env, file };
-  if (typeof values !== "object" || values === null || Array.isArray(values)) throw new SettingsFileError(file, "has a Values that is not an object");
-  const fromFile = Object.fromEntries(Object.entries(values).filter((entry): entry is [string, string] => typeof entry[1] === "string"));
+  if (typeof values !== "object" || values === null || Array.isArray(values))
+    throw new SettingsFileError(file, "has a Values that is not an object");
+  const fromFile = Object.fromEntries(
+    Object.entries(values).filter((entry): entry is [string, string] => typeof entry[1] === "string"),
+  );
   const fromEnv = Object.fromEntries(Object.entries(env).filter(([, v]) => v !== undefined));
   return { env: { ...fromFile, ...fromEnv }, file };
 }

@@ -38,7 +38,10 @@ export class Terminal {
   private ticker: NodeJS.Timeout | undefined;
   private shown = false;
 
-  constructor(private readonly io: CliIo, readonly mode: ProgressMode) {}
+  constructor(
+    private readonly io: CliIo,
+    readonly mode: ProgressMode,
+  ) {}
 
   out(text: string): void {
     this.io.stdout.write(redactSecrets(text));
@@ -85,7 +88,9 @@ export class Terminal {
     if (!this.render) return;
     const width = Math.max(MIN_WIDTH, (this.io.columns ?? 80) - 1);
     const text = redactSecrets(this.render(width));
-    this.io.stderr.write(`${this.shown ? CLEAR_LINE : ""}${text.length > width ? `${text.slice(0, width - 1)}…` : text}`);
+    this.io.stderr.write(
+      `${this.shown ? CLEAR_LINE : ""}${text.length > width ? `${text.slice(0, width - 1)}…` : text}`,
+    );
     this.shown = true;
   }
 

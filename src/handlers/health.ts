@@ -10,7 +10,11 @@ export const health = route(async (_request, _context, deps) => {
   const stale = result.hsms.filter((h) => h.stale).map((h) => h.name);
   const unverified = result.hsms.filter((h) => !h.stale && h.unverified).map((h) => h.name);
   const details = [
-    ...(stale.length > 0 ? [`No successful backup within ${result.maxAgeHours} h that the HSM's check did not refuse for: ${stale.join(", ")}`] : []),
+    ...(stale.length > 0
+      ? [
+          `No successful backup within ${result.maxAgeHours} h that the HSM's check did not refuse for: ${stale.join(", ")}`,
+        ]
+      : []),
     ...(unverified.length > 0 ? [`Newest backup not verified restorable for: ${unverified.join(", ")}`] : []),
   ];
   return json(result.healthy ? 200 : 503, {

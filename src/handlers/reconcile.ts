@@ -12,11 +12,13 @@ import { safeLogger } from "../lib/logger.js";
 export async function reconcileTimer(_timer: Timer, context: InvocationContext, deps?: AppDeps): Promise<void> {
   const { reconcile, reconcileFailures } = await import("../lib/reconcile.js");
   const log = safeLogger(context);
-  const app = deps ?? await appDeps();
+  const app = deps ?? (await appDeps());
   const runDeadline = new Date(app.now().getTime() + FUNCTION_TIMEOUT_MS - RUN_MARGIN_MS);
   const report = await reconcile(app, log, { runDeadline });
   if (report.changed.length > 0 || report.discovered.length > 0) {
-    log.info(`Reconcile: checked ${report.checked} record(s), changed ${report.changed.length}, adopted ${report.discovered.length} discovered backup(s)`);
+    log.info(
+      `Reconcile: checked ${report.checked} record(s), changed ${report.changed.length}, adopted ${report.discovered.length} discovered backup(s)`,
+    );
   }
   const failure = reconcileFailures(report);
   if (failure) throw new Error(failure);

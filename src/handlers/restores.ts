@@ -10,7 +10,10 @@ const POLL_AFTER_SECONDS = "10";
  * its status URL at once: an HTTP trigger is cut off at 230 s, and a restore can take longer.
  */
 export const postRestore = route(async (request, context, deps) => {
-  const [{ requestedBy, restoreRequest }, { startRestore }] = await Promise.all([import("../lib/http.js"), import("../lib/restore.js")]);
+  const [{ requestedBy, restoreRequest }, { startRestore }] = await Promise.all([
+    import("../lib/http.js"),
+    import("../lib/restore.js"),
+  ]);
   const body = await restoreRequest(request);
   const record = await startRestore(deps, safeLogger(context), { ...body, requestedBy: requestedBy(request) });
   const statusUrl = `/api/restores/${record.id}`;

@@ -4,7 +4,19 @@ import type { AppDeps } from "./deps.js";
 import { HsmJobFailedError, HsmRequestError, HsmWaitDeadlineError } from "./hsm/errors.js";
 import type { HsmOperation, HsmOperationState } from "./hsm/types.js";
 import type { Logger } from "./logger.js";
-import { deadlineOf, emitOutcome, finalPatch, finish, persist, recordAccepted, refreshRecord, startRefusedPatch, timedOutPatch, type AnyRecord, type FinalPatch } from "./outcome.js";
+import {
+  deadlineOf,
+  emitOutcome,
+  finalPatch,
+  finish,
+  persist,
+  recordAccepted,
+  refreshRecord,
+  startRefusedPatch,
+  timedOutPatch,
+  type AnyRecord,
+  type FinalPatch,
+} from "./outcome.js";
 import { toSafeError } from "./redact.js";
 import { verifyBackup } from "./verify.js";
 import { emitEvent, EVENTS } from "./telemetry.js";
@@ -33,7 +45,8 @@ export interface BackupRunOptions {
  * Unknown: the start call got no answer; NotRecorded: the catalog could not be written (detail says
  * whether a job was started, and its id).
  */
-export type HsmRunOutcome = "Succeeded" | "Failed" | "Canceled" | "TimedOut" | "Skipped" | "Pending" | "Unknown" | "NotRecorded";
+export type HsmRunOutcome =
+  "Succeeded" | "Failed" | "Canceled" | "TimedOut" | "Skipped" | "Pending" | "Unknown" | "NotRecorded";
 
 export interface HsmRunResult {
   readonly hsm: string;
@@ -52,7 +65,9 @@ const NOT_FAILED: readonly HsmRunOutcome[] = ["Succeeded", "Skipped", "Pending"]
  * HSM's result, never stop or delay another HSM's backup. Resolves once every HSM has a result.
  */
 export async function backupAll(deps: AppDeps, log: Logger, options: BackupRunOptions): Promise<HsmRunResult[]> {
-  const targets = options.hsmNames ? deps.config.hsms.filter((h) => options.hsmNames!.includes(h.name)) : deps.config.hsms;
+  const targets = options.hsmNames
+    ? deps.config.hsms.filter((h) => options.hsmNames!.includes(h.name))
+    : deps.config.hsms;
   try {
     await deps.prepare();
   } catch (error) {
@@ -65,7 +80,8 @@ export async function backupAll(deps: AppDeps, log: Logger, options: BackupRunOp
       const detail = `unexpected error: ${toSafeError(error).message}`;
       log.error(`Backup of HSM ${hsm.name}: ${detail}`);
       return { hsm: hsm.name, outcome: "Unknown", detail };
-    }));
+    }),
+  );
 }
 
 /**
@@ -74,7 +90,12 @@ export async function backupAll(deps: AppDeps, log: Logger, options: BackupRunOp
  * id as soon as the HSM answers (Running) and its outcome when the job ends. If the worker dies at
  * any point, the record says how far it got, and a later status read (reconcile) finishes it.
  */
-export async function backupHsm(deps: AppDeps, hsm: HsmTarget, log: Logger, options: BackupRunOptions): Promise<HsmRunResult> {
+export async function backupHsm(
+  deps: AppDeps,
+  hsm: HsmTarget,
+  log: Logger,
+  options: BackupRunOptions,
+): Promise<HsmRunResult> {
   const { config, catalog } = deps;
   const id = Catalog.newId(deps.now());
   if (options.slot) {
@@ -82,7 +103,11 @@ export async function backupHsm(deps: AppDeps, hsm: HsmTarget, log: Logger, opti
     try {
       claimed = await persist(deps, () => catalog.claimSlot(hsm.name, options.slot!, id));
     } catch (error) {
-      return notRecorded(log, hsm, `the catalog could not be written (${toSafeError(error).message}); no backup was started`);
+      return notRecorded(
+        log,
+        hsm,
+        `the catalog could not be written (${toSafeError(error).message}); no backup was started`,
+      );
     }
     if (!claimed) {
       const detail = `another invocation already took the backup of schedule slot ${options.slot.toISOString()}; nothing was started`;
@@ -94,7 +119,11 @@ export async function backupHsm(deps: AppDeps, hsm: HsmTarget, log: Logger, opti
   try {
     busy = await settleEarlier(deps, hsm, log);
   } catch (error) {
-    return notRecorded(log, hsm, `the catalog could not be read (${toSafeError(error).message}); no backup was started`);
+    return notRecorded(
+      log,
+      hsm,
+      `the catalog could not be read (${toSafeError(error).message}); no backup was started`,
+    );
   }
   const startedAt = deps.now();
   const base = {
@@ -112,7 +141,11 @@ export async function backupHsm(deps: AppDeps, hsm: HsmTarget, log: Logger, opti
   try {
     stored = await persist(deps, () => catalog.insert("backup", { ...base, status: "Starting" }));
   } catch (error) {
-    return notRecorded(log, hsm, `the catalog could not be written (${toSafeError(error).message}); no backup was started`);
+    return notRecorded(
+      log,
+      hsm,
+      `the catalog could not be written (${toSafeError(error).message}); no backup was started`,
+    );
   }
   let poller: HsmOperation;
   try {
@@ -122,12 +155,20 @@ export async function backupHsm(deps: AppDeps, hsm: HsmTarget, log: Logger, opti
   }
   const jobId = poller.jobId;
   // Before any catalog write: whatever happens to the catalog now, the job id is in the log.
-  emitEvent(log.info, EVENTS.jobAccepted, { hsm: hsm.name, recordId: stored.record.id, jobId, status: "Running", operation: "backup" });
+  emitEvent(log.info, EVENTS.jobAccepted, {
+    hsm: hsm.name,
+    recordId: stored.record.id,
+    jobId,
+    status: "Running",
+    operation: "backup",
+  });
   log.info(`Backup of HSM ${hsm.name} started: job ${jobId}, record ${stored.record.id}`);
   try {
     stored = await recordAccepted(deps, "backup", stored, poller.getOperationState(), jobId, log);
   } catch (error) {
-    log.error(`Backup job ${jobId} of HSM ${hsm.name} was accepted, but recording it failed (${toSafeError(error).message}); waiting for the job anyway (record ${stored.record.id})`);
+    log.error(
+      `Backup job ${jobId} of HSM ${hsm.name} was accepted, but recording it failed (${toSafeError(error).message}); waiting for the job anyway (record ${stored.record.id})`,
+    );
   }
   const jobDeadline = deadlineOf(deps, stored.record);
   const waitUntil = options.runDeadline && options.runDeadline < jobDeadline ? options.runDeadline : jobDeadline;
@@ -141,22 +182,33 @@ export async function backupHsm(deps: AppDeps, hsm: HsmTarget, log: Logger, opti
     });
     patch = finalPatch(deps, "backup", stored.record, final, deps.now());
     // A backup is only as good as its restore: the HSM's own pre-restore check on the new folder.
-    if (patch.status === "Succeeded" && patch.folderUri) patch = { ...patch, ...(await verifyBackup(deps, hsm, patch.folderUri, waitUntil)) };
+    if (patch.status === "Succeeded" && patch.folderUri)
+      patch = { ...patch, ...(await verifyBackup(deps, hsm, patch.folderUri, waitUntil)) };
   } catch (error) {
     if (error instanceof HsmJobFailedError) patch = finalPatch(deps, "backup", stored.record, error, deps.now());
-    else if (error instanceof HsmWaitDeadlineError && deps.now() >= jobDeadline) patch = timedOutPatch({ ...stored.record, jobId }, jobDeadline, error.lastState, error.lastProblem);
+    else if (error instanceof HsmWaitDeadlineError && deps.now() >= jobDeadline)
+      patch = timedOutPatch({ ...stored.record, jobId }, jobDeadline, error.lastState, error.lastProblem);
     else unknown = toSafeError(error).message;
   }
   if (patch === undefined) {
     const note = `Outcome not yet known: ${unknown}`;
-    log.warn(`Backup of HSM ${hsm.name}, job ${jobId}: ${note}; a later status read settles it (record ${stored.record.id})`);
-    stored = await persist(deps, () => catalog.merge("backup", stored, { jobId, errorMessage: note })).catch(() => stored);
+    log.warn(
+      `Backup of HSM ${hsm.name}, job ${jobId}: ${note}; a later status read settles it (record ${stored.record.id})`,
+    );
+    stored = await persist(deps, () => catalog.merge("backup", stored, { jobId, errorMessage: note })).catch(
+      () => stored,
+    );
     return { hsm: hsm.name, outcome: "Pending", record: stored.record, jobId, detail: note };
   }
   try {
     stored = await finish(deps, "backup", stored, { ...patch, jobId }, log);
   } catch (error) {
-    return notRecorded(log, hsm, `job ${jobId} ended ${patch.status}, but the catalog write failed (${toSafeError(error).message}); the reconcile run records it`, jobId);
+    return notRecorded(
+      log,
+      hsm,
+      `job ${jobId} ended ${patch.status}, but the catalog write failed (${toSafeError(error).message}); the reconcile run records it`,
+      jobId,
+    );
   }
   return report(log, hsm, stored.record);
 }
@@ -167,7 +219,9 @@ function startBackup(deps: AppDeps, hsm: HsmTarget, options: BackupRunOptions): 
   const client = deps.hsmClient(hsm);
   const begin = options.abortSignal ? { abortSignal: options.abortSignal } : {};
   if (config.hsmStorageAuth !== "sas") return client.beginBackup(containerUrl, begin);
-  return storage.containerSas(config.backupContainer, "backup", config.sasTtlMinutes).then((sas) => client.beginBackup(containerUrl, sas.token, begin));
+  return storage
+    .containerSas(config.backupContainer, "backup", config.sasTtlMinutes)
+    .then((sas) => client.beginBackup(containerUrl, sas.token, begin));
 }
 
 /**
@@ -175,7 +229,14 @@ function startBackup(deps: AppDeps, hsm: HsmTarget, options: BackupRunOptions): 
  * cause and an event); the HSM's 409 means another job runs there (Skipped). Only a call that may
  * have reached the HSM without an answer leaves the record Starting, for a later read to settle.
  */
-async function startFailed(deps: AppDeps, hsm: HsmTarget, stored: Stored<BackupRecord>, error: unknown, log: Logger, aborted: boolean): Promise<HsmRunResult> {
+async function startFailed(
+  deps: AppDeps,
+  hsm: HsmTarget,
+  stored: Stored<BackupRecord>,
+  error: unknown,
+  log: Logger,
+  aborted: boolean,
+): Promise<HsmRunResult> {
   const safe = toSafeError(error);
   const now = deps.now();
   try {
@@ -186,16 +247,28 @@ async function startFailed(deps: AppDeps, hsm: HsmTarget, stored: Stored<BackupR
       return { hsm: hsm.name, outcome: "Unknown", record: noted.record, detail: note };
     }
     if (error instanceof HsmRequestError && error.statusCode === 409) {
-      const skipped = await finish(deps, "backup", stored, {
-        status: "Skipped", endedAt: now.toISOString(), errorCode: error.code ?? "Conflict",
-        errorMessage: `Managed HSM refused the start because another backup or restore is running on it (${error.serviceMessage}). This run's backup was skipped; the next run backs it up.`,
-      }, log);
+      const skipped = await finish(
+        deps,
+        "backup",
+        stored,
+        {
+          status: "Skipped",
+          endedAt: now.toISOString(),
+          errorCode: error.code ?? "Conflict",
+          errorMessage: `Managed HSM refused the start because another backup or restore is running on it (${error.serviceMessage}). This run's backup was skipped; the next run backs it up.`,
+        },
+        log,
+      );
       return report(log, hsm, skipped.record);
     }
     const failed = await finish(deps, "backup", stored, startRefusedPatch(error, now), log);
     return report(log, hsm, failed.record);
   } catch (writeError) {
-    return notRecorded(log, hsm, `the start failed (${safe.message}) and recording that failed too (${toSafeError(writeError).message})`);
+    return notRecorded(
+      log,
+      hsm,
+      `the start failed (${safe.message}) and recording that failed too (${toSafeError(writeError).message})`,
+    );
   }
 }
 
@@ -204,7 +277,11 @@ async function startFailed(deps: AppDeps, hsm: HsmTarget, stored: Stored<BackupR
  * running on the HSM, if any. A record that cannot be settled is logged and left; it never stops the
  * run. Restores count too: Managed HSM runs one backup or restore at a time.
  */
-async function settleEarlier(deps: AppDeps, hsm: HsmTarget, log: Logger): Promise<{ kind: Kind; record: AnyRecord } | undefined> {
+async function settleEarlier(
+  deps: AppDeps,
+  hsm: HsmTarget,
+  log: Logger,
+): Promise<{ kind: Kind; record: AnyRecord } | undefined> {
   let busy: { kind: Kind; record: AnyRecord } | undefined;
   for (const kind of ["restore", "backup"] as const) {
     // Retried like a write: a read that fails here would cost this HSM its backup tonight.
@@ -212,9 +289,12 @@ async function settleEarlier(deps: AppDeps, hsm: HsmTarget, log: Logger): Promis
       let current = stored.record as AnyRecord;
       try {
         current = (await refreshRecord<AnyRecord>(deps, kind, stored, log)).record;
-        if (current.status !== stored.record.status) log.info(`Settled earlier ${kind} record ${current.id} of HSM ${hsm.name}: ${current.status}`);
+        if (current.status !== stored.record.status)
+          log.info(`Settled earlier ${kind} record ${current.id} of HSM ${hsm.name}: ${current.status}`);
       } catch (error) {
-        log.warn(`Earlier ${kind} record ${current.id} of HSM ${hsm.name} could not be settled now: ${toSafeError(error).message}`);
+        log.warn(
+          `Earlier ${kind} record ${current.id} of HSM ${hsm.name} could not be settled now: ${toSafeError(error).message}`,
+        );
       }
       if (ACTIVE_STATUSES.includes(current.status)) busy ??= { kind, record: current };
     }
@@ -223,7 +303,13 @@ async function settleEarlier(deps: AppDeps, hsm: HsmTarget, log: Logger): Promis
 }
 
 /** A rerun over a live job: recorded Skipped with the job that still runs. Not a failure, not an alert. */
-async function skip(deps: AppDeps, hsm: HsmTarget, log: Logger, base: Omit<BackupRecord, "status">, busy: { kind: Kind; record: AnyRecord }): Promise<HsmRunResult> {
+async function skip(
+  deps: AppDeps,
+  hsm: HsmTarget,
+  log: Logger,
+  base: Omit<BackupRecord, "status">,
+  busy: { kind: Kind; record: AnyRecord },
+): Promise<HsmRunResult> {
   const active = busy.record;
   const record: BackupRecord = {
     ...base,
@@ -239,17 +325,25 @@ async function skip(deps: AppDeps, hsm: HsmTarget, log: Logger, base: Omit<Backu
     emitOutcome(log, "backup", stored.record);
     return report(log, hsm, stored.record);
   } catch (error) {
-    return notRecorded(log, hsm, `skipped (${record.errorMessage}), and recording that failed (${toSafeError(error).message})`);
+    return notRecorded(
+      log,
+      hsm,
+      `skipped (${record.errorMessage}), and recording that failed (${toSafeError(error).message})`,
+    );
   }
 }
 
 function report(log: Logger, hsm: HsmTarget, record: BackupRecord): HsmRunResult {
   if (record.status === "Succeeded") {
-    log.info(`Backup of HSM ${hsm.name} succeeded in ${record.durationSeconds} s: ${record.folderUri} (record ${record.id})`);
+    log.info(
+      `Backup of HSM ${hsm.name} succeeded in ${record.durationSeconds} s: ${record.folderUri} (record ${record.id})`,
+    );
   } else if (record.status === "Skipped") {
     log.info(`Backup of HSM ${hsm.name} skipped: ${record.errorMessage} (record ${record.id})`);
   } else {
-    log.error(`Backup of HSM ${hsm.name} did not succeed: ${record.status} ${record.errorCode ?? ""} ${record.errorMessage ?? ""} (record ${record.id})`);
+    log.error(
+      `Backup of HSM ${hsm.name} did not succeed: ${record.status} ${record.errorCode ?? ""} ${record.errorMessage ?? ""} (record ${record.id})`,
+    );
   }
   const outcome: HsmRunOutcome = ACTIVE_STATUSES.includes(record.status) ? "Pending" : (record.status as HsmRunOutcome);
   return { hsm: hsm.name, outcome, record, ...(record.jobId ? { jobId: record.jobId } : {}) };
@@ -264,12 +358,18 @@ function notRecorded(log: Logger, hsm: HsmTarget, detail: string, jobId?: string
 export function failureSummary(results: readonly HsmRunResult[]): string | undefined {
   const failed = results.filter((r) => !NOT_FAILED.includes(r.outcome));
   if (failed.length === 0) return undefined;
-  return `Backup did not succeed for ${failed.length} of ${results.length} HSM(s): ` +
-    failed.map((r) => {
-      const record = r.record;
-      const what = record ? `${record.errorCode ? ` ${record.errorCode}` : ""}: ${record.errorMessage ?? r.detail ?? "no details"}; record ${record.id}` : `: ${r.detail ?? "no details"}`;
-      return `${r.hsm} (${r.outcome}${what}${r.jobId && !record ? `; job ${r.jobId}` : ""})`;
-    }).join("; ");
+  return (
+    `Backup did not succeed for ${failed.length} of ${results.length} HSM(s): ` +
+    failed
+      .map((r) => {
+        const record = r.record;
+        const what = record
+          ? `${record.errorCode ? ` ${record.errorCode}` : ""}: ${record.errorMessage ?? r.detail ?? "no details"}; record ${record.id}`
+          : `: ${r.detail ?? "no details"}`;
+        return `${r.hsm} (${r.outcome}${what}${r.jobId && !record ? `; job ${r.jobId}` : ""})`;
+      })
+      .join("; ")
+  );
 }
 
 /** Runs fn over items with at most `limit` in flight, keeping the input order in the results. */

@@ -9,7 +9,15 @@ import { ProblemError } from "./problem.js";
 import type { Verification } from "./verify.js";
 import { redactSecrets } from "./redact.js";
 
-export const RECORD_STATUSES = ["Starting", "Running", "Succeeded", "Failed", "Canceled", "TimedOut", "Skipped"] as const;
+export const RECORD_STATUSES = [
+  "Starting",
+  "Running",
+  "Succeeded",
+  "Failed",
+  "Canceled",
+  "TimedOut",
+  "Skipped",
+] as const;
 export type RecordStatus = (typeof RECORD_STATUSES)[number];
 /** A job may be running: the HSM is busy, and whoever reads a final status records it. */
 export const ACTIVE_STATUSES: readonly RecordStatus[] = ["Starting", "Running"];
@@ -122,7 +130,10 @@ export class Catalog {
    */
   async ensureTable(): Promise<void> {
     try {
-      await this.table.listEntities({ queryOptions: { select: ["PartitionKey"] } }).byPage({ maxPageSize: 1 }).next();
+      await this.table
+        .listEntities({ queryOptions: { select: ["PartitionKey"] } })
+        .byPage({ maxPageSize: 1 })
+        .next();
     } catch (error) {
       if (!(error instanceof RestError && error.statusCode === 404)) throw error;
       await this.table.createTable();
@@ -155,12 +166,18 @@ export class Catalog {
    * the record meanwhile, it is re-read; if that worker already recorded an outcome, its record
    * stands and is returned unchanged (two status reads racing must not flip an outcome).
    */
-  async merge<K extends Kind>(kind: K, stored: Stored<RecordOf<K>>, patch: RecordPatch<K>, options: { correction?: boolean } = {}): Promise<Stored<RecordOf<K>> & { applied: boolean }> {
+  async merge<K extends Kind>(
+    kind: K,
+    stored: Stored<RecordOf<K>>,
+    patch: RecordPatch<K>,
+    options: { correction?: boolean } = {},
+  ): Promise<Stored<RecordOf<K>> & { applied: boolean }> {
     let current = stored;
     for (let attempt = 0; attempt < 5; attempt++) {
       // An outcome is written once. Only a correction (a later truth replacing an outcome recorded
       // without it) may change a record that is no longer active.
-      if (!ACTIVE_STATUSES.includes(current.record.status) && !options.correction) return { ...current, applied: false };
+      if (!ACTIVE_STATUSES.includes(current.record.status) && !options.correction)
+        return { ...current, applied: false };
       const updated = await this.tryUpdate(kind, current, patch, options.correction === true);
       if (updated) return { ...updated, applied: true };
       const reread = await this.get(kind, current.record.id);
@@ -176,13 +193,21 @@ export class Catalog {
    * Merge for ordinary changes. A correction replaces the whole entity, so that a field the patch sets
    * to undefined (an error code that no longer holds) is removed rather than left behind.
    */
-  private async tryUpdate<K extends Kind>(kind: K, stored: Stored<RecordOf<K>>, patch: RecordPatch<K>, replace: boolean): Promise<Stored<RecordOf<K>> | undefined> {
+  private async tryUpdate<K extends Kind>(
+    kind: K,
+    stored: Stored<RecordOf<K>>,
+    patch: RecordPatch<K>,
+    replace: boolean,
+  ): Promise<Stored<RecordOf<K>> | undefined> {
     const clean = redacted(patch);
     const next = { ...stored.record, ...clean } as RecordOf<K>;
     const written = replace ? next : clean;
     try {
       const response = await this.table.updateEntity(
-        { partitionKey: kind, rowKey: stored.record.id, ...toEntity(written) }, replace ? "Replace" : "Merge", { etag: stored.etag });
+        { partitionKey: kind, rowKey: stored.record.id, ...toEntity(written) },
+        replace ? "Replace" : "Merge",
+        { etag: stored.etag },
+      );
       const record = Object.fromEntries(Object.entries(next).filter(([, v]) => v !== undefined)) as RecordOf<K>;
       return { record, etag: response.etag ?? "*" };
     } catch (error) {
@@ -221,7 +246,10 @@ export class Catalog {
       const page = next.value as TableEntityResult<Record<string, unknown>>[] & { continuationToken?: string };
       token = page.continuationToken;
       if (page.length > 0 || token === undefined) {
-        return { items: page.map((e) => fromEntity(e) as unknown as RecordOf<K>), ...(token !== undefined ? { continuationToken: token } : {}) };
+        return {
+          items: page.map((e) => fromEntity(e) as unknown as RecordOf<K>),
+          ...(token !== undefined ? { continuationToken: token } : {}),
+        };
       }
     }
     return { items: [], ...(token !== undefined ? { continuationToken: token } : {}) };
@@ -238,14 +266,23 @@ export class Catalog {
     const rowKey = `hsm-${name}`;
     let etag: string;
     try {
-      etag = (await this.table.createEntity({ partitionKey: LOCK_PARTITION, rowKey, takenAt: now().toISOString() })).etag ?? "*";
+      etag =
+        (await this.table.createEntity({ partitionKey: LOCK_PARTITION, rowKey, takenAt: now().toISOString() })).etag ??
+        "*";
     } catch (error) {
       if (!(error instanceof RestError && error.statusCode === 409)) throw error;
       try {
         const held = await this.table.getEntity<{ takenAt?: string }>(LOCK_PARTITION, rowKey);
         const age = now().getTime() - Date.parse(held.takenAt ?? "");
         if (age < staleAfterMs) return undefined;
-        etag = (await this.table.updateEntity({ partitionKey: LOCK_PARTITION, rowKey, takenAt: now().toISOString() }, "Replace", { etag: held.etag })).etag ?? "*";
+        etag =
+          (
+            await this.table.updateEntity(
+              { partitionKey: LOCK_PARTITION, rowKey, takenAt: now().toISOString() },
+              "Replace",
+              { etag: held.etag },
+            )
+          ).etag ?? "*";
       } catch (inner) {
         // Released (404) or taken over by someone else (412) meanwhile: not ours this time.
         if (inner instanceof RestError && (inner.statusCode === 404 || inner.statusCode === 412)) return undefined;
@@ -256,7 +293,14 @@ export class Catalog {
     return {
       async renew() {
         try {
-          etag = (await table.updateEntity({ partitionKey: LOCK_PARTITION, rowKey, takenAt: now().toISOString() }, "Replace", { etag })).etag ?? "*";
+          etag =
+            (
+              await table.updateEntity(
+                { partitionKey: LOCK_PARTITION, rowKey, takenAt: now().toISOString() },
+                "Replace",
+                { etag },
+              )
+            ).etag ?? "*";
           return true;
         } catch (error) {
           if (error instanceof RestError && (error.statusCode === 404 || error.statusCode === 412)) return false;
@@ -314,7 +358,11 @@ export class Catalog {
     return this.withStatus(kind, UNSETTLED_STATUSES, hsmName);
   }
 
-  private async withStatus<K extends Kind>(kind: K, statuses: readonly RecordStatus[], hsmName?: string): Promise<Stored<RecordOf<K>>[]> {
+  private async withStatus<K extends Kind>(
+    kind: K,
+    statuses: readonly RecordStatus[],
+    hsmName?: string,
+  ): Promise<Stored<RecordOf<K>>[]> {
     let filter = `${odata`PartitionKey eq ${kind}`} and (${statuses.map((status) => odata`status eq ${status}`).join(" or ")})`;
     if (hsmName !== undefined) filter += ` and ${odata`hsmName eq ${hsmName}`}`;
     const found: Stored<RecordOf<K>>[] = [];
@@ -338,10 +386,18 @@ function assertContinuationToken(token: string): void {
     decoded = undefined;
   }
   const value = decoded as { nextPartitionKey?: unknown; nextRowKey?: unknown } | undefined;
-  const valid = typeof value === "object" && value !== null
-    && typeof value.nextPartitionKey === "string" && value.nextPartitionKey !== ""
-    && (value.nextRowKey === undefined || typeof value.nextRowKey === "string");
-  if (!valid) throw new ProblemError(400, "Invalid continuation token", "continuationToken is not a token returned by this listing.");
+  const valid =
+    typeof value === "object" &&
+    value !== null &&
+    typeof value.nextPartitionKey === "string" &&
+    value.nextPartitionKey !== "" &&
+    (value.nextRowKey === undefined || typeof value.nextRowKey === "string");
+  if (!valid)
+    throw new ProblemError(
+      400,
+      "Invalid continuation token",
+      "continuationToken is not a token returned by this listing.",
+    );
 }
 
 /**
@@ -349,7 +405,9 @@ function assertContinuationToken(token: string): void {
  * and callers get back exactly what was stored.
  */
 function redacted<T extends object>(record: T): T {
-  return Object.fromEntries(Object.entries(record).map(([k, v]) => [k, typeof v === "string" ? redactSecrets(v) : v])) as T;
+  return Object.fromEntries(
+    Object.entries(record).map(([k, v]) => [k, typeof v === "string" ? redactSecrets(v) : v]),
+  ) as T;
 }
 
 function sameFields(stored: object, written: object): boolean {

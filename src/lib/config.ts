@@ -107,10 +107,20 @@ export function parseConfig(env: Env): AppConfig {
   return {
     hsms: parseHsmUrls(env),
     storage: parseStorageConnection(env),
-    backupContainer: matching(env, "BACKUP_CONTAINER", "mhsm-backups", /^(?=.{3,63}$)[a-z0-9]+(-[a-z0-9]+)*$/,
-      "a blob container name: 3-63 lowercase letters, digits and single hyphens, starting and ending with a letter or digit"),
-    catalogTable: matching(env, "CATALOG_TABLE", "hsmbackups", /^[A-Za-z][A-Za-z0-9]{2,62}$/,
-      "a table name: 3-63 letters and digits, starting with a letter"),
+    backupContainer: matching(
+      env,
+      "BACKUP_CONTAINER",
+      "mhsm-backups",
+      /^(?=.{3,63}$)[a-z0-9]+(-[a-z0-9]+)*$/,
+      "a blob container name: 3-63 lowercase letters, digits and single hyphens, starting and ending with a letter or digit",
+    ),
+    catalogTable: matching(
+      env,
+      "CATALOG_TABLE",
+      "hsmbackups",
+      /^[A-Za-z][A-Za-z0-9]{2,62}$/,
+      "a table name: 3-63 letters and digits, starting with a letter",
+    ),
     backupSchedule: backupSchedule(env, { validate: true }),
     sasTtlMinutes: integer(env, "SAS_TTL_MINUTES", 120, 5, 24 * 60),
     hsmApiVersion,
@@ -138,14 +148,21 @@ export function reconcileSchedule(env: Env): string {
   return schedule(env, "RECONCILE_SCHEDULE", DEFAULT_RECONCILE_SCHEDULE, { validate: false });
 }
 
-function schedule(env: Env, name: "BACKUP_SCHEDULE" | "RECONCILE_SCHEDULE", fallback: string, { validate }: { validate: boolean }): string {
+function schedule(
+  env: Env,
+  name: "BACKUP_SCHEDULE" | "RECONCILE_SCHEDULE",
+  fallback: string,
+  { validate }: { validate: boolean },
+): string {
   const value = setting(env, name) ?? fallback;
   if (validate) {
     try {
       parseSchedule(value);
     } catch (error) {
-      throw new ConfigError(name,
-        `${(error as Error).message}: expected six fields (second minute hour day month day-of-week), UTC, e.g. "${fallback}"`);
+      throw new ConfigError(
+        name,
+        `${(error as Error).message}: expected six fields (second minute hour day month day-of-week), UTC, e.g. "${fallback}"`,
+      );
     }
   }
   return value;
@@ -164,10 +181,16 @@ export function staleStartMs(config: AppConfig, maxStartAttempts = 4): number {
 function parseHsmUrls(env: Env): HsmTarget[] {
   const raw = setting(env, "MANAGED_HSM_URLS");
   if (raw === undefined) {
-    throw new ConfigError("MANAGED_HSM_URLS", "is required: a comma-separated list of Managed HSM URLs, e.g. https://contoso.managedhsm.azure.net");
+    throw new ConfigError(
+      "MANAGED_HSM_URLS",
+      "is required: a comma-separated list of Managed HSM URLs, e.g. https://contoso.managedhsm.azure.net",
+    );
   }
   const targets: HsmTarget[] = [];
-  for (const entry of raw.split(",").map((s) => s.trim()).filter((s) => s.length > 0)) {
+  for (const entry of raw
+    .split(",")
+    .map((s) => s.trim())
+    .filter((s) => s.length > 0)) {
     const url = parseServiceUrl("MANAGED_HSM_URLS", entry);
     if (url.pathname !== "/" || url.search || url.hash) {
       throw new ConfigError("MANAGED_HSM_URLS", `"${entry}" must be the HSM's base URL with no path or query`);
@@ -194,21 +217,29 @@ function parseStorageConnection(env: Env): StorageConnection {
   const clientId = setting(env, "BackupStorage__clientId");
   if (connectionString !== undefined) {
     if (blobServiceUri !== undefined || tableServiceUri !== undefined) {
-      throw new ConfigError("BackupStorage",
-        "set either a connection string in BackupStorage or BackupStorage__blobServiceUri + BackupStorage__tableServiceUri, not both");
+      throw new ConfigError(
+        "BackupStorage",
+        "set either a connection string in BackupStorage or BackupStorage__blobServiceUri + BackupStorage__tableServiceUri, not both",
+      );
     }
     if (!/(^|;)\s*(UseDevelopmentStorage=true|AccountName=)/i.test(connectionString)) {
-      throw new ConfigError("BackupStorage",
-        "is not a storage connection string (expected UseDevelopmentStorage=true or one with AccountName=...)");
+      throw new ConfigError(
+        "BackupStorage",
+        "is not a storage connection string (expected UseDevelopmentStorage=true or one with AccountName=...)",
+      );
     }
     return { kind: "connectionString", connectionString };
   }
   if (blobServiceUri === undefined && tableServiceUri === undefined) {
-    throw new ConfigError("BackupStorage",
-      "is required: a connection string, or BackupStorage__blobServiceUri and BackupStorage__tableServiceUri for an identity-based connection");
+    throw new ConfigError(
+      "BackupStorage",
+      "is required: a connection string, or BackupStorage__blobServiceUri and BackupStorage__tableServiceUri for an identity-based connection",
+    );
   }
-  if (blobServiceUri === undefined) throw new ConfigError("BackupStorage__blobServiceUri", "is required with BackupStorage__tableServiceUri");
-  if (tableServiceUri === undefined) throw new ConfigError("BackupStorage__tableServiceUri", "is required with BackupStorage__blobServiceUri");
+  if (blobServiceUri === undefined)
+    throw new ConfigError("BackupStorage__blobServiceUri", "is required with BackupStorage__tableServiceUri");
+  if (tableServiceUri === undefined)
+    throw new ConfigError("BackupStorage__tableServiceUri", "is required with BackupStorage__blobServiceUri");
   return {
     kind: "identity",
     blobServiceUri: parseServiceUrl("BackupStorage__blobServiceUri", blobServiceUri).href.replace(/\/$/, ""),

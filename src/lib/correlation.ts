@@ -27,10 +27,14 @@ interface SentRequest {
 }
 
 /** The ids of one exchange: the answer's headers (if any) and the request that was sent. */
-export function requestIdsOf(response: { headers: HeaderBag; request?: SentRequest } | undefined, request: SentRequest | undefined = response?.request): RequestIds {
+export function requestIdsOf(
+  response: { headers: HeaderBag; request?: SentRequest } | undefined,
+  request: SentRequest | undefined = response?.request,
+): RequestIds {
   const requestId = clean(response?.headers.get("x-ms-request-id"));
-  const clientRequestId = clean(request?.headers?.get("x-ms-client-request-id") ?? request?.requestId)
-    ?? clean(response?.headers.get("x-ms-client-request-id"));
+  const clientRequestId =
+    clean(request?.headers?.get("x-ms-client-request-id") ?? request?.requestId) ??
+    clean(response?.headers.get("x-ms-client-request-id"));
   return { ...(requestId ? { requestId } : {}), ...(clientRequestId ? { clientRequestId } : {}) };
 }
 
@@ -39,11 +43,18 @@ export function requestIdsOf(response: { headers: HeaderBag; request?: SentReque
  * RestError (response headers, request id), or nothing. Looks through `cause` a few levels deep.
  */
 export function requestIdsOfError(error: unknown): RequestIds {
-  for (let e: unknown = error, depth = 0; e && typeof e === "object" && depth < 4; e = (e as { cause?: unknown }).cause, depth++) {
+  for (
+    let e: unknown = error, depth = 0;
+    e && typeof e === "object" && depth < 4;
+    e = (e as { cause?: unknown }).cause, depth++
+  ) {
     const fields = e as { requestId?: unknown; clientRequestId?: unknown; response?: unknown; request?: unknown };
     const own = { requestId: clean(fields.requestId), clientRequestId: clean(fields.clientRequestId) };
     if (own.requestId || own.clientRequestId) {
-      return { ...(own.requestId ? { requestId: own.requestId } : {}), ...(own.clientRequestId ? { clientRequestId: own.clientRequestId } : {}) };
+      return {
+        ...(own.requestId ? { requestId: own.requestId } : {}),
+        ...(own.clientRequestId ? { clientRequestId: own.clientRequestId } : {}),
+      };
     }
     const response = fields.response as { headers?: HeaderBag } | undefined;
     const request = fields.request as SentRequest | undefined;
@@ -58,8 +69,12 @@ export function requestIdsOfError(error: unknown): RequestIds {
 
 /** "x-ms-request-id X, x-ms-client-request-id Y", or "" when neither is known. */
 export function describeRequestIds(ids: RequestIds): string {
-  return [ids.requestId && `x-ms-request-id ${ids.requestId}`, ids.clientRequestId && `x-ms-client-request-id ${ids.clientRequestId}`]
-    .filter(Boolean).join(", ");
+  return [
+    ids.requestId && `x-ms-request-id ${ids.requestId}`,
+    ids.clientRequestId && `x-ms-client-request-id ${ids.clientRequestId}`,
+  ]
+    .filter(Boolean)
+    .join(", ");
 }
 
 /** " (x-ms-request-id X, x-ms-client-request-id Y)" to append to a message, or "". */

@@ -36,8 +36,13 @@ export interface DepsOptions {
  */
 export function createDeps(config: AppConfig, options: DepsOptions = {}): AppDeps {
   const clientId = config.storage.kind === "identity" ? config.storage.clientId : undefined;
-  const credential = shareTokenRequests(options.credential ?? new DefaultAzureCredential(clientId ? { managedIdentityClientId: clientId } : {}));
-  const storage = createBackupStorage(config.storage, credential, { requestTimeoutMs: config.requestTimeoutMs, ...options.storageOptions });
+  const credential = shareTokenRequests(
+    options.credential ?? new DefaultAzureCredential(clientId ? { managedIdentityClientId: clientId } : {}),
+  );
+  const storage = createBackupStorage(config.storage, credential, {
+    requestTimeoutMs: config.requestTimeoutMs,
+    ...options.storageOptions,
+  });
   const catalog = new Catalog(storage.table(config.catalogTable));
   const clients = new Map<string, ManagedHsmBackupClient>();
   let prepared: Promise<void> | undefined;

@@ -27,11 +27,13 @@ export async function appDeps(): Promise<AppDeps> {
  * dependency, logged in full (redacted) and answered 500 without internals. Dependencies come from
  * the app settings unless a test passes its own.
  */
-export function route(handler: (request: HttpRequest, context: InvocationContext, deps: AppDeps) => Promise<HttpResponseInit>): Handler {
+export function route(
+  handler: (request: HttpRequest, context: InvocationContext, deps: AppDeps) => Promise<HttpResponseInit>,
+): Handler {
   return async (request, context, deps) => {
     const instance = new URL(request.url).pathname;
     try {
-      return await handler(request, context, deps ?? await appDeps());
+      return await handler(request, context, deps ?? (await appDeps()));
     } catch (error) {
       if (error instanceof ProblemError) {
         if (error.status >= 500) safeLogger(context).error(`${request.method} ${instance}: ${error.message}`);
@@ -42,11 +44,23 @@ export function route(handler: (request: HttpRequest, context: InvocationContext
       if (error instanceof ConfigError) {
         // Names the setting and nothing of its value: /api/health is anonymous, and a value can be an
         // internal host name. The function log has the whole message.
-        return problemResponse(new ProblemError(500, "Configuration error",
-          `App setting ${error.setting} is missing or malformed; the function log has the details under invocation ${context.invocationId}.`), instance);
+        return problemResponse(
+          new ProblemError(
+            500,
+            "Configuration error",
+            `App setting ${error.setting} is missing or malformed; the function log has the details under invocation ${context.invocationId}.`,
+          ),
+          instance,
+        );
       }
-      return problemResponse(new ProblemError(500, "Internal error",
-        `The request could not be completed; the function log has the details under invocation ${context.invocationId}.`), instance);
+      return problemResponse(
+        new ProblemError(
+          500,
+          "Internal error",
+          `The request could not be completed; the function log has the details under invocation ${context.invocationId}.`,
+        ),
+        instance,
+      );
     }
   };
 }

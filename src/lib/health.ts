@@ -28,16 +28,22 @@ export async function checkHealth(deps: AppDeps): Promise<Health> {
   await deps.prepare();
   const now = deps.now().getTime();
   const maxAgeHours = deps.config.healthMaxAgeHours;
-  const hsms = await Promise.all(deps.config.hsms.map(async (hsm): Promise<HsmHealth> => {
-    const newest = (await deps.catalog.list("backup", { hsmName: hsm.name, status: "Succeeded", top: 1 })).items[0];
-    if (!newest) return { name: hsm.name, stale: true };
-    const endedAt = newest.endedAt ?? newest.startedAt;
-    const ageHours = Math.round(((now - Date.parse(endedAt)) / 3_600_000) * 10) / 10;
-    const verification = newest.verification ?? "none";
-    return {
-      name: hsm.name, lastSuccessAt: endedAt, ageHours, stale: ageHours >= maxAgeHours || verification === "Failed",
-      verification, unverified: verification !== "Passed",
-    };
-  }));
+  const hsms = await Promise.all(
+    deps.config.hsms.map(async (hsm): Promise<HsmHealth> => {
+      const newest = (await deps.catalog.list("backup", { hsmName: hsm.name, status: "Succeeded", top: 1 })).items[0];
+      if (!newest) return { name: hsm.name, stale: true };
+      const endedAt = newest.endedAt ?? newest.startedAt;
+      const ageHours = Math.round(((now - Date.parse(endedAt)) / 3_600_000) * 10) / 10;
+      const verification = newest.verification ?? "none";
+      return {
+        name: hsm.name,
+        lastSuccessAt: endedAt,
+        ageHours,
+        stale: ageHours >= maxAgeHours || verification === "Failed",
+        verification,
+        unverified: verification !== "Passed",
+      };
+    }),
+  );
   return { healthy: hsms.every((h) => !h.stale), maxAgeHours, hsms };
 }

@@ -33,17 +33,33 @@ export function listQuery(request: HttpRequest): ListQuery {
   const allowed = new Set(["hsm", "status", "verification", "top", "continuationToken", "code"]); // code: the function key
   const unknown = [...request.query.keys()].filter((k) => !allowed.has(k));
   if (unknown.length > 0) {
-    throw new ProblemError(400, "Unknown query parameter", `Unknown query parameter(s): ${unknown.map((k) => truncate(k)).join(", ")}. Known: hsm, status, verification, top, continuationToken.`);
+    throw new ProblemError(
+      400,
+      "Unknown query parameter",
+      `Unknown query parameter(s): ${unknown.map((k) => truncate(k)).join(", ")}. Known: hsm, status, verification, top, continuationToken.`,
+    );
   }
   const repeated = [...new Set(request.query.keys())].filter((k) => request.query.getAll(k).length > 1);
   if (repeated.length > 0) {
-    throw new ProblemError(400, "Repeated query parameter", `Give each parameter once: ${repeated.map((k) => truncate(k)).join(", ")}.`);
+    throw new ProblemError(
+      400,
+      "Repeated query parameter",
+      `Give each parameter once: ${repeated.map((k) => truncate(k)).join(", ")}.`,
+    );
   }
   const value = (name: string) => request.query.get(name) ?? undefined;
-  return asProblem(() => parseListQuery(
-    { hsm: value("hsm"), status: value("status"), verification: value("verification"), top: value("top"), continuationToken: value("continuationToken") },
-    (field) => field,
-  ));
+  return asProblem(() =>
+    parseListQuery(
+      {
+        hsm: value("hsm"),
+        status: value("status"),
+        verification: value("verification"),
+        top: value("top"),
+        continuationToken: value("continuationToken"),
+      },
+      (field) => field,
+    ),
+  );
 }
 
 /**
@@ -56,7 +72,11 @@ export async function restoreRequest(request: HttpRequest): Promise<RestoreReque
   if (declared > MAX_BODY_BYTES) throw tooLarge();
   const contentType = request.headers.get("content-type") ?? "";
   if (!/^application\/json\s*(;|$)/i.test(contentType)) {
-    throw new ProblemError(415, "Unsupported media type", `Send the restore request as application/json, not "${truncate(contentType) || "no content type"}".`);
+    throw new ProblemError(
+      415,
+      "Unsupported media type",
+      `Send the restore request as application/json, not "${truncate(contentType) || "no content type"}".`,
+    );
   }
   const text = await request.text();
   if (Buffer.byteLength(text) > MAX_BODY_BYTES) throw tooLarge();
@@ -67,12 +87,20 @@ export async function restoreRequest(request: HttpRequest): Promise<RestoreReque
     throw new ProblemError(400, "Malformed JSON", "The request body is not valid JSON.");
   }
   if (typeof body !== "object" || body === null || Array.isArray(body)) {
-    throw new ProblemError(400, "Invalid restore request", 'The body must be a JSON object: {"backupId": "...", "keyName": "..." (optional)}.');
+    throw new ProblemError(
+      400,
+      "Invalid restore request",
+      'The body must be a JSON object: {"backupId": "...", "keyName": "..." (optional)}.',
+    );
   }
   const fields = body as Record<string, unknown>;
   const unknown = Object.keys(fields).filter((k) => k !== "backupId" && k !== "keyName" && k !== "confirm");
   if (unknown.length > 0) {
-    throw new ProblemError(400, "Invalid restore request", `Unknown field(s): ${unknown.map((k) => truncate(k)).join(", ")}. Known: backupId, keyName, confirm.`);
+    throw new ProblemError(
+      400,
+      "Invalid restore request",
+      `Unknown field(s): ${unknown.map((k) => truncate(k)).join(", ")}. Known: backupId, keyName, confirm.`,
+    );
   }
   const { backupId, keyName, confirm } = fields;
   if (confirm !== undefined && (typeof confirm !== "string" || confirm.length === 0 || confirm.length > 100)) {
@@ -81,10 +109,18 @@ export async function restoreRequest(request: HttpRequest): Promise<RestoreReque
   const confirmed = confirm !== undefined ? { confirm } : {};
   if (backupId === undefined) throw new ProblemError(400, "Invalid restore request", "backupId is required.");
   if (typeof backupId !== "string" || !RECORD_ID.test(backupId)) {
-    throw new ProblemError(400, "Invalid restore request", `backupId ${describe(backupId)} is not a backup id (13 digits, a hyphen, 8 hex digits).`);
+    throw new ProblemError(
+      400,
+      "Invalid restore request",
+      `backupId ${describe(backupId)} is not a backup id (13 digits, a hyphen, 8 hex digits).`,
+    );
   }
   if (keyName === undefined) return { backupId, ...confirmed };
-  return { backupId, keyName: asProblem(() => checkKeyName(keyName, (field) => field), "Invalid restore request"), ...confirmed };
+  return {
+    backupId,
+    keyName: asProblem(() => checkKeyName(keyName, (field) => field), "Invalid restore request"),
+    ...confirmed,
+  };
 }
 
 /** Runs a shared validation rule and answers its InvalidInput as a 400 problem. */

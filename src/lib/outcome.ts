@@ -5,10 +5,22 @@
  * outcome recorded without the HSM's answer (TimedOut, StartOutcomeUnknown) is a correction, with
  * its own event.
  */
-import { ACTIVE_STATUSES, UNSETTLED_STATUSES, type BackupRecord, type Kind, type RestoreRecord, type Stored } from "./catalog.js";
+import {
+  ACTIVE_STATUSES,
+  UNSETTLED_STATUSES,
+  type BackupRecord,
+  type Kind,
+  type RestoreRecord,
+  type Stored,
+} from "./catalog.js";
 import { staleStartMs } from "./config.js";
 import type { AppDeps } from "./deps.js";
-import { HsmInvalidResponseError, HsmJobFailedError, HsmRequestError, HsmStatusUnavailableError } from "./hsm/errors.js";
+import {
+  HsmInvalidResponseError,
+  HsmJobFailedError,
+  HsmRequestError,
+  HsmStatusUnavailableError,
+} from "./hsm/errors.js";
 import { JOB_ID, type HsmOperationState, type OperationKind } from "./hsm/types.js";
 import { requestIdsOfError } from "./correlation.js";
 import type { Logger } from "./logger.js";
@@ -37,7 +49,13 @@ export function deadlineOf(deps: AppDeps, record: AnyRecord): Date {
  * error. A "success" that cannot be true is not recorded as one: a backup without a folder, or with a
  * folder outside the app's container, and a key restore that restored nothing.
  */
-export function finalPatch(deps: AppDeps, kind: Kind, record: AnyRecord, outcome: HsmOperationState | HsmJobFailedError, now: Date): FinalPatch {
+export function finalPatch(
+  deps: AppDeps,
+  kind: Kind,
+  record: AnyRecord,
+  outcome: HsmOperationState | HsmJobFailedError,
+  now: Date,
+): FinalPatch {
   const started = new Date(record.startedAt);
   if (outcome instanceof HsmJobFailedError) {
     // The HSM's own times when it gave them: a record settled later must not end at the read time.
@@ -53,13 +71,20 @@ export function finalPatch(deps: AppDeps, kind: Kind, record: AnyRecord, outcome
     };
   }
   const ended = outcome.endTime ?? now;
-  const times = { jobId: outcome.jobId, endedAt: ended.toISOString(), durationSeconds: seconds(outcome.startTime ?? started, ended) };
+  const times = {
+    jobId: outcome.jobId,
+    endedAt: ended.toISOString(),
+    durationSeconds: seconds(outcome.startTime ?? started, ended),
+  };
   const details = outcome.statusDetails ? { statusDetails: outcome.statusDetails } : {};
   if (kind === "backup") {
     const problem = folderProblem(outcome.folderUri, deps.storage.containerUrl(deps.config.backupContainer));
     if (problem !== undefined) {
       return {
-        status: "Failed", ...times, ...details, errorCode: "InvalidServiceResponse",
+        status: "Failed",
+        ...times,
+        ...details,
+        errorCode: "InvalidServiceResponse",
         errorMessage: `Managed HSM reported backup job ${outcome.jobId} Succeeded, but ${problem}. No usable backup is recorded.`,
       };
     }
@@ -70,7 +95,10 @@ export function finalPatch(deps: AppDeps, kind: Kind, record: AnyRecord, outcome
   // "Number of successful key versions restored: 0, Number of key versions could not overwrite: 2".
   if (keyName !== undefined && /restored:\s*0\b/i.test(outcome.statusDetails ?? "")) {
     return {
-      status: "Failed", ...times, ...details, errorCode: "KeyNotRestored",
+      status: "Failed",
+      ...times,
+      ...details,
+      errorCode: "KeyNotRestored",
       errorMessage: `Managed HSM restored no version of key ${keyName} (${outcome.statusDetails}). A key that still exists, even soft-deleted, is not overwritten: recover a soft-deleted key, or purge it and restore again.`,
     };
   }
@@ -91,8 +119,10 @@ export function folderProblem(folderUri: string | undefined, containerUrl: strin
   }
   const container = new URL(containerUrl);
   const shown = JSON.stringify(`${url.origin}${url.pathname}`.slice(0, 200));
-  if (url.origin !== container.origin) return `its backup folder ${shown} is not on the app's storage account (${container.host})`;
-  if (url.search || url.hash || url.username || url.password) return `its backup folder ${shown} carries a query or credentials`;
+  if (url.origin !== container.origin)
+    return `its backup folder ${shown} is not on the app's storage account (${container.host})`;
+  if (url.search || url.hash || url.username || url.password)
+    return `its backup folder ${shown} carries a query or credentials`;
   const prefix = `${container.pathname.replace(/\/$/, "")}/`;
   const folder = url.pathname.startsWith(prefix) ? url.pathname.slice(prefix.length) : undefined;
   if (folder === undefined || !/^[A-Za-z0-9][A-Za-z0-9._-]{0,250}$/.test(folder)) {
@@ -107,20 +137,37 @@ export function folderProblem(folderUri: string | undefined, containerUrl: strin
  */
 export function startRefusedPatch(error: unknown, now: Date): FinalPatch {
   const safe = toSafeError(error);
-  const code = error instanceof HsmRequestError
-    ? (error.notSent ? "StartNotSent" : (error.code ?? `HTTP${error.statusCode}`))
-    : error instanceof HsmInvalidResponseError ? error.code : safe.name;
-  return { status: "Failed", endedAt: now.toISOString(), errorCode: code, errorMessage: safe.message, ...requestIdsOfError(error) };
+  const code =
+    error instanceof HsmRequestError
+      ? error.notSent
+        ? "StartNotSent"
+        : (error.code ?? `HTTP${error.statusCode}`)
+      : error instanceof HsmInvalidResponseError
+        ? error.code
+        : safe.name;
+  return {
+    status: "Failed",
+    endedAt: now.toISOString(),
+    errorCode: code,
+    errorMessage: safe.message,
+    ...requestIdsOfError(error),
+  };
 }
 
 /** The record change when the wait for a job reached its deadline; a later status read may still correct it. */
-export function timedOutPatch(record: AnyRecord, deadline: Date, lastState: HsmOperationState | undefined, lastProblem: string | undefined): FinalPatch {
+export function timedOutPatch(
+  record: AnyRecord,
+  deadline: Date,
+  lastState: HsmOperationState | undefined,
+  lastProblem: string | undefined,
+): FinalPatch {
   const known = lastState ? `its last status was ${lastState.status}` : "no status was ever read";
   return {
     status: "TimedOut",
     errorCode: "JobTimeout",
-    errorMessage: `Job ${record.jobId ?? "(no job id)"} had not ended by the deadline ${deadline.toISOString()}; ${known}${lastProblem ? ` (last problem: ${lastProblem})` : ""}. `
-      + "The HSM may still finish it: if a later status read reports the outcome, it replaces this one.",
+    errorMessage:
+      `Job ${record.jobId ?? "(no job id)"} had not ended by the deadline ${deadline.toISOString()}; ${known}${lastProblem ? ` (last problem: ${lastProblem})` : ""}. ` +
+      "The HSM may still finish it: if a later status read reports the outcome, it replaces this one.",
   };
 }
 
@@ -174,7 +221,13 @@ export async function persist<T>(deps: Pick<AppDeps, "persistDelaysMs">, write: 
  * its record stands — unless that outcome was provisional (TimedOut, StartOutcomeUnknown) and this
  * one is the HSM's word: then this one replaces it as a correction, with its own event.
  */
-export async function finish<T extends AnyRecord>(deps: AppDeps, kind: Kind, stored: Stored<T>, patch: FinalPatch, log: Logger): Promise<Stored<T>> {
+export async function finish<T extends AnyRecord>(
+  deps: AppDeps,
+  kind: Kind,
+  stored: Stored<T>,
+  patch: FinalPatch,
+  log: Logger,
+): Promise<Stored<T>> {
   const saved = await persist(deps, () => deps.catalog.merge(kind, stored as Stored<never>, patch as never));
   if (saved.applied) {
     emitOutcome(log, kind, saved.record);
@@ -184,18 +237,41 @@ export async function finish<T extends AnyRecord>(deps: AppDeps, kind: Kind, sto
 }
 
 /** Replaces a provisional outcome with a later truth; leaves any other outcome as it is. */
-async function correct<T extends AnyRecord>(deps: AppDeps, kind: Kind, stored: Stored<T>, patch: FinalPatch, log: Logger): Promise<Stored<T>> {
+async function correct<T extends AnyRecord>(
+  deps: AppDeps,
+  kind: Kind,
+  stored: Stored<T>,
+  patch: FinalPatch,
+  log: Logger,
+): Promise<Stored<T>> {
   const current = stored.record;
-  if (!isProvisional(current) || (patch.status === current.status && patch.errorCode === current.errorCode)) return stored;
+  if (!isProvisional(current) || (patch.status === current.status && patch.errorCode === current.errorCode))
+    return stored;
   const correctedFrom = `${current.status}${current.errorCode ? ` ${current.errorCode}` : ""}`;
-  const corrected = await persist(deps, () => deps.catalog.merge(kind, stored as Stored<never>, {
-    // A field the new truth does not carry must not survive from the old one.
-    errorCode: undefined, errorMessage: undefined, statusDetails: undefined, endedAt: undefined, durationSeconds: undefined,
-    requestId: undefined, clientRequestId: undefined,
-    ...patch, correctedAt: deps.now().toISOString(), correctedFrom,
-  } as never, { correction: true }));
+  const corrected = await persist(deps, () =>
+    deps.catalog.merge(
+      kind,
+      stored as Stored<never>,
+      {
+        // A field the new truth does not carry must not survive from the old one.
+        errorCode: undefined,
+        errorMessage: undefined,
+        statusDetails: undefined,
+        endedAt: undefined,
+        durationSeconds: undefined,
+        requestId: undefined,
+        clientRequestId: undefined,
+        ...patch,
+        correctedAt: deps.now().toISOString(),
+        correctedFrom,
+      } as never,
+      { correction: true },
+    ),
+  );
   if (!corrected.applied) return { record: corrected.record as T, etag: corrected.etag };
-  log.warn(`${kind} record ${current.id} of HSM ${current.hsmName}: ${correctedFrom} corrected to ${patch.status} from the HSM's own answer`);
+  log.warn(
+    `${kind} record ${current.id} of HSM ${current.hsmName}: ${correctedFrom} corrected to ${patch.status} from the HSM's own answer`,
+  );
   if (!ACTIVE_STATUSES.includes(corrected.record.status)) emitOutcome(log, kind, corrected.record);
   return { record: corrected.record as T, etag: corrected.etag };
 }
@@ -204,8 +280,19 @@ async function correct<T extends AnyRecord>(deps: AppDeps, kind: Kind, stored: S
  * Records that the HSM accepted a job (Running, with its job id). If an outcome was recorded without
  * it meanwhile (a status read decided the worker had died), that outcome is corrected back to Running.
  */
-export async function recordAccepted<T extends AnyRecord>(deps: AppDeps, kind: Kind, stored: Stored<T>, state: HsmOperationState | undefined, jobId: string, log: Logger): Promise<Stored<T>> {
-  const patch: FinalPatch = { status: "Running", jobId, ...(state?.startTime ? { startedAt: state.startTime.toISOString() } : {}) };
+export async function recordAccepted<T extends AnyRecord>(
+  deps: AppDeps,
+  kind: Kind,
+  stored: Stored<T>,
+  state: HsmOperationState | undefined,
+  jobId: string,
+  log: Logger,
+): Promise<Stored<T>> {
+  const patch: FinalPatch = {
+    status: "Running",
+    jobId,
+    ...(state?.startTime ? { startedAt: state.startTime.toISOString() } : {}),
+  };
   const saved = await persist(deps, () => deps.catalog.merge(kind, stored as Stored<never>, patch as never));
   if (saved.applied) return { record: saved.record as T, etag: saved.etag };
   return correct(deps, kind, { record: saved.record as T, etag: saved.etag }, patch, log);
@@ -216,24 +303,44 @@ export async function recordAccepted<T extends AnyRecord>(deps: AppDeps, kind: K
  * TimedOut once the deadline has passed. One status read, no waiting: HTTP handlers call this while
  * a person waits. A job whose status cannot be read right now stays as it is: unknown is not failed.
  */
-export async function refreshRecord<T extends AnyRecord>(deps: AppDeps, kind: Kind, stored: Stored<T>, log: Logger): Promise<Stored<T>> {
+export async function refreshRecord<T extends AnyRecord>(
+  deps: AppDeps,
+  kind: Kind,
+  stored: Stored<T>,
+  log: Logger,
+): Promise<Stored<T>> {
   const record = stored.record;
   if (!UNSETTLED_STATUSES.includes(record.status)) return stored;
   const now = deps.now();
   if (record.jobId === undefined) {
-    if (record.status !== "Starting" || now.getTime() - Date.parse(record.startedAt) < staleStartMs(deps.config)) return stored;
-    return finish(deps, kind, stored, {
-      status: "Failed",
-      endedAt: now.toISOString(),
-      errorCode: "StartOutcomeUnknown",
-      errorMessage: `The worker stopped before the HSM answered the start call${record.errorMessage ? ` (${record.errorMessage})` : ""}. The HSM may have run a ${kind} that is not recorded here: check its audit log.`,
-    }, log);
+    if (record.status !== "Starting" || now.getTime() - Date.parse(record.startedAt) < staleStartMs(deps.config))
+      return stored;
+    return finish(
+      deps,
+      kind,
+      stored,
+      {
+        status: "Failed",
+        endedAt: now.toISOString(),
+        errorCode: "StartOutcomeUnknown",
+        errorMessage: `The worker stopped before the HSM answered the start call${record.errorMessage ? ` (${record.errorMessage})` : ""}. The HSM may have run a ${kind} that is not recorded here: check its audit log.`,
+      },
+      log,
+    );
   }
   if (!JOB_ID.test(record.jobId)) {
-    return finish(deps, kind, stored, {
-      status: "Failed", endedAt: now.toISOString(), errorCode: "InvalidServiceResponse",
-      errorMessage: `The recorded job id ${JSON.stringify(record.jobId.slice(0, 80))} is not a Managed HSM job id, so the job's status cannot be read.`,
-    }, log);
+    return finish(
+      deps,
+      kind,
+      stored,
+      {
+        status: "Failed",
+        endedAt: now.toISOString(),
+        errorCode: "InvalidServiceResponse",
+        errorMessage: `The recorded job id ${JSON.stringify(record.jobId.slice(0, 80))} is not a Managed HSM job id, so the job's status cannot be read.`,
+      },
+      log,
+    );
   }
   const hsm = deps.config.hsms.find((h) => h.url === record.hsmUrl);
   if (!hsm) return stored; // No longer configured: the app has no business calling it.
@@ -245,10 +352,17 @@ export async function refreshRecord<T extends AnyRecord>(deps: AppDeps, kind: Ki
   } catch (error) {
     if (error instanceof HsmJobFailedError) {
       outcome = error;
-    } else if (error instanceof HsmStatusUnavailableError || error instanceof HsmRequestError || error instanceof HsmInvalidResponseError) {
+    } else if (
+      error instanceof HsmStatusUnavailableError ||
+      error instanceof HsmRequestError ||
+      error instanceof HsmInvalidResponseError
+    ) {
       const problem = toSafeError(error).message;
-      log.warn(`Status of ${kind} ${record.id} (HSM ${record.hsmName}, job ${record.jobId}) is unknown for now: ${problem}`);
-      if (pastDeadline && ACTIVE_STATUSES.includes(record.status)) return finish(deps, kind, stored, timedOutPatch(record, deadline, undefined, problem), log);
+      log.warn(
+        `Status of ${kind} ${record.id} (HSM ${record.hsmName}, job ${record.jobId}) is unknown for now: ${problem}`,
+      );
+      if (pastDeadline && ACTIVE_STATUSES.includes(record.status))
+        return finish(deps, kind, stored, timedOutPatch(record, deadline, undefined, problem), log);
       return stored;
     } else {
       throw error;
@@ -256,7 +370,8 @@ export async function refreshRecord<T extends AnyRecord>(deps: AppDeps, kind: Ki
   }
   if (!(outcome instanceof HsmJobFailedError)) {
     if (outcome.status === "InProgress") {
-      if (pastDeadline && ACTIVE_STATUSES.includes(record.status)) return finish(deps, kind, stored, timedOutPatch(record, deadline, outcome, undefined), log);
+      if (pastDeadline && ACTIVE_STATUSES.includes(record.status))
+        return finish(deps, kind, stored, timedOutPatch(record, deadline, outcome, undefined), log);
       return stored;
     }
     if (outcome.status !== "Succeeded") outcome = new HsmJobFailedError(outcome.kind, hsm.url, outcome.jobId, outcome);

@@ -22,13 +22,15 @@ export function problemResponse(problem: ProblemError, instance?: string): HttpR
   return {
     status: problem.status,
     headers: { "Content-Type": "application/problem+json", ...problem.headers },
-    body: redactSecrets(JSON.stringify({
-      type: "about:blank",
-      title: problem.title,
-      status: problem.status,
-      detail: problem.detail,
-      ...(instance !== undefined ? { instance } : {}),
-      ...problem.extensions,
-    })),
+    body: redactSecrets(
+      JSON.stringify({
+        type: "about:blank",
+        title: problem.title,
+        status: problem.status,
+        detail: problem.detail,
+        ...(instance !== undefined ? { instance } : {}),
+        ...problem.extensions,
+      }),
+    ),
   };
 }

@@ -52,27 +52,42 @@ export interface ReconcileReport {
 export async function reconcile(deps: AppDeps, log: Logger, options: ReconcileOptions = {}): Promise<ReconcileReport> {
   await deps.prepare();
   const report: Mutable = { checked: 0, changed: [], discovered: [], unadopted: [], errors: [] };
-  await Promise.all(deps.config.hsms.map(async (hsm) => {
-    try {
-      await reconcileHsm(deps, hsm, log, options, report);
-    } catch (error) {
-      const message = `HSM ${hsm.name}: ${toSafeError(error).message}`;
-      log.warn(`Reconcile: ${message}`);
-      report.errors.push(message);
-    }
-  }));
+  await Promise.all(
+    deps.config.hsms.map(async (hsm) => {
+      try {
+        await reconcileHsm(deps, hsm, log, options, report);
+      } catch (error) {
+        const message = `HSM ${hsm.name}: ${toSafeError(error).message}`;
+        log.warn(`Reconcile: ${message}`);
+        report.errors.push(message);
+      }
+    }),
+  );
   return report;
 }
 
-type Mutable = { checked: number; changed: ReconcileChange[]; discovered: BackupRecord[]; unadopted: { hsm: string; folderUri: string; reason: string }[]; errors: string[] };
+type Mutable = {
+  checked: number;
+  changed: ReconcileChange[];
+  discovered: BackupRecord[];
+  unadopted: { hsm: string; folderUri: string; reason: string }[];
+  errors: string[];
+};
 
-async function reconcileHsm(deps: AppDeps, hsm: HsmTarget, log: Logger, options: ReconcileOptions, report: Mutable): Promise<void> {
+async function reconcileHsm(
+  deps: AppDeps,
+  hsm: HsmTarget,
+  log: Logger,
+  options: ReconcileOptions,
+  report: Mutable,
+): Promise<void> {
   const now = deps.now().getTime();
   const budget = options.maxRecordsPerHsm ?? 20;
   let used = 0;
   for (const kind of ["backup", "restore"] as const) {
-    const records = (await deps.catalog.unsettled(kind, hsm.name))
-      .filter((s) => s.record.status !== "TimedOut" || now - deadlineOf(deps, s.record).getTime() < TIMED_OUT_RECHECK_MS);
+    const records = (await deps.catalog.unsettled(kind, hsm.name)).filter(
+      (s) => s.record.status !== "TimedOut" || now - deadlineOf(deps, s.record).getTime() < TIMED_OUT_RECHECK_MS,
+    );
     for (const stored of records) {
       if (used >= budget || pastDeadline(deps, options)) return;
       used++;
@@ -81,20 +96,33 @@ async function reconcileHsm(deps: AppDeps, hsm: HsmTarget, log: Logger, options:
         const before = describe(stored.record);
         let after: AnyRecord = stored.record;
         let waitForCheck = false;
-        if (kind === "backup" && stored.record.jobId === undefined && stored.record.status === "Starting"
-          && now - Date.parse(stored.record.startedAt) >= staleStartMs(deps.config)) {
+        if (
+          kind === "backup" &&
+          stored.record.jobId === undefined &&
+          stored.record.status === "Starting" &&
+          now - Date.parse(stored.record.startedAt) >= staleStartMs(deps.config)
+        ) {
           const adoption = await adoptForRecord(deps, hsm, stored as Stored<BackupRecord>, log);
           if (adoption && "record" in adoption) after = adoption.record;
           // A candidate folder the HSM could not check now (busy, unreachable): the next run asks
           // again, until the record's job deadline; then the start's outcome stays unknown.
-          waitForCheck = adoption !== undefined && "unchecked" in adoption && now < deadlineOf(deps, stored.record).getTime();
-          if (adoption && "unchecked" in adoption) report.errors.push(`HSM ${hsm.name}, backup record ${stored.record.id}: ${adoption.unchecked}`);
+          waitForCheck =
+            adoption !== undefined && "unchecked" in adoption && now < deadlineOf(deps, stored.record).getTime();
+          if (adoption && "unchecked" in adoption)
+            report.errors.push(`HSM ${hsm.name}, backup record ${stored.record.id}: ${adoption.unchecked}`);
         }
         if (!waitForCheck && UNSETTLED_STATUSES.includes(after.status) && after === stored.record) {
           after = (await refreshRecord<AnyRecord>(deps, kind, stored, log)).record;
         }
         if (describe(after) !== before) {
-          report.changed.push({ kind, hsm: hsm.name, recordId: after.id, from: before, to: describe(after), ...(after.errorMessage ? { detail: after.errorMessage } : {}) });
+          report.changed.push({
+            kind,
+            hsm: hsm.name,
+            recordId: after.id,
+            from: before,
+            to: describe(after),
+            ...(after.errorMessage ? { detail: after.errorMessage } : {}),
+          });
         }
       } catch (error) {
         report.errors.push(`HSM ${hsm.name}, ${kind} record ${stored.record.id}: ${toSafeError(error).message}`);
@@ -109,26 +137,47 @@ async function reconcileHsm(deps: AppDeps, hsm: HsmTarget, log: Logger, options:
  * be recorded): if the container holds a folder of this HSM from the record's time that no record
  * has, and the HSM's pre-restore check accepts it, the record gets that backup.
  */
-async function adoptForRecord(deps: AppDeps, hsm: HsmTarget, stored: Stored<BackupRecord>, log: Logger): Promise<{ record: BackupRecord } | { unchecked: string } | undefined> {
+async function adoptForRecord(
+  deps: AppDeps,
+  hsm: HsmTarget,
+  stored: Stored<BackupRecord>,
+  log: Logger,
+): Promise<{ record: BackupRecord } | { unchecked: string } | undefined> {
   const started = Date.parse(stored.record.startedAt);
   const deadline = deadlineOf(deps, stored.record).getTime();
   let unchecked: string | undefined;
   for (const folder of await unrecordedFolders(deps, hsm, 5)) {
     if (folder.at.getTime() < started - 60_000 || folder.at.getTime() > deadline) continue;
     const check = await preRestoreCheck(deps, hsm, folder.uri);
-    if (check.verdict === "unavailable") unchecked ??= `folder ${folder.name} could not be checked yet: ${check.reason}`;
+    if (check.verdict === "unavailable")
+      unchecked ??= `folder ${folder.name} could not be checked yet: ${check.reason}`;
     if (check.verdict !== "passed") continue;
-    const saved = await finish(deps, "backup", stored, {
-      status: "Succeeded", folderUri: folder.uri, origin: "discovered", endedAt: folder.at.toISOString(),
-      errorMessage: `The start call's answer was lost; reconcile found this HSM's folder ${folder.name} and the HSM's pre-restore check accepted it.`,
-    }, log);
+    const saved = await finish(
+      deps,
+      "backup",
+      stored,
+      {
+        status: "Succeeded",
+        folderUri: folder.uri,
+        origin: "discovered",
+        endedAt: folder.at.toISOString(),
+        errorMessage: `The start call's answer was lost; reconcile found this HSM's folder ${folder.name} and the HSM's pre-restore check accepted it.`,
+      },
+      log,
+    );
     return { record: saved.record };
   }
   return unchecked !== undefined ? { unchecked } : undefined;
 }
 
 /** Folders of this HSM in the container with no record at all: recorded as discovered backups once the HSM vouches for them. */
-async function discoverOrphans(deps: AppDeps, hsm: HsmTarget, log: Logger, options: ReconcileOptions, report: Mutable): Promise<void> {
+async function discoverOrphans(
+  deps: AppDeps,
+  hsm: HsmTarget,
+  log: Logger,
+  options: ReconcileOptions,
+  report: Mutable,
+): Promise<void> {
   // While a job runs on the HSM its folder is being written, and the HSM would refuse the check anyway.
   for (const kind of ["backup", "restore"] as const) {
     if ((await deps.catalog.active(kind, hsm.name)).length > 0) return;
@@ -136,7 +185,8 @@ async function discoverOrphans(deps: AppDeps, hsm: HsmTarget, log: Logger, optio
   // A folder from the time of a record that may still learn its job's outcome (TimedOut) is that
   // record's, not an orphan: its correction will name it.
   const claimed = (await deps.catalog.unsettled("backup", hsm.name)).map((s) => ({
-    from: Date.parse(s.record.startedAt) - 60_000, to: deadlineOf(deps, s.record).getTime(),
+    from: Date.parse(s.record.startedAt) - 60_000,
+    to: deadlineOf(deps, s.record).getTime(),
   }));
   for (const folder of await unrecordedFolders(deps, hsm, options.maxFoldersPerHsm ?? 10)) {
     if (pastDeadline(deps, options)) return;
@@ -147,13 +197,24 @@ async function discoverOrphans(deps: AppDeps, hsm: HsmTarget, log: Logger, optio
       continue;
     }
     const at = folder.at.toISOString();
-    const stored = await persist(deps, () => deps.catalog.insert("backup", {
-      id: Catalog.newId(folder.at), hsmName: hsm.name, hsmUrl: hsm.url, status: "Succeeded", startedAt: at, endedAt: at,
-      folderUri: folder.uri, trigger: "reconcile", origin: "discovered",
-      statusDetails: "Found in the container without a record; the HSM's pre-restore check accepted it.",
-    }));
+    const stored = await persist(deps, () =>
+      deps.catalog.insert("backup", {
+        id: Catalog.newId(folder.at),
+        hsmName: hsm.name,
+        hsmUrl: hsm.url,
+        status: "Succeeded",
+        startedAt: at,
+        endedAt: at,
+        folderUri: folder.uri,
+        trigger: "reconcile",
+        origin: "discovered",
+        statusDetails: "Found in the container without a record; the HSM's pre-restore check accepted it.",
+      }),
+    );
     emitOutcome(log, "backup", stored.record);
-    log.warn(`Reconcile: adopted backup folder ${folder.name} of HSM ${hsm.name} that no record held (record ${stored.record.id})`);
+    log.warn(
+      `Reconcile: adopted backup folder ${folder.name} of HSM ${hsm.name} that no record held (record ${stored.record.id})`,
+    );
     report.discovered.push(stored.record);
   }
 }
@@ -210,6 +271,13 @@ function pastDeadline(deps: AppDeps, options: ReconcileOptions): boolean {
 /** One line per change, for the timer's failure message and the CLI; undefined when the run found nothing to report as a failure. */
 export function reconcileFailures(report: ReconcileReport): string | undefined {
   const bad = report.changed.filter((c) => !/^(Succeeded|Running|Starting|Skipped)/.test(c.to));
-  const lines = [...bad.map((c) => `${c.kind} ${c.recordId} of HSM ${c.hsm}: ${c.from} → ${c.to}${c.detail ? ` (${c.detail})` : ""}`), ...report.errors];
-  return lines.length > 0 ? `Reconcile recorded ${bad.length} outcome(s) that are not a success and met ${report.errors.length} error(s): ${lines.join("; ")}` : undefined;
+  const lines = [
+    ...bad.map(
+      (c) => `${c.kind} ${c.recordId} of HSM ${c.hsm}: ${c.from} → ${c.to}${c.detail ? ` (${c.detail})` : ""}`,
+    ),
+    ...report.errors,
+  ];
+  return lines.length > 0
+    ? `Reconcile recorded ${bad.length} outcome(s) that are not a success and met ${report.errors.length} error(s): ${lines.join("; ")}`
+    : undefined;
 }

@@ -21,7 +21,10 @@ function patterns() {
   const QUOTE = `(?:["']|%(?:25)*2[27])`;
   const SPACE = `(?:\\s|\\+|%(?:25)*20)`;
   const SEPARATOR = `(?:=|:|%(?:25)*3[ADad])`;
-  const SIGNATURE = new RegExp(`(?<![A-Za-z])(sig|signature)(${QUOTE}?${SPACE}*${SEPARATOR}${SPACE}*${QUOTE}?)[^&\\s"'<>,;)\\]}]+`, "gi");
+  const SIGNATURE = new RegExp(
+    `(?<![A-Za-z])(sig|signature)(${QUOTE}?${SPACE}*${SEPARATOR}${SPACE}*${QUOTE}?)[^&\\s"'<>,;)\\]}]+`,
+    "gi",
+  );
   const SAS_QUERY = /\?[^\s"'<>]*(?<![A-Za-z])(?:sig|se|sv|sp|skoid|sktid)(?:=|%(?:25)*3D)[^\s"'<>]*/gi;
   const BEARER = /\bBearer(\s+|%(?:25)*20)[A-Za-z0-9\-._~+/%]+=*/gi;
   const JWT = /\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*/g;
@@ -49,7 +52,15 @@ export function rememberSecret(value: string): void {
   const twice = encodeURIComponent(once);
   // Some encoders (.NET's HttpUtility.UrlEncode) write the escapes' hex digits in lower case.
   const lowerHex = (text: string) => text.replace(/%[0-9A-F]{2}/g, (escape) => escape.toLowerCase());
-  const forms = [value, once, lowerHex(once), twice, lowerHex(twice), Buffer.from(value).toString("base64"), Buffer.from(value).toString("base64url")];
+  const forms = [
+    value,
+    once,
+    lowerHex(once),
+    twice,
+    lowerHex(twice),
+    Buffer.from(value).toString("base64"),
+    Buffer.from(value).toString("base64url"),
+  ];
   for (const form of forms) {
     minted.delete(form);
     minted.add(form);
@@ -58,7 +69,8 @@ export function rememberSecret(value: string): void {
 }
 
 export function redactSecrets(text: string): string {
-  const { SIGNATURE, SAS_QUERY, BEARER, JWT, ACCOUNT_KEY, BASE64_KEY, DELEGATION_KEY_XML, DELEGATION_KEY_FIELD } = patterns();
+  const { SIGNATURE, SAS_QUERY, BEARER, JWT, ACCOUNT_KEY, BASE64_KEY, DELEGATION_KEY_XML, DELEGATION_KEY_FIELD } =
+    patterns();
   let safe = text;
   for (const secret of minted) {
     if (safe.includes(secret)) safe = safe.split(secret).join("<redacted>");
@@ -75,7 +87,12 @@ export function redactSecrets(text: string): string {
 }
 
 /** @azure/identity's failures: DefaultAzureCredential explains every credential it tried, over many lines. */
-const CREDENTIAL_ERRORS = new Set(["AggregateAuthenticationError", "CredentialUnavailableError", "AuthenticationError", "AuthenticationRequiredError"]);
+const CREDENTIAL_ERRORS = new Set([
+  "AggregateAuthenticationError",
+  "CredentialUnavailableError",
+  "AuthenticationError",
+  "AuthenticationRequiredError",
+]);
 
 /**
  * Normalises anything thrown into an Error whose message is safe to log. A credential failure
@@ -88,7 +105,9 @@ export function toSafeError(error: unknown): Error {
     const ids = requestIdsOfError(error);
     const missing = {
       ...(ids.requestId && !error.message.includes(ids.requestId) ? { requestId: ids.requestId } : {}),
-      ...(ids.clientRequestId && !error.message.includes(ids.clientRequestId) ? { clientRequestId: ids.clientRequestId } : {}),
+      ...(ids.clientRequestId && !error.message.includes(ids.clientRequestId)
+        ? { clientRequestId: ids.clientRequestId }
+        : {}),
     };
     const message = CREDENTIAL_ERRORS.has(error.name)
       ? `no Azure token could be acquired (${error.message.split("\n")[0]!.slice(0, 200)}): sign in with az login, or check the managed identity the app runs as (IDENTITY_ENDPOINT, BackupStorage__clientId)`

@@ -9,7 +9,12 @@ const FIELDS = [
   { name: "minute", min: 0, max: 59 },
   { name: "hour", min: 0, max: 23 },
   { name: "day", min: 1, max: 31 },
-  { name: "month", min: 1, max: 12, names: ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"] },
+  {
+    name: "month",
+    min: 1,
+    max: 12,
+    names: ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"],
+  },
   { name: "day of week", min: 0, max: 6, names: ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"] },
 ] as const;
 
@@ -63,12 +68,25 @@ function parseField(text: string, field: (typeof FIELDS)[number], expression: st
 
 /** The latest time at or before `at` (whole seconds, UTC) that the schedule fires; undefined if none within 8 days. */
 export function latestOccurrence(schedule: Schedule, at: Date): Date | undefined {
-  const [seconds, minutes, hours, days, months, weekdays] = schedule.allowed as [ReadonlySet<number>, ReadonlySet<number>, ReadonlySet<number>, ReadonlySet<number>, ReadonlySet<number>, ReadonlySet<number>];
+  const [seconds, minutes, hours, days, months, weekdays] = schedule.allowed as [
+    ReadonlySet<number>,
+    ReadonlySet<number>,
+    ReadonlySet<number>,
+    ReadonlySet<number>,
+    ReadonlySet<number>,
+    ReadonlySet<number>,
+  ];
   const startMinute = Math.floor(at.getTime() / 60_000) * 60_000;
   for (let i = 0; i <= SEARCH_MINUTES; i++) {
     const minute = new Date(startMinute - i * 60_000);
-    if (!minutes.has(minute.getUTCMinutes()) || !hours.has(minute.getUTCHours()) || !days.has(minute.getUTCDate())
-      || !months.has(minute.getUTCMonth() + 1) || !weekdays.has(minute.getUTCDay())) continue;
+    if (
+      !minutes.has(minute.getUTCMinutes()) ||
+      !hours.has(minute.getUTCHours()) ||
+      !days.has(minute.getUTCDate()) ||
+      !months.has(minute.getUTCMonth() + 1) ||
+      !weekdays.has(minute.getUTCDay())
+    )
+      continue;
     const last = i === 0 ? at.getUTCSeconds() : 59;
     for (let s = last; s >= 0; s--) {
       if (seconds.has(s)) return new Date(minute.getTime() + s * 1000);

@@ -61,7 +61,10 @@ function timeoutPolicy(ms: number) {
           return await next(request);
         } catch (error) {
           if (timer.signal.aborted && !callers?.aborted) {
-            throw new RestError(`no answer within ${ms / 1000} s from ${new URL(request.url).host}`, { code: "ETIMEDOUT", request });
+            throw new RestError(`no answer within ${ms / 1000} s from ${new URL(request.url).host}`, {
+              code: "ETIMEDOUT",
+              request,
+            });
           }
           throw error;
         } finally {
@@ -116,11 +119,20 @@ export interface BackupStorage {
  * connection string carries one (Azurite, shared-key accounts), otherwise the app's identity, with
  * SAS signed by a user-delegation key (in Azure shared-key access is off).
  */
-export function createBackupStorage(connection: StorageConnection, credential: TokenCredential, storageOptions: StorageClientOptions = {}): BackupStorage {
+export function createBackupStorage(
+  connection: StorageConnection,
+  credential: TokenCredential,
+  storageOptions: StorageClientOptions = {},
+): BackupStorage {
   const { transport, requestTimeoutMs } = clientOptions(storageOptions);
   const options: StoragePipelineOptions = {
     ...transport,
-    retryOptions: { maxTries: STORAGE_RETRIES + 1, tryTimeoutInMs: requestTimeoutMs, retryDelayInMs: 500, maxRetryDelayInMs: 2000 },
+    retryOptions: {
+      maxTries: STORAGE_RETRIES + 1,
+      tryTimeoutInMs: requestTimeoutMs,
+      retryDelayInMs: 500,
+      maxRetryDelayInMs: 2000,
+    },
   } as StoragePipelineOptions;
   const blobDeadlineMs = requestTimeoutMs * (STORAGE_RETRIES + 1);
   const tableOptions = (endpoint: string): TableServiceClientOptions => ({
@@ -136,27 +148,46 @@ export function createBackupStorage(connection: StorageConnection, credential: T
     const blobService = fromConnectionString(() => BlobServiceClient.fromConnectionString(connectionString, options));
     const sharedKey = blobService.credential;
     if (!(sharedKey instanceof StorageSharedKeyCredential)) {
-      throw new ConfigError("BackupStorage",
-        "the connection string has no AccountKey, so the app cannot sign a SAS with it; use an identity-based connection (BackupStorage__blobServiceUri + BackupStorage__tableServiceUri) instead");
+      throw new ConfigError(
+        "BackupStorage",
+        "the connection string has no AccountKey, so the app cannot sign a SAS with it; use an identity-based connection (BackupStorage__blobServiceUri + BackupStorage__tableServiceUri) instead",
+      );
     }
     // The table endpoint is known once the SDK has parsed the string: plain http (Azurite) needs the insecure flag.
     const tableUrl = fromConnectionString(() => TableClient.fromConnectionString(connectionString, "catalog").url);
     checkEndpoint("BlobEndpoint", blobService.url);
     checkEndpoint("TableEndpoint", tableUrl);
     const table = (name: string) => TableClient.fromConnectionString(connectionString, name, tableOptions(tableUrl));
-    return storage(blobService, table, async (container, permissions, startsOn, expiresOn) =>
-      generateBlobSASQueryParameters(sasValues(blobService.url, container, permissions, startsOn, expiresOn), sharedKey).toString(),
-    blobDeadlineMs);
+    return storage(
+      blobService,
+      table,
+      async (container, permissions, startsOn, expiresOn) =>
+        generateBlobSASQueryParameters(
+          sasValues(blobService.url, container, permissions, startsOn, expiresOn),
+          sharedKey,
+        ).toString(),
+      blobDeadlineMs,
+    );
   }
   const blobService = new BlobServiceClient(connection.blobServiceUri, credential, options);
   const delegationKey = delegationKeys((startsOn, expiresOn) =>
-    signed.blobCall("getting a user-delegation key", (abortSignal) => blobService.getUserDelegationKey(startsOn, expiresOn, { abortSignal })));
-  const signed = storage(blobService, (name) => new TableClient(connection.tableServiceUri, name, credential, tableOptions(connection.tableServiceUri)),
+    signed.blobCall("getting a user-delegation key", (abortSignal) =>
+      blobService.getUserDelegationKey(startsOn, expiresOn, { abortSignal }),
+    ),
+  );
+  const signed = storage(
+    blobService,
+    (name) => new TableClient(connection.tableServiceUri, name, credential, tableOptions(connection.tableServiceUri)),
     async (container, permissions, startsOn, expiresOn) => {
       const key = await delegationKey(startsOn, expiresOn);
-      return generateBlobSASQueryParameters(sasValues(blobService.url, container, permissions, startsOn, expiresOn), key, blobService.accountName).toString();
+      return generateBlobSASQueryParameters(
+        sasValues(blobService.url, container, permissions, startsOn, expiresOn),
+        key,
+        blobService.accountName,
+      ).toString();
     },
-    blobDeadlineMs);
+    blobDeadlineMs,
+  );
   return signed;
 }
 
@@ -167,7 +198,9 @@ export function createBackupStorage(connection: StorageConnection, credential: T
  * one fetched. The key never leaves the process — the HSM gets the SAS, whose own expiry is unchanged
  * — so the longer key lifetime widens nothing an HSM or a log could hold. A failed request is not kept.
  */
-function delegationKeys(fetch: (startsOn: Date, expiresOn: Date) => Promise<UserDelegationKey>): (startsOn: Date, expiresOn: Date) => Promise<UserDelegationKey> {
+function delegationKeys(
+  fetch: (startsOn: Date, expiresOn: Date) => Promise<UserDelegationKey>,
+): (startsOn: Date, expiresOn: Date) => Promise<UserDelegationKey> {
   let cached: { startsOn: Date; expiresOn: Date; key: Promise<UserDelegationKey> } | undefined;
   return (startsOn, expiresOn) => {
     if (!cached || startsOn < cached.startsOn || expiresOn > cached.expiresOn) {
@@ -184,7 +217,12 @@ function delegationKeys(fetch: (startsOn: Date, expiresOn: Date) => Promise<User
 
 type Sign = (container: string, permissions: string, startsOn: Date, expiresOn: Date) => Promise<string>;
 
-function storage(blobService: BlobServiceClient, table: (name: string) => TableClient, sign: Sign, blobDeadlineMs: number): BackupStorage {
+function storage(
+  blobService: BlobServiceClient,
+  table: (name: string) => TableClient,
+  sign: Sign,
+  blobDeadlineMs: number,
+): BackupStorage {
   return {
     blobService,
     table,
@@ -193,7 +231,12 @@ function storage(blobService: BlobServiceClient, table: (name: string) => TableC
       try {
         return await call(deadline);
       } catch (error) {
-        if (deadline.aborted) throw new StorageUnavailableError(new URL(blobService.url).host, what, `no answer within ${blobDeadlineMs / 1000} s`);
+        if (deadline.aborted)
+          throw new StorageUnavailableError(
+            new URL(blobService.url).host,
+            what,
+            `no answer within ${blobDeadlineMs / 1000} s`,
+          );
         throw error;
       }
     },
@@ -212,7 +255,13 @@ function storage(blobService: BlobServiceClient, table: (name: string) => TableC
   };
 }
 
-function sasValues(blobServiceUrl: string, containerName: string, permissions: string, startsOn: Date, expiresOn: Date) {
+function sasValues(
+  blobServiceUrl: string,
+  containerName: string,
+  permissions: string,
+  startsOn: Date,
+  expiresOn: Date,
+) {
   return {
     containerName,
     permissions: ContainerSASPermissions.parse(permissions),
@@ -223,7 +272,6 @@ function sasValues(blobServiceUrl: string, containerName: string, permissions: s
     version: SAS_VERSION,
   };
 }
-
 
 /** An SDK's refusal of the connection string, as the setting's error (the SDK's text never shows the key). */
 function fromConnectionString<T>(create: () => T): T {
@@ -247,6 +295,9 @@ function checkEndpoint(name: string, value: string): void {
     throw new ConfigError("BackupStorage", `the connection string's ${name} is not a URL`);
   }
   if (url.protocol !== "https:" && !(url.protocol === "http:" && isLoopback(url.hostname))) {
-    throw new ConfigError("BackupStorage", `the connection string's ${name} must use https (plain http is accepted only for loopback hosts)`);
+    throw new ConfigError(
+      "BackupStorage",
+      `the connection string's ${name} must use https (plain http is accepted only for loopback hosts)`,
+    );
   }
 }

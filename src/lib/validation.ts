@@ -40,18 +40,34 @@ export function parseListQuery(raw: RawListQuery, label: Label): ListQuery {
     throw new InvalidInput("hsm", "Invalid hsm", `${label("hsm")} "${truncate(hsm)}" is not an HSM name`);
   }
   if (status !== undefined && !RECORD_STATUSES.includes(status as RecordStatus)) {
-    throw new InvalidInput("status", "Invalid status", `${label("status")} "${truncate(status)}" is not one of ${RECORD_STATUSES.join(", ")}`);
+    throw new InvalidInput(
+      "status",
+      "Invalid status",
+      `${label("status")} "${truncate(status)}" is not one of ${RECORD_STATUSES.join(", ")}`,
+    );
   }
   const { verification } = raw;
   if (verification !== undefined && !VERIFICATIONS.includes(verification as Verification)) {
-    throw new InvalidInput("verification", "Invalid verification", `${label("verification")} "${truncate(verification)}" is not one of ${VERIFICATIONS.join(", ")}`);
+    throw new InvalidInput(
+      "verification",
+      "Invalid verification",
+      `${label("verification")} "${truncate(verification)}" is not one of ${VERIFICATIONS.join(", ")}`,
+    );
   }
   const top = raw.top ?? String(LIST_TOP.default);
   if (!/^\d{1,3}$/.test(top) || Number(top) < LIST_TOP.min || Number(top) > LIST_TOP.max) {
-    throw new InvalidInput("top", "Invalid top", `${label("top")} must be a whole number from ${LIST_TOP.min} to ${LIST_TOP.max}, not "${truncate(top)}"`);
+    throw new InvalidInput(
+      "top",
+      "Invalid top",
+      `${label("top")} must be a whole number from ${LIST_TOP.min} to ${LIST_TOP.max}, not "${truncate(top)}"`,
+    );
   }
   if (continuationToken !== undefined && continuationToken.length > MAX_CONTINUATION_TOKEN_LENGTH) {
-    throw new InvalidInput("continuationToken", "Invalid continuation token", `${label("continuationToken")} is longer than any token this listing returns`);
+    throw new InvalidInput(
+      "continuationToken",
+      "Invalid continuation token",
+      `${label("continuationToken")} is longer than any token this listing returns`,
+    );
   }
   return {
     top: Number(top),
@@ -64,20 +80,30 @@ export function parseListQuery(raw: RawListQuery, label: Label): ListQuery {
 
 export function checkKeyName(value: unknown, label: Label): string {
   if (typeof value !== "string" || !KEY_NAME.test(value)) {
-    throw new InvalidInput("keyName", "Invalid key name", `${label("keyName")} ${describe(value)} is not a key name (1-127 letters, digits and hyphens)`);
+    throw new InvalidInput(
+      "keyName",
+      "Invalid key name",
+      `${label("keyName")} ${describe(value)} is not a key name (1-127 letters, digits and hyphens)`,
+    );
   }
   return value;
 }
 
 export function checkRecordId(value: string, what: "backup" | "restore"): string {
   if (!RECORD_ID.test(value)) {
-    throw new InvalidInput("id", `Invalid ${what} id`, `"${truncate(value)}" is not a ${what} id (13 digits, a hyphen, 8 hex digits)`);
+    throw new InvalidInput(
+      "id",
+      `Invalid ${what} id`,
+      `"${truncate(value)}" is not a ${what} id (13 digits, a hyphen, 8 hex digits)`,
+    );
   }
   return value;
 }
 
 export function describe(value: unknown): string {
-  return typeof value === "string" ? `"${truncate(value)}"` : `of type ${value === null ? "null" : Array.isArray(value) ? "array" : typeof value}`;
+  return typeof value === "string"
+    ? `"${truncate(value)}"`
+    : `of type ${value === null ? "null" : Array.isArray(value) ? "array" : typeof value}`;
 }
 
 /** Echoing client input back is useful; echoing a megabyte of it is not. */

@@ -18,16 +18,28 @@ export type Check = { verdict: "passed" } | { verdict: "refused" | "unavailable"
  * "refused": the HSM says the folder cannot be restored; "unavailable": no verdict now (busy,
  * unreachable); "unverifiable": this api-version has no such check.
  */
-export async function preRestoreCheck(deps: AppDeps, hsm: HsmTarget, folderUri: string, deadline?: Date): Promise<Check> {
+export async function preRestoreCheck(
+  deps: AppDeps,
+  hsm: HsmTarget,
+  folderUri: string,
+  deadline?: Date,
+): Promise<Check> {
   const { config, storage } = deps;
   if (!PRE_RESTORE_API_VERSIONS.has(config.hsmApiVersion)) {
-    return { verdict: "unverifiable", reason: `not verified: the HSM's pre-restore check needs HSM_API_VERSION 7.6 or later (it is ${config.hsmApiVersion})` };
+    return {
+      verdict: "unverifiable",
+      reason: `not verified: the HSM's pre-restore check needs HSM_API_VERSION 7.6 or later (it is ${config.hsmApiVersion})`,
+    };
   }
   try {
     const client = deps.hsmClient(hsm);
-    const poller = config.hsmStorageAuth === "sas"
-      ? await client.beginPreRestore(folderUri, (await storage.containerSas(config.backupContainer, "restore", config.sasTtlMinutes)).token)
-      : await client.beginPreRestore(folderUri);
+    const poller =
+      config.hsmStorageAuth === "sas"
+        ? await client.beginPreRestore(
+            folderUri,
+            (await storage.containerSas(config.backupContainer, "restore", config.sasTtlMinutes)).token,
+          )
+        : await client.beginPreRestore(folderUri);
     const tenMinutes = new Date(deps.now().getTime() + Math.min(config.jobTimeoutMs, 10 * 60_000));
     await poller.pollUntilDone({ deadline: deadline && deadline < tenMinutes ? deadline : tenMinutes });
     return { verdict: "passed" };
@@ -39,7 +51,6 @@ export async function preRestoreCheck(deps: AppDeps, hsm: HsmTarget, folderUri: 
   }
 }
 
-
 export type Verification = "Passed" | "Failed" | "Skipped";
 
 /**
@@ -48,9 +59,18 @@ export type Verification = "Passed" | "Failed" | "Skipped";
  * The HSM runs one operation at a time, so this runs after the backup has ended; it counts toward the
  * backup's deadline.
  */
-export async function verifyBackup(deps: AppDeps, hsm: HsmTarget, folderUri: string, deadline: Date): Promise<{ verification: Verification; verifiedAt: string; verificationMessage?: string }> {
+export async function verifyBackup(
+  deps: AppDeps,
+  hsm: HsmTarget,
+  folderUri: string,
+  deadline: Date,
+): Promise<{ verification: Verification; verifiedAt: string; verificationMessage?: string }> {
   const check = await preRestoreCheck(deps, hsm, folderUri, deadline);
   const verifiedAt = deps.now().toISOString();
   if (check.verdict === "passed") return { verification: "Passed", verifiedAt };
-  return { verification: check.verdict === "refused" ? "Failed" : "Skipped", verifiedAt, verificationMessage: check.reason };
+  return {
+    verification: check.verdict === "refused" ? "Failed" : "Skipped",
+    verifiedAt,
+    verificationMessage: check.reason,
+  };
 }

@@ -40,7 +40,9 @@ describe("hsm-backup when an HSM cannot be reached", () => {
     const run = await cli(app, ["backup"]);
     expect(run.code).toBe(EXIT.error);
     const summary = lines(run.stderr).at(-1)!;
-    expect(summary).toMatch(new RegExp(`^Backup did not succeed for 1 of 1 HSM\\(s\\): ${hsm.name} \\(Failed StartNotSent: `));
+    expect(summary).toMatch(
+      new RegExp(`^Backup did not succeed for 1 of 1 HSM\\(s\\): ${hsm.name} \\(Failed StartNotSent: `),
+    );
     expect(summary).toContain(hsm.url);
     expect(summary).toMatch(/ECONNREFUSED/);
     expect(summary).toMatch(/nothing was started/);
@@ -55,7 +57,9 @@ describe("hsm-backup when an HSM cannot be reached", () => {
     expect(run.code).toBe(EXIT.error);
     expect(run.stderr).toMatch(/StartNotSent/);
     expect(USAGE).toMatch(/backup always\s+prints one entry per HSM/);
-    expect(JSON.parse(run.stdout)).toMatchObject([{ hsmName: app.deps.config.hsms[0]!.name, status: "Failed", errorCode: "StartNotSent" }]);
+    expect(JSON.parse(run.stdout)).toMatchObject([
+      { hsmName: app.deps.config.hsms[0]!.name, status: "Failed", errorCode: "StartNotSent" },
+    ]);
   });
 
   it("restore --key exits 4 saying the restore was not sent", async () => {
@@ -82,14 +86,20 @@ describe("hsm-backup when the backup storage cannot be reached", () => {
   it("list exits 4 with exactly one line naming the storage endpoint", async () => {
     const port = await closedPort();
     const unreachable = `http://127.0.0.1:${port}/devstoreaccount1`;
-    const connectionString = withEndpoint(withEndpoint(inject("azuriteConnectionString"), "BlobEndpoint", unreachable), "TableEndpoint", unreachable);
+    const connectionString = withEndpoint(
+      withEndpoint(inject("azuriteConnectionString"), "BlobEndpoint", unreachable),
+      "TableEndpoint",
+      unreachable,
+    );
     const env = { MANAGED_HSM_URLS: "https://contoso.managedhsm.azure.net", BackupStorage: connectionString };
 
     const run = await cli(undefined, ["list"], { env });
     expect(run.code).toBe(EXIT.error);
     expect(run.stdout).toBe("");
     expect(lines(run.stderr)).toHaveLength(1);
-    expect(run.stderr).toMatch(new RegExp(`^hsm-backup: backup storage at 127\\.0\\.0\\.1:${port} could not be reached[^\\n]*\\n$`));
+    expect(run.stderr).toMatch(
+      new RegExp(`^hsm-backup: backup storage at 127\\.0\\.0\\.1:${port} could not be reached[^\\n]*\\n$`),
+    );
   });
 });
 
@@ -104,12 +114,21 @@ describe("hsm-backup when the backup storage never answers", () => {
   });
 
   /** Settings whose given storage endpoints accept every connection and request and answer none. */
-  async function silentStorage(endpoints: readonly ("BlobEndpoint" | "TableEndpoint")[]): Promise<Record<string, string>> {
-    silent = await listenOnLoopback(createHttpServer((request) => void received.push(`${request.method} ${request.url?.split("?")[0]}`)));
+  async function silentStorage(
+    endpoints: readonly ("BlobEndpoint" | "TableEndpoint")[],
+  ): Promise<Record<string, string>> {
+    silent = await listenOnLoopback(
+      createHttpServer((request) => void received.push(`${request.method} ${request.url?.split("?")[0]}`)),
+    );
     let connectionString = inject("azuriteConnectionString");
-    for (const endpoint of endpoints) connectionString = withEndpoint(connectionString, endpoint, `${silent.origin}/devstoreaccount1`);
+    for (const endpoint of endpoints)
+      connectionString = withEndpoint(connectionString, endpoint, `${silent.origin}/devstoreaccount1`);
     // HSM_REQUEST_TIMEOUT_SECONDS is "the deadline of every single call to an HSM or to storage".
-    return { MANAGED_HSM_URLS: "https://contoso.managedhsm.azure.net", BackupStorage: connectionString, HSM_REQUEST_TIMEOUT_SECONDS: "5" };
+    return {
+      MANAGED_HSM_URLS: "https://contoso.managedhsm.azure.net",
+      BackupStorage: connectionString,
+      HSM_REQUEST_TIMEOUT_SECONDS: "5",
+    };
   }
 
   function expectOneStorageLine(run: Run): void {
@@ -121,7 +140,9 @@ describe("hsm-backup when the backup storage never answers", () => {
   }
 
   it("list exits 4 with exactly one line naming the storage endpoint once the calls time out", async () => {
-    expectOneStorageLine(await cli(undefined, ["list"], { env: await silentStorage(["BlobEndpoint", "TableEndpoint"]) }));
+    expectOneStorageLine(
+      await cli(undefined, ["list"], { env: await silentStorage(["BlobEndpoint", "TableEndpoint"]) }),
+    );
   });
 
   it("list exits 4 naming the storage endpoint when only the blob endpoint never answers (the catalog answers), within the test's 30 s", async () => {

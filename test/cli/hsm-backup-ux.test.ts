@@ -22,20 +22,29 @@ interface Run {
   readonly stderr: string;
 }
 
-async function cli(app: TestApp, argv: string[], io: { env?: Record<string, string | undefined>; isTTY?: boolean; columns?: number } = {}, options: Partial<CliOptions> = {}): Promise<Run> {
+async function cli(
+  app: TestApp,
+  argv: string[],
+  io: { env?: Record<string, string | undefined>; isTTY?: boolean; columns?: number } = {},
+  options: Partial<CliOptions> = {},
+): Promise<Run> {
   let stdout = "";
   let stderr = "";
-  const code = await main(argv, {
-    env: io.env ?? app.env,
-    stdout: { write: (text: string) => (stdout += text) },
-    stderr: { write: (text: string) => (stderr += text) },
-    isTTY: io.isTTY ?? false,
-    columns: io.columns ?? 200,
-  }, {
-    createDeps: (config) => createDeps(config, app.depsOptions),
-    pollIntervalMs: 25,
-    ...options,
-  });
+  const code = await main(
+    argv,
+    {
+      env: io.env ?? app.env,
+      stdout: { write: (text: string) => (stdout += text) },
+      stderr: { write: (text: string) => (stderr += text) },
+      isTTY: io.isTTY ?? false,
+      columns: io.columns ?? 200,
+    },
+    {
+      createDeps: (config) => createDeps(config, app.depsOptions),
+      pollIntervalMs: 25,
+      ...options,
+    },
+  );
   expect(stdout + stderr).not.toMatch(/sig=(?!<redacted>)/i);
   return { code, stdout, stderr };
 }
@@ -77,12 +86,15 @@ describe("hsm-backup for a new user", () => {
     const app = await start({ emulator: { jobDurationMs: 1500 } });
     const interrupt = new AbortController();
     const running = cli(app, ["backup"], {}, { signal: interrupt.signal });
-    for (let i = 0; i < 100 && !app.emulators[0]!.requests.some((r) => /^\/backup\/.+\/pending$/.test(r.path)); i++) await new Promise((r) => setTimeout(r, 20));
+    for (let i = 0; i < 100 && !app.emulators[0]!.requests.some((r) => /^\/backup\/.+\/pending$/.test(r.path)); i++)
+      await new Promise((r) => setTimeout(r, 20));
     interrupt.abort(new Error("interrupted (Ctrl-C)"));
     const run = await running;
     expect(run.code).toBe(EXIT.interrupted);
     const id = /^(\d{13}-[0-9a-f]{8})  /m.exec(run.stdout)![1]!;
-    expect(run.stderr).toMatch(new RegExp(`job [0-9a-f]{32} keeps running on the HSM; follow it with: hsm-backup status ${id}`));
+    expect(run.stderr).toMatch(
+      new RegExp(`job [0-9a-f]{32} keeps running on the HSM; follow it with: hsm-backup status ${id}`),
+    );
     expect(run.stderr).toMatch(/^Interrupted: only the wait stopped\. .*hsm-backup list --refresh/m);
 
     const plain = await cli(app, ["list", "--json"]);
@@ -107,9 +119,20 @@ describe("hsm-backup for a new user", () => {
     expect((await cli(app, ["backup"])).code).toBe(EXIT.ok);
     const dir = await mkdtemp(join(tmpdir(), "hsm-backup-settings-"));
     cleanups.push(() => rm(dir, { recursive: true, force: true }));
-    await writeFile(join(dir, "local.settings.json"), JSON.stringify({ IsEncrypted: false, Values: { ...app.env, CATALOG_TABLE: "othertable", FUNCTIONS_WORKER_RUNTIME: "node" } }));
+    await writeFile(
+      join(dir, "local.settings.json"),
+      JSON.stringify({
+        IsEncrypted: false,
+        Values: { ...app.env, CATALOG_TABLE: "othertable", FUNCTIONS_WORKER_RUNTIME: "node" },
+      }),
+    );
 
-    const fromFile = await cli(app, ["list", "--json", "--verbose"], { env: { CATALOG_TABLE: app.table } }, { settingsDir: dir });
+    const fromFile = await cli(
+      app,
+      ["list", "--json", "--verbose"],
+      { env: { CATALOG_TABLE: app.table } },
+      { settingsDir: dir },
+    );
     expect(fromFile.code, fromFile.stderr).toBe(EXIT.ok);
     expect(JSON.parse(fromFile.stdout).items).toHaveLength(1);
     expect(fromFile.stderr).toContain(`Settings: the environment, then ${join(dir, "local.settings.json")}`);
@@ -117,18 +140,27 @@ describe("hsm-backup for a new user", () => {
     await writeFile(join(dir, "local.settings.json"), "{ not json");
     const broken = await cli(app, ["list"], { env: {} }, { settingsDir: dir });
     expect(broken.code).toBe(EXIT.refused);
-    expect(broken.stderr).toMatch(/^hsm-backup: \S+local\.settings\.json is not JSON \(.*\); fix it or run from another folder\n$/);
+    expect(broken.stderr).toMatch(
+      /^hsm-backup: \S+local\.settings\.json is not JSON \(.*\); fix it or run from another folder\n$/,
+    );
   });
 
   it("a credential that cannot get a token is one line saying what to do", async () => {
     const app = await start();
     // Identity-based storage (https, as bearer tokens require): the token is asked for before any connection.
-    const env = { ...app.env, BackupStorage: undefined, BackupStorage__blobServiceUri: "https://127.0.0.1:9/devstoreaccount1", BackupStorage__tableServiceUri: "https://127.0.0.1:9/devstoreaccount1" };
+    const env = {
+      ...app.env,
+      BackupStorage: undefined,
+      BackupStorage__blobServiceUri: "https://127.0.0.1:9/devstoreaccount1",
+      BackupStorage__tableServiceUri: "https://127.0.0.1:9/devstoreaccount1",
+    };
     // Real @azure/identity credentials with nothing to go on, as on a machine nobody signed in to.
     const credential = new ChainedTokenCredential(new EnvironmentCredential(), new EnvironmentCredential());
     const run = await cli(app, ["list"], { env }, { createDeps: (config) => createDeps(config, { credential }) });
     expect(run.code).toBe(EXIT.error);
-    expect(run.stderr).toMatch(/^hsm-backup: AggregateAuthenticationError: no Azure token could be acquired \(ChainedTokenCredential authentication failed\.\): sign in with az login, or check the managed identity/);
+    expect(run.stderr).toMatch(
+      /^hsm-backup: AggregateAuthenticationError: no Azure token could be acquired \(ChainedTokenCredential authentication failed\.\): sign in with az login, or check the managed identity/,
+    );
     expect(run.stderr.trimEnd().split("\n")).toHaveLength(1);
   });
 
@@ -139,7 +171,9 @@ describe("hsm-backup for a new user", () => {
     try {
       const backup = await cli(app, ["backup", "--json"]);
       expect(backup.code, backup.stderr).toBe(EXIT.ok);
-      expect(backup.stderr).toMatch(/^azure:mhsm-backup:info Request: \{\n\s+"url": "https:\/\/testhsm0\.managedhsm\.azure\.net\/backup\?api-version=7\.6"/m);
+      expect(backup.stderr).toMatch(
+        /^azure:mhsm-backup:info Request: \{\n\s+"url": "https:\/\/testhsm0\.managedhsm\.azure\.net\/backup\?api-version=7\.6"/m,
+      );
       const list = await cli(app, ["list"]);
       expect(list.code).toBe(EXIT.ok);
       expect(list.stderr).toMatch(/^azure:(core-rest-pipeline|data-tables|storage-blob):info Request: /m);
@@ -151,20 +185,29 @@ describe("hsm-backup for a new user", () => {
   });
 
   it("fits the progress line to the terminal: whole HSM names or '+N more', never half a word", async () => {
-    expect(fitLine("Backing up 3 of 3 HSM(s), 4s", ["alpha Running", "beta Running", "gamma Starting"], 200))
-      .toBe("Backing up 3 of 3 HSM(s), 4s: alpha Running | beta Running | gamma Starting");
-    expect(fitLine("Backing up 3 of 3 HSM(s), 4s", ["alpha Running", "beta Running", "gamma Starting"], 60))
-      .toBe("Backing up 3 of 3 HSM(s), 4s: alpha Running | +2 more");
-    expect(fitLine("Backing up 3 of 3 HSM(s), 4s", ["alpha Running", "beta Running", "gamma Starting"], 30)).toBe("Backing up 3 of 3 HSM(s), 4s");
+    expect(fitLine("Backing up 3 of 3 HSM(s), 4s", ["alpha Running", "beta Running", "gamma Starting"], 200)).toBe(
+      "Backing up 3 of 3 HSM(s), 4s: alpha Running | beta Running | gamma Starting",
+    );
+    expect(fitLine("Backing up 3 of 3 HSM(s), 4s", ["alpha Running", "beta Running", "gamma Starting"], 60)).toBe(
+      "Backing up 3 of 3 HSM(s), 4s: alpha Running | +2 more",
+    );
+    expect(fitLine("Backing up 3 of 3 HSM(s), 4s", ["alpha Running", "beta Running", "gamma Starting"], 30)).toBe(
+      "Backing up 3 of 3 HSM(s), 4s",
+    );
 
     const app = await start({ hsmCount: 3, emulator: { jobDurationMs: 300 } });
     const run = await cli(app, ["backup"], { isTTY: true, columns: 50 });
     expect(run.code, run.stderr).toBe(EXIT.ok);
-    const frames = run.stderr.split("\r\x1b[2K").map((f) => f.split("\n").at(-1)!).filter(Boolean);
+    const frames = run.stderr
+      .split("\r\x1b[2K")
+      .map((f) => f.split("\n").at(-1)!)
+      .filter(Boolean);
     expect(frames.length).toBeGreaterThan(0);
     for (const frame of frames) {
       expect(frame.length).toBeLessThanOrEqual(49);
-      expect(frame).toMatch(/^(Backing up \d of 3 HSM\(s\), \d+s(: testhsm\d (Starting|Running)( \| testhsm\d (Starting|Running))*)?( \| \+\d more)?|Recording the outcomes \(\d+s\))$/);
+      expect(frame).toMatch(
+        /^(Backing up \d of 3 HSM\(s\), \d+s(: testhsm\d (Starting|Running)( \| testhsm\d (Starting|Running))*)?( \| \+\d more)?|Recording the outcomes \(\d+s\))$/,
+      );
     }
   });
 });

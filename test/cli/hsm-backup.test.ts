@@ -45,19 +45,26 @@ describe("hsm-backup arguments", () => {
     [["restore", "1234567890123-0123abcd", "--keyName", "a"]],
     [["status"]],
     [["status", "1234567890123-0123ABCD"]],
-  ])("refuses %j with one line on stderr saying what was wrong and how to get help, exit 2, touching nothing", async (argv) => {
-    // No settings at all: a usage error is found before any setting is read.
-    const run = await cli(undefined, argv, { env: {} });
-    expect(run.code).toBe(EXIT.refused);
-    expect(run.stdout).toBe("");
-    expect(run.stderr).toMatch(/^hsm-backup: [^\n]+\. Run 'hsm-backup --help' for usage\.\n$/);
-    expect(run.stderr).not.toMatch(/'--'|as in/);
-    expect(run.stderr).not.toMatch(/Setting /);
-  });
+  ])(
+    "refuses %j with one line on stderr saying what was wrong and how to get help, exit 2, touching nothing",
+    async (argv) => {
+      // No settings at all: a usage error is found before any setting is read.
+      const run = await cli(undefined, argv, { env: {} });
+      expect(run.code).toBe(EXIT.refused);
+      expect(run.stdout).toBe("");
+      expect(run.stderr).toMatch(/^hsm-backup: [^\n]+\. Run 'hsm-backup --help' for usage\.\n$/);
+      expect(run.stderr).not.toMatch(/'--'|as in/);
+      expect(run.stderr).not.toMatch(/Setting /);
+    },
+  );
 
   it("names the offending value", () => {
-    expect(() => parseCommand(["list", "--top", "500"])).toThrow(/--top must be a whole number from 1 to 100, not "500"/);
-    expect(() => parseCommand(["restore", "1234567890123-0123abcd", "--key", "a", "--key", "b"])).toThrow(/--key is given more than once/);
+    expect(() => parseCommand(["list", "--top", "500"])).toThrow(
+      /--top must be a whole number from 1 to 100, not "500"/,
+    );
+    expect(() => parseCommand(["restore", "1234567890123-0123abcd", "--key", "a", "--key", "b"])).toThrow(
+      /--key is given more than once/,
+    );
     expect(() => parseCommand(["backup", "--tpo"])).toThrow(UsageError);
     expect(() => parseCommand(["status", "nope"])).toThrow(/"nope" is not a backup or restore id/);
   });
@@ -76,7 +83,11 @@ describe("hsm-backup arguments", () => {
     expect(missing.stdout).toBe("");
     expect(missing.stderr).toMatch(/^hsm-backup: Setting MANAGED_HSM_URLS: is required/);
 
-    const env = { MANAGED_HSM_URLS: "https://contoso.managedhsm.azure.net", BackupStorage: "UseDevelopmentStorage=true", SAS_TTL_MINUTES: "1" };
+    const env = {
+      MANAGED_HSM_URLS: "https://contoso.managedhsm.azure.net",
+      BackupStorage: "UseDevelopmentStorage=true",
+      SAS_TTL_MINUTES: "1",
+    };
     const malformed = await cli(undefined, ["backup", "--json"], { env });
     expect(malformed).toMatchObject({ code: EXIT.refused, stdout: "" });
     expect(malformed.stderr).toMatch(/Setting SAS_TTL_MINUTES: "1" is not a whole number from 5 to 1440/);
@@ -92,9 +103,24 @@ describe("hsm-backup arguments", () => {
       }
     };
     const lists: [string, string][] = [
-      ["hsm", "contoso"], ["hsm", "loopback-8443"], ["hsm", "a".repeat(63)], ["hsm", "a".repeat(64)], ["hsm", "a_b"], ["hsm", "a.b"],
-      ["status", "Succeeded"], ["status", "Canceled"], ["status", "failed"], ["status", "Done"],
-      ["top", "1"], ["top", "100"], ["top", "007"], ["top", "0"], ["top", "101"], ["top", "-1"], ["top", "2.5"], ["top", " 5"],
+      ["hsm", "contoso"],
+      ["hsm", "loopback-8443"],
+      ["hsm", "a".repeat(63)],
+      ["hsm", "a".repeat(64)],
+      ["hsm", "a_b"],
+      ["hsm", "a.b"],
+      ["status", "Succeeded"],
+      ["status", "Canceled"],
+      ["status", "failed"],
+      ["status", "Done"],
+      ["top", "1"],
+      ["top", "100"],
+      ["top", "007"],
+      ["top", "0"],
+      ["top", "101"],
+      ["top", "-1"],
+      ["top", "2.5"],
+      ["top", " 5"],
     ];
     for (const [name, value] of lists) {
       const cliFlag = accepts(() => parseCommand(["list", `--${name}`, value]));
@@ -103,11 +129,23 @@ describe("hsm-backup arguments", () => {
     }
     const id = "8235123456789-0123abcd";
     const restores: [string, string | undefined][] = [
-      [id, undefined], [id, "tokens-ec"], [id, "A-1"], [id, "k".repeat(127)], [id, "k".repeat(128)], [id, "a_b"], [id, "a.b"], [id, "ключ"],
-      ["8235123456789-0123ABCD", undefined], ["823512345678-0123abcd", undefined], [`${id} `, undefined], [`${id}x`, undefined],
+      [id, undefined],
+      [id, "tokens-ec"],
+      [id, "A-1"],
+      [id, "k".repeat(127)],
+      [id, "k".repeat(128)],
+      [id, "a_b"],
+      [id, "a.b"],
+      [id, "ключ"],
+      ["8235123456789-0123ABCD", undefined],
+      ["823512345678-0123abcd", undefined],
+      [`${id} `, undefined],
+      [`${id}x`, undefined],
     ];
     for (const [backupId, keyName] of restores) {
-      const cliArgs = accepts(() => parseCommand(["restore", backupId, ...(keyName !== undefined ? [`--key=${keyName}`] : [])]));
+      const cliArgs = accepts(() =>
+        parseCommand(["restore", backupId, ...(keyName !== undefined ? [`--key=${keyName}`] : [])]),
+      );
       let http = true;
       await restoreRequest(postJson("/api/restores", { backupId, keyName })).catch(() => (http = false));
       expect(cliArgs, `restore "${backupId}" --key "${keyName}"`).toBe(http);
@@ -146,7 +184,12 @@ describe("hsm-backup against Azurite and the HSM emulator", () => {
     expect(lines[0]).toMatch(/^ID\s+HSM\s+STATUS\s+STARTED\s+DURATION\s+VERIFIED\s+FOLDER$/);
     expect(lines).toHaveLength(3);
     for (const hsm of app.deps.config.hsms) {
-      expect(backup.stdout).toMatch(new RegExp(`^\\d{13}-[0-9a-f]{8}  ${hsm.name}\\s+Succeeded  \\d{4}-\\d\\d-\\d\\d \\d\\d:\\d\\d:\\d\\dZ  \\d+s\\s+Passed\\s+mhsm-testhsm\\d-\\d{16}$`, "m"));
+      expect(backup.stdout).toMatch(
+        new RegExp(
+          `^\\d{13}-[0-9a-f]{8}  ${hsm.name}\\s+Succeeded  \\d{4}-\\d\\d-\\d\\d \\d\\d:\\d\\d:\\d\\dZ  \\d+s\\s+Passed\\s+mhsm-testhsm\\d-\\d{16}$`,
+          "m",
+        ),
+      );
     }
 
     const list = await cli(app, ["list", "--json"]);
@@ -159,7 +202,9 @@ describe("hsm-backup against Azurite and the HSM emulator", () => {
     expect(page).toEqual(bodyOf(await listBackups(get("/api/backups"), app.context(), app.deps)));
 
     const hsm = app.deps.config.hsms[1]!.name;
-    const one = JSON.parse((await cli(app, ["list", "--json", "--hsm", hsm, "--status", "Succeeded", "--top", "1"])).stdout);
+    const one = JSON.parse(
+      (await cli(app, ["list", "--json", "--hsm", hsm, "--status", "Succeeded", "--top", "1"])).stdout,
+    );
     expect(one.items).toHaveLength(1);
     expect(one.items[0].hsmName).toBe(hsm);
     expect(one.continuationToken).toBeUndefined();
@@ -178,11 +223,18 @@ describe("hsm-backup against Azurite and the HSM emulator", () => {
 
   it("exits 1 and names the HSM whose backup failed; the healthy one is backed up", async () => {
     const app = await start({ hsmCount: 2 });
-    app.emulators[1]!.faults.failNextJob("backup", { code: "StorageUnavailable", message: "the HSM could not write the backup" });
+    app.emulators[1]!.faults.failNextJob("backup", {
+      code: "StorageUnavailable",
+      message: "the HSM could not write the backup",
+    });
     const run = await cli(app, ["backup"]);
     expect(run.code).toBe(EXIT.failed);
     const [good, bad] = app.deps.config.hsms;
-    expect(run.stderr).toMatch(new RegExp(`Backup did not succeed for 1 of 2 HSM\\(s\\): ${bad!.name} \\(Failed StorageUnavailable: .*could not write the backup`));
+    expect(run.stderr).toMatch(
+      new RegExp(
+        `Backup did not succeed for 1 of 2 HSM\\(s\\): ${bad!.name} \\(Failed StorageUnavailable: .*could not write the backup`,
+      ),
+    );
     expect(run.stdout).toMatch(new RegExp(`  ${good!.name}\\s+Succeeded `));
     expect(run.stdout).toMatch(new RegExp(`  ${bad!.name}\\s+Failed `));
 
@@ -197,14 +249,18 @@ describe("hsm-backup against Azurite and the HSM emulator", () => {
 
     const tty = await cli(app, ["backup"], { isTTY: true });
     expect(tty.code).toBe(EXIT.ok);
-    expect(tty.stderr).toMatch(new RegExp(`\\r\\x1b\\[2KBacking up 1 of 1 HSM\\(s\\), \\d+s: ${name} (Starting|Running)`));
+    expect(tty.stderr).toMatch(
+      new RegExp(`\\r\\x1b\\[2KBacking up 1 of 1 HSM\\(s\\), \\d+s: ${name} (Starting|Running)`),
+    );
     expect(tty.stderr).toMatch(new RegExp(`HSM ${name}: backup job Succeeded after \\d+s\\n`));
     expect(tty.stderr.endsWith("\r\x1b[2K"), "the progress line is cleared at the end").toBe(true);
     expect(tty.stdout).not.toMatch(PROGRESS);
 
     const pipe = await cli(app, ["backup"]);
     expect(pipe.code).toBe(EXIT.ok);
-    expect(pipe.stderr).toMatch(new RegExp(`^HSM ${name}: backup job [0-9a-f]{32} started\\nHSM ${name}: backup job Succeeded after \\d+s\\n$`));
+    expect(pipe.stderr).toMatch(
+      new RegExp(`^HSM ${name}: backup job [0-9a-f]{32} started\\nHSM ${name}: backup job Succeeded after \\d+s\\n$`),
+    );
 
     const json = await cli(app, ["backup", "--json"], { isTTY: true });
     expect(json.code).toBe(EXIT.ok);
@@ -228,7 +284,12 @@ describe("hsm-backup against Azurite and the HSM emulator", () => {
     // Off a terminal a full restore needs --confirm: refused, saying what to add, before anything happens.
     const unconfirmed = await cli(app, ["restore", backup.id]);
     expect(unconfirmed.code).toBe(EXIT.refused);
-    expect(unconfirmed.stderr).toMatch(new RegExp(`^hsm-backup: a full restore must be confirmed: add --confirm ${backup.hsmName} .*Nothing was started\\.$`, "m"));
+    expect(unconfirmed.stderr).toMatch(
+      new RegExp(
+        `^hsm-backup: a full restore must be confirmed: add --confirm ${backup.hsmName} .*Nothing was started\\.$`,
+        "m",
+      ),
+    );
     const mistyped = await cli(app, ["restore", backup.id], { typed: "some-other-hsm" });
     expect(mistyped.code).toBe(EXIT.refused);
     expect(mistyped.prompts).toEqual([`Type the HSM name (${backup.hsmName}) to confirm the FULL restore: `]);
@@ -238,8 +299,15 @@ describe("hsm-backup against Azurite and the HSM emulator", () => {
     const tooSoon = await cli(app, ["restore", backup.id, "--confirm", backup.hsmName]);
     expect(tooSoon.code).toBe(EXIT.refused);
     expect(tooSoon.stdout).toBe("");
-    expect(tooSoon.stderr).toMatch(new RegExp(`^WARNING: FULL restore of HSM ${backup.hsmName} from backup ${backup.id} .*every key in the HSM is replaced`, "m"));
-    expect(tooSoon.stderr).toMatch(/^hsm-backup: Backup too recent for a full restore: Managed HSM requires a full backup to have completed at least 30 minutes before a full restore\..* retry after \d{4}-/m);
+    expect(tooSoon.stderr).toMatch(
+      new RegExp(
+        `^WARNING: FULL restore of HSM ${backup.hsmName} from backup ${backup.id} .*every key in the HSM is replaced`,
+        "m",
+      ),
+    );
+    expect(tooSoon.stderr).toMatch(
+      /^hsm-backup: Backup too recent for a full restore: Managed HSM requires a full backup to have completed at least 30 minutes before a full restore\..* retry after \d{4}-/m,
+    );
     expect(hsm.requests.filter((r) => r.path === "/restore")).toHaveLength(0);
 
     app.clock.advance(31 * 60_000);
@@ -247,11 +315,15 @@ describe("hsm-backup against Azurite and the HSM emulator", () => {
     // On a terminal the person types the name.
     const run = await cli(app, ["restore", backup.id], { isTTY: true, typed: backup.hsmName });
     expect(run.code, run.stderr).toBe(EXIT.ok);
-    expect(run.stderr).toMatch(new RegExp(`\\r\\x1b\\[2KFULL restore \\d{13}-[0-9a-f]{8} on HSM ${backup.hsmName}: Running \\d+s`));
+    expect(run.stderr).toMatch(
+      new RegExp(`\\r\\x1b\\[2KFULL restore \\d{13}-[0-9a-f]{8} on HSM ${backup.hsmName}: Running \\d+s`),
+    );
     expect(run.stderr.endsWith("\r\x1b[2K")).toBe(true);
     const warning = run.stderr.indexOf("WARNING: FULL restore");
     expect(warning).toBeGreaterThanOrEqual(0);
-    expect(warning).toBeLessThan(run.stderr.indexOf(`FULL restore of HSM ${backup.hsmName} started from backup ${backup.id}`));
+    expect(warning).toBeLessThan(
+      run.stderr.indexOf(`FULL restore of HSM ${backup.hsmName} started from backup ${backup.id}`),
+    );
     expect(run.stdout).toMatch(/^Restore \d{13}-[0-9a-f]{8}  Succeeded\n/);
     expect(run.stdout).toMatch(/^  Scope\s+full \(every key\)$/m);
     expect(await liveKeyId(keys, "payments-rsa")).toBeDefined();
@@ -269,7 +341,12 @@ describe("hsm-backup against Azurite and the HSM emulator", () => {
     const run = await cli(app, ["restore", backup.id, "--key", "tokens-ec", "--json"], { isTTY: true });
     expect(run.code, run.stderr).toBe(EXIT.ok);
     const record = JSON.parse(run.stdout);
-    expect(record).toMatchObject({ status: "Succeeded", keyName: "tokens-ec", backupId: backup.id, folderUri: backup.folderUri });
+    expect(record).toMatchObject({
+      status: "Succeeded",
+      keyName: "tokens-ec",
+      backupId: backup.id,
+      folderUri: backup.folderUri,
+    });
     expect(record.statusDetails).toMatch(/Number of successful key versions restored: 1/);
     expect(run.stderr).not.toMatch(/WARNING/);
     expect(run.stderr).not.toMatch(/\r|\x1b\[/);
@@ -344,9 +421,13 @@ describe("hsm-backup against Azurite and the HSM emulator", () => {
     const failed = JSON.parse((await cli(app, ["backup", "--json"])).stdout)[0];
     const notRestorable = await cli(app, ["restore", failed.id, "--key", "k"]);
     expect(notRestorable.code).toBe(EXIT.refused);
-    expect(notRestorable.stderr).toMatch(/^hsm-backup: Backup cannot be restored: .* is Failed; only a Succeeded backup can be restored\.$/m);
+    expect(notRestorable.stderr).toMatch(
+      /^hsm-backup: Backup cannot be restored: .* is Failed; only a Succeeded backup can be restored\.$/m,
+    );
 
-    const disabled = await cli(undefined, ["restore", failed.id, "--key", "k"], { env: { ...app.env, RESTORE_ENABLED: "false" } as Record<string, string> });
+    const disabled = await cli(undefined, ["restore", failed.id, "--key", "k"], {
+      env: { ...app.env, RESTORE_ENABLED: "false" } as Record<string, string>,
+    });
     expect(disabled.code).toBe(EXIT.refused);
     expect(disabled.stderr).toMatch(/^hsm-backup: Restore is disabled: .*RESTORE_ENABLED=false/m);
   });
@@ -391,14 +472,18 @@ describe("the hsm-backup bin as a child process", () => {
     expect(hsm).toBe(app.emulators[0]!.name);
     expect(run.stdout).toMatch(new RegExp(`  ${hsm}\\s+Succeeded\\s.*  mhsm-${hsm}-\\d{16}$`, "m"));
     // A pipe gets plain milestone lines, and nothing from @azure/functions or any other library.
-    expect(run.stderr).toMatch(/^HSM \S+: backup job [0-9a-f]{32} started\nHSM \S+: backup job Succeeded after \d+s\n$/);
+    expect(run.stderr).toMatch(
+      /^HSM \S+: backup job [0-9a-f]{32} started\nHSM \S+: backup job Succeeded after \d+s\n$/,
+    );
     const page = await app.deps.catalog.list("backup", { top: 10 });
     expect(page.items.map((r) => [r.status, r.trigger])).toEqual([["Succeeded", "cli"]]);
 
     // The local http mode names the HSM as its folders do, so filtering by that name finds the backup.
     const listed = await exec(bin, ["list", "--hsm", hsm, "--json"], env);
     expect(listed.code, listed.stderr).toBe(EXIT.ok);
-    expect(JSON.parse(listed.stdout).items.map((r: { folderUri: string }) => r.folderUri.split("/").pop())).toEqual([expect.stringMatching(new RegExp(`^mhsm-${hsm}-\\d{16}$`))]);
+    expect(JSON.parse(listed.stdout).items.map((r: { folderUri: string }) => r.folderUri.split("/").pop())).toEqual([
+      expect.stringMatching(new RegExp(`^mhsm-${hsm}-\\d{16}$`)),
+    ]);
 
     const help = await exec(bin, ["--help"], env);
     expect(help).toEqual({ code: EXIT.ok, stdout: USAGE, stderr: "" });

@@ -10,7 +10,17 @@ import { nightlyBackup } from "../../src/handlers/nightlyBackup.js";
 import { postRestore } from "../../src/handlers/restores.js";
 import { MANIFEST_BLOB } from "../../tools/hsm-emulator/index.js";
 import { deleteAndPurge, liveKeyId } from "../../tools/key-client.js";
-import { bodyOf, get, headerOf, keyClient, onTime, postJson, startTestApp, waitForRestore, type TestApp } from "../support/app.js";
+import {
+  bodyOf,
+  get,
+  headerOf,
+  keyClient,
+  onTime,
+  postJson,
+  startTestApp,
+  waitForRestore,
+  type TestApp,
+} from "../support/app.js";
 
 describe("nightly backup and restore through the handlers", () => {
   let app: TestApp;
@@ -44,10 +54,19 @@ describe("nightly backup and restore through the handlers", () => {
 
     const folder = backup.folderUri.slice(containerUrl.length + 1);
     const blobs: string[] = [];
-    for await (const blob of app.deps.storage.blobService.getContainerClient(app.container).listBlobsFlat({ prefix: `${folder}/` })) {
+    for await (const blob of app.deps.storage.blobService
+      .getContainerClient(app.container)
+      .listBlobsFlat({ prefix: `${folder}/` })) {
       blobs.push(blob.name.slice(folder.length + 1));
     }
-    expect(blobs).toEqual(expect.arrayContaining(["manifest.json", "keys/payments-rsa.json", "keys/tokens-ec.json", "keys/wrapping-oct.json"]));
+    expect(blobs).toEqual(
+      expect.arrayContaining([
+        "manifest.json",
+        "keys/payments-rsa.json",
+        "keys/tokens-ec.json",
+        "keys/wrapping-oct.json",
+      ]),
+    );
 
     const one = await getBackup(get(`/api/backups/${backup.id}`), app.context("getBackup"), app.deps);
     expect(one.status).toBe(200);
@@ -59,16 +78,28 @@ describe("nightly backup and restore through the handlers", () => {
     await deleteAndPurge(keys, "payments-rsa");
     await keys.createRsaKey("created-after-backup");
 
-    const unconfirmed = await postRestore(postJson("/api/restores", { backupId: backup.id }), app.context("postRestore"), app.deps);
+    const unconfirmed = await postRestore(
+      postJson("/api/restores", { backupId: backup.id }),
+      app.context("postRestore"),
+      app.deps,
+    );
     expect(unconfirmed.status).toBe(400);
     expect(bodyOf(unconfirmed)).toMatchObject({ title: "Full restore not confirmed", confirm: backup.hsmName });
     expect(bodyOf(unconfirmed).detail).toContain(`send {"backupId": "${backup.id}", "confirm": "${backup.hsmName}"}`);
-    const wrongName = await postRestore(postJson("/api/restores", { backupId: backup.id, confirm: "contoso" }), app.context("postRestore"), app.deps);
+    const wrongName = await postRestore(
+      postJson("/api/restores", { backupId: backup.id, confirm: "contoso" }),
+      app.context("postRestore"),
+      app.deps,
+    );
     expect(wrongName.status).toBe(400);
     expect(bodyOf(wrongName).title).toBe("Confirmation names another HSM");
     expect((await app.deps.catalog.list("restore", { top: 5 })).items).toEqual([]);
 
-    const tooSoon = await postRestore(postJson("/api/restores", { backupId: backup.id, confirm: backup.hsmName }), app.context("postRestore"), app.deps);
+    const tooSoon = await postRestore(
+      postJson("/api/restores", { backupId: backup.id, confirm: backup.hsmName }),
+      app.context("postRestore"),
+      app.deps,
+    );
     expect(tooSoon.status).toBe(409);
     expect(headerOf(tooSoon, "content-type")).toBe("application/problem+json");
     expect(bodyOf(tooSoon).detail).toMatch(/at least 30 minutes before a full restore/);
@@ -76,11 +107,20 @@ describe("nightly backup and restore through the handlers", () => {
     expect(hsm.requests.filter((r) => r.path === "/restore")).toHaveLength(0);
 
     app.clock.advance(31 * 60_000);
-    const started = await postRestore(postJson("/api/restores", { backupId: backup.id, confirm: backup.hsmName }), app.context("postRestore"), app.deps);
+    const started = await postRestore(
+      postJson("/api/restores", { backupId: backup.id, confirm: backup.hsmName }),
+      app.context("postRestore"),
+      app.deps,
+    );
     expect(started.status).toBe(202);
     const body = bodyOf(started);
     expect(headerOf(started, "location")).toBe(`/api/restores/${body.id}`);
-    expect(body).toMatchObject({ status: "Running", backupId: backup.id, folderUri: backup.folderUri, statusUrl: `/api/restores/${body.id}` });
+    expect(body).toMatchObject({
+      status: "Running",
+      backupId: backup.id,
+      folderUri: backup.folderUri,
+      statusUrl: `/api/restores/${body.id}`,
+    });
     expect(body.keyName).toBeUndefined();
 
     const final = await waitForRestore(app, body.statusUrl);
@@ -95,7 +135,11 @@ describe("nightly backup and restore through the handlers", () => {
     await deleteAndPurge(keys, "tokens-ec");
     await keys.createRsaKey("unrelated-new-key");
 
-    const started = await postRestore(postJson("/api/restores", { backupId: backup.id, keyName: "tokens-ec" }), app.context("postRestore"), app.deps);
+    const started = await postRestore(
+      postJson("/api/restores", { backupId: backup.id, keyName: "tokens-ec" }),
+      app.context("postRestore"),
+      app.deps,
+    );
     expect(started.status).toBe(202);
     const body = bodyOf(started);
     expect(body).toMatchObject({ status: "Running", keyName: "tokens-ec" });
@@ -104,7 +148,9 @@ describe("nightly backup and restore through the handlers", () => {
     expect(final.statusDetails).toMatch(/Number of successful key versions restored: 1/);
     expect((await keys.getKey("tokens-ec")).keyType).toBe("EC-HSM");
     expect(await liveKeyId(keys, "unrelated-new-key")).toBeDefined();
-    const put = hsm.requests.filter((r) => r.method === "PUT" && r.path === "/keys/tokens-ec/restore" && r.status === 202);
+    const put = hsm.requests.filter(
+      (r) => r.method === "PUT" && r.path === "/keys/tokens-ec/restore" && r.status === 202,
+    );
     expect(put).toHaveLength(1);
   });
 
@@ -116,7 +162,13 @@ describe("nightly backup and restore through the handlers", () => {
     const first = bodyOf(await listBackups(get("/api/backups?top=2"), app.context(), app.deps));
     expect(first.items).toHaveLength(2);
     expect(first.continuationToken).toBeTypeOf("string");
-    const second = bodyOf(await listBackups(get(`/api/backups?top=2&continuationToken=${encodeURIComponent(first.continuationToken)}`), app.context(), app.deps));
+    const second = bodyOf(
+      await listBackups(
+        get(`/api/backups?top=2&continuationToken=${encodeURIComponent(first.continuationToken)}`),
+        app.context(),
+        app.deps,
+      ),
+    );
     expect(second.items).toHaveLength(2);
     expect(second.continuationToken).toBeUndefined();
     const all = [...first.items, ...second.items];
@@ -127,7 +179,13 @@ describe("nightly backup and restore through the handlers", () => {
 
     const failed = bodyOf(await listBackups(get("/api/backups?status=Failed"), app.context(), app.deps));
     expect(failed.items).toEqual([]);
-    const byHsm = bodyOf(await listBackups(get(`/api/backups?hsm=${app.deps.config.hsms[0]!.name}&status=Succeeded&top=100`), app.context(), app.deps));
+    const byHsm = bodyOf(
+      await listBackups(
+        get(`/api/backups?hsm=${app.deps.config.hsms[0]!.name}&status=Succeeded&top=100`),
+        app.context(),
+        app.deps,
+      ),
+    );
     expect(byHsm.items).toHaveLength(4);
   });
 });
@@ -151,7 +209,11 @@ describe("a restore from a folder the HSM finds invalid", () => {
     await app.deps.storage.blobService.getContainerClient(app.container).deleteBlob(`${folder}/${MANIFEST_BLOB}`);
     await deleteAndPurge(keys, "k1");
 
-    const started = await postRestore(postJson("/api/restores", { backupId: backup.id, keyName: "k1" }), app.context("postRestore"), app.deps);
+    const started = await postRestore(
+      postJson("/api/restores", { backupId: backup.id, keyName: "k1" }),
+      app.context("postRestore"),
+      app.deps,
+    );
     expect(started.status).toBe(202);
     const final = await waitForRestore(app, bodyOf(started).statusUrl);
     expect(final).toMatchObject({ status: "Failed", errorCode: "Failed" });

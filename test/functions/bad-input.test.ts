@@ -50,7 +50,12 @@ interface Expected {
  * Sends one request and checks that it was refused as expected and left no trace: the catalog's raw
  * entities are unchanged and no emulator saw a new backup/restore start request.
  */
-async function expectRefused(app: TestApp, send: () => Promise<HttpResponseInit>, expected: Expected, emulators: readonly HsmEmulator[] = app.emulators): Promise<HttpResponseInit> {
+async function expectRefused(
+  app: TestApp,
+  send: () => Promise<HttpResponseInit>,
+  expected: Expected,
+  emulators: readonly HsmEmulator[] = app.emulators,
+): Promise<HttpResponseInit> {
   const entitiesBefore = await catalogEntities(app);
   const startsBefore = emulators.map((e) => jobStartRequests(e).length);
   const response = await send();
@@ -82,7 +87,10 @@ describe("POST /api/restores refuses client mistakes and changes nothing", () =>
   let failed: any;
   let restoreId: string;
 
-  const post = (req: HttpRequest, deps: AppDeps = app.deps) => () => postRestore(req, app.context("postRestore"), deps);
+  const post =
+    (req: HttpRequest, deps: AppDeps = app.deps) =>
+    () =>
+      postRestore(req, app.context("postRestore"), deps);
   const postBody = (body: unknown) => post(postJson("/api/restores", body));
   const postText = (text: string) => post(request("POST", "/api/restores", text));
 
@@ -95,14 +103,20 @@ describe("POST /api/restores refuses client mistakes and changes nothing", () =>
     hsm.faults.failNextJob("backup");
     app.clock.advance(24 * 3_600_000); // the next night: a schedule slot of its own
     // The nightly run fails the invocation when a backup fails: that is the point here.
-    await expect(nightlyBackup(onTime, app.context("nightlyBackup"), app.deps)).rejects.toThrow(/Backup did not succeed/);
+    await expect(nightlyBackup(onTime, app.context("nightlyBackup"), app.deps)).rejects.toThrow(
+      /Backup did not succeed/,
+    );
     const { items } = bodyOf(await listBackups(get("/api/backups"), app.context(), app.deps));
     succeeded = items.find((b: any) => b.status === "Succeeded");
     failed = items.find((b: any) => b.status === "Failed");
     expect(succeeded).toBeDefined();
     expect(failed).toBeDefined();
     // A real restore record, so its id can be offered where a backup id belongs.
-    const started = await postRestore(postJson("/api/restores", { backupId: succeeded.id, keyName: "k1" }), app.context(), app.deps);
+    const started = await postRestore(
+      postJson("/api/restores", { backupId: succeeded.id, keyName: "k1" }),
+      app.context(),
+      app.deps,
+    );
     expect(started.status).toBe(202);
     restoreId = (await waitForRestore(app, bodyOf(started).statusUrl)).id;
   });
@@ -110,7 +124,11 @@ describe("POST /api/restores refuses client mistakes and changes nothing", () =>
 
   it("accepts a well-formed request (the baseline the refusals below differ from)", async () => {
     const starts = jobStartRequests(hsm).length;
-    const response = await postRestore(postJson("/api/restores", { backupId: succeeded.id, keyName: "k2" }), app.context(), app.deps);
+    const response = await postRestore(
+      postJson("/api/restores", { backupId: succeeded.id, keyName: "k2" }),
+      app.context(),
+      app.deps,
+    );
     expect(response.status).toBe(202);
     await waitForRestore(app, bodyOf(response).statusUrl);
     expect(jobStartRequests(hsm).length).toBeGreaterThan(starts);
@@ -135,14 +153,22 @@ describe("POST /api/restores refuses client mistakes and changes nothing", () =>
     ["a number", "42"],
     ["a boolean", "true"],
   ])("refuses a body that is not a JSON object: %s", async (_name, text) => {
-    await expectRefused(app, postText(typeof text === "function" ? text() : text), { status: 400, title: /Invalid restore request/, detail: /must be a JSON object/ });
+    await expectRefused(app, postText(typeof text === "function" ? text() : text), {
+      status: 400,
+      title: /Invalid restore request/,
+      detail: /must be a JSON object/,
+    });
   });
 
   it.each([
     ["an empty object", {}],
     ["only a keyName", { keyName: "k1" }],
   ])("refuses a request without backupId: %s", async (_name, body) => {
-    await expectRefused(app, postBody(body), { status: 400, title: /Invalid restore request/, detail: /backupId is required/ });
+    await expectRefused(app, postBody(body), {
+      status: 400,
+      title: /Invalid restore request/,
+      detail: /backupId is required/,
+    });
   });
 
   it.each([
@@ -152,7 +178,11 @@ describe("POST /api/restores refuses client mistakes and changes nothing", () =>
     ["null", null],
     ["boolean", true],
   ])("refuses a backupId of type %s", async (type, backupId) => {
-    await expectRefused(app, postBody({ backupId }), { status: 400, title: /Invalid restore request/, detail: new RegExp(`backupId of type ${type}`) });
+    await expectRefused(app, postBody({ backupId }), {
+      status: 400,
+      title: /Invalid restore request/,
+      detail: new RegExp(`backupId of type ${type}`),
+    });
   });
 
   it.each([
@@ -172,18 +202,34 @@ describe("POST /api/restores refuses client mistakes and changes nothing", () =>
     ["1000 characters", () => "1".repeat(1000)],
   ])("refuses a backupId with %s", async (_name, make) => {
     const backupId = make();
-    const response = await expectRefused(app, postBody({ backupId }), { status: 400, title: /Invalid restore request/, detail: /backupId .* is not a backup id/s });
+    const response = await expectRefused(app, postBody({ backupId }), {
+      status: 400,
+      title: /Invalid restore request/,
+      detail: /backupId .* is not a backup id/s,
+    });
     if (backupId.length > 100) expect(bodyOf(response).detail).not.toContain(backupId);
   });
 
   it("answers 404 for a well-formed backupId that is not recorded, naming it", async () => {
     const id = unknownId();
-    await expectRefused(app, postBody({ backupId: id }), { status: 404, title: /Backup not found/, detail: new RegExp(id) });
-    await expectRefused(app, postBody({ backupId: id, keyName: "k1" }), { status: 404, title: /Backup not found/, detail: new RegExp(id) });
+    await expectRefused(app, postBody({ backupId: id }), {
+      status: 404,
+      title: /Backup not found/,
+      detail: new RegExp(id),
+    });
+    await expectRefused(app, postBody({ backupId: id, keyName: "k1" }), {
+      status: 404,
+      title: /Backup not found/,
+      detail: new RegExp(id),
+    });
   });
 
   it("answers 404 for the id of a restore offered as a backupId", async () => {
-    await expectRefused(app, postBody({ backupId: restoreId, keyName: "k1" }), { status: 404, title: /Backup not found/, detail: new RegExp(restoreId) });
+    await expectRefused(app, postBody({ backupId: restoreId, keyName: "k1" }), {
+      status: 404,
+      title: /Backup not found/,
+      detail: new RegExp(restoreId),
+    });
   });
 
   it.each([
@@ -202,7 +248,11 @@ describe("POST /api/restores refuses client mistakes and changes nothing", () =>
     ["non-ASCII letters", "schlüssel", /keyName .* is not a key name/],
     ["128 characters", "k".repeat(128), /keyName .* is not a key name \(1-127/],
   ])("refuses a keyName that is %s", async (_name, keyName, detail) => {
-    await expectRefused(app, postBody({ backupId: succeeded.id, keyName }), { status: 400, title: /Invalid restore request/, detail });
+    await expectRefused(app, postBody({ backupId: succeeded.id, keyName }), {
+      status: 400,
+      title: /Invalid restore request/,
+      detail,
+    });
   });
 
   it.each([
@@ -211,17 +261,32 @@ describe("POST /api/restores refuses client mistakes and changes nothing", () =>
     ["key", { key: "k1" }, /Unknown field\(s\): key\b/],
     ["an extra field beside a valid keyName", { keyName: "k1", force: true }, /Unknown field\(s\): force/],
     ["hsm (no choosing another target)", { hsm: "elsewhere" }, /Unknown field\(s\): hsm/],
-  ])("refuses an unknown field: %s — a one-key restore must never turn into a full one", async (_name, extra, detail) => {
-    await expectRefused(app, postBody({ backupId: succeeded.id, ...extra }), { status: 400, title: /Invalid restore request/, detail });
-  });
+  ])(
+    "refuses an unknown field: %s — a one-key restore must never turn into a full one",
+    async (_name, extra, detail) => {
+      await expectRefused(app, postBody({ backupId: succeeded.id, ...extra }), {
+        status: 400,
+        title: /Invalid restore request/,
+        detail,
+      });
+    },
+  );
 
   it("refuses an unknown field even when it is __proto__", async () => {
     const text = `{"backupId":"${succeeded.id}","__proto__":{"keyName":"k1"}}`;
-    await expectRefused(app, postText(text), { status: 400, title: /Invalid restore request/, detail: /Unknown field\(s\): __proto__/ });
+    await expectRefused(app, postText(text), {
+      status: 400,
+      title: /Invalid restore request/,
+      detail: /Unknown field\(s\): __proto__/,
+    });
   });
 
   it("refuses the whole list of unknown fields, not just the first", async () => {
-    await expectRefused(app, postBody({ BackupId: succeeded.id, keyname: "k1" }), { status: 400, title: /Invalid restore request/, detail: /BackupId, keyname/ });
+    await expectRefused(app, postBody({ BackupId: succeeded.id, keyname: "k1" }), {
+      status: 400,
+      title: /Invalid restore request/,
+      detail: /BackupId, keyname/,
+    });
   });
 
   it.each([
@@ -232,7 +297,11 @@ describe("POST /api/restores refuses client mistakes and changes nothing", () =>
     ["no content type at all", {}],
   ])("refuses a valid body sent as %s with 415", async (_name, headers) => {
     const body = JSON.stringify({ backupId: succeeded.id, keyName: "k1" });
-    await expectRefused(app, post(rawPost(body, headers)), { status: 415, title: /Unsupported media type/, detail: /application\/json/ });
+    await expectRefused(app, post(rawPost(body, headers)), {
+      status: 415,
+      title: /Unsupported media type/,
+      detail: /application\/json/,
+    });
   });
 
   describe("oversized bodies (a valid selective restore padded past 4096 bytes, so only the size is wrong)", () => {
@@ -244,7 +313,11 @@ describe("POST /api/restores refuses client mistakes and changes nothing", () =>
 
     it("accepts exactly 4096 bytes", async () => {
       const starts = jobStartRequests(hsm).length;
-      const response = await postRestore(rawPost(padded(4096), { "content-type": "application/json" }), app.context(), app.deps);
+      const response = await postRestore(
+        rawPost(padded(4096), { "content-type": "application/json" }),
+        app.context(),
+        app.deps,
+      );
       expect(response.status).toBe(202);
       await waitForRestore(app, bodyOf(response).statusUrl);
       expect(jobStartRequests(hsm).length).toBe(starts + 1);
@@ -257,11 +330,19 @@ describe("POST /api/restores refuses client mistakes and changes nothing", () =>
       ["a Content-Length of zero", { "content-length": "0" }],
       ["a Content-Length that is not a number", { "content-length": "small" }],
     ])("refuses 4097 bytes with %s", async (_name, headers) => {
-      await expectRefused(app, post(rawPost(padded(4097), { "content-type": "application/json", ...headers })), tooLarge);
+      await expectRefused(
+        app,
+        post(rawPost(padded(4097), { "content-type": "application/json", ...headers })),
+        tooLarge,
+      );
     });
 
     it("refuses a declared Content-Length over the limit before reading the body", async () => {
-      await expectRefused(app, post(rawPost(padded(200), { "content-type": "application/json", "content-length": "1048576" })), tooLarge);
+      await expectRefused(
+        app,
+        post(rawPost(padded(200), { "content-type": "application/json", "content-length": "1048576" })),
+        tooLarge,
+      );
     });
 
     it("counts bytes, not characters", async () => {
@@ -271,25 +352,49 @@ describe("POST /api/restores refuses client mistakes and changes nothing", () =>
     });
 
     it("refuses a megabyte without echoing it", async () => {
-      const response = await expectRefused(app, post(rawPost(padded(1024 * 1024), { "content-type": "application/json" })), tooLarge);
+      const response = await expectRefused(
+        app,
+        post(rawPost(padded(1024 * 1024), { "content-type": "application/json" })),
+        tooLarge,
+      );
       expect(JSON.stringify(bodyOf(response)).length).toBeLessThan(1000);
     });
   });
 
   it("answers 409 for a backup that Failed, full or selective", async () => {
     const detail = new RegExp(`Backup ${failed.id} .* is Failed; only a Succeeded backup can be restored`);
-    await expectRefused(app, postBody({ backupId: failed.id, keyName: "k1" }), { status: 409, title: /Backup cannot be restored/, detail });
+    await expectRefused(app, postBody({ backupId: failed.id, keyName: "k1" }), {
+      status: 409,
+      title: /Backup cannot be restored/,
+      detail,
+    });
     const later = otherDeployment(app, {}, new Clock(HALF_HOUR_AND_A_BIT));
-    await expectRefused(app, post(postJson("/api/restores", { backupId: failed.id }), later), { status: 409, title: /Backup cannot be restored/, detail });
+    await expectRefused(app, post(postJson("/api/restores", { backupId: failed.id }), later), {
+      status: 409,
+      title: /Backup cannot be restored/,
+      detail,
+    });
   });
 
   it("answers 409 for a backup of an HSM this deployment does not list, and calls neither HSM", async () => {
     const other = await startHsmEmulator({ name: "otherhsm", retryAfterSeconds: 0, jobDurationMs: 100 });
     try {
       const elsewhere = otherDeployment(app, { MANAGED_HSM_URLS: other.url }, new Clock(HALF_HOUR_AND_A_BIT));
-      const expected = { status: 409, title: /Backup belongs to no configured HSM/, detail: new RegExp(`taken from ${succeeded.hsmUrl}, which is not in MANAGED_HSM_URLS`) };
-      await expectRefused(app, post(postJson("/api/restores", { backupId: succeeded.id, keyName: "k1" }), elsewhere), expected, [hsm, other]);
-      await expectRefused(app, post(postJson("/api/restores", { backupId: succeeded.id }), elsewhere), expected, [hsm, other]);
+      const expected = {
+        status: 409,
+        title: /Backup belongs to no configured HSM/,
+        detail: new RegExp(`taken from ${succeeded.hsmUrl}, which is not in MANAGED_HSM_URLS`),
+      };
+      await expectRefused(
+        app,
+        post(postJson("/api/restores", { backupId: succeeded.id, keyName: "k1" }), elsewhere),
+        expected,
+        [hsm, other],
+      );
+      await expectRefused(app, post(postJson("/api/restores", { backupId: succeeded.id }), elsewhere), expected, [
+        hsm,
+        other,
+      ]);
       expect(other.requests).toEqual([]);
     } finally {
       await other.stop();
@@ -299,9 +404,15 @@ describe("POST /api/restores refuses client mistakes and changes nothing", () =>
   it("answers 409 with Retry-After for a full restore of a backup younger than 30 minutes", async () => {
     const now = new Clock();
     const justNow = otherDeployment(app, {}, now);
-    const response = await expectRefused(app, post(postJson("/api/restores", { backupId: succeeded.id, confirm: succeeded.hsmName }), justNow), {
-      status: 409, title: /Backup too recent for a full restore/, detail: /at least 30 minutes before a full restore/,
-    });
+    const response = await expectRefused(
+      app,
+      post(postJson("/api/restores", { backupId: succeeded.id, confirm: succeeded.hsmName }), justNow),
+      {
+        status: 409,
+        title: /Backup too recent for a full restore/,
+        detail: /at least 30 minutes before a full restore/,
+      },
+    );
     const allowedAt = Date.parse(succeeded.endedAt) + 30 * 60_000;
     const retryAfter = Number(headerOf(response, "retry-after"));
     expect(retryAfter).toBeGreaterThan(0);
@@ -313,7 +424,11 @@ describe("POST /api/restores refuses client mistakes and changes nothing", () =>
     const disabled = otherDeployment(app, { RESTORE_ENABLED: "false" }, new Clock(HALF_HOUR_AND_A_BIT));
     const expected = { status: 403, title: /Restore is disabled/, detail: /RESTORE_ENABLED=false/ };
     await expectRefused(app, post(postJson("/api/restores", { backupId: succeeded.id }), disabled), expected);
-    await expectRefused(app, post(postJson("/api/restores", { backupId: succeeded.id, keyName: "k1" }), disabled), expected);
+    await expectRefused(
+      app,
+      post(postJson("/api/restores", { backupId: succeeded.id, keyName: "k1" }), disabled),
+      expected,
+    );
   });
 });
 
@@ -337,11 +452,26 @@ describe("POST /api/restores while a restore runs on the same HSM", () => {
     expect(running.status).toBe("Running");
 
     const expected = { status: 409, title: /HSM busy/, detail: new RegExp(`Restore ${running.id} is still Running`) };
-    const selective = await expectRefused(app, () => postRestore(postJson("/api/restores", { backupId, keyName: "k1" }), app.context(), app.deps), expected);
+    const selective = await expectRefused(
+      app,
+      () => postRestore(postJson("/api/restores", { backupId, keyName: "k1" }), app.context(), app.deps),
+      expected,
+    );
     expect(bodyOf(selective).activeRecord).toBe(`/api/restores/${running.id}`);
-    await expectRefused(app, () => postRestore(postJson("/api/restores", { backupId, confirm: app.deps.config.hsms[0]!.name }), app.context(), app.deps), expected);
+    await expectRefused(
+      app,
+      () =>
+        postRestore(
+          postJson("/api/restores", { backupId, confirm: app.deps.config.hsms[0]!.name }),
+          app.context(),
+          app.deps,
+        ),
+      expected,
+    );
 
-    const restoreStarts = jobStartRequests(hsm).filter((r) => r.method === "PUT" && r.status === 202 && r.path !== "/prerestore");
+    const restoreStarts = jobStartRequests(hsm).filter(
+      (r) => r.method === "PUT" && r.status === 202 && r.path !== "/prerestore",
+    );
     expect(restoreStarts).toHaveLength(1);
     const status = bodyOf(await getRestore(get(running.statusUrl), app.context(), app.deps));
     expect(status.status).toBe("Running");
@@ -364,11 +494,12 @@ async function appWithOneBackup(): Promise<{ app: TestApp; hsm: HsmEmulator; bac
  */
 function rendezvous(parties: number, timeoutMs: number): () => Promise<void> {
   const waiting: (() => void)[] = [];
-  return () => new Promise<void>((resolve) => {
-    waiting.push(resolve);
-    if (waiting.length >= parties) waiting.splice(0).forEach((release) => release());
-    else setTimeout(resolve, timeoutMs);
-  });
+  return () =>
+    new Promise<void>((resolve) => {
+      waiting.push(resolve);
+      if (waiting.length >= parties) waiting.splice(0).forEach((release) => release());
+      else setTimeout(resolve, timeoutMs);
+    });
 }
 
 describe("POST /api/restores submitted twice at once (a double click, a retrying client)", () => {
@@ -396,8 +527,11 @@ describe("POST /api/restores submitted twice at once (a double click, a retrying
     const startsBefore = jobStartRequests(hsm).length;
     const logsBefore = app.logs.length;
 
-    const responses = await Promise.all([1, 2].map(() =>
-      postRestore(postJson("/api/restores", { backupId, keyName: "k1" }), app.context("postRestore"), deps)));
+    const responses = await Promise.all(
+      [1, 2].map(() =>
+        postRestore(postJson("/api/restores", { backupId, keyName: "k1" }), app.context("postRestore"), deps),
+      ),
+    );
 
     expect(responses.map((r) => r.status).sort()).toEqual([202, 409]);
     expect(bodyOf(responses.find((r) => r.status === 409)!).title).toBe("HSM busy");
@@ -451,11 +585,19 @@ describe("GET /api/backups refuses bad queries", () => {
     ["an OData clause", "Failed' or '1' eq '1"],
     ["empty", ""],
   ])("refuses status %s", async (_name, value) => {
-    await expectRefused(app, list(`status=${encodeURIComponent(value)}`), { status: 400, title: /Invalid status/, detail: /is not one of Starting, Running, Succeeded, Failed, Canceled/ });
+    await expectRefused(app, list(`status=${encodeURIComponent(value)}`), {
+      status: 400,
+      title: /Invalid status/,
+      detail: /is not one of Starting, Running, Succeeded, Failed, Canceled/,
+    });
   });
 
   it.each(["0", "101", "abc", "-1", "1.5", "1e2", "", " 5", "0x10", "1000"])("refuses top=%j", async (value) => {
-    await expectRefused(app, list(`top=${encodeURIComponent(value)}`), { status: 400, title: /Invalid top/, detail: /top must be a whole number from 1 to 100/ });
+    await expectRefused(app, list(`top=${encodeURIComponent(value)}`), {
+      status: 400,
+      title: /Invalid top/,
+      detail: /top must be a whole number from 1 to 100/,
+    });
   });
 
   it.each([
@@ -466,7 +608,11 @@ describe("GET /api/backups refuses bad queries", () => {
     ["64 characters", "h".repeat(64)],
     ["empty", ""],
   ])("refuses hsm with %s", async (_name, value) => {
-    await expectRefused(app, list(`hsm=${encodeURIComponent(value)}`), { status: 400, title: /Invalid hsm/, detail: /is not an HSM name/ });
+    await expectRefused(app, list(`hsm=${encodeURIComponent(value)}`), {
+      status: 400,
+      title: /Invalid hsm/,
+      detail: /is not an HSM name/,
+    });
   });
 
   it.each([
@@ -481,12 +627,20 @@ describe("GET /api/backups refuses bad queries", () => {
     ["JSON with a numeric nextRowKey", b64('{"nextPartitionKey":"backup","nextRowKey":7}')],
     ["empty", ""],
   ])("refuses a continuationToken that is %s", async (_name, token) => {
-    await expectRefused(app, list(`continuationToken=${token}`), { status: 400, title: /Invalid continuation token/, detail: /not a token returned by this listing/ });
+    await expectRefused(app, list(`continuationToken=${token}`), {
+      status: 400,
+      title: /Invalid continuation token/,
+      detail: /not a token returned by this listing/,
+    });
   });
 
   it("refuses a continuationToken longer than any the listing returns", async () => {
     const token = b64(JSON.stringify({ nextPartitionKey: "backup", nextRowKey: "r".repeat(1200) }));
-    await expectRefused(app, list(`continuationToken=${token}`), { status: 400, title: /Invalid continuation token/, detail: /longer than any token this listing returns/ });
+    await expectRefused(app, list(`continuationToken=${token}`), {
+      status: 400,
+      title: /Invalid continuation token/,
+      detail: /longer than any token this listing returns/,
+    });
   });
 });
 
@@ -506,8 +660,16 @@ describe("GET /api/backups/{id} and /api/restores/{id} refuse malformed ids", ()
   afterAll(() => app?.stop());
 
   const routes = [
-    ["backup", (id: string) => () => getBackup(get(`/api/backups/${encodeURIComponent(id)}`), app.context("getBackup"), app.deps)],
-    ["restore", (id: string) => () => getRestore(get(`/api/restores/${encodeURIComponent(id)}`), app.context("getRestore"), app.deps)],
+    [
+      "backup",
+      (id: string) => () =>
+        getBackup(get(`/api/backups/${encodeURIComponent(id)}`), app.context("getBackup"), app.deps),
+    ],
+    [
+      "restore",
+      (id: string) => () =>
+        getRestore(get(`/api/restores/${encodeURIComponent(id)}`), app.context("getRestore"), app.deps),
+    ],
   ] as const;
 
   it.each(routes)("GET /api/%ss/{id} answers a known id (the baseline)", async (what, getOne) => {
@@ -527,14 +689,26 @@ describe("GET /api/backups/{id} and /api/restores/{id} refuse malformed ids", ()
       ["1000 characters", () => "9".repeat(1000)],
     ])("answers 400 for an id with %s", async (_name, make) => {
       const id = make();
-      const response = await expectRefused(app, getOne(id), { status: 400, title: new RegExp(`Invalid ${what} id`), detail: new RegExp(`is not a ${what} id`) });
+      const response = await expectRefused(app, getOne(id), {
+        status: 400,
+        title: new RegExp(`Invalid ${what} id`),
+        detail: new RegExp(`is not a ${what} id`),
+      });
       if (id.length > 100) expect(bodyOf(response).detail).not.toContain(id);
     });
 
     it("answers 400 for an empty id", async () => {
-      const send = () => (what === "backup" ? getBackup : getRestore)(
-        new HttpRequest({ method: "GET", url: `${URL_BASE}/api/${what}s/`, params: { id: "" } }), app.context(), app.deps);
-      await expectRefused(app, send, { status: 400, title: new RegExp(`Invalid ${what} id`), detail: new RegExp(`"" is not a ${what} id`) });
+      const send = () =>
+        (what === "backup" ? getBackup : getRestore)(
+          new HttpRequest({ method: "GET", url: `${URL_BASE}/api/${what}s/`, params: { id: "" } }),
+          app.context(),
+          app.deps,
+        );
+      await expectRefused(app, send, {
+        status: 400,
+        title: new RegExp(`Invalid ${what} id`),
+        detail: new RegExp(`"" is not a ${what} id`),
+      });
     });
 
     it("answers 404 for a well-formed id that is not recorded", async () => {

@@ -41,8 +41,14 @@ describe("GET /api/health", () => {
       const then = new Date(Date.now() - 27 * 3_600_000);
       await other.deps.prepare();
       await other.deps.catalog.insert("backup", {
-        id: Catalog.newId(then), hsmName: hsm.name, hsmUrl: hsm.url, status: "Succeeded", trigger: "timer",
-        startedAt: then.toISOString(), endedAt: then.toISOString(), folderUri: "http://127.0.0.1/x/mhsm-old",
+        id: Catalog.newId(then),
+        hsmName: hsm.name,
+        hsmUrl: hsm.url,
+        status: "Succeeded",
+        trigger: "timer",
+        startedAt: then.toISOString(),
+        endedAt: then.toISOString(),
+        folderUri: "http://127.0.0.1/x/mhsm-old",
       });
       other.emulators[second]!.faults.failNextJob("backup");
       await expect(nightlyBackup(onTime, other.context("nightlyBackup"), other.deps)).rejects.toThrow(/1 of 2/);

@@ -12,11 +12,24 @@ import { parseConfig, type Env } from "../../src/lib/config.js";
 import { createDeps, type AppDeps } from "../../src/lib/deps.js";
 import type { HsmEmulator } from "../../tools/hsm-emulator/index.js";
 import { createLoopbackTransport } from "../../tools/loopback-transport.js";
-import { HSM_DOMAIN, OTHER_DOMAIN, onTime, startHttpsEmulator, startTestApp, testCa, uniqueName, type TestApp } from "../support/app.js";
+import {
+  HSM_DOMAIN,
+  OTHER_DOMAIN,
+  onTime,
+  startHttpsEmulator,
+  startTestApp,
+  testCa,
+  uniqueName,
+  type TestApp,
+} from "../support/app.js";
 import { HSM_SCOPE, scopeRecordingCredential } from "../support/tokens.js";
 
 /** The test app's dependencies again, with another HSM transport (and credential or settings) in. */
-function redeploy(testApp: TestApp, httpClient: HttpClient, extra: { env?: Env; credential?: TokenCredential } = {}): AppDeps {
+function redeploy(
+  testApp: TestApp,
+  httpClient: HttpClient,
+  extra: { env?: Env; credential?: TokenCredential } = {},
+): AppDeps {
   return createDeps(parseConfig({ ...testApp.env, ...extra.env }), {
     ...testApp.depsOptions,
     ...(extra.credential ? { credential: extra.credential } : {}),
@@ -44,7 +57,9 @@ describe("the app's HSM authentication over HTTPS", () => {
     // Between the app's client and the transport: what the client asked of each request.
     const insecureFlags: (boolean | undefined)[] = [];
     const transport = testApp.depsOptions.hsmClientOptions!.httpClient!;
-    const watched: HttpClient = { sendRequest: (request) => (insecureFlags.push(request.allowInsecureConnection), transport.sendRequest(request)) };
+    const watched: HttpClient = {
+      sendRequest: (request) => (insecureFlags.push(request.allowInsecureConnection), transport.sendRequest(request)),
+    };
     const deps = redeploy(testApp, watched);
     await nightlyBackup(onTime, testApp.context("nightlyBackup"), deps);
     const hsm = testApp.emulators[0]!;
@@ -55,11 +70,19 @@ describe("the app's HSM authentication over HTTPS", () => {
     const [probe, resent, ...rest] = hsm.requests;
     expect(probe).toMatchObject({ method: "POST", path: "/backup", status: 401, body: null });
     expect(probe!.headers.authorization).toBeUndefined();
-    expect(resent).toMatchObject({ method: "POST", path: "/backup", status: 202, headers: { authorization: "<redacted>" } });
+    expect(resent).toMatchObject({
+      method: "POST",
+      path: "/backup",
+      status: 202,
+      headers: { authorization: "<redacted>" },
+    });
     expect(rest.length).toBeGreaterThan(0);
     // Then status polls, and the pre-restore check that verifies the new backup: all with the token.
-    for (const call of rest) expect(call).toMatchObject({ status: expect.any(Number), headers: { authorization: "<redacted>" } });
-    expect(rest.map((r) => `${r.method} ${r.path.replace(/[0-9a-f]{32}/, "<job>")}`)).toEqual(expect.arrayContaining(["GET /backup/<job>/pending", "PUT /prerestore", "GET /restore/<job>/pending"]));
+    for (const call of rest)
+      expect(call).toMatchObject({ status: expect.any(Number), headers: { authorization: "<redacted>" } });
+    expect(rest.map((r) => `${r.method} ${r.path.replace(/[0-9a-f]{32}/, "<job>")}`)).toEqual(
+      expect.arrayContaining(["GET /backup/<job>/pending", "PUT /prerestore", "GET /restore/<job>/pending"]),
+    );
     expect(rest.every((r) => r.status === 200 || r.status === 202)).toBe(true);
     // Every request went to the HSM's real name over https, through the test CA.
     expect(hsm.requests.every((r) => r.headers.host === `testhsm0.${HSM_DOMAIN}`)).toBe(true);
@@ -72,14 +95,22 @@ describe("the app's HSM authentication over HTTPS", () => {
     // An HSM URL outside managedhsm.azure.net (a typo, a hijacked name) whose server claims to be an HSM.
     const impostor = await startHttpsEmulator({ name: "contoso", retryAfterSeconds: 0, jobDurationMs: 50 });
     stops.push(() => impostor.stop());
-    const transport = createLoopbackTransport({ routes: { [`contoso.${OTHER_DOMAIN}`]: impostor.port }, ca: testCa().ca });
+    const transport = createLoopbackTransport({
+      routes: { [`contoso.${OTHER_DOMAIN}`]: impostor.port },
+      ca: testCa().ca,
+    });
     stops.push(() => transport.close());
     const { credential, issued } = scopeRecordingCredential();
     const testApp = await app();
-    const deps = redeploy(testApp, transport, { credential, env: { MANAGED_HSM_URLS: `https://contoso.${OTHER_DOMAIN}`, CATALOG_TABLE: uniqueName("cat") } });
+    const deps = redeploy(testApp, transport, {
+      credential,
+      env: { MANAGED_HSM_URLS: `https://contoso.${OTHER_DOMAIN}`, CATALOG_TABLE: uniqueName("cat") },
+    });
 
     await expect(nightlyBackup(onTime, testApp.context("nightlyBackup"), deps)).rejects.toThrow(/1 of 1 HSM/);
-    expect(testApp.logs.join("\n")).toMatch(/challenge resource 'managedhsm\.azure\.net' does not match the requested domain/);
+    expect(testApp.logs.join("\n")).toMatch(
+      /challenge resource 'managedhsm\.azure\.net' does not match the requested domain/,
+    );
     expect(impostor.requests.length).toBeGreaterThan(0);
     expect(authorized(impostor)).toEqual([]);
     expect(impostor.jobs()).toEqual([]);
@@ -110,7 +141,8 @@ describe("the app's HSM authentication over HTTPS", () => {
     expect(transport.sent.filter((line) => line.includes("otherhsm"))).toEqual([]);
     const polls = hsm.requests.filter((r) => r.method === "GET");
     expect(polls.length).toBeGreaterThan(0);
-    for (const poll of polls) expect([`/backup/${job!.jobId}/pending`, `/restore/${check!.jobId}/pending`]).toContain(poll.path);
+    for (const poll of polls)
+      expect([`/backup/${job!.jobId}/pending`, `/restore/${check!.jobId}/pending`]).toContain(poll.path);
     expect((await deps.catalog.list("backup", { top: 1 })).items[0]).toMatchObject({ status: "Succeeded" });
   });
 });

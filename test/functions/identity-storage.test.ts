@@ -33,12 +33,22 @@ describe("identity-based storage with user-delegation SAS (Azurite OAuth over HT
   let keys: KeyClient;
   const tokens = scopeRecordingCredential();
   const logs: string[] = [];
-  const context = () => new InvocationContext({ invocationId: uniqueName("inv-"), functionName: "test", logHandler: (_l, ...a) => logs.push(a.join(" ")) });
+  const context = () =>
+    new InvocationContext({
+      invocationId: uniqueName("inv-"),
+      functionName: "test",
+      logHandler: (_l, ...a) => logs.push(a.join(" ")),
+    });
 
   beforeAll(async () => {
     cert = createSelfSignedCert();
     azurite = await startAzurite({ https: cert });
-    hsm = await startHttpsEmulator({ name: "udhsm", retryAfterSeconds: 0, jobDurationMs: 100, storageClientOptions: { tlsOptions: { ca: cert.ca } } });
+    hsm = await startHttpsEmulator({
+      name: "udhsm",
+      retryAfterSeconds: 0,
+      jobDurationMs: 100,
+      storageClientOptions: { tlsOptions: { ca: cert.ca } },
+    });
     const { urls, transport: hsmTransport } = realNames([hsm]);
     transport = hsmTransport;
     hsmCalls = bearerRecording(transport);
@@ -92,14 +102,19 @@ describe("identity-based storage with user-delegation SAS (Azurite OAuth over HT
     const fresh = createDeps({ ...deps.config, storage }, { storageOptions: { tlsOptions: { ca: cert.ca } } });
     const identityHost = new URL(process.env.IDENTITY_ENDPOINT!).host;
     const { requests } = await requestsDuring(() => fresh.prepare());
-    expect(requests.filter((r) => r.getHeader("host") === identityHost).map((r) => new URL(r.path, "http://x").searchParams.get("resource")))
-      .toEqual(["https://storage.azure.com"]);
+    expect(
+      requests
+        .filter((r) => r.getHeader("host") === identityHost)
+        .map((r) => new URL(r.path, "http://x").searchParams.get("resource")),
+    ).toEqual(["https://storage.azure.com"]);
   });
 
   it("signs every SAS of a run with one user-delegation key; each SAS keeps its own expiry", async () => {
     const fresh = createDeps(deps.config, { storageOptions: { tlsOptions: { ca: cert.ca } } });
     const { value: sas, requests } = await requestsDuring(async () => {
-      const all = await Promise.all([1, 2, 3].map(() => fresh.storage.containerSas(deps.config.backupContainer, "backup", 30)));
+      const all = await Promise.all(
+        [1, 2, 3].map(() => fresh.storage.containerSas(deps.config.backupContainer, "backup", 30)),
+      );
       return [...all, await fresh.storage.containerSas(deps.config.backupContainer, "restore", 30)];
     });
     expect(requests.filter((r) => r.path.includes("comp=userdelegationkey"))).toHaveLength(1);
@@ -117,10 +132,16 @@ describe("identity-based storage with user-delegation SAS (Azurite OAuth over HT
     const { items } = bodyOf(await listBackups(get("/api/backups"), context(), deps));
     expect(items).toHaveLength(1);
     expect(items[0]).toMatchObject({ status: "Succeeded" });
-    expect(items[0].folderUri.startsWith(`${azurite.blobEndpoint}/${deps.config.backupContainer}/mhsm-udhsm-`)).toBe(true);
+    expect(items[0].folderUri.startsWith(`${azurite.blobEndpoint}/${deps.config.backupContainer}/mhsm-udhsm-`)).toBe(
+      true,
+    );
 
     await deleteAndPurge(keys, "ud-key");
-    const started = await postRestore(postJson("/api/restores", { backupId: items[0].id, keyName: "ud-key" }), context(), deps);
+    const started = await postRestore(
+      postJson("/api/restores", { backupId: items[0].id, keyName: "ud-key" }),
+      context(),
+      deps,
+    );
     expect(started.status).toBe(202);
     let status = bodyOf(started);
     for (let i = 0; i < 100 && status.status === "Running"; i++) {

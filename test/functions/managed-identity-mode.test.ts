@@ -15,7 +15,8 @@ describe("managed-identity storage mode", () => {
 
   beforeAll(async () => {
     // The HSM's own identity, played by the account key of Azurite's connection string.
-    const hsmIdentity = BlobServiceClient.fromConnectionString(inject("azuriteConnectionString")).credential as StorageSharedKeyCredential;
+    const hsmIdentity = BlobServiceClient.fromConnectionString(inject("azuriteConnectionString"))
+      .credential as StorageSharedKeyCredential;
     app = await startTestApp({
       env: { HSM_STORAGE_AUTH: "managedIdentity", HSM_API_VERSION: "7.5" },
       emulator: { managedIdentityStorage: (containerUrl) => new ContainerClient(containerUrl, hsmIdentity) },
@@ -38,17 +39,29 @@ describe("managed-identity storage mode", () => {
     const hsm = app.emulators[0]!;
     const keys = keyClient(app);
     await deleteAndPurge(keys, "mi-key");
-    const started = await postRestore(postJson("/api/restores", { backupId: backup.id, keyName: "mi-key" }), app.context(), app.deps);
+    const started = await postRestore(
+      postJson("/api/restores", { backupId: backup.id, keyName: "mi-key" }),
+      app.context(),
+      app.deps,
+    );
     expect(started.status).toBe(202);
     expect((await waitForRestore(app, bodyOf(started).statusUrl)).status).toBe("Succeeded");
     expect(await liveKeyId(keys, "mi-key")).toBeDefined();
 
     expect(sasIssued).toEqual([]);
-    const starts = hsm.requests.filter((r) => r.headers.authorization && (r.path === "/backup" || r.path.endsWith("/restore")) && r.method !== "GET");
+    const starts = hsm.requests.filter(
+      (r) => r.headers.authorization && (r.path === "/backup" || r.path.endsWith("/restore")) && r.method !== "GET",
+    );
     expect(starts).toHaveLength(2);
     expect(starts[0]!.query["api-version"]).toBe("7.5");
-    expect(starts[0]!.body).toEqual({ storageResourceUri: app.deps.storage.containerUrl(app.container), useManagedIdentity: true });
-    expect(starts[1]!.body).toMatchObject({ sasTokenParameters: { useManagedIdentity: true }, folder: expect.stringMatching(/^mhsm-testhsm0-/) });
+    expect(starts[0]!.body).toEqual({
+      storageResourceUri: app.deps.storage.containerUrl(app.container),
+      useManagedIdentity: true,
+    });
+    expect(starts[1]!.body).toMatchObject({
+      sasTokenParameters: { useManagedIdentity: true },
+      folder: expect.stringMatching(/^mhsm-testhsm0-/),
+    });
     expect(JSON.stringify(starts[1]!.body)).not.toContain("token");
   });
 });

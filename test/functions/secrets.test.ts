@@ -112,15 +112,25 @@ describe("no SAS, account key or bearer token in anything the app puts out", () 
     };
   }
 
-  async function call(name: string, handler: (r: HttpRequest, c: InvocationContext, d?: AppDeps) => Promise<HttpResponseInit>, req: HttpRequest): Promise<HttpResponseInit> {
+  async function call(
+    name: string,
+    handler: (r: HttpRequest, c: InvocationContext, d?: AppDeps) => Promise<HttpResponseInit>,
+    req: HttpRequest,
+  ): Promise<HttpResponseInit> {
     const response = await handler(req, app.context(name), deps);
-    responses.push({ where: `${name} ${req.method} ${new URL(req.url).pathname} -> ${response.status}`, text: JSON.stringify(response) });
+    responses.push({
+      where: `${name} ${req.method} ${new URL(req.url).pathname} -> ${response.status}`,
+      text: JSON.stringify(response),
+    });
     return response;
   }
 
   async function snapshotCatalog(step: string): Promise<void> {
     for (const entity of await catalogEntities(app)) {
-      entityVersions.push({ where: `catalog after ${step}: ${entity.partitionKey}/${entity.rowKey}`, text: JSON.stringify(entity) });
+      entityVersions.push({
+        where: `catalog after ${step}: ${entity.partitionKey}/${entity.rowKey}`,
+        text: JSON.stringify(entity),
+      });
     }
   }
 
@@ -131,7 +141,10 @@ describe("no SAS, account key or bearer token in anything the app puts out", () 
       return undefined;
     } catch (error) {
       const e = error as Error;
-      thrown.push({ where: `nightlyBackup (${step}) threw`, text: `${e.name}: ${e.message}\n${e.stack ?? ""}\n${JSON.stringify(e)}` });
+      thrown.push({
+        where: `nightlyBackup (${step}) threw`,
+        text: `${e.name}: ${e.message}\n${e.stack ?? ""}\n${JSON.stringify(e)}`,
+      });
       return e;
     } finally {
       await snapshotCatalog(step);
@@ -168,10 +181,19 @@ describe("no SAS, account key or bearer token in anything the app puts out", () 
     const hsm = app.emulators[0]!;
     for (const name of ["payments-rsa", "tokens-ec", "wrapping-oct"]) hsm.keys.create(name);
 
-    const originalConsole = { log: console.log, info: console.info, warn: console.warn, error: console.error, debug: console.debug };
+    const originalConsole = {
+      log: console.log,
+      info: console.info,
+      warn: console.warn,
+      error: console.error,
+      debug: console.debug,
+    };
     for (const level of Object.keys(originalConsole) as (keyof typeof originalConsole)[]) {
       console[level] = (...args: unknown[]) => {
-        consoleLines.push({ where: `console.${level}`, text: args.map((a) => (typeof a === "string" ? a : JSON.stringify(a))).join(" ") });
+        consoleLines.push({
+          where: `console.${level}`,
+          text: args.map((a) => (typeof a === "string" ? a : JSON.stringify(a))).join(" "),
+        });
         originalConsole[level](...args);
       };
     }
@@ -190,31 +212,51 @@ describe("no SAS, account key or bearer token in anything the app puts out", () 
       hsm.keys.purge("tokens-ec");
       outcomes.selectiveRestore = await restore("a selective restore", { backupId: good.id, keyName: "tokens-ec" });
 
-      hsm.faults.failNextJob("backup", { code: "InternalError", message: "Injected failure while the job held its SAS" });
+      hsm.faults.failNextJob("backup", {
+        code: "InternalError",
+        message: "Injected failure while the job held its SAS",
+      });
       outcomes.faultedBackupThrew = await runNightly("a backup the HSM failed");
       const failed = bodyOf(await call("listBackups", listBackups, get("/api/backups?status=Failed"))).items[0];
       outcomes.faultedBackup = failed;
 
-      outcomes.refusedFailedBackup = await restore("a restore of a failed backup", { backupId: failed.id, keyName: "tokens-ec" });
-      outcomes.refusedMalformed = bodyOf(await call("postRestore", postRestore, request("POST", "/api/restores", '{"backupId":')));
-      outcomes.refusedUnknownField = bodyOf(await call("postRestore", postRestore, postJson("/api/restores", { backupId: good.id, keyname: "x" })));
+      outcomes.refusedFailedBackup = await restore("a restore of a failed backup", {
+        backupId: failed.id,
+        keyName: "tokens-ec",
+      });
+      outcomes.refusedMalformed = bodyOf(
+        await call("postRestore", postRestore, request("POST", "/api/restores", '{"backupId":')),
+      );
+      outcomes.refusedUnknownField = bodyOf(
+        await call("postRestore", postRestore, postJson("/api/restores", { backupId: good.id, keyname: "x" })),
+      );
 
       // The start is throttled: the HSM refuses the restore after the SAS was issued, and an HTTP
       // handler answers at once instead of sleeping on it.
       hsm.faults.throttleNext(1, 429, 0);
-      outcomes.throttledRestore = await restore("a restore the HSM refused", { backupId: good.id, keyName: "payments-rsa" });
+      outcomes.throttledRestore = await restore("a restore the HSM refused", {
+        backupId: good.id,
+        keyName: "payments-rsa",
+      });
 
       hsm.faults.failNextJob("restore", { code: "InternalError", message: "Injected restore failure" });
-      outcomes.faultedRestore = await restore("a restore the HSM failed", { backupId: good.id, keyName: "wrapping-oct" });
+      outcomes.faultedRestore = await restore("a restore the HSM failed", {
+        backupId: good.id,
+        keyName: "wrapping-oct",
+      });
 
       // Storage refuses once the container is gone: the failure text comes from Azurite via the HSM.
       await app.deps.storage.blobService.getContainerClient(app.container).delete();
       outcomes.storageFailedBackupThrew = await runNightly("a backup whose container was deleted");
-      outcomes.storageFailedRestore = await restore("a restore whose container was deleted", { backupId: good.id, keyName: "payments-rsa" });
+      outcomes.storageFailedRestore = await restore("a restore whose container was deleted", {
+        backupId: good.id,
+        keyName: "payments-rsa",
+      });
 
       await call("listBackups", listBackups, get("/api/backups?top=100"));
       for (const entity of await catalogEntities(app)) {
-        if (entity.partitionKey === "restore") await call("getRestore", getRestore, get(`/api/restores/${String(entity.rowKey)}`));
+        if (entity.partitionKey === "restore")
+          await call("getRestore", getRestore, get(`/api/restores/${String(entity.rowKey)}`));
       }
     } finally {
       Object.assign(console, originalConsole);
@@ -223,7 +265,10 @@ describe("no SAS, account key or bearer token in anything the app puts out", () 
   afterAll(() => app?.stop());
 
   const secrets = (): Secret[] => [
-    ...issuedSas.map(({ purpose, sas }, i) => ({ what: `the ${purpose} SAS #${i + 1} (or its signature)`, forms: sasForms(sas.token) })),
+    ...issuedSas.map(({ purpose, sas }, i) => ({
+      what: `the ${purpose} SAS #${i + 1} (or its signature)`,
+      forms: sasForms(sas.token),
+    })),
     ...[...issuedTokens].map((token, i) => ({ what: `bearer token #${i + 1}`, forms: tokenForms(token) })),
     { what: "the storage account key", forms: [accountKeyOf(inject("azuriteConnectionString"))] },
     { what: "the storage connection string", forms: [inject("azuriteConnectionString")] },
@@ -235,12 +280,19 @@ describe("no SAS, account key or bearer token in anything the app puts out", () 
     expect(outcomes.fullRestore).toMatchObject({ http: 202, status: "Succeeded" });
     expect(outcomes.selectiveRestore).toMatchObject({ http: 202, status: "Succeeded", keyName: "tokens-ec" });
     expect(outcomes.faultedBackupThrew).toBeInstanceOf(Error);
-    expect(outcomes.faultedBackup).toMatchObject({ status: "Failed", errorMessage: expect.stringContaining("Injected failure") });
+    expect(outcomes.faultedBackup).toMatchObject({
+      status: "Failed",
+      errorMessage: expect.stringContaining("Injected failure"),
+    });
     expect(outcomes.refusedFailedBackup).toMatchObject({ http: 409, title: "Backup cannot be restored" });
     expect(outcomes.refusedMalformed).toMatchObject({ status: 400 });
     expect(outcomes.refusedUnknownField).toMatchObject({ status: 400 });
     expect(outcomes.throttledRestore).toMatchObject({ http: 503, title: "Managed HSM is throttling" });
-    expect(outcomes.faultedRestore).toMatchObject({ http: 202, status: "Failed", errorMessage: expect.stringContaining("Injected restore failure") });
+    expect(outcomes.faultedRestore).toMatchObject({
+      http: 202,
+      status: "Failed",
+      errorMessage: expect.stringContaining("Injected restore failure"),
+    });
     expect(outcomes.storageFailedBackupThrew).toBeInstanceOf(Error);
     expect((outcomes.storageFailedBackupThrew as Error).message).toMatch(/ContainerNotFound|container/i);
     expect(outcomes.storageFailedRestore).toMatchObject({ http: 202, status: "Failed" });
@@ -249,7 +301,17 @@ describe("no SAS, account key or bearer token in anything the app puts out", () 
   it("observed the secrets it looks for: one SAS per job start, and the HSM client's bearer tokens", () => {
     // 3 backups, the pre-restore check that verified the one that succeeded; full, selective,
     // throttled, failed and storage-failed restores.
-    expect(issuedSas.map((s) => s.purpose).sort()).toEqual(["backup", "backup", "backup", "restore", "restore", "restore", "restore", "restore", "restore"]);
+    expect(issuedSas.map((s) => s.purpose).sort()).toEqual([
+      "backup",
+      "backup",
+      "backup",
+      "restore",
+      "restore",
+      "restore",
+      "restore",
+      "restore",
+      "restore",
+    ]);
     for (const { sas } of issuedSas) expect(new URLSearchParams(sas.token).get("sig")).toMatch(/.{40,}/);
     expect(issuedTokens.size).toBeGreaterThan(0);
     // Each SAS really went to the HSM (the emulator records the request with the token blanked).
@@ -260,21 +322,37 @@ describe("no SAS, account key or bearer token in anything the app puts out", () 
   it("the leak detector flags each secret and each SAS shape (so a clean result means something)", () => {
     const all = secrets();
     for (const secret of all) {
-      for (const form of secret.forms) expect(findLeaks([{ where: "planted", text: `x ${form} y` }], all)).not.toEqual([]);
+      for (const form of secret.forms)
+        expect(findLeaks([{ where: "planted", text: `x ${form} y` }], all)).not.toEqual([]);
     }
     const sas = issuedSas[0]!.sas.token;
     const redactedSas = sas.replace(/sig=[^&]*/, "sig=<redacted>");
-    for (const text of [redactedSas, `?${redactedSas.replace(/&?sig=[^&]*/, "")}`, "Authorization: Bearer abcdefghijkl", `AccountKey=<redacted>`]) {
+    for (const text of [
+      redactedSas,
+      `?${redactedSas.replace(/&?sig=[^&]*/, "")}`,
+      "Authorization: Bearer abcdefghijkl",
+      `AccountKey=<redacted>`,
+    ]) {
       expect(findLeaks([{ where: "planted", text }], [])).not.toEqual([]);
     }
     // Ordinary output does not trip it.
-    expect(findLeaks([{ where: "plain", text: "response=ok; close=1; Backup of HSM x succeeded: http://127.0.0.1:1/a/mhsm-x-2026" }], all)).toEqual([]);
+    expect(
+      findLeaks(
+        [{ where: "plain", text: "response=ok; close=1; Backup of HSM x succeeded: http://127.0.0.1:1/a/mhsm-x-2026" }],
+        all,
+      ),
+    ).toEqual([]);
   });
 
   it("logs no secret", () => {
     expect(app.logs.length).toBeGreaterThan(10);
     expect(app.logs.some((line) => line.includes(String((outcomes.backup as any).folderUri)))).toBe(true);
-    expect(findLeaks(app.logs.map((text, i) => ({ where: `log line ${i + 1}`, text })), secrets())).toEqual([]);
+    expect(
+      findLeaks(
+        app.logs.map((text, i) => ({ where: `log line ${i + 1}`, text })),
+        secrets(),
+      ),
+    ).toEqual([]);
   });
 
   it("stores no secret in any catalog entity, in any version of it", () => {

@@ -11,7 +11,17 @@ import { getRestore, postRestore } from "../../src/handlers/restores.js";
 import { parseConfig } from "../../src/lib/config.js";
 import { createDeps } from "../../src/lib/deps.js";
 import { NOT_SENT_TITLE } from "../../src/lib/restore.js";
-import { bodyOf, events, get, headerOf, onTime, postJson, startTestApp, waitForRestore, type TestApp } from "../support/app.js";
+import {
+  bodyOf,
+  events,
+  get,
+  headerOf,
+  onTime,
+  postJson,
+  startTestApp,
+  waitForRestore,
+  type TestApp,
+} from "../support/app.js";
 
 let app: TestApp | undefined;
 afterEach(async () => {
@@ -54,7 +64,9 @@ describe("/api/health with a malformed setting", () => {
     const answer = JSON.stringify(body) + JSON.stringify(response.headers ?? {});
     for (const part of ["backup-internal", "corp.example", "8443", INTERNAL]) expect(answer).not.toContain(part);
     // The operator still learns the value, from the function log only.
-    expect(app.logs.join("\n")).toMatch(/Setting MANAGED_HSM_URLS: "http:\/\/backup-internal\.corp\.example:8443" must use https/);
+    expect(app.logs.join("\n")).toMatch(
+      /Setting MANAGED_HSM_URLS: "http:\/\/backup-internal\.corp\.example:8443" must use https/,
+    );
   });
 });
 
@@ -70,7 +82,9 @@ describe("a credential that cannot get a token", () => {
     // No az CLI here: AzureCliCredential throws a real CredentialUnavailableError.
     const noToken = createDeps(parseConfig(app.env), { ...app.depsOptions, credential: new AzureCliCredential() });
     app.clock.advance(24 * 3_600_000); // the next night: its own schedule slot
-    await expect(nightlyBackup(onTime, app.context("nightlyBackup"), noToken)).rejects.toThrow(/1 of 1 HSM\(s\): .*StartNotSent/);
+    await expect(nightlyBackup(onTime, app.context("nightlyBackup"), noToken)).rejects.toThrow(
+      /1 of 1 HSM\(s\): .*StartNotSent/,
+    );
 
     const failed = (await app.deps.catalog.list("backup", { top: 10 })).items.filter((r) => r.id !== earlier.id);
     expect(failed).toHaveLength(1);
@@ -90,7 +104,11 @@ describe("a credential that cannot get a token", () => {
     // Nothing runs on the HSM: a restore right after is started, not refused as busy.
     hsm.keys.delete("night-key");
     hsm.keys.purge("night-key");
-    const restore = await postRestore(postJson("/api/restores", { backupId: earlier.id, keyName: "night-key" }), app.context("postRestore"), app.deps);
+    const restore = await postRestore(
+      postJson("/api/restores", { backupId: earlier.id, keyName: "night-key" }),
+      app.context("postRestore"),
+      app.deps,
+    );
     expect(bodyOf(restore).title).not.toBe("HSM busy");
     expect(restore.status).toBe(202);
     expect(await waitForRestore(app, bodyOf(restore).statusUrl)).toMatchObject({ status: "Succeeded" });
@@ -106,7 +124,11 @@ describe("a credential that cannot get a token", () => {
     const before = hsm.requests.length;
 
     const noToken = createDeps(parseConfig(app.env), { ...app.depsOptions, credential: new AzureCliCredential() });
-    const response = await postRestore(postJson("/api/restores", { backupId: backup.id, keyName: "lost-key" }), app.context("postRestore"), noToken);
+    const response = await postRestore(
+      postJson("/api/restores", { backupId: backup.id, keyName: "lost-key" }),
+      app.context("postRestore"),
+      noToken,
+    );
     expect(response.status).toBe(502);
     expect(headerOf(response, "content-type")).toBe("application/problem+json");
     const body = bodyOf(response);
@@ -118,7 +140,12 @@ describe("a credential that cannot get a token", () => {
 
     const status = await getRestore(get(body.restore), app.context("getRestore"), app.deps);
     expect(status.status).toBe(200);
-    expect(bodyOf(status)).toMatchObject({ status: "Failed", errorCode: "StartNotSent", keyName: "lost-key", backupId: backup.id });
+    expect(bodyOf(status)).toMatchObject({
+      status: "Failed",
+      errorCode: "StartNotSent",
+      keyName: "lost-key",
+      backupId: backup.id,
+    });
     expect(hsm.requests.slice(before).filter((r) => r.headers.authorization !== undefined)).toEqual([]);
     expect(hsm.keys.has("lost-key")).toBe(false);
     // Last, so that it hides nothing above: the client's message already ends "nothing was started".
@@ -135,7 +162,11 @@ describe("selective key restore of a key that still exists", () => {
     const backup = await succeededBackup(app);
 
     const restoreKey = async () => {
-      const started = await postRestore(postJson("/api/restores", { backupId: backup.id, keyName: "still-here" }), app!.context("postRestore"), app!.deps);
+      const started = await postRestore(
+        postJson("/api/restores", { backupId: backup.id, keyName: "still-here" }),
+        app!.context("postRestore"),
+        app!.deps,
+      );
       expect(started.status).toBe(202);
       return waitForRestore(app!, bodyOf(started).statusUrl);
     };

@@ -40,8 +40,12 @@ export function bicepPath(): string {
 
 /** Compiles one Bicep file to ARM JSON; returns the template and what the compiler printed on stderr. */
 export function compile(bicepFile: string): { template: Template; diagnostics: string } {
-  const result = spawnSync(bicepPath(), ["build", join(ROOT, bicepFile), "--stdout"], { encoding: "utf8", maxBuffer: 64 * 1024 * 1024 });
-  if (result.status !== 0) throw new Error(`bicep build ${bicepFile} failed (exit ${result.status}):\n${result.stderr}`);
+  const result = spawnSync(bicepPath(), ["build", join(ROOT, bicepFile), "--stdout"], {
+    encoding: "utf8",
+    maxBuffer: 64 * 1024 * 1024,
+  });
+  if (result.status !== 0)
+    throw new Error(`bicep build ${bicepFile} failed (exit ${result.status}):\n${result.stderr}`);
   return { template: JSON.parse(result.stdout) as Template, diagnostics: result.stderr };
 }
 
@@ -73,8 +77,17 @@ export function moduleNamed(template: Template, name: string): Module {
 
 /** Every resource of a type in the template and its modules, with the template that declares it. */
 export function resourcesOfType(template: Template, type: string): { resource: Resource; template: Template }[] {
-  const own = template.resources.filter((r) => r.type.toLowerCase() === type.toLowerCase()).map((resource) => ({ resource, template }));
-  return [...own, ...modules(template).flatMap((m) => m.template.resources.filter((r) => r.type.toLowerCase() === type.toLowerCase()).map((resource) => ({ resource, template: m.template })))];
+  const own = template.resources
+    .filter((r) => r.type.toLowerCase() === type.toLowerCase())
+    .map((resource) => ({ resource, template }));
+  return [
+    ...own,
+    ...modules(template).flatMap((m) =>
+      m.template.resources
+        .filter((r) => r.type.toLowerCase() === type.toLowerCase())
+        .map((resource) => ({ resource, template: m.template })),
+    ),
+  ];
 }
 
 /** The expression text of a module parameter as the parent passes it, e.g. "[variables('hostStorageName')]". */
@@ -98,7 +111,11 @@ export class RuntimeValue {
 
 type Value = Json | RuntimeValue | Value[] | { [key: string]: Value } | undefined;
 
-type Token = { kind: "string"; value: string } | { kind: "number"; value: number } | { kind: "ident"; value: string } | { kind: "punct"; value: string };
+type Token =
+  | { kind: "string"; value: string }
+  | { kind: "number"; value: number }
+  | { kind: "ident"; value: string }
+  | { kind: "punct"; value: string };
 
 function tokenize(text: string): Token[] {
   const tokens: Token[] = [];
@@ -154,7 +171,8 @@ function parse(text: string): Node {
   const peek = () => tokens[position];
   const expect = (value: string) => {
     const token = tokens[position++];
-    if (!token || token.kind !== "punct" || token.value !== value) throw new Error(`expected "${value}" in expression: ${text}`);
+    if (!token || token.kind !== "punct" || token.value !== value)
+      throw new Error(`expected "${value}" in expression: ${text}`);
   };
   const expression = (): Node => {
     const token = tokens[position++];
@@ -212,7 +230,11 @@ function resourceIdOf(prefix: string, type: string, names: string[]): string {
 const isResourceType = (value: unknown) => typeof value === "string" && /^[A-Za-z]+\.[A-Za-z.]+\/[A-Za-z]/.test(value);
 
 /** Symbolic deployment context: subscription, resource group and tenant are fixed placeholders. */
-export const CONTEXT = { subscriptionId: "00000000-0000-0000-0000-00000000000s", resourceGroup: "rg-test", tenantId: "00000000-0000-0000-0000-00000000000t" };
+export const CONTEXT = {
+  subscriptionId: "00000000-0000-0000-0000-00000000000s",
+  resourceGroup: "rg-test",
+  tenantId: "00000000-0000-0000-0000-00000000000t",
+};
 
 /**
  * Evaluates the expressions of one template with the given parameter values (defaults fill the rest).
@@ -228,7 +250,8 @@ export class Evaluator {
   ) {
     this.parameters = { ...(parameters as Record<string, Value>) };
     for (const [name, definition] of Object.entries(template.parameters ?? {})) {
-      if (!(name in this.parameters) && definition.defaultValue !== undefined) this.parameters[name] = this.value(definition.defaultValue);
+      if (!(name in this.parameters) && definition.defaultValue !== undefined)
+        this.parameters[name] = this.value(definition.defaultValue);
     }
   }
 
@@ -246,7 +269,9 @@ export class Evaluator {
         if (key === "copy" && Array.isArray(item)) {
           for (const loop of item as { name: string; count: Json; input: Json }[]) {
             const count = this.value(loop.count) as number;
-            result[loop.name] = Array.from({ length: count }, (_, i) => this.withCopyIndex(loop.name, i, () => this.value(loop.input)));
+            result[loop.name] = Array.from({ length: count }, (_, i) =>
+              this.withCopyIndex(loop.name, i, () => this.value(loop.input)),
+            );
           }
         } else {
           // ARM evaluates expression keys too, e.g. userAssignedIdentities: { '[parameters(...)]': {} }.
@@ -285,14 +310,20 @@ export class Evaluator {
   }
 
   /** The instances of a resource: its copy loop expanded and its condition applied. */
-  instances(resource: Resource): { name: string; properties: { [key: string]: Value }; resource: { [key: string]: Value } }[] {
+  instances(
+    resource: Resource,
+  ): { name: string; properties: { [key: string]: Value }; resource: { [key: string]: Value } }[] {
     const count = resource.copy ? (this.value(resource.copy.count) as number) : 1;
     const result = [];
     for (let i = 0; i < count; i++) {
       const evaluate = () => {
         if (resource.condition !== undefined && this.value(resource.condition) !== true) return undefined;
         const evaluated = this.value(resource as unknown as Value) as { [key: string]: Value };
-        return { name: String(evaluated.name), properties: (evaluated.properties ?? {}) as { [key: string]: Value }, resource: evaluated };
+        return {
+          name: String(evaluated.name),
+          properties: (evaluated.properties ?? {}) as { [key: string]: Value },
+          resource: evaluated,
+        };
       };
       const instance = resource.copy ? this.withCopyIndex(undefined, i, evaluate) : evaluate();
       if (instance) result.push(instance);
@@ -307,7 +338,8 @@ export class Evaluator {
       case "property": {
         const target = this.evaluate(node.target);
         if (target instanceof RuntimeValue) return new RuntimeValue(`${target.path}.${node.name}`);
-        if (target && typeof target === "object" && !Array.isArray(target)) return (target as Record<string, Value>)[node.name];
+        if (target && typeof target === "object" && !Array.isArray(target))
+          return (target as Record<string, Value>)[node.name];
         throw new Error(`cannot read .${node.name} of ${toArmString(target)}`);
       }
       case "index": {
@@ -411,12 +443,22 @@ export class Evaluator {
       case "guid":
       case "uniquestring": {
         const hash = createHash("sha256").update(args.map(toArmString).join("|")).digest("hex");
-        return lower === "uniquestring" ? hash.slice(0, 13) : `${hash.slice(0, 8)}-${hash.slice(8, 12)}-${hash.slice(12, 16)}-${hash.slice(16, 20)}-${hash.slice(20, 32)}`;
+        return lower === "uniquestring"
+          ? hash.slice(0, 13)
+          : `${hash.slice(0, 8)}-${hash.slice(8, 12)}-${hash.slice(12, 16)}-${hash.slice(16, 20)}-${hash.slice(20, 32)}`;
       }
       case "subscription":
-        return { id: `/subscriptions/${CONTEXT.subscriptionId}`, subscriptionId: CONTEXT.subscriptionId, tenantId: CONTEXT.tenantId };
+        return {
+          id: `/subscriptions/${CONTEXT.subscriptionId}`,
+          subscriptionId: CONTEXT.subscriptionId,
+          tenantId: CONTEXT.tenantId,
+        };
       case "resourcegroup":
-        return { id: `/subscriptions/${CONTEXT.subscriptionId}/resourceGroups/${CONTEXT.resourceGroup}`, name: CONTEXT.resourceGroup, location: "westeurope" };
+        return {
+          id: `/subscriptions/${CONTEXT.subscriptionId}/resourceGroups/${CONTEXT.resourceGroup}`,
+          name: CONTEXT.resourceGroup,
+          location: "westeurope",
+        };
       case "tenant":
         return { tenantId: CONTEXT.tenantId };
       case "resourceid": {
@@ -424,7 +466,11 @@ export class Evaluator {
         const before = args.slice(0, typeAt).map(toArmString);
         const subscriptionId = before.length === 2 ? before[0]! : CONTEXT.subscriptionId;
         const group = before.length === 2 ? before[1]! : before.length === 1 ? before[0]! : CONTEXT.resourceGroup;
-        return resourceIdOf(`/subscriptions/${subscriptionId}/resourceGroups/${group}`, str(typeAt), args.slice(typeAt + 1).map(toArmString));
+        return resourceIdOf(
+          `/subscriptions/${subscriptionId}/resourceGroups/${group}`,
+          str(typeAt),
+          args.slice(typeAt + 1).map(toArmString),
+        );
       }
       case "subscriptionresourceid": {
         const typeAt = args.findIndex(isResourceType);

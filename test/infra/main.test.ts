@@ -17,11 +17,16 @@ import {
 
 /** App settings the code reads that do not apply in Azure, and why. */
 const NOT_IN_AZURE: Record<string, string> = {
-  BackupStorage: "a storage connection string, for local development (Azurite); Azure uses the identity-based BackupStorage__* form",
+  BackupStorage:
+    "a storage connection string, for local development (Azurite); Azure uses the identity-based BackupStorage__* form",
 };
 
 const PLATFORM_SETTINGS = Object.keys(
-  (JSON.parse(readFileSync(join(ROOT, "infra", "app", "platform-settings.json"), "utf8")) as { settings: Record<string, string> }).settings,
+  (
+    JSON.parse(readFileSync(join(ROOT, "infra", "app", "platform-settings.json"), "utf8")) as {
+      settings: Record<string, string>;
+    }
+  ).settings,
 );
 
 const RG = `/subscriptions/${CONTEXT.subscriptionId}/resourceGroups/${CONTEXT.resourceGroup}/providers`;
@@ -40,7 +45,11 @@ describe("infra/main.bicep", () => {
 
   it("deploys at subscription scope, with every module inline (local modules only)", () => {
     expect((main as unknown as { $schema: string }).$schema).toContain("subscriptionDeploymentTemplate.json");
-    expect(modules(main).map((m) => m.name).sort()).toEqual(
+    expect(
+      modules(main)
+        .map((m) => m.name)
+        .sort(),
+    ).toEqual(
       [
         "alerts",
         "app-identity",
@@ -59,16 +68,27 @@ describe("infra/main.bicep", () => {
   });
 
   it("has a main.parameters.json entry for every parameter without a default, and none for unknown ones", () => {
-    const file = JSON.parse(readFileSync(join(ROOT, "infra", "main.parameters.json"), "utf8")) as { parameters: Record<string, unknown> };
+    const file = JSON.parse(readFileSync(join(ROOT, "infra", "main.parameters.json"), "utf8")) as {
+      parameters: Record<string, unknown>;
+    };
     const declared = main.parameters ?? {};
-    const required = Object.entries(declared).filter(([, p]) => p.defaultValue === undefined).map(([name]) => name);
+    const required = Object.entries(declared)
+      .filter(([, p]) => p.defaultValue === undefined)
+      .map(([name]) => name);
     expect(Object.keys(file.parameters).filter((name) => !(name in declared))).toEqual([]);
     expect(required.filter((name) => !(name in file.parameters))).toEqual([]);
   });
 
   it("defaults every app setting it sets to the app's own default (src/lib/config.ts)", () => {
-    const defaults = parseConfig({ MANAGED_HSM_URLS: "https://contoso.managedhsm.azure.net", BackupStorage: "UseDevelopmentStorage=true" });
-    const evaluator = new Evaluator(main, { environmentName: "test", location: "westeurope", managedHsmUrls: "https://contoso.managedhsm.azure.net" });
+    const defaults = parseConfig({
+      MANAGED_HSM_URLS: "https://contoso.managedhsm.azure.net",
+      BackupStorage: "UseDevelopmentStorage=true",
+    });
+    const evaluator = new Evaluator(main, {
+      environmentName: "test",
+      location: "westeurope",
+      managedHsmUrls: "https://contoso.managedhsm.azure.net",
+    });
     const p = (name: string) => evaluator.expression(`parameters('${name}')`);
     expect(p("backupContainerName")).toBe(defaults.backupContainer);
     expect(p("catalogTableName")).toBe(defaults.catalogTable);
@@ -174,7 +194,10 @@ describe("the function app", () => {
     expect(plan!.properties.reserved).toBe(true);
     const [site] = evaluator.instances(app.resources.find((r) => r.type === "Microsoft.Web/sites")!);
     expect(site!.resource.kind).toBe("functionapp,linux");
-    expect(site!.resource.identity).toEqual({ type: "UserAssigned", userAssignedIdentities: { [appParameters.identityId]: {} } });
+    expect(site!.resource.identity).toEqual({
+      type: "UserAssigned",
+      userAssignedIdentities: { [appParameters.identityId]: {} },
+    });
     expect(site!.resource.tags).toMatchObject({ "azd-service-name": "api" });
     expect(site!.properties.httpsOnly).toBe(true);
     const functionAppConfig = site!.properties.functionAppConfig as Record<string, Record<string, unknown>>;
@@ -209,7 +232,8 @@ describe("storage", () => {
   function account(moduleName: string, parameters: Record<string, unknown>) {
     const module = moduleNamed(main, moduleName).template;
     const evaluator = new Evaluator(module, { location: "westeurope", tags: {}, ...parameters });
-    const byType = (type: string) => module.resources.filter((r) => r.type === type).flatMap((r) => evaluator.instances(r));
+    const byType = (type: string) =>
+      module.resources.filter((r) => r.type === type).flatMap((r) => evaluator.instances(r));
     return { module, byType };
   }
 
@@ -222,7 +246,9 @@ describe("storage", () => {
       minimumTlsVersion: "TLS1_2",
       supportsHttpsTrafficOnly: true,
     });
-    expect(byType("Microsoft.Storage/storageAccounts/blobServices/containers").map((c) => c.name)).toEqual(["sthost/default/app-package"]);
+    expect(byType("Microsoft.Storage/storageAccounts/blobServices/containers").map((c) => c.name)).toEqual([
+      "sthost/default/app-package",
+    ]);
   });
 
   const backupParameters = {
@@ -251,8 +277,12 @@ describe("storage", () => {
       deleteRetentionPolicy: { enabled: true, days: 30 },
       containerDeleteRetentionPolicy: { enabled: true, days: 30 },
     });
-    expect(byType("Microsoft.Storage/storageAccounts/blobServices/containers").map((c) => c.name)).toEqual(["stbak/default/mhsm-backups"]);
-    expect(byType("Microsoft.Storage/storageAccounts/tableServices/tables").map((c) => c.name)).toEqual(["stbak/default/hsmbackups"]);
+    expect(byType("Microsoft.Storage/storageAccounts/blobServices/containers").map((c) => c.name)).toEqual([
+      "stbak/default/mhsm-backups",
+    ]);
+    expect(byType("Microsoft.Storage/storageAccounts/tableServices/tables").map((c) => c.name)).toEqual([
+      "stbak/default/hsmbackups",
+    ]);
     // Managed HSM does not support a backup target with an immutability policy.
     expect(JSON.stringify(module)).not.toMatch(/immutab/i);
     expect(byType("Microsoft.Authorization/locks").map((l) => l.properties.level)).toEqual(["CanNotDelete"]);
@@ -261,7 +291,10 @@ describe("storage", () => {
   it("backup storage with public network access off: deny by default, trusted services (the HSM) bypass", () => {
     const { byType } = account("backup-storage", { ...backupParameters, publicNetworkAccess: "Disabled", lock: false });
     const [storage] = byType("Microsoft.Storage/storageAccounts");
-    expect(storage!.properties).toMatchObject({ publicNetworkAccess: "Disabled", networkAcls: { defaultAction: "Deny", bypass: "AzureServices" } });
+    expect(storage!.properties).toMatchObject({
+      publicNetworkAccess: "Disabled",
+      networkAcls: { defaultAction: "Deny", bypass: "AzureServices" },
+    });
     expect(byType("Microsoft.Authorization/locks")).toEqual([]);
   });
 });
@@ -298,10 +331,14 @@ describe("role assignments", () => {
       .map(({ resource, properties }) => {
         const roleId = String(properties.roleDefinitionId).split("/").pop()!;
         const role = ROLES[roleId as keyof typeof ROLES] ?? `unexpected role ${roleId}`;
-        expect(String(properties.roleDefinitionId)).toBe(`/subscriptions/${CONTEXT.subscriptionId}/providers/Microsoft.Authorization/roleDefinitions/${roleId}`);
+        expect(String(properties.roleDefinitionId)).toBe(
+          `/subscriptions/${CONTEXT.subscriptionId}/providers/Microsoft.Authorization/roleDefinitions/${roleId}`,
+        );
         const principal = properties.principalId;
         expect(principal).toBeInstanceOf(RuntimeValue);
-        const who = /userAssignedIdentities\/(id-app|id-hsm)\)\.principalId$/.exec((principal as RuntimeValue).path)?.[1] ?? `unexpected principal ${String(principal)}`;
+        const who =
+          /userAssignedIdentities\/(id-app|id-hsm)\)\.principalId$/.exec((principal as RuntimeValue).path)?.[1] ??
+          `unexpected principal ${String(principal)}`;
         expect(properties.principalType).toBe("ServicePrincipal");
         return `${role} @ ${String(resource.scope)} -> ${who}`;
       })
@@ -345,7 +382,9 @@ describe("role assignments", () => {
   it("are given the names of the very resources the other modules create", () => {
     const rbac = moduleNamed(main, "rbac");
     const same = (parameter: string, module: string, moduleParameter: string) =>
-      expect(moduleParameterExpression(rbac, parameter), parameter).toEqual(moduleParameterExpression(moduleNamed(main, module), moduleParameter));
+      expect(moduleParameterExpression(rbac, parameter), parameter).toEqual(
+        moduleParameterExpression(moduleNamed(main, module), moduleParameter),
+      );
     same("appIdentityName", "app-identity", "name");
     same("hsmBackupIdentityName", "hsm-backup-identity", "name");
     same("hostStorageName", "host-storage", "name");
@@ -360,20 +399,45 @@ describe("role assignments", () => {
 describe("monitoring", () => {
   it("Application Insights is workspace-based with local auth off", () => {
     const monitoring = moduleNamed(main, "monitoring").template;
-    const evaluator = new Evaluator(monitoring, { location: "westeurope", tags: {}, logAnalyticsName: "log", applicationInsightsName: "appi", retentionInDays: 90 });
-    const [component] = evaluator.instances(monitoring.resources.find((r) => r.type === "Microsoft.Insights/components")!);
-    expect(component!.properties).toMatchObject({ DisableLocalAuth: true, WorkspaceResourceId: `${RG}/Microsoft.OperationalInsights/workspaces/log` });
+    const evaluator = new Evaluator(monitoring, {
+      location: "westeurope",
+      tags: {},
+      logAnalyticsName: "log",
+      applicationInsightsName: "appi",
+      retentionInDays: 90,
+    });
+    const [component] = evaluator.instances(
+      monitoring.resources.find((r) => r.type === "Microsoft.Insights/components")!,
+    );
+    expect(component!.properties).toMatchObject({
+      DisableLocalAuth: true,
+      WorkspaceResourceId: `${RG}/Microsoft.OperationalInsights/workspaces/log`,
+    });
   });
 
   it("sends each HSM's AuditEvent logs to the workspace, from the HSM's own resource group", () => {
     const diagnostics = modules(main).find((m) => m.name.startsWith("[format('hsm-audit-"))!;
-    expect(diagnostics.resource.copy).toEqual({ name: "hsmDiagnostics", count: "[length(variables('hsmResourceIds'))]" });
-    expect(String(diagnostics.resource.resourceGroup)).toContain("split(variables('hsmResourceIds')[copyIndex()], '/')[4]");
-    expect(String(diagnostics.resource.subscriptionId)).toContain("split(variables('hsmResourceIds')[copyIndex()], '/')[2]");
-    const evaluator = new Evaluator(diagnostics.template, { hsmName: "contoso", logAnalyticsId: "/log", settingName: "audit" });
+    expect(diagnostics.resource.copy).toEqual({
+      name: "hsmDiagnostics",
+      count: "[length(variables('hsmResourceIds'))]",
+    });
+    expect(String(diagnostics.resource.resourceGroup)).toContain(
+      "split(variables('hsmResourceIds')[copyIndex()], '/')[4]",
+    );
+    expect(String(diagnostics.resource.subscriptionId)).toContain(
+      "split(variables('hsmResourceIds')[copyIndex()], '/')[2]",
+    );
+    const evaluator = new Evaluator(diagnostics.template, {
+      hsmName: "contoso",
+      logAnalyticsId: "/log",
+      settingName: "audit",
+    });
     const [setting] = evaluator.instances(diagnostics.template.resources[0]!);
     expect(setting!.resource.scope).toBe(`${RG}/Microsoft.KeyVault/managedHSMs/contoso`);
-    expect(setting!.properties).toMatchObject({ workspaceId: "/log", logs: [{ category: "AuditEvent", enabled: true }] });
+    expect(setting!.properties).toMatchObject({
+      workspaceId: "/log",
+      logs: [{ category: "AuditEvent", enabled: true }],
+    });
   });
 });
 

@@ -63,7 +63,11 @@ function workbookItems() {
   const [instance] = evaluator.instances(workbook.resources.find((r) => r.type === "Microsoft.Insights/workbooks")!);
   const properties = instance!.properties as { serializedData: string; sourceId: string; category: string };
   const data = JSON.parse(properties.serializedData) as {
-    items: { name: string; type: number; content: { query?: string; title?: string; resourceType?: string; crossComponentResources?: string[] } }[];
+    items: {
+      name: string;
+      type: number;
+      content: { query?: string; title?: string; resourceType?: string; crossComponentResources?: string[] };
+    }[];
   };
   return { properties, items: data.items };
 }
@@ -77,8 +81,13 @@ beforeAll(() => {
   const rules = alertRules().of("Microsoft.Insights/scheduledQueryRules");
   const items = workbookItems().items;
   queries = [
-    ...rules.map((r) => ({ source: `alert ${r.name}`, query: String((r.properties.criteria as { allOf: { query: string }[] }).allOf[0]!.query) })),
-    ...items.filter((i) => i.content.query !== undefined).map((i) => ({ source: `workbook ${i.name}`, query: i.content.query! })),
+    ...rules.map((r) => ({
+      source: `alert ${r.name}`,
+      query: String((r.properties.criteria as { allOf: { query: string }[] }).allOf[0]!.query),
+    })),
+    ...items
+      .filter((i) => i.content.query !== undefined)
+      .map((i) => ({ source: `workbook ${i.name}`, query: i.content.query! })),
   ];
 }, 180_000);
 
@@ -94,7 +103,7 @@ describe("alert and workbook queries ↔ the events the app emits (src/lib/telem
     expect([...used].sort()).toEqual([...EVENT_NAMES].sort());
   });
 
-  it("match the line format: each event is selected with startswith \"<EventName> \" and its JSON parsed from after the first space", () => {
+  it('match the line format: each event is selected with startswith "<EventName> " and its JSON parsed from after the first space', () => {
     for (const { source, query } of queries) {
       const events = eventsIn(query);
       if (events.length === 0) continue;
@@ -110,7 +119,8 @@ describe("alert and workbook queries ↔ the events the app emits (src/lib/telem
 
   it("read only fields the events carry", () => {
     for (const { source, query } of queries) {
-      for (const [, field] of query.matchAll(/\be\.(\w+)/g)) expect(FIELDS, `${source} reads e.${field}`).toContain(field);
+      for (const [, field] of query.matchAll(/\be\.(\w+)/g))
+        expect(FIELDS, `${source} reads e.${field}`).toContain(field);
     }
   });
 });
@@ -120,7 +130,8 @@ describe("alert rules", () => {
     const rules = alertRules().of("Microsoft.Insights/scheduledQueryRules");
     const summary = Object.fromEntries(
       rules.map((r) => {
-        const criteria = (r.properties.criteria as { allOf: { query: string; dimensions: { name: string }[] }[] }).allOf[0]!;
+        const criteria = (r.properties.criteria as { allOf: { query: string; dimensions: { name: string }[] }[] })
+          .allOf[0]!;
         return [r.name, { events: eventsIn(criteria.query), dimensions: criteria.dimensions.map((d) => d.name) }];
       }),
     );
@@ -146,12 +157,19 @@ describe("alert rules", () => {
     expect(query).toContain("where timestamp > ago(26h)");
     expect(query).toContain('where tostring(e.status) == "Succeeded"');
     expect(query).toContain("join kind=leftanti succeeded on hsm");
-    expect(stale.properties).toMatchObject({ evaluationFrequency: "PT1H", windowSize: "PT1H", overrideQueryTimeRange: "P2D", autoMitigate: true });
+    expect(stale.properties).toMatchObject({
+      evaluationFrequency: "PT1H",
+      windowSize: "PT1H",
+      overrideQueryTimeRange: "P2D",
+      autoMitigate: true,
+    });
   });
 
   it("emails the address given, and nobody when it is empty", () => {
     const [group] = alertRules().of("Microsoft.Insights/actionGroups");
-    expect(group!.properties.emailReceivers).toEqual([{ name: "operations", emailAddress: "ops@example.com", useCommonAlertSchema: true }]);
+    expect(group!.properties.emailReceivers).toEqual([
+      { name: "operations", emailAddress: "ops@example.com", useCommonAlertSchema: true },
+    ]);
     const [silent] = alertRules("").of("Microsoft.Insights/actionGroups");
     expect(silent!.properties.emailReceivers).toEqual([]);
   });
@@ -177,8 +195,13 @@ describe("alert rules", () => {
   });
 
   it("points the availability test at the deployed app's host name", () => {
-    const healthUrl = String((moduleNamed(main, "alerts").resource.properties!.parameters as Record<string, { value: string }>).healthUrl!.value);
-    expect(healthUrl).toMatch(/^\[format\('https:\/\/\{0\}\/api\/health', reference\(.*'function-app'\).*\.outputs\.defaultHostName\.value\)\]$/);
+    const healthUrl = String(
+      (moduleNamed(main, "alerts").resource.properties!.parameters as Record<string, { value: string }>).healthUrl!
+        .value,
+    );
+    expect(healthUrl).toMatch(
+      /^\[format\('https:\/\/\{0\}\/api\/health', reference\(.*'function-app'\).*\.outputs\.defaultHostName\.value\)\]$/,
+    );
   });
 });
 
@@ -187,7 +210,15 @@ describe("the workbook", () => {
     const { properties, items } = workbookItems();
     expect(properties).toMatchObject({ category: "workbook", sourceId: INSIGHTS });
     const titled = Object.fromEntries(items.filter((i) => i.type === 3).map((i) => [i.name, i.content]));
-    expect(Object.keys(titled)).toEqual(["last-successful-backup", "backup-history", "backup-duration", "failures", "unrecorded-jobs", "restores", "hsm-audit"]);
+    expect(Object.keys(titled)).toEqual([
+      "last-successful-backup",
+      "backup-history",
+      "backup-duration",
+      "failures",
+      "unrecorded-jobs",
+      "restores",
+      "hsm-audit",
+    ]);
 
     expect(titled["last-successful-backup"]!.query).toContain('dynamic(["contoso","fabrikam"])');
     expect(titled["last-successful-backup"]!.query).toContain("ageHours > 26");
@@ -195,15 +226,32 @@ describe("the workbook", () => {
     expect(titled.failures!.query).toContain("errorMessage");
     expect(eventsIn(titled.failures!.query!).sort()).toEqual([EVENTS.backupOutcome, EVENTS.restoreOutcome].sort());
     expect(eventsIn(titled.restores!.query!).sort()).toEqual([EVENTS.restoreOutcome, EVENTS.restoreStarted].sort());
-    expect(eventsIn(titled["unrecorded-jobs"]!.query!).sort()).toEqual([EVENTS.backupOutcome, EVENTS.jobAccepted, EVENTS.restoreOutcome].sort());
+    expect(eventsIn(titled["unrecorded-jobs"]!.query!).sort()).toEqual(
+      [EVENTS.backupOutcome, EVENTS.jobAccepted, EVENTS.restoreOutcome].sort(),
+    );
     expect(titled.failures!.query).toContain('!in ("Succeeded", "Skipped")');
-    for (const name of ["last-successful-backup", "backup-history", "backup-duration", "failures", "unrecorded-jobs", "restores"]) {
-      expect(titled[name]).toMatchObject({ resourceType: "microsoft.insights/components", crossComponentResources: [INSIGHTS] });
+    for (const name of [
+      "last-successful-backup",
+      "backup-history",
+      "backup-duration",
+      "failures",
+      "unrecorded-jobs",
+      "restores",
+    ]) {
+      expect(titled[name]).toMatchObject({
+        resourceType: "microsoft.insights/components",
+        crossComponentResources: [INSIGHTS],
+      });
     }
 
     const audit = titled["hsm-audit"]!;
-    expect(audit).toMatchObject({ resourceType: "microsoft.operationalinsights/workspaces", crossComponentResources: [WORKSPACE] });
-    expect(audit.query).toMatch(/^AzureDiagnostics\n\| where ResourceProvider == "MICROSOFT\.KEYVAULT" and ResourceType == "MANAGEDHSMS" and Category == "AuditEvent"/);
+    expect(audit).toMatchObject({
+      resourceType: "microsoft.operationalinsights/workspaces",
+      crossComponentResources: [WORKSPACE],
+    });
+    expect(audit.query).toMatch(
+      /^AzureDiagnostics\n\| where ResourceProvider == "MICROSOFT\.KEYVAULT" and ResourceType == "MANAGEDHSMS" and Category == "AuditEvent"/,
+    );
     expect(audit.query).toMatch(/backup/);
     expect(audit.query).toMatch(/restore/);
   });

@@ -17,7 +17,6 @@ afterEach(async () => {
   app = undefined;
 });
 
-
 describe("backup under faults", () => {
   it("backs up the healthy HSM when another fails, and fails the invocation naming the failed one", async () => {
     app = await startTestApp({ hsmCount: 2 });
@@ -40,7 +39,10 @@ describe("backup under faults", () => {
     expect(byHsm[badHsm!.url]!.durationSeconds).toBeLessThan(60);
     const outcomes = events(app.logs, "MhsmBackupOutcome");
     expect(outcomes.map((e) => e.status).sort()).toEqual(["Failed", "Succeeded"]);
-    expect(outcomes.find((e) => e.status === "Failed")).toMatchObject({ hsm: badName, errorCode: "StorageUnavailable" });
+    expect(outcomes.find((e) => e.status === "Failed")).toMatchObject({
+      hsm: badName,
+      errorCode: "StorageUnavailable",
+    });
   });
 
   it("waits out 429s on the start call, honouring Retry-After, and starts exactly one job", async () => {
@@ -102,7 +104,12 @@ describe("backup under faults", () => {
     const hsm = app.deps.config.hsms[0]!;
     const startedAt = app.clock.now();
     const { record } = await app.deps.catalog.insert("backup", {
-      id: Catalog.newId(startedAt), hsmName: hsm.name, hsmUrl: hsm.url, status: "Starting", startedAt: startedAt.toISOString(), trigger: "timer",
+      id: Catalog.newId(startedAt),
+      hsmName: hsm.name,
+      hsmUrl: hsm.url,
+      status: "Starting",
+      startedAt: startedAt.toISOString(),
+      trigger: "timer",
     });
 
     const fresh = bodyOf(await getBackup(get(`/api/backups/${record.id}`), app.context(), app.deps));
@@ -117,7 +124,9 @@ describe("backup under faults", () => {
   it("records a start that never left the app (connection refused) as Failed StartNotSent with its cause and an event, not as 'maybe started'", async () => {
     app = await startTestApp();
     await app.emulators[0]!.stop();
-    await expect(nightlyBackup(onTime, app.context("nightlyBackup"), app.deps)).rejects.toThrow(/1 of 1 HSM\(s\): .*StartNotSent/);
+    await expect(nightlyBackup(onTime, app.context("nightlyBackup"), app.deps)).rejects.toThrow(
+      /1 of 1 HSM\(s\): .*StartNotSent/,
+    );
     const record = (await app.deps.catalog.list("backup", { top: 1 })).items[0]!;
     expect(record).toMatchObject({ status: "Failed", errorCode: "StartNotSent" });
     expect(record.errorMessage).toMatch(/was not sent \(.*ECONNREFUSED.*\); nothing was started/);
@@ -126,7 +135,17 @@ describe("backup under faults", () => {
 
   it("retries status reads the HSM answers with 503 and follows the 202's Retry-After", async () => {
     const waits: number[] = [];
-    app = await startTestApp({ emulator: { retryAfterSeconds: 3, jobDurationMs: 50 }, deps: { hsmClientOptions: { delay: (ms) => { waits.push(ms); return new Promise((r) => setTimeout(r, 60)); } } } });
+    app = await startTestApp({
+      emulator: { retryAfterSeconds: 3, jobDurationMs: 50 },
+      deps: {
+        hsmClientOptions: {
+          delay: (ms) => {
+            waits.push(ms);
+            return new Promise((r) => setTimeout(r, 60));
+          },
+        },
+      },
+    });
     const hsm = app.emulators[0]!;
     const client = app.deps.hsmClient(app.deps.config.hsms[0]!);
     await app.deps.prepare();

@@ -13,7 +13,12 @@ import { startFaultProxy, withEndpoint, type Fault, type FaultProxy } from "../s
 import { tokenCredential } from "../support/scripted-hsm.js";
 
 const T0 = new Date("2026-12-01T00:00:00.000Z");
-const BAD_REQUEST: Fault = { kind: "status", status: 400, contentType: "application/json", body: JSON.stringify({ "odata.error": { code: "InvalidInput", message: { value: "injected" } } }) };
+const BAD_REQUEST: Fault = {
+  kind: "status",
+  status: 400,
+  contentType: "application/json",
+  body: JSON.stringify({ "odata.error": { code: "InvalidInput", message: { value: "injected" } } }),
+};
 
 let proxy: FaultProxy;
 
@@ -28,18 +33,33 @@ afterAll(() => proxy.stop());
 async function tables() {
   const connection = inject("azuriteConnectionString");
   const name = uniqueName("flt");
-  const table = (cs: string) => createBackupStorage(parseConfig({ MANAGED_HSM_URLS: "https://contoso.managedhsm.azure.net", BackupStorage: cs }).storage, tokenCredential).table(name);
+  const table = (cs: string) =>
+    createBackupStorage(
+      parseConfig({ MANAGED_HSM_URLS: "https://contoso.managedhsm.azure.net", BackupStorage: cs }).storage,
+      tokenCredential,
+    ).table(name);
   const direct = new Catalog(table(connection));
   await direct.ensureTable();
   return { direct, faulty: new Catalog(table(withEndpoint(connection, "TableEndpoint", proxy.url))), name };
 }
 
 function backup(extra: Partial<BackupRecord> = {}): BackupRecord {
-  return { id: Catalog.newId(T0), hsmName: "contoso", hsmUrl: "https://contoso.managedhsm.azure.net", status: "Running", startedAt: T0.toISOString(), trigger: "timer", ...extra };
+  return {
+    id: Catalog.newId(T0),
+    hsmName: "contoso",
+    hsmUrl: "https://contoso.managedhsm.azure.net",
+    status: "Running",
+    startedAt: T0.toISOString(),
+    trigger: "timer",
+    ...extra,
+  };
 }
 
 async function rejection(promise: Promise<unknown>) {
-  return promise.then(() => expect.unreachable("resolved"), (e: unknown) => e as { statusCode?: number; request?: { method: string } });
+  return promise.then(
+    () => expect.unreachable("resolved"),
+    (e: unknown) => e as { statusCode?: number; request?: { method: string } },
+  );
 }
 
 describe("a failure the catalog does not expect reaches the caller", () => {
@@ -65,7 +85,10 @@ describe("a failure the catalog does not expect reaches the caller", () => {
     const clock = () => T0;
     expect(await direct.tryLock("contoso", clock, 60_000)).toBeDefined();
     proxy.inject(BAD_REQUEST, { method: "POST" });
-    expect(await rejection(faulty.tryLock("contoso", clock, 60_000))).toMatchObject({ statusCode: 400, request: { method: "POST" } });
+    expect(await rejection(faulty.tryLock("contoso", clock, 60_000))).toMatchObject({
+      statusCode: 400,
+      request: { method: "POST" },
+    });
 
     const lock = await faulty.tryLock("other", clock, 60_000);
     expect(lock).toBeDefined();
@@ -81,9 +104,25 @@ describe("a failure the catalog does not expect reaches the caller", () => {
     const clock = () => new Date(now);
     await direct.tryLock("contoso", clock, 60_000);
     now += 120_000;
-    proxy.inject({ kind: "status", status: 404, contentType: "application/json", body: JSON.stringify({ "odata.error": { code: "ResourceNotFound", message: { value: "gone" } } }) }, { method: "GET" });
+    proxy.inject(
+      {
+        kind: "status",
+        status: 404,
+        contentType: "application/json",
+        body: JSON.stringify({ "odata.error": { code: "ResourceNotFound", message: { value: "gone" } } }),
+      },
+      { method: "GET" },
+    );
     expect(await faulty.tryLock("contoso", clock, 60_000)).toBeUndefined();
-    proxy.inject({ kind: "status", status: 412, contentType: "application/json", body: JSON.stringify({ "odata.error": { code: "UpdateConditionNotSatisfied", message: { value: "raced" } } }) }, { method: "PUT" });
+    proxy.inject(
+      {
+        kind: "status",
+        status: 412,
+        contentType: "application/json",
+        body: JSON.stringify({ "odata.error": { code: "UpdateConditionNotSatisfied", message: { value: "raced" } } }),
+      },
+      { method: "PUT" },
+    );
     expect(await faulty.tryLock("contoso", clock, 60_000)).toBeUndefined();
     proxy.inject(BAD_REQUEST, { method: "GET" });
     expect(await rejection(faulty.tryLock("contoso", clock, 60_000))).toMatchObject({ statusCode: 400 });
@@ -107,16 +146,26 @@ describe("a failure the catalog does not expect reaches the caller", () => {
 
 describe("listing past empty pages", () => {
   /** Rewrites the next query answers into empty pages that continue at the partition's start (Azurite's tokens are base64). */
-  const next = { nextPartitionKey: Buffer.from("backup").toString("base64"), nextRowKey: Buffer.from("0").toString("base64") };
+  const next = {
+    nextPartitionKey: Buffer.from("backup").toString("base64"),
+    nextRowKey: Buffer.from("0").toString("base64"),
+  };
   function emptyPages(times: number) {
-    proxy.inject({
-      kind: "rewrite",
-      transform: (answer) => ({
-        ...answer,
-        headers: { ...answer.headers, "x-ms-continuation-nextpartitionkey": next.nextPartitionKey, "x-ms-continuation-nextrowkey": next.nextRowKey },
-        bodyText: JSON.stringify({ value: [] }),
-      }),
-    }, { method: "GET", times });
+    proxy.inject(
+      {
+        kind: "rewrite",
+        transform: (answer) => ({
+          ...answer,
+          headers: {
+            ...answer.headers,
+            "x-ms-continuation-nextpartitionkey": next.nextPartitionKey,
+            "x-ms-continuation-nextrowkey": next.nextRowKey,
+          },
+          bodyText: JSON.stringify({ value: [] }),
+        }),
+      },
+      { method: "GET", times },
+    );
   }
 
   it("reads on through empty pages that continue, up to five", async () => {

@@ -15,7 +15,10 @@ import { tokenCredential } from "../support/scripted-hsm.js";
 const T0 = new Date("2026-12-01T00:00:00.000Z");
 
 async function freshTable(create = true): Promise<{ table: TableClient; catalog: Catalog }> {
-  const config = parseConfig({ MANAGED_HSM_URLS: "https://contoso.managedhsm.azure.net", BackupStorage: inject("azuriteConnectionString") });
+  const config = parseConfig({
+    MANAGED_HSM_URLS: "https://contoso.managedhsm.azure.net",
+    BackupStorage: inject("azuriteConnectionString"),
+  });
   const table = createBackupStorage(config.storage, tokenCredential).table(uniqueName("cat"));
   const catalog = new Catalog(table);
   if (create) await catalog.ensureTable();
@@ -23,7 +26,15 @@ async function freshTable(create = true): Promise<{ table: TableClient; catalog:
 }
 
 function backup(at: Date, extra: Partial<BackupRecord> = {}): BackupRecord {
-  return { id: Catalog.newId(at), hsmName: "contoso", hsmUrl: "https://contoso.managedhsm.azure.net", status: "Running", startedAt: at.toISOString(), trigger: "timer", ...extra };
+  return {
+    id: Catalog.newId(at),
+    hsmName: "contoso",
+    hsmUrl: "https://contoso.managedhsm.azure.net",
+    status: "Running",
+    startedAt: at.toISOString(),
+    trigger: "timer",
+    ...extra,
+  };
 }
 
 const minutes = (n: number) => new Date(T0.getTime() + n * 60_000);
@@ -48,7 +59,10 @@ describe("Catalog.ensureTable", () => {
   });
 
   it("passes on any failure other than a missing table", async () => {
-    const config = parseConfig({ MANAGED_HSM_URLS: "https://contoso.managedhsm.azure.net", BackupStorage: inject("azuriteConnectionString") });
+    const config = parseConfig({
+      MANAGED_HSM_URLS: "https://contoso.managedhsm.azure.net",
+      BackupStorage: inject("azuriteConnectionString"),
+    });
     const table = createBackupStorage(config.storage, tokenCredential).table("no_such-table!");
     await expect(new Catalog(table).ensureTable()).rejects.toBeInstanceOf(RestError);
   });
@@ -66,7 +80,15 @@ describe("Catalog.insert and get", () => {
     expect(raw).not.toHaveProperty("statusDetails");
     expect(raw.errorMessage).toBe("GET https://a/c?<redacted-sas> failed");
     const read = await catalog.get("backup", record.id);
-    expect(read?.record).toStrictEqual({ id: record.id, hsmName: "contoso", hsmUrl: record.hsmUrl, status: "Running", startedAt: record.startedAt, trigger: "timer", errorMessage: "GET https://a/c?<redacted-sas> failed" });
+    expect(read?.record).toStrictEqual({
+      id: record.id,
+      hsmName: "contoso",
+      hsmUrl: record.hsmUrl,
+      status: "Running",
+      startedAt: record.startedAt,
+      trigger: "timer",
+      errorMessage: "GET https://a/c?<redacted-sas> failed",
+    });
     expect(read?.etag).toBe(saved.etag);
   });
 
@@ -78,7 +100,9 @@ describe("Catalog.insert and get", () => {
     expect(again.record).toStrictEqual(first.record);
     expect(again.etag).toBe(first.etag);
     await expect(catalog.insert("backup", { ...record, status: "Failed" })).rejects.toMatchObject({ statusCode: 409 });
-    await expect(catalog.insert("restore", { ...record, backupId: "x", folderUri: "y" } as RestoreRecord)).resolves.toBeDefined();
+    await expect(
+      catalog.insert("restore", { ...record, backupId: "x", folderUri: "y" } as RestoreRecord),
+    ).resolves.toBeDefined();
   });
 
   it("finds nothing under an id that is not a record id, nor under a missing one", async () => {
@@ -95,7 +119,11 @@ describe("Catalog.merge", () => {
     const stored = await catalog.insert("backup", backup(T0, { statusDetails: "started" }));
     const merged = await catalog.merge("backup", stored, { status: "Failed", errorMessage: "Bearer abc123 refused" });
     expect(merged.applied).toBe(true);
-    expect(merged.record).toStrictEqual({ ...stored.record, status: "Failed", errorMessage: "Bearer <redacted> refused" });
+    expect(merged.record).toStrictEqual({
+      ...stored.record,
+      status: "Failed",
+      errorMessage: "Bearer <redacted> refused",
+    });
     expect((await catalog.get("backup", stored.record.id))?.record).toStrictEqual(merged.record);
   });
 
@@ -104,7 +132,12 @@ describe("Catalog.merge", () => {
     const stored = await catalog.insert("backup", backup(T0, { status: "TimedOut", errorCode: "JobTimeout" }));
     const refused = await catalog.merge("backup", stored, { status: "Succeeded" });
     expect(refused).toStrictEqual({ ...stored, applied: false });
-    const corrected = await catalog.merge("backup", stored, { status: "Succeeded", errorCode: undefined }, { correction: true });
+    const corrected = await catalog.merge(
+      "backup",
+      stored,
+      { status: "Succeeded", errorCode: undefined },
+      { correction: true },
+    );
     expect(corrected.applied).toBe(true);
     expect(corrected.record).not.toHaveProperty("errorCode");
     expect((await catalog.get("backup", stored.record.id))?.record).not.toHaveProperty("errorCode");
@@ -144,7 +177,11 @@ describe("Catalog.list", () => {
       backup(minutes(4), { hsmName: "a", status: "Succeeded" }),
     ];
     for (const record of records) await catalog.insert("backup", record);
-    await catalog.insert("restore", { ...backup(minutes(5)), backupId: records[0]!.id, folderUri: "f" } as RestoreRecord);
+    await catalog.insert("restore", {
+      ...backup(minutes(5)),
+      backupId: records[0]!.id,
+      folderUri: "f",
+    } as RestoreRecord);
 
     const first = await catalog.list("backup", { top: 3 });
     expect(first.items.map((r) => r.id)).toEqual([records[3]!.id, records[2]!.id, records[1]!.id]);
@@ -152,10 +189,21 @@ describe("Catalog.list", () => {
     const second = await catalog.list("backup", { top: 3, continuationToken: first.continuationToken! });
     expect(second).toStrictEqual({ items: [expect.objectContaining({ id: records[0]!.id })] });
 
-    expect((await catalog.list("backup", { top: 10, hsmName: "a" })).items.map((r) => r.id)).toEqual([records[3]!.id, records[2]!.id, records[0]!.id]);
-    expect((await catalog.list("backup", { top: 10, status: "Failed" })).items.map((r) => r.id)).toEqual([records[2]!.id, records[1]!.id]);
-    expect((await catalog.list("backup", { top: 10, hsmName: "a", status: "Failed" })).items.map((r) => r.id)).toEqual([records[2]!.id]);
-    expect(await catalog.list("backup", { top: 10, hsmName: "a' or PartitionKey eq 'restore" })).toStrictEqual({ items: [] });
+    expect((await catalog.list("backup", { top: 10, hsmName: "a" })).items.map((r) => r.id)).toEqual([
+      records[3]!.id,
+      records[2]!.id,
+      records[0]!.id,
+    ]);
+    expect((await catalog.list("backup", { top: 10, status: "Failed" })).items.map((r) => r.id)).toEqual([
+      records[2]!.id,
+      records[1]!.id,
+    ]);
+    expect((await catalog.list("backup", { top: 10, hsmName: "a", status: "Failed" })).items.map((r) => r.id)).toEqual([
+      records[2]!.id,
+    ]);
+    expect(await catalog.list("backup", { top: 10, hsmName: "a' or PartitionKey eq 'restore" })).toStrictEqual({
+      items: [],
+    });
     const restores = await catalog.list("restore", { top: 10 });
     expect(restores.items).toHaveLength(1);
     expect(restores.items[0]).not.toHaveProperty("partitionKey");
@@ -170,12 +218,19 @@ describe("Catalog.list", () => {
     ["no partition key", Buffer.from(JSON.stringify({ nextRowKey: "r" })).toString("base64")],
     ["an empty partition key", Buffer.from(JSON.stringify({ nextPartitionKey: "" })).toString("base64")],
     ["a numeric partition key", Buffer.from(JSON.stringify({ nextPartitionKey: 1 })).toString("base64")],
-    ["a numeric row key", Buffer.from(JSON.stringify({ nextPartitionKey: "backup", nextRowKey: 5 })).toString("base64")],
+    [
+      "a numeric row key",
+      Buffer.from(JSON.stringify({ nextPartitionKey: "backup", nextRowKey: 5 })).toString("base64"),
+    ],
   ])("refuses a continuation token that is %s", async (_case, token) => {
     const { catalog } = await freshTable();
     const error = await catalog.list("backup", { top: 5, continuationToken: token }).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(ProblemError);
-    expect(error).toMatchObject({ status: 400, title: "Invalid continuation token", detail: "continuationToken is not a token returned by this listing." });
+    expect(error).toMatchObject({
+      status: 400,
+      title: "Invalid continuation token",
+      detail: "continuationToken is not a token returned by this listing.",
+    });
   });
 
   it("accepts a well-formed token with or without a row key", async () => {
@@ -186,7 +241,9 @@ describe("Catalog.list", () => {
     const decoded = JSON.parse(Buffer.from(token, "base64").toString("utf8"));
     expect(decoded).toEqual({ nextPartitionKey: expect.any(String), nextRowKey: expect.any(String) });
     expect((await catalog.list("backup", { top: 5, continuationToken: token })).items).toHaveLength(1);
-    const partitionOnly = Buffer.from(JSON.stringify({ nextPartitionKey: decoded.nextPartitionKey })).toString("base64");
+    const partitionOnly = Buffer.from(JSON.stringify({ nextPartitionKey: decoded.nextPartitionKey })).toString(
+      "base64",
+    );
     await expect(catalog.list("backup", { top: 5, continuationToken: partitionOnly })).resolves.toBeDefined();
   });
 });
@@ -236,7 +293,11 @@ describe("Catalog.hasFolder", () => {
     const { catalog } = await freshTable();
     const folder = "https://acct.blob.core.windows.net/c/mhsm-contoso-1";
     await catalog.insert("backup", backup(T0, { status: "Succeeded", folderUri: folder }));
-    await catalog.insert("restore", { ...backup(minutes(600)), backupId: "x", folderUri: `${folder}-restored` } as RestoreRecord);
+    await catalog.insert("restore", {
+      ...backup(minutes(600)),
+      backupId: "x",
+      folderUri: `${folder}-restored`,
+    } as RestoreRecord);
     const hours = (n: number) => new Date(T0.getTime() + n * 3_600_000);
     expect(await catalog.hasFolder(folder, T0)).toBe(true);
     expect(await catalog.hasFolder(folder, hours(23))).toBe(true);
@@ -251,7 +312,8 @@ describe("Catalog.hasFolder", () => {
 describe("Catalog.active and unsettled", () => {
   it("read the records a status read may still change, per HSM or for all", async () => {
     const { catalog } = await freshTable();
-    const make = (n: number, hsmName: string, status: BackupRecord["status"]) => catalog.insert("backup", backup(minutes(n), { hsmName, status }));
+    const make = (n: number, hsmName: string, status: BackupRecord["status"]) =>
+      catalog.insert("backup", backup(minutes(n), { hsmName, status }));
     const starting = await make(1, "a", "Starting");
     const running = await make(2, "a", "Running");
     const timedOut = await make(3, "a", "TimedOut");
@@ -259,7 +321,11 @@ describe("Catalog.active and unsettled", () => {
     await make(5, "a", "Failed");
     await make(6, "a", "Skipped");
     const otherHsm = await make(7, "b", "Running");
-    await catalog.insert("restore", { ...backup(minutes(8), { hsmName: "a" }), backupId: "x", folderUri: "f" } as RestoreRecord);
+    await catalog.insert("restore", {
+      ...backup(minutes(8), { hsmName: "a" }),
+      backupId: "x",
+      folderUri: "f",
+    } as RestoreRecord);
     const ids = (found: { record: { id: string } }[]) => found.map((f) => f.record.id).sort();
 
     expect(ids(await catalog.active("backup", "a"))).toEqual(ids([starting, running]));

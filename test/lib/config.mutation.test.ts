@@ -14,7 +14,10 @@ import {
   type Env,
 } from "../../src/lib/config.js";
 
-const minimal: Env = { MANAGED_HSM_URLS: "https://contoso.managedhsm.azure.net", BackupStorage: "UseDevelopmentStorage=true" };
+const minimal: Env = {
+  MANAGED_HSM_URLS: "https://contoso.managedhsm.azure.net",
+  BackupStorage: "UseDevelopmentStorage=true",
+};
 const identity: Env = {
   MANAGED_HSM_URLS: "https://contoso.managedhsm.azure.net",
   BackupStorage__blobServiceUri: "https://acct.blob.core.windows.net",
@@ -57,7 +60,9 @@ describe("words", () => {
     expect(parseConfig({ ...minimal, RESTORE_ENABLED: "FALSE" }).restoreEnabled).toBe(false);
     expect(parseConfig({ ...minimal, RESTORE_ENABLED: "false" }).restoreEnabled).toBe(false);
     expect(parseConfig({ ...minimal, RESTORE_ENABLED: "True" }).restoreEnabled).toBe(true);
-    expect(refused({ ...minimal, RESTORE_ENABLED: "Yes" }).message).toBe('Setting RESTORE_ENABLED: "yes" is not true or false');
+    expect(refused({ ...minimal, RESTORE_ENABLED: "Yes" }).message).toBe(
+      'Setting RESTORE_ENABLED: "yes" is not true or false',
+    );
   });
 
   it("accepts every api-version with full backup and restore, and managed identity from 7.5 on", () => {
@@ -66,24 +71,34 @@ describe("words", () => {
       expect(parseConfig({ ...minimal, HSM_API_VERSION: version }).hsmApiVersion).toBe(version);
       const mi = { ...minimal, HSM_API_VERSION: version, HSM_STORAGE_AUTH: "managedIdentity" };
       if (["7.2", "7.3", "7.4"].includes(version)) {
-        expect(refused(mi).message).toBe(`Setting HSM_STORAGE_AUTH: "managedIdentity" needs HSM_API_VERSION 7.5 or later, but HSM_API_VERSION is "${version}"`);
+        expect(refused(mi).message).toBe(
+          `Setting HSM_STORAGE_AUTH: "managedIdentity" needs HSM_API_VERSION 7.5 or later, but HSM_API_VERSION is "${version}"`,
+        );
       } else {
         expect(parseConfig(mi).hsmStorageAuth).toBe("managedIdentity");
       }
     }
     expect(parseConfig({ ...minimal, HSM_STORAGE_AUTH: "sas", HSM_API_VERSION: "7.2" }).hsmStorageAuth).toBe("sas");
-    expect(refused({ ...minimal, HSM_API_VERSION: "7.1" }).message).toBe(`Setting HSM_API_VERSION: "7.1" is not one of ${HSM_API_VERSIONS.join(", ")}`);
-    expect(refused({ ...minimal, HSM_STORAGE_AUTH: "Sas" }).message).toBe('Setting HSM_STORAGE_AUTH: "Sas" is not one of sas, managedIdentity');
+    expect(refused({ ...minimal, HSM_API_VERSION: "7.1" }).message).toBe(
+      `Setting HSM_API_VERSION: "7.1" is not one of ${HSM_API_VERSIONS.join(", ")}`,
+    );
+    expect(refused({ ...minimal, HSM_STORAGE_AUTH: "Sas" }).message).toBe(
+      'Setting HSM_STORAGE_AUTH: "Sas" is not one of sas, managedIdentity',
+    );
   });
 });
 
 describe("schedules", () => {
   it("accepts six fields however spaced, and says what a bad one should look like", () => {
-    expect(parseConfig({ ...minimal, BACKUP_SCHEDULE: " 0  30   1 * * 1-5 " }).backupSchedule).toBe("0  30   1 * * 1-5");
-    expect(refused({ ...minimal, BACKUP_SCHEDULE: "0 0 2 * * * *" }).message)
-      .toBe('Setting BACKUP_SCHEDULE: "0 0 2 * * * *" is not a six-field NCRONTAB expression: expected six fields (second minute hour day month day-of-week), UTC, e.g. "0 0 2 * * *"');
-    expect(refused({ ...minimal, RECONCILE_SCHEDULE: "*/15 * * * *" }).message)
-      .toBe('Setting RECONCILE_SCHEDULE: "*/15 * * * *" is not a six-field NCRONTAB expression: expected six fields (second minute hour day month day-of-week), UTC, e.g. "0 */15 * * * *"');
+    expect(parseConfig({ ...minimal, BACKUP_SCHEDULE: " 0  30   1 * * 1-5 " }).backupSchedule).toBe(
+      "0  30   1 * * 1-5",
+    );
+    expect(refused({ ...minimal, BACKUP_SCHEDULE: "0 0 2 * * * *" }).message).toBe(
+      'Setting BACKUP_SCHEDULE: "0 0 2 * * * *" is not a six-field NCRONTAB expression: expected six fields (second minute hour day month day-of-week), UTC, e.g. "0 0 2 * * *"',
+    );
+    expect(refused({ ...minimal, RECONCILE_SCHEDULE: "*/15 * * * *" }).message).toBe(
+      'Setting RECONCILE_SCHEDULE: "*/15 * * * *" is not a six-field NCRONTAB expression: expected six fields (second minute hour day month day-of-week), UTC, e.g. "0 */15 * * * *"',
+    );
     expect(parseConfig({ ...minimal, RECONCILE_SCHEDULE: "0 */5 * * * *" }).reconcileSchedule).toBe("0 */5 * * * *");
   });
 
@@ -98,24 +113,33 @@ describe("schedules", () => {
 
 describe("names", () => {
   it("accepts container names of 3-63 lowercase letters, digits and single inner hyphens", () => {
-    for (const ok of ["abc", "a-b-c", "a1b", "x".repeat(63)]) expect(parseConfig({ ...minimal, BACKUP_CONTAINER: ok }).backupContainer).toBe(ok);
+    for (const ok of ["abc", "a-b-c", "a1b", "x".repeat(63)])
+      expect(parseConfig({ ...minimal, BACKUP_CONTAINER: ok }).backupContainer).toBe(ok);
     for (const bad of ["ab", "x".repeat(64), "a--b", "-ab", "ab-", "Abc", "a_b"]) {
       expect(refused({ ...minimal, BACKUP_CONTAINER: bad }).message).toBe(
-        `Setting BACKUP_CONTAINER: "${bad}" is not a blob container name: 3-63 lowercase letters, digits and single hyphens, starting and ending with a letter or digit`);
+        `Setting BACKUP_CONTAINER: "${bad}" is not a blob container name: 3-63 lowercase letters, digits and single hyphens, starting and ending with a letter or digit`,
+      );
     }
   });
 
   it("accepts table names of 3-63 letters and digits starting with a letter", () => {
-    for (const ok of ["Abc", "a12", `T${"x".repeat(62)}`]) expect(parseConfig({ ...minimal, CATALOG_TABLE: ok }).catalogTable).toBe(ok);
+    for (const ok of ["Abc", "a12", `T${"x".repeat(62)}`])
+      expect(parseConfig({ ...minimal, CATALOG_TABLE: ok }).catalogTable).toBe(ok);
     for (const bad of ["ab", `T${"x".repeat(63)}`, "1ab", "ab-c"]) {
-      expect(refused({ ...minimal, CATALOG_TABLE: bad }).message).toBe(`Setting CATALOG_TABLE: "${bad}" is not a table name: 3-63 letters and digits, starting with a letter`);
+      expect(refused({ ...minimal, CATALOG_TABLE: bad }).message).toBe(
+        `Setting CATALOG_TABLE: "${bad}" is not a table name: 3-63 letters and digits, starting with a letter`,
+      );
     }
   });
 });
 
 describe("MANAGED_HSM_URLS", () => {
   it("names each HSM by its first DNS label, a loopback one by its port", () => {
-    const config = parseConfig({ ...minimal, MANAGED_HSM_URLS: "https://Contoso.managedhsm.azure.net,,http://127.0.0.1:8443, http://localhost, http://[::1]:9000" });
+    const config = parseConfig({
+      ...minimal,
+      MANAGED_HSM_URLS:
+        "https://Contoso.managedhsm.azure.net,,http://127.0.0.1:8443, http://localhost, http://[::1]:9000",
+    });
     expect(config.hsms).toStrictEqual([
       { url: "https://contoso.managedhsm.azure.net", name: "contoso" },
       { url: "http://127.0.0.1:8443", name: "loopback-8443" },
@@ -125,13 +149,28 @@ describe("MANAGED_HSM_URLS", () => {
   });
 
   it.each([
-    ["https://a.managedhsm.azure.net/?x=1", '"https://a.managedhsm.azure.net/?x=1" must be the HSM\'s base URL with no path or query'],
-    ["https://a.managedhsm.azure.net/#x", '"https://a.managedhsm.azure.net/#x" must be the HSM\'s base URL with no path or query'],
-    ["https://a.managedhsm.azure.net/keys", '"https://a.managedhsm.azure.net/keys" must be the HSM\'s base URL with no path or query'],
-    ["https://a.managedhsm.azure.net, https://A.managedhsm.azure.net/", '"https://A.managedhsm.azure.net/" is listed twice'],
+    [
+      "https://a.managedhsm.azure.net/?x=1",
+      '"https://a.managedhsm.azure.net/?x=1" must be the HSM\'s base URL with no path or query',
+    ],
+    [
+      "https://a.managedhsm.azure.net/#x",
+      '"https://a.managedhsm.azure.net/#x" must be the HSM\'s base URL with no path or query',
+    ],
+    [
+      "https://a.managedhsm.azure.net/keys",
+      '"https://a.managedhsm.azure.net/keys" must be the HSM\'s base URL with no path or query',
+    ],
+    [
+      "https://a.managedhsm.azure.net, https://A.managedhsm.azure.net/",
+      '"https://A.managedhsm.azure.net/" is listed twice',
+    ],
     ["https://a.managedhsm.azure.net,https://a.other.example", 'two HSMs share the name "a"; names must be unique'],
     ["http://localhost:8443,http://127.0.0.1:8443", 'two HSMs share the name "loopback-8443"; names must be unique'],
-    ["ftp://a.managedhsm.azure.net", '"ftp://a.managedhsm.azure.net" must use https (plain http is accepted only for loopback hosts)'],
+    [
+      "ftp://a.managedhsm.azure.net",
+      '"ftp://a.managedhsm.azure.net" must use https (plain http is accepted only for loopback hosts)',
+    ],
     ["http://10.0.0.1", '"http://10.0.0.1" must use https (plain http is accepted only for loopback hosts)'],
     ["contoso", '"contoso" is not a URL'],
     [",", "lists no HSM"],
@@ -145,30 +184,88 @@ describe("MANAGED_HSM_URLS", () => {
 
 describe("BackupStorage", () => {
   it("accepts the development storage and any connection string naming an account", () => {
-    for (const cs of ["usedevelopmentstorage=true", "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=x", "AccountName=acct", "x=1; AccountName=acct"]) {
-      expect(parseConfig({ ...minimal, BackupStorage: cs }).storage).toStrictEqual({ kind: "connectionString", connectionString: cs });
+    for (const cs of [
+      "usedevelopmentstorage=true",
+      "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=x",
+      "AccountName=acct",
+      "x=1; AccountName=acct",
+    ]) {
+      expect(parseConfig({ ...minimal, BackupStorage: cs }).storage).toStrictEqual({
+        kind: "connectionString",
+        connectionString: cs,
+      });
     }
-    expect(refused({ ...minimal, BackupStorage: "MyAccountName=acct" }).message)
-      .toBe("Setting BackupStorage: is not a storage connection string (expected UseDevelopmentStorage=true or one with AccountName=...)");
+    expect(refused({ ...minimal, BackupStorage: "MyAccountName=acct" }).message).toBe(
+      "Setting BackupStorage: is not a storage connection string (expected UseDevelopmentStorage=true or one with AccountName=...)",
+    );
   });
 
   it("reads an identity connection without a client id, and loopback URLs over http", () => {
-    expect(parseConfig(identity).storage).toStrictEqual({ kind: "identity", blobServiceUri: "https://acct.blob.core.windows.net", tableServiceUri: "https://acct.table.core.windows.net" });
-    const local = parseConfig({ ...identity, BackupStorage__blobServiceUri: "http://127.0.0.1:10000/devstoreaccount1/", BackupStorage__tableServiceUri: "http://127.0.0.1:10002/devstoreaccount1" });
-    expect(local.storage).toMatchObject({ blobServiceUri: "http://127.0.0.1:10000/devstoreaccount1", tableServiceUri: "http://127.0.0.1:10002/devstoreaccount1" });
-    expect(parseConfig({ ...identity, BackupStorage__clientId: "0A1B2C3D-1111-2222-3333-444444444444" }).storage).toMatchObject({ clientId: "0A1B2C3D-1111-2222-3333-444444444444" });
+    expect(parseConfig(identity).storage).toStrictEqual({
+      kind: "identity",
+      blobServiceUri: "https://acct.blob.core.windows.net",
+      tableServiceUri: "https://acct.table.core.windows.net",
+    });
+    const local = parseConfig({
+      ...identity,
+      BackupStorage__blobServiceUri: "http://127.0.0.1:10000/devstoreaccount1/",
+      BackupStorage__tableServiceUri: "http://127.0.0.1:10002/devstoreaccount1",
+    });
+    expect(local.storage).toMatchObject({
+      blobServiceUri: "http://127.0.0.1:10000/devstoreaccount1",
+      tableServiceUri: "http://127.0.0.1:10002/devstoreaccount1",
+    });
+    expect(
+      parseConfig({ ...identity, BackupStorage__clientId: "0A1B2C3D-1111-2222-3333-444444444444" }).storage,
+    ).toMatchObject({ clientId: "0A1B2C3D-1111-2222-3333-444444444444" });
   });
 
   it.each([
-    [{ ...minimal, BackupStorage__tableServiceUri: "https://a.table.core.windows.net" }, "BackupStorage", "set either a connection string in BackupStorage or BackupStorage__blobServiceUri + BackupStorage__tableServiceUri, not both"],
-    [{ MANAGED_HSM_URLS: minimal.MANAGED_HSM_URLS, BackupStorage: " " }, "BackupStorage", "is required: a connection string, or BackupStorage__blobServiceUri and BackupStorage__tableServiceUri for an identity-based connection"],
-    [{ ...identity, BackupStorage__blobServiceUri: undefined }, "BackupStorage__blobServiceUri", "is required with BackupStorage__tableServiceUri"],
-    [{ ...identity, BackupStorage__tableServiceUri: undefined }, "BackupStorage__tableServiceUri", "is required with BackupStorage__blobServiceUri"],
-    [{ ...identity, BackupStorage__blobServiceUri: "http://acct.blob.core.windows.net" }, "BackupStorage__blobServiceUri", '"http://acct.blob.core.windows.net" must use https (plain http is accepted only for loopback hosts)'],
-    [{ ...identity, BackupStorage__tableServiceUri: "table" }, "BackupStorage__tableServiceUri", '"table" is not a URL'],
-    [{ ...identity, BackupStorage__clientId: "0a1b2c3d-1111-2222-3333-44444444444" }, "BackupStorage__clientId", '"0a1b2c3d-1111-2222-3333-44444444444" is not a client id (GUID)'],
-    [{ ...identity, BackupStorage__clientId: "x0a1b2c3d-1111-2222-3333-444444444444" }, "BackupStorage__clientId", '"x0a1b2c3d-1111-2222-3333-444444444444" is not a client id (GUID)'],
-    [{ ...identity, BackupStorage__clientId: "0a1b2c3d-1111-2222-3333-4444444444440" }, "BackupStorage__clientId", '"0a1b2c3d-1111-2222-3333-4444444444440" is not a client id (GUID)'],
+    [
+      { ...minimal, BackupStorage__tableServiceUri: "https://a.table.core.windows.net" },
+      "BackupStorage",
+      "set either a connection string in BackupStorage or BackupStorage__blobServiceUri + BackupStorage__tableServiceUri, not both",
+    ],
+    [
+      { MANAGED_HSM_URLS: minimal.MANAGED_HSM_URLS, BackupStorage: " " },
+      "BackupStorage",
+      "is required: a connection string, or BackupStorage__blobServiceUri and BackupStorage__tableServiceUri for an identity-based connection",
+    ],
+    [
+      { ...identity, BackupStorage__blobServiceUri: undefined },
+      "BackupStorage__blobServiceUri",
+      "is required with BackupStorage__tableServiceUri",
+    ],
+    [
+      { ...identity, BackupStorage__tableServiceUri: undefined },
+      "BackupStorage__tableServiceUri",
+      "is required with BackupStorage__blobServiceUri",
+    ],
+    [
+      { ...identity, BackupStorage__blobServiceUri: "http://acct.blob.core.windows.net" },
+      "BackupStorage__blobServiceUri",
+      '"http://acct.blob.core.windows.net" must use https (plain http is accepted only for loopback hosts)',
+    ],
+    [
+      { ...identity, BackupStorage__tableServiceUri: "table" },
+      "BackupStorage__tableServiceUri",
+      '"table" is not a URL',
+    ],
+    [
+      { ...identity, BackupStorage__clientId: "0a1b2c3d-1111-2222-3333-44444444444" },
+      "BackupStorage__clientId",
+      '"0a1b2c3d-1111-2222-3333-44444444444" is not a client id (GUID)',
+    ],
+    [
+      { ...identity, BackupStorage__clientId: "x0a1b2c3d-1111-2222-3333-444444444444" },
+      "BackupStorage__clientId",
+      '"x0a1b2c3d-1111-2222-3333-444444444444" is not a client id (GUID)',
+    ],
+    [
+      { ...identity, BackupStorage__clientId: "0a1b2c3d-1111-2222-3333-4444444444440" },
+      "BackupStorage__clientId",
+      '"0a1b2c3d-1111-2222-3333-4444444444440" is not a client id (GUID)',
+    ],
   ] as [Env, string, string][])("refuses a bad connection: %s", (env, setting, message) => {
     const error = refused(env);
     expect(error.setting).toBe(setting);
@@ -177,11 +274,22 @@ describe("BackupStorage", () => {
 });
 
 describe("isLoopback", () => {
-  it.each([["localhost", true], ["127.0.0.1", true], ["127.10.200.3", true], ["[::1]", true], ["::1", true],
-    ["127.0.0.1.nip.io", false], ["a127.0.0.1", false], ["localhost.example", false], ["0.0.0.0", false], ["128.0.0.1", false], ["127.0.0", false], ["[::2]", false]])(
-    "%s → %s", (host, expected) => {
-      expect(isLoopback(host)).toBe(expected);
-    });
+  it.each([
+    ["localhost", true],
+    ["127.0.0.1", true],
+    ["127.10.200.3", true],
+    ["[::1]", true],
+    ["::1", true],
+    ["127.0.0.1.nip.io", false],
+    ["a127.0.0.1", false],
+    ["localhost.example", false],
+    ["0.0.0.0", false],
+    ["128.0.0.1", false],
+    ["127.0.0", false],
+    ["[::2]", false],
+  ])("%s → %s", (host, expected) => {
+    expect(isLoopback(host)).toBe(expected);
+  });
 });
 
 describe("staleStartMs", () => {

@@ -1,8 +1,21 @@
 import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
-import { ConfigError, DEFAULT_BACKUP_SCHEDULE, DEFAULT_RECONCILE_SCHEDULE, FUNCTION_TIMEOUT_MS, parseConfig, RUN_MARGIN_MS, SETTINGS, staleStartMs, type Env } from "../../src/lib/config.js";
+import {
+  ConfigError,
+  DEFAULT_BACKUP_SCHEDULE,
+  DEFAULT_RECONCILE_SCHEDULE,
+  FUNCTION_TIMEOUT_MS,
+  parseConfig,
+  RUN_MARGIN_MS,
+  SETTINGS,
+  staleStartMs,
+  type Env,
+} from "../../src/lib/config.js";
 
-const minimal: Env = { MANAGED_HSM_URLS: "https://contoso.managedhsm.azure.net", BackupStorage: "UseDevelopmentStorage=true" };
+const minimal: Env = {
+  MANAGED_HSM_URLS: "https://contoso.managedhsm.azure.net",
+  BackupStorage: "UseDevelopmentStorage=true",
+};
 
 function failure(env: Env): ConfigError {
   try {
@@ -54,22 +67,70 @@ describe("parseConfig", () => {
   it.each<[string, Env, string, RegExp]>([
     ["no HSMs", { BackupStorage: "UseDevelopmentStorage=true" }, "MANAGED_HSM_URLS", /is required/],
     ["an empty HSM list", { ...minimal, MANAGED_HSM_URLS: " , " }, "MANAGED_HSM_URLS", /lists no HSM/],
-    ["plain http to a real host", { ...minimal, MANAGED_HSM_URLS: "http://contoso.managedhsm.azure.net" }, "MANAGED_HSM_URLS", /must use https/],
-    ["an HSM URL with a path", { ...minimal, MANAGED_HSM_URLS: "https://contoso.managedhsm.azure.net/keys" }, "MANAGED_HSM_URLS", /no path/],
-    ["a duplicate HSM", { ...minimal, MANAGED_HSM_URLS: "https://a.managedhsm.azure.net,https://a.managedhsm.azure.net" }, "MANAGED_HSM_URLS", /twice/],
+    [
+      "plain http to a real host",
+      { ...minimal, MANAGED_HSM_URLS: "http://contoso.managedhsm.azure.net" },
+      "MANAGED_HSM_URLS",
+      /must use https/,
+    ],
+    [
+      "an HSM URL with a path",
+      { ...minimal, MANAGED_HSM_URLS: "https://contoso.managedhsm.azure.net/keys" },
+      "MANAGED_HSM_URLS",
+      /no path/,
+    ],
+    [
+      "a duplicate HSM",
+      { ...minimal, MANAGED_HSM_URLS: "https://a.managedhsm.azure.net,https://a.managedhsm.azure.net" },
+      "MANAGED_HSM_URLS",
+      /twice/,
+    ],
     ["not a URL", { ...minimal, MANAGED_HSM_URLS: "contoso" }, "MANAGED_HSM_URLS", /not a URL/],
     ["no storage", { MANAGED_HSM_URLS: "https://a.managedhsm.azure.net" }, "BackupStorage", /is required/],
-    ["both storage forms", { ...minimal, BackupStorage__blobServiceUri: "https://a.blob.core.windows.net" }, "BackupStorage", /not both/],
-    ["half an identity connection", { MANAGED_HSM_URLS: "https://a.managedhsm.azure.net", BackupStorage__blobServiceUri: "https://a.blob.core.windows.net" }, "BackupStorage__tableServiceUri", /is required/],
-    ["a non-GUID client id", { MANAGED_HSM_URLS: "https://a.managedhsm.azure.net", BackupStorage__blobServiceUri: "https://a.blob.core.windows.net", BackupStorage__tableServiceUri: "https://a.table.core.windows.net", BackupStorage__clientId: "me" }, "BackupStorage__clientId", /GUID/],
-    ["a junk connection string", { ...minimal, BackupStorage: "hello" }, "BackupStorage", /not a storage connection string/],
+    [
+      "both storage forms",
+      { ...minimal, BackupStorage__blobServiceUri: "https://a.blob.core.windows.net" },
+      "BackupStorage",
+      /not both/,
+    ],
+    [
+      "half an identity connection",
+      {
+        MANAGED_HSM_URLS: "https://a.managedhsm.azure.net",
+        BackupStorage__blobServiceUri: "https://a.blob.core.windows.net",
+      },
+      "BackupStorage__tableServiceUri",
+      /is required/,
+    ],
+    [
+      "a non-GUID client id",
+      {
+        MANAGED_HSM_URLS: "https://a.managedhsm.azure.net",
+        BackupStorage__blobServiceUri: "https://a.blob.core.windows.net",
+        BackupStorage__tableServiceUri: "https://a.table.core.windows.net",
+        BackupStorage__clientId: "me",
+      },
+      "BackupStorage__clientId",
+      /GUID/,
+    ],
+    [
+      "a junk connection string",
+      { ...minimal, BackupStorage: "hello" },
+      "BackupStorage",
+      /not a storage connection string/,
+    ],
     ["a bad container", { ...minimal, BACKUP_CONTAINER: "Backups_2" }, "BACKUP_CONTAINER", /container name/],
     ["a bad table", { ...minimal, CATALOG_TABLE: "1table" }, "CATALOG_TABLE", /table name/],
     ["a five-field schedule", { ...minimal, BACKUP_SCHEDULE: "0 2 * * *" }, "BACKUP_SCHEDULE", /six-field/],
     ["a TTL too short", { ...minimal, SAS_TTL_MINUTES: "1" }, "SAS_TTL_MINUTES", /from 5 to 1440/],
     ["a TTL not a number", { ...minimal, SAS_TTL_MINUTES: "2h" }, "SAS_TTL_MINUTES", /whole number/],
     ["an unknown api-version", { ...minimal, HSM_API_VERSION: "7.1" }, "HSM_API_VERSION", /not one of/],
-    ["managed identity on 7.4", { ...minimal, HSM_STORAGE_AUTH: "managedIdentity", HSM_API_VERSION: "7.4" }, "HSM_STORAGE_AUTH", /7\.5 or later/],
+    [
+      "managed identity on 7.4",
+      { ...minimal, HSM_STORAGE_AUTH: "managedIdentity", HSM_API_VERSION: "7.4" },
+      "HSM_STORAGE_AUTH",
+      /7\.5 or later/,
+    ],
     ["a bad storage auth", { ...minimal, HSM_STORAGE_AUTH: "key" }, "HSM_STORAGE_AUTH", /not one of/],
     ["a bad boolean", { ...minimal, RESTORE_ENABLED: "yes" }, "RESTORE_ENABLED", /true or false/],
     ["a bad health age", { ...minimal, HEALTH_MAX_AGE_HOURS: "0" }, "HEALTH_MAX_AGE_HOURS", /whole number/],
@@ -84,7 +145,9 @@ describe("parseConfig", () => {
 describe("local.settings.sample.json", () => {
   // Read by the Functions host or @azure/identity, not by the config module; the README says why each is there.
   const PLATFORM = ["FUNCTIONS_WORKER_RUNTIME", "AzureWebJobsStorage", "IDENTITY_ENDPOINT", "IDENTITY_HEADER"];
-  const sample = JSON.parse(readFileSync(new URL("../../local.settings.sample.json", import.meta.url), "utf8")) as { Values: Record<string, string> };
+  const sample = JSON.parse(readFileSync(new URL("../../local.settings.sample.json", import.meta.url), "utf8")) as {
+    Values: Record<string, string>;
+  };
 
   it("lists exactly the settings the config module reads, plus the platform's", () => {
     expect(Object.keys(sample.Values).sort()).toEqual([...SETTINGS, ...PLATFORM].sort());
@@ -105,7 +168,9 @@ describe("local.settings.sample.json", () => {
 });
 
 describe("host.json", () => {
-  const host = JSON.parse(readFileSync(new URL("../../host.json", import.meta.url), "utf8")) as { functionTimeout: string };
+  const host = JSON.parse(readFileSync(new URL("../../host.json", import.meta.url), "utf8")) as {
+    functionTimeout: string;
+  };
 
   it("has the function timeout the timer runs plan their deadline by, and the margin leaves them time to record", () => {
     const [h, m, s] = host.functionTimeout.split(":").map(Number) as [number, number, number];

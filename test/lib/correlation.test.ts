@@ -18,15 +18,23 @@ afterEach(() => night.stopAll());
 
 const GUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
-async function cli(app: TestApp, argv: string[], env = app.env): Promise<{ code: number; stdout: string; stderr: string }> {
+async function cli(
+  app: TestApp,
+  argv: string[],
+  env = app.env,
+): Promise<{ code: number; stdout: string; stderr: string }> {
   let stdout = "";
   let stderr = "";
-  const code = await main(argv, {
-    env,
-    stdout: { write: (text: string) => (stdout += text) },
-    stderr: { write: (text: string) => (stderr += text) },
-    isTTY: false,
-  }, { createDeps: (config) => createDeps(config, app.depsOptions), pollIntervalMs: 25 });
+  const code = await main(
+    argv,
+    {
+      env,
+      stdout: { write: (text: string) => (stdout += text) },
+      stderr: { write: (text: string) => (stderr += text) },
+      isTTY: false,
+    },
+    { createDeps: (config) => createDeps(config, app.depsOptions), pollIntervalMs: 25 },
+  );
   return { code, stdout, stderr };
 }
 
@@ -34,7 +42,11 @@ describe("request ids in failures", () => {
   it("a forced HSM 500 on the backup start shows x-ms-request-id in the record, the outcome event and the CLI output", async () => {
     const hsm = await night.hostile();
     const requestId = "3c9a1f2e-5b7d-4e08-9c61-0a2b4d6f8e10";
-    hsm.on("POST", "/backup", keyVaultError(500, "InternalServerError", "The service hit an internal error.", { "x-ms-request-id": requestId }));
+    hsm.on(
+      "POST",
+      "/backup",
+      keyVaultError(500, "InternalServerError", "The service hit an internal error.", { "x-ms-request-id": requestId }),
+    );
     const { app } = await night.app([hsm.url]);
 
     const run = await cli(app, ["backup", "--verbose"]);
@@ -44,11 +56,20 @@ describe("request ids in failures", () => {
     const [record] = (await app.deps.catalog.list("backup", { top: 10 })).items;
     const sent = hsm.authenticated("POST", /^\/backup$/)[0]!.headers["x-ms-client-request-id"];
     expect(sent).toMatch(GUID);
-    expect(record).toMatchObject({ status: "Failed", errorCode: "InternalServerError", requestId, clientRequestId: sent });
+    expect(record).toMatchObject({
+      status: "Failed",
+      errorCode: "InternalServerError",
+      requestId,
+      clientRequestId: sent,
+    });
     expect(record!.errorMessage).toContain(`x-ms-request-id ${requestId}, x-ms-client-request-id ${sent}`);
 
     const line = run.stderr.split("\n").find((l) => l.startsWith(`${EVENTS.backupOutcome} `));
-    expect(JSON.parse(line!.slice(EVENTS.backupOutcome.length + 1))).toMatchObject({ status: "Failed", requestId, clientRequestId: sent });
+    expect(JSON.parse(line!.slice(EVENTS.backupOutcome.length + 1))).toMatchObject({
+      status: "Failed",
+      requestId,
+      clientRequestId: sent,
+    });
   });
 
   it("a job that ends Failed names the status read that reported it", async () => {
@@ -71,9 +92,17 @@ describe("request ids in failures", () => {
     expect(backup.code, backup.stderr).toBe(0);
     const [record] = JSON.parse(backup.stdout);
     const requestId = "7d1e0c3b-2a94-4f6e-8b15-c0d9e8f7a6b5";
-    hsm.on("PUT", /^\/keys\/[^/]+\/restore$/, keyVaultError(500, "InternalServerError", "boom", { "x-ms-request-id": requestId }));
+    hsm.on(
+      "PUT",
+      /^\/keys\/[^/]+\/restore$/,
+      keyVaultError(500, "InternalServerError", "boom", { "x-ms-request-id": requestId }),
+    );
 
-    const response = await postRestore(postJson("/api/restores", { backupId: record.id, keyName: "k1" }), app.context("postRestore"), app.deps);
+    const response = await postRestore(
+      postJson("/api/restores", { backupId: record.id, keyName: "k1" }),
+      app.context("postRestore"),
+      app.deps,
+    );
     expect(response.status).toBe(502);
     expect(bodyOf(response).detail).toContain(`x-ms-request-id ${requestId}`);
     const restores = (await app.deps.catalog.list("restore", { top: 10 })).items;

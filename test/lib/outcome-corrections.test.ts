@@ -17,18 +17,40 @@ import { JOB, ScriptedHsm, tokenCredential, VAULT } from "../support/scripted-hs
 const T0 = new Date("2026-12-01T00:00:00.000Z");
 
 async function setup() {
-  const deps = createDeps(parseConfig({ MANAGED_HSM_URLS: VAULT, BackupStorage: inject("azuriteConnectionString"), CATALOG_TABLE: uniqueName("cor") }), {
-    credential: tokenCredential, now: () => T0, persistDelaysMs: [1],
-    hsmClientOptions: { httpClient: new ScriptedHsm(), delay: async () => {}, maxStatusAttempts: 1 },
-  });
+  const deps = createDeps(
+    parseConfig({
+      MANAGED_HSM_URLS: VAULT,
+      BackupStorage: inject("azuriteConnectionString"),
+      CATALOG_TABLE: uniqueName("cor"),
+    }),
+    {
+      credential: tokenCredential,
+      now: () => T0,
+      persistDelaysMs: [1],
+      hsmClientOptions: { httpClient: new ScriptedHsm(), delay: async () => {}, maxStatusAttempts: 1 },
+    },
+  );
   await deps.catalog.ensureTable();
   const lines: string[] = [];
-  const log: Logger = { info: (l) => lines.push(`info ${l}`), warn: (l) => lines.push(`warn ${l}`), error: (l) => lines.push(`error ${l}`) };
+  const log: Logger = {
+    info: (l) => lines.push(`info ${l}`),
+    warn: (l) => lines.push(`warn ${l}`),
+    error: (l) => lines.push(`error ${l}`),
+  };
   return { deps, lines, log };
 }
 
 function backup(extra: Partial<BackupRecord>): BackupRecord {
-  return { id: Catalog.newId(T0), hsmName: "contoso", hsmUrl: VAULT, status: "Running", jobId: JOB, startedAt: T0.toISOString(), trigger: "timer", ...extra };
+  return {
+    id: Catalog.newId(T0),
+    hsmName: "contoso",
+    hsmUrl: VAULT,
+    status: "Running",
+    jobId: JOB,
+    startedAt: T0.toISOString(),
+    trigger: "timer",
+    ...extra,
+  };
 }
 
 describe("corrections", () => {
@@ -61,14 +83,22 @@ describe("corrections", () => {
     const { deps, log } = await setup();
     const stored = await deps.catalog.insert("backup", backup({ jobId: `${"a".repeat(80)}-x` }));
     const { record } = await refreshRecord(deps, "backup", stored, log);
-    expect(record.errorMessage).toBe(`The recorded job id "${"a".repeat(80)}" is not a Managed HSM job id, so the job's status cannot be read.`);
+    expect(record.errorMessage).toBe(
+      `The recorded job id "${"a".repeat(80)}" is not a Managed HSM job id, so the job's status cannot be read.`,
+    );
   });
 });
 
 describe("poller edges", () => {
   it("reads a folder only when it is a non-empty string", () => {
     for (const folder of [42, { uri: "x" }, true]) {
-      expect(parseOperation("backup", JSON.stringify({ status: "Succeeded", jobId: JOB, azureStorageBlobContainerUri: folder }), VAULT)).not.toHaveProperty("folderUri");
+      expect(
+        parseOperation(
+          "backup",
+          JSON.stringify({ status: "Succeeded", jobId: JOB, azureStorageBlobContainerUri: folder }),
+          VAULT,
+        ),
+      ).not.toHaveProperty("folderUri");
     }
   });
 });

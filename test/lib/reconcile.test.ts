@@ -24,7 +24,9 @@ async function backups(app: TestApp): Promise<BackupRecord[]> {
 async function unrecordedBackup(app: TestApp, index = 0): Promise<string> {
   await app.deps.prepare();
   const sas = await app.deps.storage.containerSas(app.container, "backup", 10);
-  const poller = await app.deps.hsmClient(app.deps.config.hsms[index]!).beginBackup(app.deps.storage.containerUrl(app.container), sas.token);
+  const poller = await app.deps
+    .hsmClient(app.deps.config.hsms[index]!)
+    .beginBackup(app.deps.storage.containerUrl(app.container), sas.token);
   const final = await poller.pollUntilDone();
   return final.folderUri!;
 }
@@ -35,7 +37,9 @@ describe("reconcile", () => {
     const { app } = await night.app([proxy.url]);
     // The HSM starts the job, its answer never arrives (skip the challenge probe).
     proxy.inject({ kind: "lostResponse" }, { method: "POST", path: /^\/backup$/, skip: 1, times: 1 });
-    await expect(nightlyBackup(onTime, app.context("nightlyBackup"), app.deps)).rejects.toThrow(/Unknown: Outcome not yet known/);
+    await expect(nightlyBackup(onTime, app.context("nightlyBackup"), app.deps)).rejects.toThrow(
+      /Unknown: Outcome not yet known/,
+    );
     const [open] = await backups(app);
     expect(open).toMatchObject({ status: "Starting" });
     app.clock.advance(16 * 60_000);
@@ -51,8 +55,12 @@ describe("reconcile", () => {
     const [adopted] = await backups(app);
     expect(adopted).toMatchObject({ id: open!.id, status: "Succeeded", origin: "discovered" });
     expect(adopted!.folderUri).toMatch(new RegExp(`/${app.container}/mhsm-${emulator.name}-\\d{16}$`));
-    expect(emulator.requests.filter((r) => r.method === "PUT" && r.path === "/prerestore" && r.status === 202)).toHaveLength(1);
-    expect(events(app.logs, "MhsmBackupOutcome")).toMatchObject([{ recordId: open!.id, status: "Succeeded", origin: "discovered" }]);
+    expect(
+      emulator.requests.filter((r) => r.method === "PUT" && r.path === "/prerestore" && r.status === 202),
+    ).toHaveLength(1);
+    expect(events(app.logs, "MhsmBackupOutcome")).toMatchObject([
+      { recordId: open!.id, status: "Succeeded", origin: "discovered" },
+    ]);
   });
 
   it("records a backup found in the container without any record, once, and never one the HSM's check refuses", async () => {
@@ -63,7 +71,9 @@ describe("reconcile", () => {
 
     const log = safeLogger(app.context("reconcile"));
     const first = await reconcile(app.deps, log);
-    expect(first.discovered).toMatchObject([{ folderUri: folder, status: "Succeeded", origin: "discovered", trigger: "reconcile" }]);
+    expect(first.discovered).toMatchObject([
+      { folderUri: folder, status: "Succeeded", origin: "discovered", trigger: "reconcile" },
+    ]);
     const second = await reconcile(app.deps, log);
     expect(second.discovered).toEqual([]);
     expect((await backups(app)).map((r) => r.folderUri)).toEqual([folder]);
@@ -74,7 +84,9 @@ describe("reconcile", () => {
     emulator.faults.failNextJob("restore", { code: "InvalidBackup", message: "Invalid backup provided" });
     const third = await reconcile(app.deps, log);
     expect(third.discovered).toEqual([]);
-    expect(third.unadopted).toMatchObject([{ folderUri: other, reason: expect.stringMatching(/pre-restore check refused it: .*Invalid backup provided/) }]);
+    expect(third.unadopted).toMatchObject([
+      { folderUri: other, reason: expect.stringMatching(/pre-restore check refused it: .*Invalid backup provided/) },
+    ]);
   });
 
   it("does not adopt without the HSM's own check: before api-version 7.6 a found folder is reported, not recorded", async () => {
@@ -84,7 +96,9 @@ describe("reconcile", () => {
     app.clock.advance(11 * 60_000);
     const report = await reconcile(app.deps, safeLogger(app.context()));
     expect(report.discovered).toEqual([]);
-    expect(report.unadopted).toMatchObject([{ folderUri: folder, reason: expect.stringMatching(/needs HSM_API_VERSION 7.6/) }]);
+    expect(report.unadopted).toMatchObject([
+      { folderUri: folder, reason: expect.stringMatching(/needs HSM_API_VERSION 7.6/) },
+    ]);
     expect(await backups(app)).toEqual([]);
   });
 
@@ -93,22 +107,35 @@ describe("reconcile", () => {
     const { app } = await night.app([emulator.url]);
     await app.deps.prepare();
     const sas = await app.deps.storage.containerSas(app.container, "backup", 10);
-    const poller = await app.deps.hsmClient(app.deps.config.hsms[0]!).beginBackup(app.deps.storage.containerUrl(app.container), sas.token);
+    const poller = await app.deps
+      .hsmClient(app.deps.config.hsms[0]!)
+      .beginBackup(app.deps.storage.containerUrl(app.container), sas.token);
     const hsm = app.deps.config.hsms[0]!;
     const at = app.clock.now();
     const { record } = await app.deps.catalog.insert("backup", {
-      id: Catalog.newId(at), hsmName: hsm.name, hsmUrl: hsm.url, status: "Running", jobId: poller.jobId, startedAt: at.toISOString(),
-      deadlineAt: new Date(at.getTime() - 1000).toISOString(), trigger: "timer",
+      id: Catalog.newId(at),
+      hsmName: hsm.name,
+      hsmUrl: hsm.url,
+      status: "Running",
+      jobId: poller.jobId,
+      startedAt: at.toISOString(),
+      deadlineAt: new Date(at.getTime() - 1000).toISOString(),
+      trigger: "timer",
     });
 
-    await expect(reconcileTimer(onTime, app.context("reconcile"), app.deps)).rejects.toThrow(new RegExp(`backup ${record.id} of HSM ${hsm.name}: Running \\(job ${poller.jobId}\\) → TimedOut JobTimeout`));
+    await expect(reconcileTimer(onTime, app.context("reconcile"), app.deps)).rejects.toThrow(
+      new RegExp(`backup ${record.id} of HSM ${hsm.name}: Running \\(job ${poller.jobId}\\) → TimedOut JobTimeout`),
+    );
     await poller.pollUntilDone();
     const report = await reconcile(app.deps, safeLogger(app.context("reconcile")));
     expect(report.changed).toMatchObject([{ recordId: record.id, from: "TimedOut JobTimeout", to: "Succeeded" }]);
     const [settled] = await backups(app);
     expect(settled).toMatchObject({ status: "Succeeded", correctedFrom: "TimedOut JobTimeout", jobId: poller.jobId });
     expect(settled!.errorCode).toBeUndefined();
-    expect(events(app.logs, "MhsmBackupOutcome").map((e) => [e.status, e.correctionOf])).toEqual([["TimedOut", undefined], ["Succeeded", "TimedOut JobTimeout"]]);
+    expect(events(app.logs, "MhsmBackupOutcome").map((e) => [e.status, e.correctionOf])).toEqual([
+      ["TimedOut", undefined],
+      ["Succeeded", "TimedOut JobTimeout"],
+    ]);
   });
 
   it("keeps each HSM its own failure domain: a hung HSM leaves its record open and another HSM's record is settled", async () => {
@@ -122,8 +149,19 @@ describe("reconcile", () => {
     const sas = await app.deps.storage.containerSas(app.container, "backup", 10);
     const poller = await app.deps.hsmClient(g).beginBackup(app.deps.storage.containerUrl(app.container), sas.token);
     await poller.pollUntilDone();
-    for (const [hsm, jobId] of [[h, "0123456789abcdef0123456789abcdef"], [g, poller.jobId]] as const) {
-      await app.deps.catalog.insert("backup", { id: Catalog.newId(at), hsmName: hsm.name, hsmUrl: hsm.url, status: "Running", jobId, startedAt: at.toISOString(), trigger: "timer" });
+    for (const [hsm, jobId] of [
+      [h, "0123456789abcdef0123456789abcdef"],
+      [g, poller.jobId],
+    ] as const) {
+      await app.deps.catalog.insert("backup", {
+        id: Catalog.newId(at),
+        hsmName: hsm.name,
+        hsmUrl: hsm.url,
+        status: "Running",
+        jobId,
+        startedAt: at.toISOString(),
+        trigger: "timer",
+      });
     }
 
     const report = await reconcile(app.deps, safeLogger(app.context()));
@@ -143,7 +181,14 @@ describe("reconcile and the nightly run under a failing catalog or status outage
     // eslint-disable-next-line prefer-const -- app is declared before the closures that read it and assigned once they exist
     ({ app } = await night.app([proxy.url], {
       env: { JOB_TIMEOUT_MINUTES: "10" },
-      deps: { hsmClientOptions: { requestTimeoutMs: 1000, maxStatusAttempts: 1, defaultPollIntervalMs: 60_000, delay: async (ms) => app.clock.advance(ms) } },
+      deps: {
+        hsmClientOptions: {
+          requestTimeoutMs: 1000,
+          maxStatusAttempts: 1,
+          defaultPollIntervalMs: 60_000,
+          delay: async (ms) => app.clock.advance(ms),
+        },
+      },
     }));
     proxy.chaos({ status: 1 }, { method: "GET", path: /^\/backup\/[^/]+\/pending$/, status: 503 });
     const [result] = await backupAll(app.deps, safeLogger(app.context()), { trigger: "timer" });
@@ -157,7 +202,9 @@ describe("reconcile and the nightly run under a failing catalog or status outage
 
     proxy.clear();
     const after = await reconcile(app.deps, safeLogger(app.context()));
-    expect(after.changed).toMatchObject([{ recordId: result!.record!.id, from: "TimedOut JobTimeout", to: "Succeeded" }]);
+    expect(after.changed).toMatchObject([
+      { recordId: result!.record!.id, from: "TimedOut JobTimeout", to: "Succeeded" },
+    ]);
     const all = await backups(app);
     expect(all).toHaveLength(1);
     expect(all[0]!.folderUri).toMatch(new RegExp(`/mhsm-${emulator.name}-\\d{16}$`));
@@ -168,7 +215,10 @@ describe("reconcile and the nightly run under a failing catalog or status outage
     const { app, table } = await night.app([hsm.url], { tableProxy: true, env: { HSM_REQUEST_TIMEOUT_SECONDS: "5" } });
     await app.deps.prepare();
     // The first query of the night (settling this HSM's earlier records) never answers.
-    table!.inject({ kind: "hang" }, { method: "GET", path: new RegExp(`^/devstoreaccount1/${app.table}\\(\\)$`), times: 1 });
+    table!.inject(
+      { kind: "hang" },
+      { method: "GET", path: new RegExp(`^/devstoreaccount1/${app.table}\\(\\)$`), times: 1 },
+    );
     await nightlyBackup(onTime, app.context("nightlyBackup"), app.deps);
     expect((await backups(app)).map((r) => r.status)).toEqual(["Succeeded"]);
     expect(table!.stats().hang).toBe(1);

@@ -30,7 +30,7 @@ describe("redactSecrets: SAS signatures", () => {
     expect(redactSecrets(`before ${input} after`)).toBe(`before ${output} after`);
   });
 
-  it.each(["&", " ", "\"", "'", "<", ">", ",", ";", ")", "]", "}", "\t"])("stops the value at %j", (end) => {
+  it.each(["&", " ", '"', "'", "<", ">", ",", ";", ")", "]", "}", "\t"])("stops the value at %j", (end) => {
     expect(redactSecrets(`x sig=abcDEF${end}rest`)).toBe(`x sig=<redacted>${end}rest`);
   });
 
@@ -44,19 +44,30 @@ describe("redactSecrets: SAS signatures", () => {
 });
 
 describe("redactSecrets: SAS query strings", () => {
-  const sas = "sv=2025-11-05&ss=b&srt=co&sp=rwdlac&se=2026-12-01T02%3A00%3A00Z&st=2026-12-01T00%3A00%3A00Z&spr=https&sig=Zm9vYmFy%2BYmF6%3D";
+  const sas =
+    "sv=2025-11-05&ss=b&srt=co&sp=rwdlac&se=2026-12-01T02%3A00%3A00Z&st=2026-12-01T00%3A00%3A00Z&spr=https&sig=Zm9vYmFy%2BYmF6%3D";
 
   it("redacts the whole query of a SAS URL, up to the next space", () => {
-    expect(redactSecrets(`GET https://acct.blob.core.windows.net/c/f?${sas} failed`))
-      .toBe("GET https://acct.blob.core.windows.net/c/f?<redacted-sas> failed");
+    expect(redactSecrets(`GET https://acct.blob.core.windows.net/c/f?${sas} failed`)).toBe(
+      "GET https://acct.blob.core.windows.net/c/f?<redacted-sas> failed",
+    );
   });
 
-  it.each(["sig=a", "se=2026", "sv=2025-11-05", "sp=rl", "skoid=0000", "sktid=1111", "SV=2025", "sv%3D2025", "sv%253D2025"])(
-    "recognises a query carrying %s", (param) => {
-      expect(redactSecrets(`url https://h/c?comp=list&${param}&x=1 end`)).toBe("url https://h/c?<redacted-sas> end");
-    });
+  it.each([
+    "sig=a",
+    "se=2026",
+    "sv=2025-11-05",
+    "sp=rl",
+    "skoid=0000",
+    "sktid=1111",
+    "SV=2025",
+    "sv%3D2025",
+    "sv%253D2025",
+  ])("recognises a query carrying %s", (param) => {
+    expect(redactSecrets(`url https://h/c?comp=list&${param}&x=1 end`)).toBe("url https://h/c?<redacted-sas> end");
+  });
 
-  it.each(["\"", "'", "<", ">", "\n"])("ends the query at %j", (end) => {
+  it.each(['"', "'", "<", ">", "\n"])("ends the query at %j", (end) => {
     expect(redactSecrets(`u=https://h/c?sv=2025&sp=r${end}tail`)).toBe(`u=https://h/c?<redacted-sas>${end}tail`);
   });
 
@@ -95,7 +106,10 @@ describe("redactSecrets: tokens and keys", () => {
   });
 
   it.each([
-    ["AccountName=a;AccountKey=c2VjcmV0+/=;EndpointSuffix=core.windows.net", "AccountName=a;AccountKey=<redacted>;EndpointSuffix=core.windows.net"],
+    [
+      "AccountName=a;AccountKey=c2VjcmV0+/=;EndpointSuffix=core.windows.net",
+      "AccountName=a;AccountKey=<redacted>;EndpointSuffix=core.windows.net",
+    ],
     ["accountkey = c2VjcmV0 next", "AccountKey = <redacted> next"],
     ["AccountKey%3Dc2VjcmV0'", "AccountKey%3D<redacted>'"],
     ["AccountKey%253Dc2VjcmV0", "AccountKey%253D<redacted>"],
@@ -118,9 +132,11 @@ describe("redactSecrets: tokens and keys", () => {
   });
 
   it("redacts every user-delegation key value in the service's XML, whatever its case", () => {
-    const xml = "<UserDelegationKey><SignedOid>oid</SignedOid><Value>c2VjcmV0+/=</Value></UserDelegationKey><value>b3RoZXI=</value><Value></Value>";
+    const xml =
+      "<UserDelegationKey><SignedOid>oid</SignedOid><Value>c2VjcmV0+/=</Value></UserDelegationKey><value>b3RoZXI=</value><Value></Value>";
     expect(redactSecrets(xml)).toBe(
-      "<UserDelegationKey><SignedOid>oid</SignedOid><Value><redacted></Value></UserDelegationKey><Value><redacted></Value><Value><redacted></Value>");
+      "<UserDelegationKey><SignedOid>oid</SignedOid><Value><redacted></Value></UserDelegationKey><Value><redacted></Value><Value><redacted></Value>",
+    );
   });
 
   it("redacts a user-delegation key value echoed as JSON or a field, padding included", () => {
@@ -147,7 +163,15 @@ describe("rememberSecret", () => {
     const once = encodeURIComponent(secret);
     const twice = encodeURIComponent(once);
     const lowerHex = (text: string) => text.replace(/%[0-9A-F]{2}/g, (e) => e.toLowerCase());
-    const forms = [secret, once, lowerHex(once), twice, lowerHex(twice), Buffer.from(secret).toString("base64"), Buffer.from(secret).toString("base64url")];
+    const forms = [
+      secret,
+      once,
+      lowerHex(once),
+      twice,
+      lowerHex(twice),
+      Buffer.from(secret).toString("base64"),
+      Buffer.from(secret).toString("base64url"),
+    ];
     // Twice encoded, every escape is %25 followed by digits: its lower-hex form is the same.
     expect(new Set(forms).size).toBe(6);
     for (const form of forms) expect(redactSecrets(`a ${form} b ${form} c`)).toBe("a <redacted> b <redacted> c");

@@ -51,8 +51,16 @@ function shapes(next: () => number): Shape[] {
   const url = `https://acct.blob.core.windows.net/mhsm-backups/mhsm-contoso-2026120100000000`;
   const forms = [sig, enc(sig), enc(enc(sig))];
   return [
-    { name: "raw in a URL query", text: `PUT ${url}/manifest.json?comp=block&sig=${sig} failed with 403`, secrets: forms },
-    { name: "percent-encoded once", text: `storageResourceUri=${enc(`${url}?sp=crdw&sig=${sig}`)} rejected`, secrets: forms },
+    {
+      name: "raw in a URL query",
+      text: `PUT ${url}/manifest.json?comp=block&sig=${sig} failed with 403`,
+      secrets: forms,
+    },
+    {
+      name: "percent-encoded once",
+      text: `storageResourceUri=${enc(`${url}?sp=crdw&sig=${sig}`)} rejected`,
+      secrets: forms,
+    },
     { name: "percent-encoded twice", text: `redirect=${enc(enc(`${url}?sp=crdw&sig=${sig}`))}`, secrets: forms },
     { name: "sig= then a space", text: `bad SAS: sig= ${sig} (expired)`, secrets: forms },
     { name: "sig= then a newline", text: `bad SAS: sig=\n${sig}\nend`, secrets: forms },
@@ -62,9 +70,17 @@ function shapes(next: () => number): Shape[] {
     { name: "uppercase SIG=", text: `QUERY SV=2025-11-05&SIG=${sig}&SE=2026`, secrets: forms },
     { name: "a full SAS query string", text: `${url}?${sas}`, secrets: forms },
     { name: "a full SAS query string on its own", text: `token: ${sas}`, secrets: forms },
-    { name: "a Bearer token", text: `Authorization: Bearer ${token}\nx-ms-version: 2025-11-05`, secrets: [token, token.split(".")[1]!, token.split(".")[2]!] },
+    {
+      name: "a Bearer token",
+      text: `Authorization: Bearer ${token}\nx-ms-version: 2025-11-05`,
+      secrets: [token, token.split(".")[1]!, token.split(".")[2]!],
+    },
     { name: "an opaque Bearer token", text: `authorization: Bearer ${opaque}`, secrets: [opaque, enc(opaque)] },
-    { name: "a raw JWT", text: `the token ${token} has expired`, secrets: [token, token.split(".")[1]!, token.split(".")[2]!] },
+    {
+      name: "a raw JWT",
+      text: `the token ${token} has expired`,
+      secrets: [token, token.split(".")[1]!, token.split(".")[2]!],
+    },
     {
       name: "an AccountKey in a connection string",
       text: `DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=${accountKey};EndpointSuffix=core.windows.net`,
@@ -76,13 +92,20 @@ function shapes(next: () => number): Shape[] {
       text: `<?xml version="1.0"?><UserDelegationKey><SignedOid>0000</SignedOid><SignedVersion>2025-11-05</SignedVersion><Value>${delegationValue}</Value></UserDelegationKey>`,
       secrets: [delegationValue, enc(delegationValue)],
     },
-    { name: "a user-delegation key as JSON", text: `{"signedOid":"0000","value":"${delegationValue}"}`, secrets: [delegationValue, enc(delegationValue)] },
+    {
+      name: "a user-delegation key as JSON",
+      text: `{"signedOid":"0000","value":"${delegationValue}"}`,
+      secrets: [delegationValue, enc(delegationValue)],
+    },
   ];
 }
 
 function expectNoneSurvive(shape: Shape, redacted: string, label: string): void {
   for (const secret of shape.secrets) {
-    expect(redacted.includes(secret), `${label}: ${shape.name} kept ${JSON.stringify(secret)} in ${JSON.stringify(redacted)}`).toBe(false);
+    expect(
+      redacted.includes(secret),
+      `${label}: ${shape.name} kept ${JSON.stringify(secret)} in ${JSON.stringify(redacted)}`,
+    ).toBe(false);
   }
 }
 
@@ -102,7 +125,8 @@ describe("redactSecrets over generated secrets", () => {
       const forms = [sig, enc(sig), enc(enc(sig)), Buffer.from(sig).toString("base64")];
       for (const form of forms) {
         const redacted = redactSecrets(`blob write refused; the request carried ${form} and failed`);
-        for (const secret of forms) expect(redacted.includes(secret), `case ${i}: ${JSON.stringify(redacted)}`).toBe(false);
+        for (const secret of forms)
+          expect(redacted.includes(secret), `case ${i}: ${JSON.stringify(redacted)}`).toBe(false);
       }
     }
   });
@@ -113,12 +137,23 @@ describe("redactSecrets over generated secrets", () => {
     const next = prng(SEED + 4);
     for (let i = 0; i < CASES; i++) {
       const sig = signature(next);
-      const labelled = [`sig=${sig}`, `sig= ${sig}`, `SIG=${sig}`, `Signature=${sig}`, `signature: ${sig}`, `{"sig":"${sig}"}`, `{'sig': '${sig}'}`];
+      const labelled = [
+        `sig=${sig}`,
+        `sig= ${sig}`,
+        `SIG=${sig}`,
+        `Signature=${sig}`,
+        `signature: ${sig}`,
+        `{"sig":"${sig}"}`,
+        `{'sig': '${sig}'}`,
+      ];
       for (const text of labelled) {
         for (const encoded of [enc(`error: ${text}`), enc(enc(`error: ${text}`))]) {
           const redacted = redactSecrets(encoded);
           for (const form of [sig, enc(sig), enc(enc(sig))]) {
-            expect(redacted.includes(form), `case ${i}: ${JSON.stringify(text)} encoded as ${JSON.stringify(redacted)}`).toBe(false);
+            expect(
+              redacted.includes(form),
+              `case ${i}: ${JSON.stringify(text)} encoded as ${JSON.stringify(redacted)}`,
+            ).toBe(false);
           }
         }
       }

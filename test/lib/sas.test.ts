@@ -42,10 +42,16 @@ describe("container SAS for the HSM", () => {
     app = await startTestApp({ env: { SAS_TTL_MINUTES: String(TTL_MINUTES) } });
     await app.deps.prepare();
     const service = app.deps.storage.blobService;
-    await service.getContainerClient(app.container).getBlockBlobClient(SEEDED_BLOB).upload(SEEDED_TEXT, SEEDED_TEXT.length);
+    await service
+      .getContainerClient(app.container)
+      .getBlockBlobClient(SEEDED_BLOB)
+      .upload(SEEDED_TEXT, SEEDED_TEXT.length);
     otherContainer = uniqueName("other");
     await service.getContainerClient(otherContainer).create();
-    await service.getContainerClient(otherContainer).getBlockBlobClient(SEEDED_BLOB).upload(SEEDED_TEXT, SEEDED_TEXT.length);
+    await service
+      .getContainerClient(otherContainer)
+      .getBlockBlobClient(SEEDED_BLOB)
+      .upload(SEEDED_TEXT, SEEDED_TEXT.length);
   });
   afterAll(async () => {
     await app?.deps.storage.blobService.getContainerClient(otherContainer).deleteIfExists();
@@ -53,7 +59,11 @@ describe("container SAS for the HSM", () => {
   });
 
   /** A client that can do exactly what the SAS allows, for the app's container or another one. */
-  async function sasClient(purpose: SasPurpose, ttlMinutes = app.deps.config.sasTtlMinutes, container = app.container): Promise<ContainerClient> {
+  async function sasClient(
+    purpose: SasPurpose,
+    ttlMinutes = app.deps.config.sasTtlMinutes,
+    container = app.container,
+  ): Promise<ContainerClient> {
     const { token } = await app.deps.storage.containerSas(app.container, purpose, ttlMinutes);
     return new ContainerClient(`${app.deps.storage.containerUrl(container)}?${token}`);
   }
@@ -62,36 +72,43 @@ describe("container SAS for the HSM", () => {
     it.each([
       ["backup", "rcwd", "crdw"],
       ["restore", "rl", "rl"],
-    ] as const)("the %s SAS is a container SAS with sp=%s, the pinned sv, and a start 5 minutes back and an end SAS_TTL_MINUTES ahead", async (purpose, sp, returned) => {
-      expect(app.deps.config.sasTtlMinutes).toBe(TTL_MINUTES);
-      const before = Date.now();
-      const sas = await app.deps.storage.containerSas(app.container, purpose, app.deps.config.sasTtlMinutes);
-      const after = Date.now();
-      const params = new URLSearchParams(sas.token);
-      // Nothing beyond a plain service SAS: no stored policy (si), no IP range, no account-SAS fields.
-      expect([...params.keys()].sort()).toEqual(["se", "sig", "sp", "spr", "sr", "st", "sv"]);
-      expect(params.get("sr")).toBe("c");
-      // Storage wants permissions in its canonical order; as a set they are exactly the documented ones.
-      expect(params.get("sp")).toBe(sp);
-      expect([...params.get("sp")!].sort()).toEqual([...returned].sort());
-      expect(sas.permissions).toBe(returned);
-      expect(params.get("sv")).toBe(SAS_VERSION);
-      expect(params.get("spr")).toBe("https,http");
-      expectTimeNear(params.get("st"), before - SKEW_MS, after - SKEW_MS);
-      expectTimeNear(params.get("se"), before + TTL_MINUTES * 60_000, after + TTL_MINUTES * 60_000);
-      expect(Math.floor(sas.expiresOn.getTime() / 1000) * 1000).toBe(Date.parse(params.get("se")!));
-      expect(sas.token.startsWith("?")).toBe(false);
-    });
+    ] as const)(
+      "the %s SAS is a container SAS with sp=%s, the pinned sv, and a start 5 minutes back and an end SAS_TTL_MINUTES ahead",
+      async (purpose, sp, returned) => {
+        expect(app.deps.config.sasTtlMinutes).toBe(TTL_MINUTES);
+        const before = Date.now();
+        const sas = await app.deps.storage.containerSas(app.container, purpose, app.deps.config.sasTtlMinutes);
+        const after = Date.now();
+        const params = new URLSearchParams(sas.token);
+        // Nothing beyond a plain service SAS: no stored policy (si), no IP range, no account-SAS fields.
+        expect([...params.keys()].sort()).toEqual(["se", "sig", "sp", "spr", "sr", "st", "sv"]);
+        expect(params.get("sr")).toBe("c");
+        // Storage wants permissions in its canonical order; as a set they are exactly the documented ones.
+        expect(params.get("sp")).toBe(sp);
+        expect([...params.get("sp")!].sort()).toEqual([...returned].sort());
+        expect(sas.permissions).toBe(returned);
+        expect(params.get("sv")).toBe(SAS_VERSION);
+        expect(params.get("spr")).toBe("https,http");
+        expectTimeNear(params.get("st"), before - SKEW_MS, after - SKEW_MS);
+        expectTimeNear(params.get("se"), before + TTL_MINUTES * 60_000, after + TTL_MINUTES * 60_000);
+        expect(Math.floor(sas.expiresOn.getTime() / 1000) * 1000).toBe(Date.parse(params.get("se")!));
+        expect(sas.token.startsWith("?")).toBe(false);
+      },
+    );
 
     it("is https-only for a storage account that is not on loopback (signed locally, no network)", async () => {
       const accountKey = Buffer.from("not-a-real-key-but-valid-base64-for-signing").toString("base64");
-      const remote = createDeps(parseConfig({
-        MANAGED_HSM_URLS: "https://contoso.managedhsm.azure.net",
-        BackupStorage: `DefaultEndpointsProtocol=https;AccountName=example;AccountKey=${accountKey};BlobEndpoint=https://example.blob.core.windows.net;TableEndpoint=https://example.table.core.windows.net`,
-      }));
+      const remote = createDeps(
+        parseConfig({
+          MANAGED_HSM_URLS: "https://contoso.managedhsm.azure.net",
+          BackupStorage: `DefaultEndpointsProtocol=https;AccountName=example;AccountKey=${accountKey};BlobEndpoint=https://example.blob.core.windows.net;TableEndpoint=https://example.table.core.windows.net`,
+        }),
+      );
       expect(remote.storage.containerUrl("mhsm-backups")).toBe("https://example.blob.core.windows.net/mhsm-backups");
       for (const purpose of ["backup", "restore"] as const) {
-        const params = new URLSearchParams((await remote.storage.containerSas("mhsm-backups", purpose, remote.config.sasTtlMinutes)).token);
+        const params = new URLSearchParams(
+          (await remote.storage.containerSas("mhsm-backups", purpose, remote.config.sasTtlMinutes)).token,
+        );
         expect(params.get("spr")).toBe("https");
         expect(params.get("sv")).toBe(SAS_VERSION);
         expect(params.get("sig")).toMatch(/.{40,}/);
@@ -128,7 +145,9 @@ describe("container SAS for the HSM", () => {
       await expect(client.getBlockBlobClient("mhsm-x/keys/k1.json").upload("x", 1)).rejects.toMatchObject(forbidden());
       await expect(text(client, SEEDED_BLOB)).rejects.toMatchObject(forbidden());
       await expect(client.getBlockBlobClient(SEEDED_BLOB).delete()).rejects.toMatchObject(forbidden());
-      expect(await text(app.deps.storage.blobService.getContainerClient(otherContainer), SEEDED_BLOB)).toBe(SEEDED_TEXT);
+      expect(await text(app.deps.storage.blobService.getContainerClient(otherContainer), SEEDED_BLOB)).toBe(
+        SEEDED_TEXT,
+      );
     });
   });
 
@@ -142,9 +161,13 @@ describe("container SAS for the HSM", () => {
     it("cannot create, overwrite, change or delete a blob", async () => {
       const client = await sasClient("restore");
       const mismatch = forbidden("AuthorizationPermissionMismatch");
-      await expect(client.getBlockBlobClient(`mhsm-${uniqueName("r")}/new.json`).upload("x", 1)).rejects.toMatchObject(mismatch);
+      await expect(client.getBlockBlobClient(`mhsm-${uniqueName("r")}/new.json`).upload("x", 1)).rejects.toMatchObject(
+        mismatch,
+      );
       await expect(client.getBlockBlobClient(SEEDED_BLOB).upload("overwritten", 11)).rejects.toMatchObject(mismatch);
-      await expect(client.getBlockBlobClient(SEEDED_BLOB).setMetadata({ tampered: "yes" })).rejects.toMatchObject(mismatch);
+      await expect(client.getBlockBlobClient(SEEDED_BLOB).setMetadata({ tampered: "yes" })).rejects.toMatchObject(
+        mismatch,
+      );
       await expect(client.getBlockBlobClient(SEEDED_BLOB).delete()).rejects.toMatchObject(mismatch);
       const seeded = app.deps.storage.blobService.getContainerClient(app.container).getBlockBlobClient(SEEDED_BLOB);
       expect(await text(app.deps.storage.blobService.getContainerClient(app.container), SEEDED_BLOB)).toBe(SEEDED_TEXT);
@@ -165,6 +188,9 @@ describe("container SAS for the HSM", () => {
     const client = new ContainerClient(`${app.deps.storage.containerUrl(app.container)}?${sas.token}`);
     await expect(text(client, SEEDED_BLOB)).rejects.toMatchObject(forbidden());
     if (purpose === "restore") await expect(firstPage(client)).rejects.toMatchObject(forbidden());
-    else await expect(client.getBlockBlobClient(`mhsm-${uniqueName("e")}/x.json`).upload("x", 1)).rejects.toMatchObject(forbidden());
+    else
+      await expect(client.getBlockBlobClient(`mhsm-${uniqueName("e")}/x.json`).upload("x", 1)).rejects.toMatchObject(
+        forbidden(),
+      );
   });
 });

@@ -14,11 +14,19 @@ describe("schedule slots (NCRONTAB, UTC)", () => {
   });
 
   it("reads steps, ranges, lists and names", () => {
-    expect(latestOccurrence(parseSchedule("0 */15 * * * *"), at("2026-12-01T10:44:59Z"))).toEqual(at("2026-12-01T10:30:00Z"));
-    expect(latestOccurrence(parseSchedule("30 5 1-3 * * MON"), at("2026-12-01T12:00:00Z"))).toEqual(at("2026-11-30T03:05:30Z"));
-    expect(latestOccurrence(parseSchedule("0 0 2 * * 1,3,5"), at("2026-12-04T01:00:00Z"))).toEqual(at("2026-12-02T02:00:00Z"));
+    expect(latestOccurrence(parseSchedule("0 */15 * * * *"), at("2026-12-01T10:44:59Z"))).toEqual(
+      at("2026-12-01T10:30:00Z"),
+    );
+    expect(latestOccurrence(parseSchedule("30 5 1-3 * * MON"), at("2026-12-01T12:00:00Z"))).toEqual(
+      at("2026-11-30T03:05:30Z"),
+    );
+    expect(latestOccurrence(parseSchedule("0 0 2 * * 1,3,5"), at("2026-12-04T01:00:00Z"))).toEqual(
+      at("2026-12-02T02:00:00Z"),
+    );
     expect(latestOccurrence(parseSchedule("0 0 0 1 JAN *"), at("2026-12-01T00:00:00Z"))).toBeUndefined();
-    expect(latestOccurrence(parseSchedule("0 0 0 * * 7"), at("2026-12-01T00:00:00Z"))).toEqual(at("2026-11-29T00:00:00Z"));
+    expect(latestOccurrence(parseSchedule("0 0 0 * * 7"), at("2026-12-01T00:00:00Z"))).toEqual(
+      at("2026-11-29T00:00:00Z"),
+    );
   });
 
   it("names the field it does not understand", () => {

@@ -9,7 +9,8 @@ import { ConfigError } from "../../src/lib/config.js";
 import { createBackupStorage } from "../../src/lib/storage.js";
 
 const credential = new DefaultAzureCredential();
-const connect = (connectionString: string) => createBackupStorage({ kind: "connectionString", connectionString }, credential);
+const connect = (connectionString: string) =>
+  createBackupStorage({ kind: "connectionString", connectionString }, credential);
 
 describe("BackupStorage connection strings", () => {
   it("UseDevelopmentStorage=true is Azurite's default account, with a SAS the app can sign", async () => {
@@ -24,18 +25,27 @@ describe("BackupStorage connection strings", () => {
 
   it("an account string gets the endpoints it names, or the account's defaults", () => {
     const key = Buffer.alloc(64, 1).toString("base64");
-    const named = connect(`DefaultEndpointsProtocol=https;AccountName=stbak;AccountKey=${key};EndpointSuffix=core.windows.net`);
+    const named = connect(
+      `DefaultEndpointsProtocol=https;AccountName=stbak;AccountKey=${key};EndpointSuffix=core.windows.net`,
+    );
     expect(named.containerUrl("c")).toBe("https://stbak.blob.core.windows.net/c");
     expect(named.table("t").url).toBe("https://stbak.table.core.windows.net");
-    const explicit = connect(`DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=${key};BlobEndpoint=http://127.0.0.1:4100/devstoreaccount1;TableEndpoint=http://127.0.0.1:4102/devstoreaccount1`);
+    const explicit = connect(
+      `DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=${key};BlobEndpoint=http://127.0.0.1:4100/devstoreaccount1;TableEndpoint=http://127.0.0.1:4102/devstoreaccount1`,
+    );
     expect(explicit.containerUrl("c")).toBe("http://127.0.0.1:4100/devstoreaccount1/c");
     expect(explicit.table("t").url).toBe("http://127.0.0.1:4102/devstoreaccount1");
   });
 
   it("refuses a string without an account key, naming the setting and the way out, and never echoes a key", () => {
-    const sasOnly = "BlobEndpoint=https://stbak.blob.core.windows.net;TableEndpoint=https://stbak.table.core.windows.net;SharedAccessSignature=sv=2025-11-05&sig=c2VjcmV0";
+    const sasOnly =
+      "BlobEndpoint=https://stbak.blob.core.windows.net;TableEndpoint=https://stbak.table.core.windows.net;SharedAccessSignature=sv=2025-11-05&sig=c2VjcmV0";
     expect(() => connect(sasOnly)).toThrow(ConfigError);
-    expect(() => connect(sasOnly)).toThrow(/Setting BackupStorage: the connection string has no AccountKey.*BackupStorage__blobServiceUri/);
-    expect(() => connect("AccountName=stbak;garbage")).toThrow(/Setting BackupStorage: the connection string was refused/);
+    expect(() => connect(sasOnly)).toThrow(
+      /Setting BackupStorage: the connection string has no AccountKey.*BackupStorage__blobServiceUri/,
+    );
+    expect(() => connect("AccountName=stbak;garbage")).toThrow(
+      /Setting BackupStorage: the connection string was refused/,
+    );
   });
 });

@@ -35,8 +35,9 @@ describe("parseListQuery", () => {
   });
 
   it("passes each filter through under the catalog's name for it", () => {
-    expect(parseListQuery({ hsm: "contoso-1", status: "Failed", top: "7", continuationToken: "abc" }, label))
-      .toStrictEqual({ top: 7, hsmName: "contoso-1", status: "Failed", continuationToken: "abc" });
+    expect(
+      parseListQuery({ hsm: "contoso-1", status: "Failed", top: "7", continuationToken: "abc" }, label),
+    ).toStrictEqual({ top: 7, hsmName: "contoso-1", status: "Failed", continuationToken: "abc" });
     expect(parseListQuery({ hsm: "contoso" }, label)).toStrictEqual({ top: 25, hsmName: "contoso" });
     expect(parseListQuery({ status: "Running" }, label)).toStrictEqual({ top: 25, status: "Running" });
     expect(parseListQuery({ continuationToken: "" }, label)).toStrictEqual({ top: 25, continuationToken: "" });
@@ -81,9 +82,13 @@ describe("parseListQuery", () => {
 
   it("echoes at most 80 characters of bad input", () => {
     const long = `${"x".repeat(80)}_tail`;
-    expect(refusal(() => parseListQuery({ hsm: long }, label)).message).toBe(`--hsm "${"x".repeat(80)}…" is not an HSM name`);
+    expect(refusal(() => parseListQuery({ hsm: long }, label)).message).toBe(
+      `--hsm "${"x".repeat(80)}…" is not an HSM name`,
+    );
     expect(refusal(() => parseListQuery({ status: long }, label)).message).toContain(`"${"x".repeat(80)}…"`);
-    expect(refusal(() => parseListQuery({ top: `1${"0".repeat(90)}` }, label)).message).toBe(`--top must be a whole number from 1 to 100, not "1${"0".repeat(79)}…"`);
+    expect(refusal(() => parseListQuery({ top: `1${"0".repeat(90)}` }, label)).message).toBe(
+      `--top must be a whole number from 1 to 100, not "1${"0".repeat(79)}…"`,
+    );
   });
 });
 
@@ -116,10 +121,23 @@ describe("checkRecordId", () => {
     expect(checkRecordId("8234567890123-0a1b2c3d", "backup")).toBe("8234567890123-0a1b2c3d");
   });
 
-  it.each(["823456789012-0a1b2c3d", "8234567890123-0A1B2C3D", "8234567890123-0a1b2c3d0", "x8234567890123-0a1b2c3d", ""])("refuses %j", (id) => {
+  it.each([
+    "823456789012-0a1b2c3d",
+    "8234567890123-0A1B2C3D",
+    "8234567890123-0a1b2c3d0",
+    "x8234567890123-0a1b2c3d",
+    "",
+  ])("refuses %j", (id) => {
     const backup = refusal(() => checkRecordId(id, "backup"));
-    expect(backup).toMatchObject({ field: "id", title: "Invalid backup id", message: `"${id}" is not a backup id (13 digits, a hyphen, 8 hex digits)` });
-    expect(refusal(() => checkRecordId(id, "restore"))).toMatchObject({ title: "Invalid restore id", message: `"${id}" is not a restore id (13 digits, a hyphen, 8 hex digits)` });
+    expect(backup).toMatchObject({
+      field: "id",
+      title: "Invalid backup id",
+      message: `"${id}" is not a backup id (13 digits, a hyphen, 8 hex digits)`,
+    });
+    expect(refusal(() => checkRecordId(id, "restore"))).toMatchObject({
+      title: "Invalid restore id",
+      message: `"${id}" is not a restore id (13 digits, a hyphen, 8 hex digits)`,
+    });
   });
 });
 

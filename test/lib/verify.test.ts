@@ -41,7 +41,11 @@ describe("backup verification", () => {
 
     const failed = bodyOf(await listBackups(get("/api/backups?verification=Failed"), app.context(), app.deps)).items;
     expect(failed).toHaveLength(1);
-    expect(failed[0]).toMatchObject({ status: "Succeeded", verification: "Failed", verificationMessage: expect.stringMatching(/refused it: .*Invalid backup provided/) });
+    expect(failed[0]).toMatchObject({
+      status: "Succeeded",
+      verification: "Failed",
+      verificationMessage: expect.stringMatching(/refused it: .*Invalid backup provided/),
+    });
     const passed = bodyOf(await listBackups(get("/api/backups?verification=Passed"), app.context(), app.deps)).items;
     expect(passed).toHaveLength(1);
     expect(passed[0].id).not.toBe(failed[0].id);
@@ -58,11 +62,18 @@ describe("backup verification", () => {
     const { app } = await night.app([hsm.url], { env: { HSM_API_VERSION: "7.5" } });
     await nightly(app);
     const [record] = (await app.deps.catalog.list("backup", { top: 5 })).items;
-    expect(record).toMatchObject({ status: "Succeeded", verification: "Skipped", verificationMessage: expect.stringMatching(/needs HSM_API_VERSION 7.6/) });
+    expect(record).toMatchObject({
+      status: "Succeeded",
+      verification: "Skipped",
+      verificationMessage: expect.stringMatching(/needs HSM_API_VERSION 7.6/),
+    });
     expect(hsm.jobs().map((j) => j.kind)).toEqual(["backup"]);
     const answer = await health(get("/api/health"), app.context(), app.deps);
     expect(answer.status).toBe(200);
-    expect(bodyOf(answer)).toMatchObject({ detail: expect.stringMatching(/Newest backup not verified restorable for: /), hsms: [{ verification: "Skipped", unverified: true }] });
+    expect(bodyOf(answer)).toMatchObject({
+      detail: expect.stringMatching(/Newest backup not verified restorable for: /),
+      hsms: [{ verification: "Skipped", unverified: true }],
+    });
   });
 
   it("refuses a verification filter that is not one of the verdicts, changing nothing", async () => {

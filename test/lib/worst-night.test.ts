@@ -13,7 +13,17 @@ import { Catalog, type BackupRecord } from "../../src/lib/catalog.js";
 import { safeLogger } from "../../src/lib/logger.js";
 import { bodyOf, catalogEntities, get, jobStartRequests, onTime, postJson, type TestApp } from "../support/app.js";
 import { events, Night } from "../support/bad-night.js";
-import { folderName, hostile, jobStatus, keyVaultError, RETRY_AFTER_DAY, RETRY_AFTER_FAR_DATE, sasEcho, started, type SasEchoForm } from "../support/hostile-hsm.js";
+import {
+  folderName,
+  hostile,
+  jobStatus,
+  keyVaultError,
+  RETRY_AFTER_DAY,
+  RETRY_AFTER_FAR_DATE,
+  sasEcho,
+  started,
+  type SasEchoForm,
+} from "../support/hostile-hsm.js";
 
 const night = new Night();
 afterEach(() => night.stopAll());
@@ -29,8 +39,12 @@ function byHsm(records: readonly BackupRecord[], name: string): BackupRecord[] {
 }
 
 /** Authenticated backup starts the emulator accepted (not the pre-restore checks that verify them). */
-function acceptedStarts(emulator: { requests: { method: string; path: string; status: number; headers: Record<string, string> }[] }): number {
-  return jobStartRequests(emulator as never).filter((r) => r.headers.authorization && r.status === 202 && r.method === "POST").length;
+function acceptedStarts(emulator: {
+  requests: { method: string; path: string; status: number; headers: Record<string, string> }[];
+}): number {
+  return jobStartRequests(emulator as never).filter(
+    (r) => r.headers.authorization && r.status === 202 && r.method === "POST",
+  ).length;
 }
 
 describe("the worst night", () => {
@@ -39,7 +53,16 @@ describe("the worst night", () => {
     bad.on("POST", "/backup", hostile.badJobIdStart("backup"));
     const odd = await night.hostile();
     let containerUrl = "";
-    odd.on("GET", STATUS, jobStatus("backup", () => ({ status: "Succeeded", startTime: 1e15, endTime: 1e15, azureStorageBlobContainerUri: `${containerUrl}/${folderName(odd.name)}` })));
+    odd.on(
+      "GET",
+      STATUS,
+      jobStatus("backup", () => ({
+        status: "Succeeded",
+        startTime: 1e15,
+        endTime: 1e15,
+        azureStorageBlobContainerUri: `${containerUrl}/${folderName(odd.name)}`,
+      })),
+    );
     const good = await night.emulator();
     const { app } = await night.app([bad.url, odd.url, good.url]);
     containerUrl = app.deps.storage.containerUrl(app.container);
@@ -47,14 +70,18 @@ describe("the worst night", () => {
 
     for (let run = 1; run <= 3; run++) {
       app.clock.advance(24 * 3_600_000); // one run per night: each its own schedule slot
-      await expect(nightlyBackup(onTime, app.context("nightlyBackup"), app.deps)).rejects.toThrow(new RegExp(`1 of 3 HSM\\(s\\): ${badName} \\(Failed InvalidServiceResponse`));
+      await expect(nightlyBackup(onTime, app.context("nightlyBackup"), app.deps)).rejects.toThrow(
+        new RegExp(`1 of 3 HSM\\(s\\): ${badName} \\(Failed InvalidServiceResponse`),
+      );
     }
     expect(acceptedStarts(good)).toBe(3);
     const all = await backups(app);
     expect(byHsm(all, goodName).map((r) => r.status)).toEqual(["Succeeded", "Succeeded", "Succeeded"]);
     for (const record of byHsm(all, badName)) {
       expect(record).toMatchObject({ status: "Failed", errorCode: "InvalidServiceResponse" });
-      expect(record.errorMessage).toMatch(/"job-1" is not a Managed HSM job id.*a job may be running that cannot be followed/);
+      expect(record.errorMessage).toMatch(
+        /"job-1" is not a Managed HSM job id.*a job may be running that cannot be followed/,
+      );
     }
     // endTime 1e15 is no time at all: the outcome is kept, the impossible time is not.
     for (const record of byHsm(all, oddName)) {
@@ -66,7 +93,13 @@ describe("the worst night", () => {
     // A record an older version left with such a job id is settled by a read, never a 500, and stops no run.
     const at = app.clock.now();
     const { record: legacy } = await app.deps.catalog.insert("backup", {
-      id: Catalog.newId(at), hsmName: badName, hsmUrl: app.deps.config.hsms[0]!.url, status: "Running", jobId: "job-1", startedAt: at.toISOString(), trigger: "timer",
+      id: Catalog.newId(at),
+      hsmName: badName,
+      hsmUrl: app.deps.config.hsms[0]!.url,
+      status: "Running",
+      jobId: "job-1",
+      startedAt: at.toISOString(),
+      trigger: "timer",
     });
     const read = await getBackup(get(`/api/backups/${legacy.id}`), app.context("getBackup"), app.deps);
     expect(read.status).toBe(200);
@@ -82,19 +115,35 @@ describe("the worst night", () => {
     const odd = await night.hostile();
     odd.on("GET", STATUS, hostile.timedOut("backup"));
     const good = await night.emulator();
-    const { app } = await night.app([hung.url, odd.url, good.url], { deps: { hsmClientOptions: { requestTimeoutMs: 300, maxStatusAttempts: 1 } } });
+    const { app } = await night.app([hung.url, odd.url, good.url], {
+      deps: { hsmClientOptions: { requestTimeoutMs: 300, maxStatusAttempts: 1 } },
+    });
     const [hungName, oddName, goodName] = app.deps.config.hsms.map((h) => h.name) as [string, string, string];
     const log = safeLogger(app.context("nightlyBackup"));
 
     // The run stops waiting at its own deadline (the timer's is the function timeout less a margin).
-    const first = await backupAll(app.deps, log, { trigger: "timer", runDeadline: new Date(app.clock.now().getTime() + 2000) });
-    expect(Object.fromEntries(first.map((r) => [r.hsm, r.outcome]))).toEqual({ [hungName]: "Pending", [oddName]: "Pending", [goodName]: "Succeeded" });
-    expect(first.find((r) => r.hsm === hungName)!.record!.errorMessage).toMatch(/Outcome not yet known: .*deadline.*no answer within 0.3 s/);
-    expect(first.find((r) => r.hsm === oddName)!.record!.errorMessage).toMatch(/status "TimedOut" is not one Managed HSM documents/);
+    const first = await backupAll(app.deps, log, {
+      trigger: "timer",
+      runDeadline: new Date(app.clock.now().getTime() + 2000),
+    });
+    expect(Object.fromEntries(first.map((r) => [r.hsm, r.outcome]))).toEqual({
+      [hungName]: "Pending",
+      [oddName]: "Pending",
+      [goodName]: "Succeeded",
+    });
+    expect(first.find((r) => r.hsm === hungName)!.record!.errorMessage).toMatch(
+      /Outcome not yet known: .*deadline.*no answer within 0.3 s/,
+    );
+    expect(first.find((r) => r.hsm === oddName)!.record!.errorMessage).toMatch(
+      /status "TimedOut" is not one Managed HSM documents/,
+    );
 
     // Past the job deadline the next run records TimedOut with what is known, and backs up the healthy HSM as usual.
     app.clock.advance(121 * 60_000);
-    const second = await backupAll(app.deps, log, { trigger: "timer", runDeadline: new Date(app.clock.now().getTime() + 2000) });
+    const second = await backupAll(app.deps, log, {
+      trigger: "timer",
+      runDeadline: new Date(app.clock.now().getTime() + 2000),
+    });
     expect(second.find((r) => r.hsm === goodName)!.outcome).toBe("Succeeded");
     expect(acceptedStarts(good)).toBe(2);
     const all = await backups(app);
@@ -118,7 +167,9 @@ describe("the worst night", () => {
     expect(accepted).toHaveLength(1);
     const [record] = await backups(app);
     expect(record).toMatchObject({ status: "Succeeded", jobId: accepted[0].jobId });
-    expect(app.logs.join("\n")).toMatch(new RegExp(`Backup job ${accepted[0].jobId} .* was accepted, but recording it failed`));
+    expect(app.logs.join("\n")).toMatch(
+      new RegExp(`Backup job ${accepted[0].jobId} .* was accepted, but recording it failed`),
+    );
     expect(acceptedStarts(hsm)).toBe(1);
   });
 
@@ -130,14 +181,28 @@ describe("the worst night", () => {
     hsm.keys.create("k1");
     table!.inject({ kind: "status", status: 503 }, { method: "PATCH", path: /\(PartitionKey='restore'/, times: 1000 });
 
-    const answer = await postRestore(postJson("/api/restores", { backupId: backup!.id, keyName: "k1" }), app.context("postRestore"), app.deps);
+    const answer = await postRestore(
+      postJson("/api/restores", { backupId: backup!.id, keyName: "k1" }),
+      app.context("postRestore"),
+      app.deps,
+    );
     expect(answer.status).toBe(202);
-    expect(bodyOf(answer)).toMatchObject({ status: "Running", jobId: expect.stringMatching(/^[0-9a-f]{32}$/), errorMessage: expect.stringMatching(/^Accepted by the HSM, but not yet recorded/) });
+    expect(bodyOf(answer)).toMatchObject({
+      status: "Running",
+      jobId: expect.stringMatching(/^[0-9a-f]{32}$/),
+      errorMessage: expect.stringMatching(/^Accepted by the HSM, but not yet recorded/),
+    });
     expect(events(app.logs, "MhsmRestoreStarted")).toMatchObject([{ jobId: bodyOf(answer).jobId, keyName: "k1" }]);
 
-    const again = await postRestore(postJson("/api/restores", { backupId: backup!.id, keyName: "k1" }), app.context("postRestore"), app.deps);
+    const again = await postRestore(
+      postJson("/api/restores", { backupId: backup!.id, keyName: "k1" }),
+      app.context("postRestore"),
+      app.deps,
+    );
     expect(again.status).toBe(409);
-    expect(hsm.requests.filter((r) => r.method === "PUT" && /^\/keys\/k1\/restore$/.test(r.path) && r.status === 202)).toHaveLength(1);
+    expect(
+      hsm.requests.filter((r) => r.method === "PUT" && /^\/keys\/k1\/restore$/.test(r.path) && r.status === 202),
+    ).toHaveLength(1);
   });
 
   it("4. Retry-After is obeyed only up to MAX_POLL_INTERVAL_SECONDS, and a status route reads once without sleeping", async () => {
@@ -148,13 +213,30 @@ describe("the worst night", () => {
       keyVaultError(503, "Busy", "later", { "retry-after": RETRY_AFTER_FAR_DATE }),
       started("backup"),
     ]);
-    hsm.on("GET", STATUS, [hostile.comeBackLater("backup"), hostile.comeBackLater("backup", RETRY_AFTER_FAR_DATE), keyVaultError(503, "Busy", "later", { "retry-after": "4" })]);
+    hsm.on("GET", STATUS, [
+      hostile.comeBackLater("backup"),
+      hostile.comeBackLater("backup", RETRY_AFTER_FAR_DATE),
+      keyVaultError(503, "Busy", "later", { "retry-after": "4" }),
+    ]);
     let app!: TestApp;
     // Waiting costs nothing here: the app's clock moves by what it asked to wait.
     // eslint-disable-next-line prefer-const -- app is declared before the closures that read it and assigned once they exist
-    ({ app } = await night.app([hsm.url], { env: { MAX_POLL_INTERVAL_SECONDS: "45" }, deps: { hsmClientOptions: { delay: async (ms) => { waits.push(ms); app.clock.advance(ms); } } } }));
+    ({ app } = await night.app([hsm.url], {
+      env: { MAX_POLL_INTERVAL_SECONDS: "45" },
+      deps: {
+        hsmClientOptions: {
+          delay: async (ms) => {
+            waits.push(ms);
+            app.clock.advance(ms);
+          },
+        },
+      },
+    }));
 
-    const [result] = await backupAll(app.deps, safeLogger(app.context()), { trigger: "timer", runDeadline: new Date(app.clock.now().getTime() + 3_600_000) });
+    const [result] = await backupAll(app.deps, safeLogger(app.context()), {
+      trigger: "timer",
+      runDeadline: new Date(app.clock.now().getTime() + 3_600_000),
+    });
     expect(result!.outcome).toBe("Pending");
     // 429 for a day, 503 until 9999, the 202's own 0, then status reads asking for a day and for 9999.
     expect(waits.slice(0, 5)).toEqual([45_000, 45_000, 0, 45_000, 45_000]);
@@ -175,8 +257,18 @@ describe("the worst night", () => {
     // eslint-disable-next-line prefer-const -- app is declared before the closures that read it and assigned once they exist
     let app!: TestApp;
     let corrected = false;
-    hsm.on("POST", "/backup", [keyVaultError(429, "Throttled", "slow down", { "retry-after": "1" }), started("backup")]);
-    hsm.on("GET", STATUS, jobStatus("backup", () => ({ status: "Succeeded", azureStorageBlobContainerUri: `${app.deps.storage.containerUrl(app.container)}/${folderName(hsm.name)}` })));
+    hsm.on("POST", "/backup", [
+      keyVaultError(429, "Throttled", "slow down", { "retry-after": "1" }),
+      started("backup"),
+    ]);
+    hsm.on(
+      "GET",
+      STATUS,
+      jobStatus("backup", () => ({
+        status: "Succeeded",
+        azureStorageBlobContainerUri: `${app.deps.storage.containerUrl(app.container)}/${folderName(hsm.name)}`,
+      })),
+    );
     ({ app } = await night.app([hsm.url], {
       deps: {
         hsmClientOptions: {
@@ -186,7 +278,11 @@ describe("the worst night", () => {
             corrected = true;
             app.clock.advance(16 * 60_000);
             const [starting] = await app.deps.catalog.active("backup");
-            const read = await getBackup(get(`/api/backups/${starting!.record.id}`), app.context("getBackup"), app.deps);
+            const read = await getBackup(
+              get(`/api/backups/${starting!.record.id}`),
+              app.context("getBackup"),
+              app.deps,
+            );
             expect(bodyOf(read)).toMatchObject({ status: "Failed", errorCode: "StartOutcomeUnknown" });
           },
         },
@@ -199,7 +295,10 @@ describe("the worst night", () => {
     expect(record!.jobId).toMatch(/^[0-9a-f]{32}$/);
     expect(record!.errorCode).toBeUndefined();
     const outcomes = events(app.logs, "MhsmBackupOutcome");
-    expect(outcomes.map((e) => [e.status, e.correctionOf])).toEqual([["Failed", undefined], ["Succeeded", "Failed StartOutcomeUnknown"]]);
+    expect(outcomes.map((e) => [e.status, e.correctionOf])).toEqual([
+      ["Failed", undefined],
+      ["Succeeded", "Failed StartOutcomeUnknown"],
+    ]);
   });
 
   it("6. the restore start lock is renewed by its live holder: a taker of a lock gone stale wins alone, and the HSM gets one restore", async () => {
@@ -211,20 +310,40 @@ describe("the worst night", () => {
     const now = app.clock.now();
     const container = app.deps.storage.containerUrl(app.container);
     const { record: backup } = await app.deps.catalog.insert("backup", {
-      id: Catalog.newId(now), hsmName: hsm.name, hsmUrl: hsm.url, status: "Succeeded", startedAt: now.toISOString(), endedAt: now.toISOString(),
-      folderUri: `${container}/${folderName(hsm.name)}`, trigger: "timer",
+      id: Catalog.newId(now),
+      hsmName: hsm.name,
+      hsmUrl: hsm.url,
+      status: "Succeeded",
+      startedAt: now.toISOString(),
+      endedAt: now.toISOString(),
+      folderUri: `${container}/${folderName(hsm.name)}`,
+      trigger: "timer",
     });
     await app.deps.catalog.insert("restore", {
-      id: Catalog.newId(now), hsmName: hsm.name, hsmUrl: hsm.url, status: "Running", jobId: "0123456789abcdef0123456789abcdef",
-      startedAt: now.toISOString(), backupId: backup.id, folderUri: backup.folderUri!,
+      id: Catalog.newId(now),
+      hsmName: hsm.name,
+      hsmUrl: hsm.url,
+      status: "Running",
+      jobId: "0123456789abcdef0123456789abcdef",
+      startedAt: now.toISOString(),
+      backupId: backup.id,
+      folderUri: backup.folderUri!,
     });
     // The first request's idle check (its status read of the running restore) is slow.
     proxy.inject({ kind: "delay", ms: 1500 }, { method: "GET", path: /^\/restore\/.+\/pending$/, skip: 1, times: 1 });
 
-    const first = postRestore(postJson("/api/restores", { backupId: backup.id, keyName: "k1" }), app.context("postRestore"), app.deps);
+    const first = postRestore(
+      postJson("/api/restores", { backupId: backup.id, keyName: "k1" }),
+      app.context("postRestore"),
+      app.deps,
+    );
     await expect.poll(() => proxy.log.filter((l) => l.fault === "delay").length, { timeout: 5000 }).toBe(1);
     app.clock.advance(6 * 60_000);
-    const second = await postRestore(postJson("/api/restores", { backupId: backup.id, keyName: "k1" }), app.context("postRestore"), app.deps);
+    const second = await postRestore(
+      postJson("/api/restores", { backupId: backup.id, keyName: "k1" }),
+      app.context("postRestore"),
+      app.deps,
+    );
     const firstAnswer = await first;
 
     expect([firstAnswer.status, second.status].sort()).toEqual([202, 409]);
@@ -238,8 +357,14 @@ describe("the worst night", () => {
     const { app, table } = await night.app([hsm.url], { tableProxy: true });
     await app.deps.prepare();
     // Every insert loses its answer once: the schedule-slot claim's, then the record's.
-    table!.inject({ kind: "lostResponse" }, { method: "POST", path: new RegExp(`^/devstoreaccount1/${app.table}$`), times: 1 });
-    table!.inject({ kind: "lostResponse" }, { method: "POST", path: new RegExp(`^/devstoreaccount1/${app.table}$`), skip: 1, times: 1 });
+    table!.inject(
+      { kind: "lostResponse" },
+      { method: "POST", path: new RegExp(`^/devstoreaccount1/${app.table}$`), times: 1 },
+    );
+    table!.inject(
+      { kind: "lostResponse" },
+      { method: "POST", path: new RegExp(`^/devstoreaccount1/${app.table}$`), skip: 1, times: 1 },
+    );
 
     await nightlyBackup(onTime, app.context("nightlyBackup"), app.deps);
     const all = await backups(app);
@@ -252,11 +377,18 @@ describe("the worst night", () => {
     const [a, b] = [await night.emulator(), await night.emulator()];
     const { app, table } = await night.app([a.url, b.url], { tableProxy: true });
     await app.deps.prepare();
-    table!.inject({ kind: "status", status: 503 }, { method: "POST", path: new RegExp(`^/devstoreaccount1/${app.table}$`), times: 1000 });
+    table!.inject(
+      { kind: "status", status: 503 },
+      { method: "POST", path: new RegExp(`^/devstoreaccount1/${app.table}$`), times: 1000 },
+    );
 
     const names = app.deps.config.hsms.map((h) => h.name);
     const error = await nightlyBackup(onTime, app.context("nightlyBackup"), app.deps).catch((e: Error) => e);
-    expect((error as Error).message).toMatch(new RegExp(`2 of 2 HSM\\(s\\): ${names[0]} \\(NotRecorded: the catalog could not be written .*no backup was started.*; ${names[1]} \\(NotRecorded`));
+    expect((error as Error).message).toMatch(
+      new RegExp(
+        `2 of 2 HSM\\(s\\): ${names[0]} \\(NotRecorded: the catalog could not be written .*no backup was started.*; ${names[1]} \\(NotRecorded`,
+      ),
+    );
     expect(jobStartRequests(a).length + jobStartRequests(b).length).toBe(0);
   });
 
@@ -264,7 +396,10 @@ describe("the worst night", () => {
     const forms: SasEchoForm[] = ["urlEncoded", "doubleEncoded", "json", "header"];
     const signatures: string[] = [];
     const echo = (form: SasEchoForm, status: number) => (request: { body: unknown }) => {
-      const token = (request.body as { token?: string; sasTokenParameters?: { token?: string } }).token ?? (request.body as { sasTokenParameters?: { token?: string } }).sasTokenParameters?.token ?? "";
+      const token =
+        (request.body as { token?: string; sasTokenParameters?: { token?: string } }).token ??
+        (request.body as { sasTokenParameters?: { token?: string } }).sasTokenParameters?.token ??
+        "";
       const signature = new URLSearchParams(token).get("sig") ?? "";
       signatures.push(signature);
       return keyVaultError(status, "InvalidParameter", sasEcho(signature, form));
@@ -278,12 +413,26 @@ describe("the worst night", () => {
     // A restore refused with an echo of its SAS: the problem+json answer carries none either.
     const [backup] = (await backups(app)).filter((r) => r.status === "Succeeded");
     hsms[0]!.on("PUT", /^\/keys\/.+\/restore$/, echo("json", 400));
-    const hostileBackup = await app.deps.catalog.insert("backup", { ...backup!, id: Catalog.newId(app.clock.now()), hsmName: app.deps.config.hsms[0]!.name, hsmUrl: app.deps.config.hsms[0]!.url });
-    const refused = await postRestore(postJson("/api/restores", { backupId: hostileBackup.record.id, keyName: "k1" }), app.context("postRestore"), app.deps);
+    const hostileBackup = await app.deps.catalog.insert("backup", {
+      ...backup!,
+      id: Catalog.newId(app.clock.now()),
+      hsmName: app.deps.config.hsms[0]!.name,
+      hsmUrl: app.deps.config.hsms[0]!.url,
+    });
+    const refused = await postRestore(
+      postJson("/api/restores", { backupId: hostileBackup.record.id, keyName: "k1" }),
+      app.context("postRestore"),
+      app.deps,
+    );
     expect(refused.status).toBe(502);
 
     expect(signatures.filter(Boolean)).toHaveLength(5);
-    const everything = [String(runError), ...app.logs, JSON.stringify(await catalogEntities(app)), String(refused.body)].join("\n");
+    const everything = [
+      String(runError),
+      ...app.logs,
+      JSON.stringify(await catalogEntities(app)),
+      String(refused.body),
+    ].join("\n");
     expect(everything).toMatch(/InvalidParameter/);
     for (const signature of signatures) {
       const once = encodeURIComponent(signature);
@@ -303,8 +452,16 @@ describe("the worst night", () => {
 
     await expect(nightlyBackup(onTime, app.context("nightlyBackup"), app.deps)).rejects.toThrow(/2 of 2/);
     const all = await backups(app);
-    expect(byHsm(all, a)[0]).toMatchObject({ status: "Failed", errorCode: "InvalidServiceResponse", errorMessage: expect.stringMatching(/Succeeded, but it gave no backup folder/) });
-    expect(byHsm(all, b)[0]).toMatchObject({ status: "Failed", errorCode: "InvalidServiceResponse", errorMessage: expect.stringMatching(/attacker\.blob\.core\.windows\.net.* is not on the app's storage account/) });
+    expect(byHsm(all, a)[0]).toMatchObject({
+      status: "Failed",
+      errorCode: "InvalidServiceResponse",
+      errorMessage: expect.stringMatching(/Succeeded, but it gave no backup folder/),
+    });
+    expect(byHsm(all, b)[0]).toMatchObject({
+      status: "Failed",
+      errorCode: "InvalidServiceResponse",
+      errorMessage: expect.stringMatching(/attacker\.blob\.core\.windows\.net.* is not on the app's storage account/),
+    });
     expect(all.every((r) => r.folderUri === undefined)).toBe(true);
     const { checkHealth } = await import("../../src/lib/health.js");
     expect((await checkHealth(app.deps)).healthy).toBe(false);
@@ -317,11 +474,23 @@ describe("the worst night", () => {
     moved.on("GET", STATUS, hostile.redirect());
     const html = await night.hostile();
     html.on("POST", "/backup", hostile.htmlStart("backup"));
-    html.on("GET", STATUS, jobStatus("backup", () => ({ status: "Succeeded", azureStorageBlobContainerUri: `${app.deps.storage.containerUrl(app.container)}/${folderName(html.name)}` })));
-    const { app } = await night.app([other.url, moved.url, html.url], { deps: { hsmClientOptions: { maxStatusAttempts: 1 } } });
+    html.on(
+      "GET",
+      STATUS,
+      jobStatus("backup", () => ({
+        status: "Succeeded",
+        azureStorageBlobContainerUri: `${app.deps.storage.containerUrl(app.container)}/${folderName(html.name)}`,
+      })),
+    );
+    const { app } = await night.app([other.url, moved.url, html.url], {
+      deps: { hsmClientOptions: { maxStatusAttempts: 1 } },
+    });
     const [o, m, h] = app.deps.config.hsms.map((x) => x.name) as [string, string, string];
 
-    const results = await backupAll(app.deps, safeLogger(app.context()), { trigger: "timer", runDeadline: new Date(app.clock.now().getTime() + 1500) });
+    const results = await backupAll(app.deps, safeLogger(app.context()), {
+      trigger: "timer",
+      runDeadline: new Date(app.clock.now().getTime() + 1500),
+    });
     const of = (name: string) => results.find((r) => r.hsm === name)!;
     expect(of(o)).toMatchObject({ outcome: "Pending" });
     expect(of(o).record!.errorMessage).toMatch(/the status is for job [0-9a-f]{32}, not for job/);
@@ -329,22 +498,38 @@ describe("the worst night", () => {
     expect(of(m).record!.errorMessage).toMatch(/HTTP 302 \(a redirect, not followed\)/);
     expect(moved.requests.some((r) => r.path.includes("attacker"))).toBe(false);
     expect(of(h)).toMatchObject({ outcome: "Succeeded" });
-    expect(of(h).record!.jobId).toBe(/\/backup\/([0-9a-f]{32})\/pending/.exec(html.authenticated("GET", STATUS)[0]!.path)![1]);
+    expect(of(h).record!.jobId).toBe(
+      /\/backup\/([0-9a-f]{32})\/pending/.exec(html.authenticated("GET", STATUS)[0]!.path)![1],
+    );
   });
 
   it("11. a rerun over a live job is Skipped with the running job's id, fails nothing, and the earlier job's outcome still lands", async () => {
     const hsm = await night.emulator({ jobDurationMs: 1500 });
     const { app } = await night.app([hsm.url]);
     const abort = new AbortController();
-    const [first] = await backupAll(app.deps, safeLogger(app.context()), { trigger: "timer", abortSignal: abort.signal, onProgress: () => abort.abort(new Error("worker recycled")) });
+    const [first] = await backupAll(app.deps, safeLogger(app.context()), {
+      trigger: "timer",
+      abortSignal: abort.signal,
+      onProgress: () => abort.abort(new Error("worker recycled")),
+    });
     expect(first).toMatchObject({ outcome: "Pending" });
 
     await nightlyBackup(onTime, app.context("nightlyBackup"), app.deps);
     const [skipped] = await backups(app);
-    expect(skipped).toMatchObject({ status: "Skipped", errorCode: "PreviousJobRunning", activeRecordId: first!.record!.id, activeJobId: first!.jobId });
+    expect(skipped).toMatchObject({
+      status: "Skipped",
+      errorCode: "PreviousJobRunning",
+      activeRecordId: first!.record!.id,
+      activeJobId: first!.jobId,
+    });
     expect(acceptedStarts(hsm)).toBe(1);
 
-    await expect.poll(async () => bodyOf(await getBackup(get(`/api/backups/${first!.record!.id}`), app.context(), app.deps)).status, { timeout: 10_000, interval: 200 }).toBe("Succeeded");
+    await expect
+      .poll(
+        async () => bodyOf(await getBackup(get(`/api/backups/${first!.record!.id}`), app.context(), app.deps)).status,
+        { timeout: 10_000, interval: 200 },
+      )
+      .toBe("Succeeded");
     expect(events(app.logs, "MhsmBackupOutcome").map((e) => e.status)).toEqual(["Skipped", "Succeeded"]);
   });
 });

@@ -16,7 +16,12 @@ import { expect, inject } from "vitest";
 import { getRestore } from "../../src/handlers/restores.js";
 import { parseConfig, type Env } from "../../src/lib/config.js";
 import { createDeps, type AppDeps, type DepsOptions } from "../../src/lib/deps.js";
-import { startHsmEmulator, type HsmEmulator, type HsmEmulatorOptions, type RecordedRequest } from "../../tools/hsm-emulator/index.js";
+import {
+  startHsmEmulator,
+  type HsmEmulator,
+  type HsmEmulatorOptions,
+  type RecordedRequest,
+} from "../../tools/hsm-emulator/index.js";
 import { HSM_DOMAIN, hsmRealNames, type LoopbackTransport } from "../../tools/loopback-transport.js";
 
 export { HSM_DOMAIN };
@@ -29,7 +34,8 @@ export function uniqueName(prefix: string): string {
 /** The official KeyClient on the app's HSM number `index`, over the app's own transport (https, verification on). */
 export function keyClient(app: TestApp, index = 0): KeyClient {
   const httpClient = app.depsOptions.hsmClientOptions?.httpClient;
-  if (!httpClient) throw new Error("keyClient needs the HTTPS test app (hsmAccess 'https'): KeyClient sends tokens over https only");
+  if (!httpClient)
+    throw new Error("keyClient needs the HTTPS test app (hsmAccess 'https'): KeyClient sends tokens over https only");
   return new KeyClient(app.deps.config.hsms[index]!.url, new DefaultAzureCredential(), { httpClient });
 }
 
@@ -61,7 +67,10 @@ export function startHttpsEmulator(options: HsmEmulatorOptions = {}): Promise<Hs
 }
 
 /** `https://<name>.managedhsm.azure.net` for each HTTPS emulator, and the transport that reaches them there. */
-export function realNames(emulators: readonly HsmEmulator[], extraRoutes: Record<string, number> = {}): { urls: string[]; transport: LoopbackTransport } {
+export function realNames(
+  emulators: readonly HsmEmulator[],
+  extraRoutes: Record<string, number> = {},
+): { urls: string[]; transport: LoopbackTransport } {
   return hsmRealNames(emulators, testCa().ca, extraRoutes);
 }
 
@@ -98,7 +107,11 @@ export async function startTestApp(options: TestAppOptions = {}): Promise<TestAp
   const emulators: HsmEmulator[] = [];
   for (let i = 0; i < (options.hsmCount ?? 1); i++) {
     const emulatorOptions: HsmEmulatorOptions = { retryAfterSeconds: 0, jobDurationMs: 100, ...options.emulator };
-    emulators.push(https ? await startHttpsEmulator({ name: `testhsm${i}`, ...emulatorOptions }) : await startHsmEmulator(emulatorOptions));
+    emulators.push(
+      https
+        ? await startHttpsEmulator({ name: `testhsm${i}`, ...emulatorOptions })
+        : await startHsmEmulator(emulatorOptions),
+    );
   }
   const access = https ? realNames(emulators) : { urls: emulators.map((e) => e.url), transport: undefined };
   const container = uniqueName("bk");
@@ -123,12 +136,20 @@ export async function startTestApp(options: TestAppOptions = {}): Promise<TestAp
   const deps = createDeps(parseConfig(env), depsOptions);
   const logs: string[] = [];
   return {
-    deps, depsOptions, emulators, clock, env, container, table, logs,
-    context: (functionName = "test") => new InvocationContext({
-      invocationId: uniqueName("inv-"),
-      functionName,
-      logHandler: (level, ...args) => logs.push(`${level}: ${args.map(String).join(" ")}`),
-    }),
+    deps,
+    depsOptions,
+    emulators,
+    clock,
+    env,
+    container,
+    table,
+    logs,
+    context: (functionName = "test") =>
+      new InvocationContext({
+        invocationId: uniqueName("inv-"),
+        functionName,
+        logHandler: (level, ...args) => logs.push(`${level}: ${args.map(String).join(" ")}`),
+      }),
     stop: async () => {
       access.transport?.close();
       await Promise.all(emulators.map((e) => e.stop()));
@@ -169,7 +190,11 @@ export function headerOf(response: HttpResponseInit, name: string): string | und
 }
 
 /** A timer invocation on schedule. */
-export const onTime: Timer = { isPastDue: false, schedule: { adjustForDST: false }, scheduleStatus: { last: "", next: "", lastUpdated: "" } };
+export const onTime: Timer = {
+  isPastDue: false,
+  schedule: { adjustForDST: false },
+  scheduleStatus: { last: "", next: "", lastUpdated: "" },
+};
 
 /** Polls GET /api/restores/{id} until the restore leaves Starting/Running. */
 export async function waitForRestore(app: TestApp, statusUrl: string): Promise<any> {
@@ -186,19 +211,24 @@ export async function waitForRestore(app: TestApp, statusUrl: string): Promise<a
 /** Every raw entity of the app's catalog table, system properties (etag, timestamp) included, in key order. */
 export async function catalogEntities(app: TestApp): Promise<Record<string, unknown>[]> {
   const entities: Record<string, unknown>[] = [];
-  for await (const entity of app.deps.storage.table(app.table).listEntities<Record<string, unknown>>()) entities.push({ ...entity });
+  for await (const entity of app.deps.storage.table(app.table).listEntities<Record<string, unknown>>())
+    entities.push({ ...entity });
   return entities;
 }
 
 /** Requests that would start a job on the HSM: backups, full restores and selective key restores (answered or not). */
 export function jobStartRequests(emulator: HsmEmulator): RecordedRequest[] {
-  return emulator.requests.filter((r) =>
-    (r.method === "POST" && /^\/+(pre)?backup\/*$/i.test(r.path)) ||
-    (r.method === "PUT" && /^\/+(pre)?restore\/*$/i.test(r.path)) ||
-    (r.method === "PUT" && /^\/+keys\/[^/]+\/restore\/*$/i.test(r.path)));
+  return emulator.requests.filter(
+    (r) =>
+      (r.method === "POST" && /^\/+(pre)?backup\/*$/i.test(r.path)) ||
+      (r.method === "PUT" && /^\/+(pre)?restore\/*$/i.test(r.path)) ||
+      (r.method === "PUT" && /^\/+keys\/[^/]+\/restore\/*$/i.test(r.path)),
+  );
 }
 
 /** The JSON fields of every outcome event line (e.g. MhsmBackupOutcome) in a test app's logs, in order. */
 export function events(logs: readonly string[], name: string): any[] {
-  return logs.filter((l) => l.includes(` ${name} `)).map((l) => JSON.parse(l.slice(l.indexOf(`${name} `) + name.length + 1)));
+  return logs
+    .filter((l) => l.includes(` ${name} `))
+    .map((l) => JSON.parse(l.slice(l.indexOf(`${name} `) + name.length + 1)));
 }

@@ -21,7 +21,13 @@ export class Night {
    */
   async emulator(options: HsmEmulatorOptions = {}): Promise<HsmEmulator> {
     const port = options.port ?? (await freePort());
-    const emulator = await startHsmEmulator({ name: `loopback-${port}`, port, retryAfterSeconds: 0, jobDurationMs: 100, ...options });
+    const emulator = await startHsmEmulator({
+      name: `loopback-${port}`,
+      port,
+      retryAfterSeconds: 0,
+      jobDurationMs: 100,
+      ...options,
+    });
     this.stops.push(() => emulator.stop());
     return emulator;
   }
@@ -29,7 +35,12 @@ export class Night {
   /** An emulator the app reaches through a fault proxy (its URL is the proxy's). */
   async emulatorBehindProxy(options: HsmEmulatorOptions = {}): Promise<{ emulator: HsmEmulator; proxy: FaultProxy }> {
     const port = await freePort();
-    const emulator = await startHsmEmulator({ name: `loopback-${port}`, retryAfterSeconds: 0, jobDurationMs: 100, ...options });
+    const emulator = await startHsmEmulator({
+      name: `loopback-${port}`,
+      retryAfterSeconds: 0,
+      jobDurationMs: 100,
+      ...options,
+    });
     this.stops.push(() => emulator.stop());
     const proxy = await startFaultProxy(emulator.url, { port });
     this.stops.push(() => proxy.stop());
@@ -52,7 +63,10 @@ export class Night {
    * The app over these HSM URLs (in this order). With tableProxy its catalog goes through a fault
    * proxy in front of Azurite's table endpoint. Waits between catalog write tries are short.
    */
-  async app(hsmUrls: readonly string[], options: { tableProxy?: boolean; env?: Env; deps?: DepsOptions } = {}): Promise<{ app: TestApp; table?: FaultProxy }> {
+  async app(
+    hsmUrls: readonly string[],
+    options: { tableProxy?: boolean; env?: Env; deps?: DepsOptions } = {},
+  ): Promise<{ app: TestApp; table?: FaultProxy }> {
     let connectionString = inject("azuriteConnectionString");
     let table: FaultProxy | undefined;
     if (options.tableProxy) {
@@ -76,5 +90,7 @@ export class Night {
 
 /** Lines of one outcome event, parsed, in the order they were logged. */
 export function events(logs: readonly string[], name: string): any[] {
-  return logs.filter((l) => l.includes(` ${name} `)).map((l) => JSON.parse(l.slice(l.indexOf(`${name} `) + name.length + 1)));
+  return logs
+    .filter((l) => l.includes(` ${name} `))
+    .map((l) => JSON.parse(l.slice(l.indexOf(`${name} `) + name.length + 1)));
 }

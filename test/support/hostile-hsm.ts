@@ -40,7 +40,8 @@ export interface ScriptedReply {
 }
 
 /** A reply, a reply computed from the request (the defaults are these), or no reply at all. */
-export type Answer = ScriptedReply | "hang" | "lostResponse" | ((request: HostileRequest) => ScriptedReply | "hang" | "lostResponse");
+export type Answer =
+  ScriptedReply | "hang" | "lostResponse" | ((request: HostileRequest) => ScriptedReply | "hang" | "lostResponse");
 
 export interface HostileHsmOptions {
   /** Name in default folder names (`mhsm-<name>-...`); default "hostilehsm". */
@@ -82,7 +83,10 @@ export function folderName(hsmName: string, at = new Date()): string {
 }
 
 /** A FullBackupOperation (backup) or RestoreOperation (restore) body, InProgress unless overridden. */
-export function operationBody(family: JobFamily, overrides: Readonly<Record<string, unknown>> = {}): Record<string, unknown> {
+export function operationBody(
+  family: JobFamily,
+  overrides: Readonly<Record<string, unknown>> = {},
+): Record<string, unknown> {
   return {
     status: "InProgress",
     statusDetails: null,
@@ -96,8 +100,17 @@ export function operationBody(family: JobFamily, overrides: Readonly<Record<stri
 }
 
 /** A Key Vault error answer: `{"error":{"code","message"}}`. */
-export function keyVaultError(status: number, code: string, message: string, headers: Readonly<Record<string, string>> = {}): ScriptedReply {
-  return { status, headers: { "content-type": "application/json; charset=utf-8", ...headers }, body: { error: { code, message } } };
+export function keyVaultError(
+  status: number,
+  code: string,
+  message: string,
+  headers: Readonly<Record<string, string>> = {},
+): ScriptedReply {
+  return {
+    status,
+    headers: { "content-type": "application/json; charset=utf-8", ...headers },
+    body: { error: { code, message } },
+  };
 }
 
 export interface StartedOptions {
@@ -112,10 +125,17 @@ export interface StartedOptions {
 }
 
 /** A start call's answer: 202, the operation body (overrides applied) and Azure-AsyncOperation. */
-export function started(family: JobFamily, overrides: Readonly<Record<string, unknown>> = {}, options: StartedOptions = {}): Answer {
+export function started(
+  family: JobFamily,
+  overrides: Readonly<Record<string, unknown>> = {},
+  options: StartedOptions = {},
+): Answer {
   return (request) => {
     const body = operationBody(family, overrides);
-    const asyncOperation = options.asyncOperation === undefined ? `${request.origin}/${family}/${String(body.jobId)}/pending` : options.asyncOperation;
+    const asyncOperation =
+      options.asyncOperation === undefined
+        ? `${request.origin}/${family}/${String(body.jobId)}/pending`
+        : options.asyncOperation;
     return {
       status: options.status ?? 202,
       headers: {
@@ -134,12 +154,20 @@ type Overrides = Readonly<Record<string, unknown>> | ((request: HostileRequest) 
  * A status poll's answer: 200 and the operation body for the job id in the request path, with the
  * overrides applied; a function override is evaluated per request (a fresh endTime, a folder name).
  */
-export function jobStatus(family: JobFamily, overrides: Overrides = {}, headers: Readonly<Record<string, string>> = {}): Answer {
+export function jobStatus(
+  family: JobFamily,
+  overrides: Overrides = {},
+  headers: Readonly<Record<string, string>> = {},
+): Answer {
   return (request) => {
     const jobId = /^\/(?:backup|restore)\/([^/]+)\/pending$/.exec(request.path)?.[1] ?? newJobId();
     const base = operationBody(family, { jobId, startTime: nowSeconds() - 1 });
     const extra = typeof overrides === "function" ? overrides(request) : overrides;
-    return { status: 200, headers: { "content-type": "application/json; charset=utf-8", ...headers }, body: { ...base, ...extra } };
+    return {
+      status: 200,
+      headers: { "content-type": "application/json; charset=utf-8", ...headers },
+      body: { ...base, ...extra },
+    };
   };
 }
 
@@ -175,36 +203,74 @@ export const hostile = {
   /** Start answered with job id "job-1" (not 32 hex), the polling header following it. */
   badJobIdStart: (family: JobFamily): Answer => started(family, { jobId: "job-1" }),
   /** Start answered with a good Azure-AsyncOperation header but an HTML body. */
-  htmlStart: (family: JobFamily): Answer => (request) => resolveAnswer(started(family, {}, {
-    asyncOperation: `${request.origin}/${family}/${newJobId()}/pending`,
-    rawBody: "<html><body><h1>202 Accepted</h1></body></html>",
-    contentType: "text/html",
-  }), request),
+  htmlStart:
+    (family: JobFamily): Answer =>
+    (request) =>
+      resolveAnswer(
+        started(
+          family,
+          {},
+          {
+            asyncOperation: `${request.origin}/${family}/${newJobId()}/pending`,
+            rawBody: "<html><body><h1>202 Accepted</h1></body></html>",
+            contentType: "text/html",
+          },
+        ),
+        request,
+      ),
   /** Succeeded with endTime 1e15 (Unix seconds, about 31 million years ahead). */
-  farFutureEnd: (family: JobFamily): Answer => jobStatus(family, () => ({ status: "Succeeded", endTime: 1e15, ...(family === "backup" ? { azureStorageBlobContainerUri: `https://hostilestorage.blob.core.windows.net/backups/${folderName("hostilehsm")}` } : {}) })),
+  farFutureEnd: (family: JobFamily): Answer =>
+    jobStatus(family, () => ({
+      status: "Succeeded",
+      endTime: 1e15,
+      ...(family === "backup"
+        ? {
+            azureStorageBlobContainerUri: `https://hostilestorage.blob.core.windows.net/backups/${folderName("hostilehsm")}`,
+          }
+        : {}),
+    })),
   /** A status no version of the spec lists. */
   timedOut: (family: JobFamily): Answer => jobStatus(family, () => ({ status: "TimedOut", endTime: nowSeconds() })),
   /** Backup Succeeded, but no folder. */
-  succeededWithoutFolder: (): Answer => jobStatus("backup", () => ({ status: "Succeeded", endTime: nowSeconds(), azureStorageBlobContainerUri: null })),
+  succeededWithoutFolder: (): Answer =>
+    jobStatus("backup", () => ({ status: "Succeeded", endTime: nowSeconds(), azureStorageBlobContainerUri: null })),
   /** Backup Succeeded into someone else's storage account. */
-  foreignFolder: (): Answer => jobStatus("backup", () => ({ status: "Succeeded", endTime: nowSeconds(), azureStorageBlobContainerUri: `https://attacker.blob.core.windows.net/loot/${folderName("hostilehsm")}` })),
+  foreignFolder: (): Answer =>
+    jobStatus("backup", () => ({
+      status: "Succeeded",
+      endTime: nowSeconds(),
+      azureStorageBlobContainerUri: `https://attacker.blob.core.windows.net/loot/${folderName("hostilehsm")}`,
+    })),
   /** Status of another job than the one polled. */
-  otherJob: (family: JobFamily, status = "Succeeded"): Answer => jobStatus(family, () => ({ jobId: newJobId(), status, endTime: nowSeconds() })),
+  otherJob: (family: JobFamily, status = "Succeeded"): Answer =>
+    jobStatus(family, () => ({ jobId: newJobId(), status, endTime: nowSeconds() })),
   /** A redirect to another host. */
   redirect: (location = "https://attacker.example/backup"): Answer => ({ status: 302, headers: { location } }),
   /** InProgress, asking the client to come back in a day (or in the year 9999 with `RETRY_AFTER_FAR_DATE`). */
-  comeBackLater: (family: JobFamily, retryAfter: string = RETRY_AFTER_DAY): Answer => jobStatus(family, {}, { "retry-after": retryAfter }),
+  comeBackLater: (family: JobFamily, retryAfter: string = RETRY_AFTER_DAY): Answer =>
+    jobStatus(family, {}, { "retry-after": retryAfter }),
   /** A 400 on the start call whose message echoes the SAS signature. */
-  sasEchoError: (signature: string, form: SasEchoForm): Answer => keyVaultError(400, "InvalidParameter", sasEcho(signature, form)),
+  sasEchoError: (signature: string, form: SasEchoForm): Answer =>
+    keyVaultError(400, "InvalidParameter", sasEcho(signature, form)),
   /** A Failed job whose error message echoes the SAS signature. */
   sasEchoFailed: (family: JobFamily, signature: string, form: SasEchoForm): Answer =>
-    jobStatus(family, () => ({ status: "Failed", endTime: nowSeconds(), error: { code: "StorageAccessFailed", message: sasEcho(signature, form), innererror: null } })),
+    jobStatus(family, () => ({
+      status: "Failed",
+      endTime: nowSeconds(),
+      error: { code: "StorageAccessFailed", message: sasEcho(signature, form), innererror: null },
+    })),
 };
 
 function storageUriOf(body: unknown): string {
   const direct = (body as { storageResourceUri?: unknown } | null)?.storageResourceUri;
-  const nested = (body as { sasTokenParameters?: { storageResourceUri?: unknown } } | null)?.sasTokenParameters?.storageResourceUri;
-  const uri = typeof direct === "string" ? direct : typeof nested === "string" ? nested : "https://hostilestorage.blob.core.windows.net/backups";
+  const nested = (body as { sasTokenParameters?: { storageResourceUri?: unknown } } | null)?.sasTokenParameters
+    ?.storageResourceUri;
+  const uri =
+    typeof direct === "string"
+      ? direct
+      : typeof nested === "string"
+        ? nested
+        : "https://hostilestorage.blob.core.windows.net/backups";
   return uri.replace(/\/+$/, "");
 }
 
@@ -233,40 +299,61 @@ export async function startHostileHsm(options: HostileHsmOptions = {}): Promise<
   // the storage URI it was given; null for a pre-backup, which never reports one.
   const jobStorage = new Map<string, string | null>();
 
-  const rememberJob = (answer: Answer): Answer => (request) => {
-    const reply = resolveAnswer(answer, request);
-    if (typeof reply === "object" && typeof reply.body === "object" && reply.body !== null) {
-      const jobId = (reply.body as { jobId?: unknown }).jobId;
-      if (typeof jobId === "string") jobStorage.set(jobId, request.path === "/prebackup" ? null : storageUriOf(request.body));
-    }
-    return reply;
-  };
+  const rememberJob =
+    (answer: Answer): Answer =>
+    (request) => {
+      const reply = resolveAnswer(answer, request);
+      if (typeof reply === "object" && typeof reply.body === "object" && reply.body !== null) {
+        const jobId = (reply.body as { jobId?: unknown }).jobId;
+        if (typeof jobId === "string")
+          jobStorage.set(jobId, request.path === "/prebackup" ? null : storageUriOf(request.body));
+      }
+      return reply;
+    };
   const defaults: Route[] = [
     { method: "POST", path: /^\/(pre)?backup$/, answers: [rememberJob(started("backup"))], next: 0 },
     { method: "PUT", path: /^\/(pre)?restore$/, answers: [started("restore")], next: 0 },
     { method: "PUT", path: /^\/keys\/[^/]+\/restore$/, answers: [started("restore")], next: 0 },
     {
-      method: "GET", path: /^\/backup\/[^/]+\/pending$/, next: 0,
-      answers: [jobStatus("backup", (request) => {
-        const storage = jobStorage.get(request.path.split("/")[2]!);
-        return {
-          status: "Succeeded",
-          endTime: nowSeconds(),
-          azureStorageBlobContainerUri: storage === null ? null : `${storage ?? storageUriOf(null)}/${folderName(name)}`,
-        };
-      })],
+      method: "GET",
+      path: /^\/backup\/[^/]+\/pending$/,
+      next: 0,
+      answers: [
+        jobStatus("backup", (request) => {
+          const storage = jobStorage.get(request.path.split("/")[2]!);
+          return {
+            status: "Succeeded",
+            endTime: nowSeconds(),
+            azureStorageBlobContainerUri:
+              storage === null ? null : `${storage ?? storageUriOf(null)}/${folderName(name)}`,
+          };
+        }),
+      ],
     },
-    { method: "GET", path: /^\/restore\/[^/]+\/pending$/, answers: [jobStatus("restore", () => ({ status: "Succeeded", endTime: nowSeconds() }))], next: 0 },
+    {
+      method: "GET",
+      path: /^\/restore\/[^/]+\/pending$/,
+      answers: [jobStatus("restore", () => ({ status: "Succeeded", endTime: nowSeconds() }))],
+      next: 0,
+    },
   ];
 
   const find = (method: string, path: string): Route | undefined =>
-    [...routes].reverse().concat(defaults).find((r) =>
-      r.method.toUpperCase() === method.toUpperCase() && (typeof r.path === "string" ? r.path === path : r.path.test(path)));
+    [...routes]
+      .reverse()
+      .concat(defaults)
+      .find(
+        (r) =>
+          r.method.toUpperCase() === method.toUpperCase() &&
+          (typeof r.path === "string" ? r.path === path : r.path.test(path)),
+      );
 
   const respond = (res: ServerResponse, reply: ScriptedReply) => {
-    const text = reply.body === undefined ? "" : typeof reply.body === "string" ? reply.body : JSON.stringify(reply.body);
+    const text =
+      reply.body === undefined ? "" : typeof reply.body === "string" ? reply.body : JSON.stringify(reply.body);
     const headers: Record<string, string> = { ...reply.headers };
-    if (text && !Object.keys(headers).some((h) => h.toLowerCase() === "content-type")) headers["content-type"] = "application/json; charset=utf-8";
+    if (text && !Object.keys(headers).some((h) => h.toLowerCase() === "content-type"))
+      headers["content-type"] = "application/json; charset=utf-8";
     res.writeHead(reply.status, { ...headers, "content-length": String(Buffer.byteLength(text)) }).end(text);
   };
 
@@ -274,7 +361,8 @@ export async function startHostileHsm(options: HostileHsmOptions = {}): Promise<
     const raw = req.url ?? "/";
     const q = raw.indexOf("?");
     const headers: Record<string, string> = {};
-    for (const [key, value] of Object.entries(req.headers)) if (value !== undefined) headers[key] = Array.isArray(value) ? value.join(", ") : value;
+    for (const [key, value] of Object.entries(req.headers))
+      if (value !== undefined) headers[key] = Array.isArray(value) ? value.join(", ") : value;
     const bearer = /^Bearer\s+\S+/i.test(req.headers.authorization ?? "");
     headers.authorization = req.headers.authorization !== undefined ? "present" : "absent";
     const request: HostileRequest = {
@@ -291,11 +379,19 @@ export async function startHostileHsm(options: HostileHsmOptions = {}): Promise<
     if (!bearer && options.challenge !== false) {
       request.challenged = true;
       request.answered = 401;
-      respond(res, { status: 401, headers: { "content-type": "application/json; charset=utf-8", "www-authenticate": challengeHeader(options.tenantId ?? "00000000-0000-0000-0000-000000000000") } });
+      respond(res, {
+        status: 401,
+        headers: {
+          "content-type": "application/json; charset=utf-8",
+          "www-authenticate": challengeHeader(options.tenantId ?? "00000000-0000-0000-0000-000000000000"),
+        },
+      });
       return;
     }
     const route = find(request.method, request.path);
-    const scripted = route ? route.answers[Math.min(route.next++, route.answers.length - 1)]! : keyVaultError(404, "NotFound", `The hostile HSM has no route for ${request.method} ${request.path}`);
+    const scripted = route
+      ? route.answers[Math.min(route.next++, route.answers.length - 1)]!
+      : keyVaultError(404, "NotFound", `The hostile HSM has no route for ${request.method} ${request.path}`);
     const reply = resolveAnswer(scripted, request);
     if (reply === "hang") {
       request.answered = "hang";
@@ -328,7 +424,12 @@ export async function startHostileHsm(options: HostileHsmOptions = {}): Promise<
       routes.push({ method, path, answers: list, next: 0 });
     },
     authenticated: (method, path) =>
-      requests.filter((r) => !r.challenged && (method === undefined || r.method === method.toUpperCase()) && (path === undefined || path.test(r.path))),
+      requests.filter(
+        (r) =>
+          !r.challenged &&
+          (method === undefined || r.method === method.toUpperCase()) &&
+          (path === undefined || path.test(r.path)),
+      ),
     stop: () => listening.close(),
   };
 }

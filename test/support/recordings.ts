@@ -8,11 +8,17 @@ import { readFileSync, readdirSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import vm from "node:vm";
-import { createHttpHeaders, type HttpClient, type PipelineRequest, type PipelineResponse } from "@azure/core-rest-pipeline";
+import {
+  createHttpHeaders,
+  type HttpClient,
+  type PipelineRequest,
+  type PipelineResponse,
+} from "@azure/core-rest-pipeline";
 
 /** Beside the repository; MHSM_RECORDINGS_DIR overrides it where the tests run from a copy (Stryker's sandbox). */
-export const RECORDINGS_DIR = process.env.MHSM_RECORDINGS_DIR
-  ?? join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..", "shared", "recordings");
+export const RECORDINGS_DIR =
+  process.env.MHSM_RECORDINGS_DIR ??
+  join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..", "shared", "recordings");
 
 export interface RecordedEntry {
   readonly method: string;
@@ -25,7 +31,9 @@ export interface RecordedEntry {
 }
 
 export function recordingFiles(): string[] {
-  return readdirSync(RECORDINGS_DIR).filter((f) => f.endsWith(".json") || f.endsWith(".js")).sort();
+  return readdirSync(RECORDINGS_DIR)
+    .filter((f) => f.endsWith(".json") || f.endsWith(".js"))
+    .sort();
 }
 
 export function loadRecording(file: string): RecordedEntry[] {
@@ -35,7 +43,9 @@ export function loadRecording(file: string): RecordedEntry[] {
 
 /** Backup/restore calls of the HSM only: key, token and discovery calls belong to other clients. */
 export function backupRestoreEntries(entries: readonly RecordedEntry[]): RecordedEntry[] {
-  return entries.filter((e) => /^\/(backup|restore|prebackup|prerestore)(\/|$)|^\/keys\/[^/]+\/restore$/.test(e.url.pathname));
+  return entries.filter((e) =>
+    /^\/(backup|restore|prebackup|prerestore)(\/|$)|^\/keys\/[^/]+\/restore$/.test(e.url.pathname),
+  );
 }
 
 function loadRecorderJson(text: string): RecordedEntry[] {
@@ -96,7 +106,9 @@ function loadNock(text: string): RecordedEntry[] {
 }
 
 function lowerKeys(headers: Record<string, unknown>): Record<string, string> {
-  return Object.fromEntries(Object.entries(headers ?? {}).map(([k, v]) => [k.toLowerCase(), Array.isArray(v) ? v.join(" ") : String(v)]));
+  return Object.fromEntries(
+    Object.entries(headers ?? {}).map(([k, v]) => [k.toLowerCase(), Array.isArray(v) ? v.join(" ") : String(v)]),
+  );
 }
 
 function parseMaybeJson(value: unknown): unknown {
@@ -147,7 +159,8 @@ export class ReplayHttpClient implements HttpClient {
     if (!expected) throw new Error(`Replay: unexpected extra request ${request.method} ${url.pathname}`);
     const problems: string[] = [];
     if (request.method !== expected.method) problems.push(`method ${request.method} ≠ recorded ${expected.method}`);
-    if (url.pathname !== expected.url.pathname) problems.push(`path ${url.pathname} ≠ recorded ${expected.url.pathname}`);
+    if (url.pathname !== expected.url.pathname)
+      problems.push(`path ${url.pathname} ≠ recorded ${expected.url.pathname}`);
     const recordedVersion = expected.url.searchParams.get("api-version");
     if (recordedVersion !== null && url.searchParams.get("api-version") !== recordedVersion) {
       problems.push(`api-version ${url.searchParams.get("api-version")} ≠ recorded ${recordedVersion}`);
@@ -163,7 +176,9 @@ export class ReplayHttpClient implements HttpClient {
       }
     }
     if (problems.length > 0) {
-      throw new Error(`Replay mismatch at recorded entry ${this.next} (${expected.method} ${expected.url.pathname}): ${problems.join("; ")}`);
+      throw new Error(
+        `Replay mismatch at recorded entry ${this.next} (${expected.method} ${expected.url.pathname}): ${problems.join("; ")}`,
+      );
     }
     this.next++;
     return {
@@ -178,7 +193,11 @@ export class ReplayHttpClient implements HttpClient {
 function sortKeys(value: unknown): unknown {
   if (Array.isArray(value)) return value.map(sortKeys);
   if (value && typeof value === "object") {
-    return Object.fromEntries(Object.entries(value).sort(([a], [b]) => a.localeCompare(b)).map(([k, v]) => [k, sortKeys(v)]));
+    return Object.fromEntries(
+      Object.entries(value)
+        .sort(([a], [b]) => a.localeCompare(b))
+        .map(([k, v]) => [k, sortKeys(v)]),
+    );
   }
   return value;
 }

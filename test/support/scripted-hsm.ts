@@ -6,12 +6,18 @@
  * every authorised request takes the next scripted answer.
  */
 import type { AccessToken, TokenCredential } from "@azure/core-auth";
-import { createHttpHeaders, type HttpClient, type PipelineRequest, type PipelineResponse } from "@azure/core-rest-pipeline";
+import {
+  createHttpHeaders,
+  type HttpClient,
+  type PipelineRequest,
+  type PipelineResponse,
+} from "@azure/core-rest-pipeline";
 import { ManagedHsmBackupClient, type ManagedHsmBackupClientOptions } from "../../src/lib/hsm/client.js";
 
 export const VAULT = "https://contoso.managedhsm.azure.net";
 export const JOB = "0123456789abcdef0123456789abcdef";
-export const CHALLENGE = 'Bearer authorization="https://login.microsoftonline.com/12345678-1234-1234-1234-123456789012", resource="https://managedhsm.azure.net"';
+export const CHALLENGE =
+  'Bearer authorization="https://login.microsoftonline.com/12345678-1234-1234-1234-123456789012", resource="https://managedhsm.azure.net"';
 
 export interface Answer {
   readonly status: number;
@@ -34,7 +40,10 @@ export class ScriptedHsm implements HttpClient {
   readonly sent: SentRequest[] = [];
   private readonly steps: Step[];
 
-  constructor(steps: readonly Step[] = [], private readonly challenge = CHALLENGE) {
+  constructor(
+    steps: readonly Step[] = [],
+    private readonly challenge = CHALLENGE,
+  ) {
     this.steps = [...steps];
   }
 
@@ -48,10 +57,20 @@ export class ScriptedHsm implements HttpClient {
 
   async sendRequest(request: PipelineRequest): Promise<PipelineResponse> {
     if (!request.headers.has("authorization")) {
-      return { request, status: 401, headers: createHttpHeaders({ "www-authenticate": this.challenge }), bodyAsText: "" };
+      return {
+        request,
+        status: 401,
+        headers: createHttpHeaders({ "www-authenticate": this.challenge }),
+        bodyAsText: "",
+      };
     }
     const url = new URL(request.url);
-    this.sent.push({ method: request.method, url, body: typeof request.body === "string" ? JSON.parse(request.body) : null, headers: request.headers.toJSON() });
+    this.sent.push({
+      method: request.method,
+      url,
+      body: typeof request.body === "string" ? JSON.parse(request.body) : null,
+      headers: request.headers.toJSON(),
+    });
     let step = this.steps.shift();
     if (step === undefined) throw new Error(`ScriptedHsm: no answer scripted for ${request.method} ${url.pathname}`);
     if (typeof step === "function") step = await step(request);
@@ -92,13 +111,28 @@ export function scriptedClient(steps: readonly Step[] = [], options: ManagedHsmB
 
 /** A FullBackupOperation body as the service sends it. */
 export function operation(status: string, extra: Record<string, unknown> = {}): Record<string, unknown> {
-  return { status, statusDetails: null, error: null, startTime: 1_764_547_200, endTime: null, jobId: JOB, azureStorageBlobContainerUri: null, ...extra };
+  return {
+    status,
+    statusDetails: null,
+    error: null,
+    startTime: 1_764_547_200,
+    endTime: null,
+    jobId: JOB,
+    azureStorageBlobContainerUri: null,
+    ...extra,
+  };
 }
 
-export const accepted = (extra: Record<string, unknown> = {}, headers: Record<string, string> = {}): Answer =>
-  ({ status: 202, headers, body: operation("InProgress", extra) });
-export const status = (word: string, extra: Record<string, unknown> = {}, headers: Record<string, string> = {}): Answer =>
-  ({ status: 200, headers, body: operation(word, extra) });
+export const accepted = (extra: Record<string, unknown> = {}, headers: Record<string, string> = {}): Answer => ({
+  status: 202,
+  headers,
+  body: operation("InProgress", extra),
+});
+export const status = (
+  word: string,
+  extra: Record<string, unknown> = {},
+  headers: Record<string, string> = {},
+): Answer => ({ status: 200, headers, body: operation(word, extra) });
 
 /** A failure's message without the request ids every service call carries (correlation.test.ts covers those). */
 export function withoutRequestIds(message: string): string {

@@ -30,4 +30,3 @@ export function bearerRecording(inner: HttpClient) {
   };
   return { client, bearers };
 }
-

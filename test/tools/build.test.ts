@@ -16,7 +16,8 @@ import { uniqueName } from "../support/app.js";
 
 const ROOT = fileURLToPath(new URL("../../", import.meta.url));
 /** What must not load before a function is invoked. */
-const HEAVY = /node_modules\/@azure\/(identity|msal-[a-z]+|storage-blob|data-tables|keyvault-common|core-rest-pipeline|core-lro)\/|src\/lib\/(deps|storage|catalog|backup|restore|reconcile|outcome|hsm\/)/;
+const HEAVY =
+  /node_modules\/@azure\/(identity|msal-[a-z]+|storage-blob|data-tables|keyvault-common|core-rest-pipeline|core-lro)\/|src\/lib\/(deps|storage|catalog|backup|restore|reconcile|outcome|hsm\/)/;
 
 describe("the function app bundle", () => {
   let out: string;
@@ -31,9 +32,19 @@ describe("the function app bundle", () => {
     const main = (JSON.parse(await readFile(join(ROOT, "package.json"), "utf8")) as { main: string }).main;
     expect(main).toMatch(/^dist\/app\/functions\/\*\.js$/);
     const dir = join(out, dirname(main));
-    entries = (await readdir(dir)).filter((f) => f.endsWith(".js")).sort().map((f) => join(dir, f));
+    entries = (await readdir(dir))
+      .filter((f) => f.endsWith(".js"))
+      .sort()
+      .map((f) => join(dir, f));
     probe = join(out, "probe.js");
-    await build({ entryPoints: [join(ROOT, "tools/registration-probe.ts")], outfile: probe, bundle: true, platform: "node", format: "esm", logLevel: "warning" });
+    await build({
+      entryPoints: [join(ROOT, "tools/registration-probe.ts")],
+      outfile: probe,
+      bundle: true,
+      platform: "node",
+      format: "esm",
+      logLevel: "warning",
+    });
   }, 120_000);
 
   afterAll(async () => {
@@ -41,11 +52,14 @@ describe("the function app bundle", () => {
   });
 
   it("has one entry per function file, and every app.http/app.timer in src/functions registers through @azure/functions-core", async () => {
-    expect(entries.map((e) => e.slice(e.lastIndexOf("/") + 1))).toEqual(bundle.functionEntries.map((e) => e.slice(e.lastIndexOf("/") + 1)));
+    expect(entries.map((e) => e.slice(e.lastIndexOf("/") + 1))).toEqual(
+      bundle.functionEntries.map((e) => e.slice(e.lastIndexOf("/") + 1)),
+    );
     const expected: Array<{ name: string; trigger: string }> = [];
     for (const file of (await readdir(join(ROOT, "src/functions"))).filter((f) => f.endsWith(".ts"))) {
       const source = await readFile(join(ROOT, "src/functions", file), "utf8");
-      for (const m of source.matchAll(/\bapp\.(http|timer)\(\s*"([^"]+)"/g)) expected.push({ name: m[2]!, trigger: `${m[1]}Trigger` });
+      for (const m of source.matchAll(/\bapp\.(http|timer)\(\s*"([^"]+)"/g))
+        expected.push({ name: m[2]!, trigger: `${m[1]}Trigger` });
     }
     expect(expected.length).toBeGreaterThanOrEqual(6);
     const result = await probeRun(entries, {});
@@ -67,7 +81,10 @@ describe("the function app bundle", () => {
     expect(atRegistration.some((i) => i.includes("node_modules/@azure/functions/"))).toBe(true);
     expect(atRegistration.filter((i) => HEAVY.test(i))).toEqual([]);
     const lazily = Object.values(outputs).flatMap((o) => Object.keys(o.inputs));
-    expect(lazily.some((i) => HEAVY.test(i)), "the heavy modules are in the bundle, just not loaded at registration").toBe(true);
+    expect(
+      lazily.some((i) => HEAVY.test(i)),
+      "the heavy modules are in the bundle, just not loaded at registration",
+    ).toBe(true);
   });
 
   it("answers a first call through the registered handler against Azurite", async () => {
@@ -78,7 +95,10 @@ describe("the function app bundle", () => {
       CATALOG_TABLE: uniqueName("bundle"),
     });
     expect(result.call?.status, result.call?.body).toBe(503);
-    expect(JSON.parse(result.call!.body.split("\n")[0]!)).toMatchObject({ status: "stale", hsms: [{ name: "bundlehsm", stale: true }] });
+    expect(JSON.parse(result.call!.body.split("\n")[0]!)).toMatchObject({
+      status: "stale",
+      hsms: [{ name: "bundlehsm", stale: true }],
+    });
   });
 
   function probeRun(args: string[], env: Record<string, string>): Promise<ProbeResult> {

@@ -13,13 +13,19 @@ describe("the demo", () => {
     await runDemo((line) => lines.push(line));
     const text = lines.join("\n");
 
-    expect(text).toMatch(/Managed HSM emulator https:\/\/demohsm\.managedhsm\.azure\.net \(listening at https:\/\/127\.0\.0\.1:\d+/);
+    expect(text).toMatch(
+      /Managed HSM emulator https:\/\/demohsm\.managedhsm\.azure\.net \(listening at https:\/\/127\.0\.0\.1:\d+/,
+    );
     expect(text).toMatch(/^ {3}https:\/\/demohsm\.managedhsm\.azure\.net\/keys\/payments-signing\/[0-9a-f]{32}$/m);
     expect(text).toMatch(/^ {3}\d{13}-[0-9a-f]{8} {2}demohsm {2}Succeeded .*\/mhsm-demohsm-\d{16}$/m);
     expect(text).toMatch(/HTTP 400\n {3}Full restore not confirmed: .*"confirm": "demohsm"/);
     expect(text).toMatch(/HTTP 409\n {3}Backup too recent for a full restore/);
-    expect(text).toMatch(/Succeeded: Number of successful key versions restored: 1, Number of key versions could not overwrite: 0/);
-    expect(text).toMatch(/key present: true {2}\(https:\/\/demohsm\.managedhsm\.azure\.net\/keys\/customer-data-wrap\/[0-9a-f]{32}\)/);
+    expect(text).toMatch(
+      /Succeeded: Number of successful key versions restored: 1, Number of key versions could not overwrite: 0/,
+    );
+    expect(text).toMatch(
+      /key present: true {2}\(https:\/\/demohsm\.managedhsm\.azure\.net\/keys\/customer-data-wrap\/[0-9a-f]{32}\)/,
+    );
     expect(lines.at(-1)).toBe("\nDemo complete.");
     expect(text).not.toMatch(/sig=(?!<redacted>)/);
     expect(process.env).toEqual(before);

@@ -29,10 +29,22 @@ beforeAll(async () => {
     const chunks: Buffer[] = [];
     req.on("data", (c: Buffer) => chunks.push(c));
     req.on("end", () => {
-      const record = { method: req.method ?? "", url: req.url ?? "", headers: req.headers, body: Buffer.concat(chunks).toString("utf8") };
+      const record = {
+        method: req.method ?? "",
+        url: req.url ?? "",
+        headers: req.headers,
+        body: Buffer.concat(chunks).toString("utf8"),
+      };
       seen.push(record);
       const text = JSON.stringify(record);
-      res.writeHead(200, { "content-type": "application/json", "x-echo": "1", connection: "keep-alive, x-drop-me", "x-drop-me": "hop" }).end(text);
+      res
+        .writeHead(200, {
+          "content-type": "application/json",
+          "x-echo": "1",
+          connection: "keep-alive, x-drop-me",
+          "x-drop-me": "hop",
+        })
+        .end(text);
     });
   });
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
@@ -93,11 +105,18 @@ describe("fault proxy in front of Azurite tables", () => {
     p.inject({ kind: "status", status: 503, retryAfter: "7" }, { method: "POST" });
     const failure = await proxied.createEntity({ partitionKey: "p", rowKey: "r1" }).catch((e: unknown) => e);
     expect(failure).toMatchObject({ statusCode: 503 });
-    expect((failure as { response?: { headers: { get(n: string): string | undefined } } }).response?.headers.get("retry-after")).toBe("7");
+    expect(
+      (failure as { response?: { headers: { get(n: string): string | undefined } } }).response?.headers.get(
+        "retry-after",
+      ),
+    ).toBe("7");
     await expect(direct.getEntity("p", "r1")).rejects.toMatchObject({ statusCode: 404 });
     // One-shot: the next insert goes through.
     await proxied.createEntity({ partitionKey: "p", rowKey: "r1" });
-    expect(p.log.map((e) => [e.method, e.fault, e.status])).toEqual([["POST", "status", 503], ["POST", undefined, 204]]);
+    expect(p.log.map((e) => [e.method, e.fault, e.status])).toEqual([
+      ["POST", "status", 503],
+      ["POST", undefined, 204],
+    ]);
   });
 
   it("lostResponse: Azurite stores the row although the client got no answer", async () => {
@@ -108,7 +127,9 @@ describe("fault proxy in front of Azurite tables", () => {
     await expect(proxied.createEntity({ partitionKey: "p", rowKey: "lost", v: "x" })).rejects.toThrow();
     expect(await direct.getEntity("p", "lost")).toMatchObject({ v: "x" });
     // The retry a careless client would make now meets the row it did not know it wrote.
-    await expect(proxied.createEntity({ partitionKey: "p", rowKey: "lost", v: "x" })).rejects.toMatchObject({ statusCode: 409 });
+    await expect(proxied.createEntity({ partitionKey: "p", rowKey: "lost", v: "x" })).rejects.toMatchObject({
+      statusCode: 409,
+    });
     expect(p.log[0]).toMatchObject({ method: "POST", fault: "lostResponse" });
     expect(p.log[0]!.status).toBeUndefined();
   });
@@ -118,7 +139,10 @@ describe("fault proxy in front of Azurite tables", () => {
     const { proxied, direct } = tables(p, uniqueTable());
     await direct.createTable();
     await direct.createEntity({ partitionKey: "p", rowKey: "r1", v: "real" });
-    p.inject({ kind: "rewrite", transform: (a) => ({ ...a, bodyText: a.bodyText.replace('"v":"real"', '"v":"forged"') }) }, { method: "GET" });
+    p.inject(
+      { kind: "rewrite", transform: (a) => ({ ...a, bodyText: a.bodyText.replace('"v":"real"', '"v":"forged"') }) },
+      { method: "GET" },
+    );
     expect(await proxied.getEntity("p", "r1")).toMatchObject({ v: "forged" });
     expect(await proxied.getEntity("p", "r1")).toMatchObject({ v: "real" });
   });
@@ -129,22 +153,46 @@ describe("fault proxy in front of a plain server", () => {
     const p = await proxy();
     const body = "x".repeat(1024 * 1024);
     // node:http, not fetch: fetch refuses to send a Connection header.
-    const response = await new Promise<{ status: number; headers: IncomingMessage["headers"]; text: string }>((resolve, reject) => {
-      const req = request(`${p.url}/a/b%20c?x=1&y=%2F`, { method: "PUT", headers: { "x-custom": "yes", connection: "keep-alive, x-hop", "x-hop": "no", "content-length": body.length } }, (res) => {
-        const chunks: Buffer[] = [];
-        res.on("data", (c: Buffer) => chunks.push(c));
-        res.on("end", () => resolve({ status: res.statusCode ?? 0, headers: res.headers, text: Buffer.concat(chunks).toString("utf8") }));
-      });
-      req.on("error", reject);
-      req.end(body);
-    });
+    const response = await new Promise<{ status: number; headers: IncomingMessage["headers"]; text: string }>(
+      (resolve, reject) => {
+        const req = request(
+          `${p.url}/a/b%20c?x=1&y=%2F`,
+          {
+            method: "PUT",
+            headers: {
+              "x-custom": "yes",
+              connection: "keep-alive, x-hop",
+              "x-hop": "no",
+              "content-length": body.length,
+            },
+          },
+          (res) => {
+            const chunks: Buffer[] = [];
+            res.on("data", (c: Buffer) => chunks.push(c));
+            res.on("end", () =>
+              resolve({
+                status: res.statusCode ?? 0,
+                headers: res.headers,
+                text: Buffer.concat(chunks).toString("utf8"),
+              }),
+            );
+          },
+        );
+        req.on("error", reject);
+        req.end(body);
+      },
+    );
     expect(response.status).toBe(200);
     expect(response.headers["x-echo"]).toBe("1");
     expect(response.headers["x-drop-me"]).toBeUndefined();
     const seen = JSON.parse(response.text) as Echoed;
     expect(seen).toMatchObject({ method: "PUT", url: "/a/b%20c?x=1&y=%2F" });
     expect(seen.body.length).toBe(body.length);
-    expect(seen.headers).toMatchObject({ "x-custom": "yes", host: new URL(p.url).host, "content-length": String(body.length) });
+    expect(seen.headers).toMatchObject({
+      "x-custom": "yes",
+      host: new URL(p.url).host,
+      "content-length": String(body.length),
+    });
     expect(seen.headers["x-hop"]).toBeUndefined();
     expect(p.log).toEqual([{ method: "PUT", path: "/a/b%20c", query: "x=1&y=%2F", status: 200 }]);
   });
@@ -168,7 +216,10 @@ describe("fault proxy in front of a plain server", () => {
     const p = await proxy();
     p.inject({ kind: "hang" }, { times: 2 });
     await expect(fetch(`${p.url}/h1`, { signal: AbortSignal.timeout(200) })).rejects.toThrow(/abort|timeout/i);
-    const pending = fetch(`${p.url}/h2`).then(() => "answered", () => "dropped");
+    const pending = fetch(`${p.url}/h2`).then(
+      () => "answered",
+      () => "dropped",
+    );
     await new Promise((r) => setTimeout(r, 100));
     const began = Date.now();
     await p.stop();
@@ -197,7 +248,14 @@ describe("fault proxy in front of a plain server", () => {
 
   it("rewrite: status, headers and body are replaced and Content-Length follows the new body", async () => {
     const p = await proxy();
-    p.inject({ kind: "rewrite", transform: (a) => ({ status: 202, headers: { ...a.headers, "x-extra": "1" }, bodyText: `<html>${a.status}</html>` }) });
+    p.inject({
+      kind: "rewrite",
+      transform: (a) => ({
+        status: 202,
+        headers: { ...a.headers, "x-extra": "1" },
+        bodyText: `<html>${a.status}</html>`,
+      }),
+    });
     const response = await fetch(`${p.url}/w`);
     expect(response.status).toBe(202);
     expect(response.headers.get("x-extra")).toBe("1");
@@ -211,7 +269,14 @@ describe("fault proxy in front of a plain server", () => {
     p.inject({ kind: "status", status: 500 }, { method: "POST", path: /^\/jobs$/, times: 2 });
     p.inject({ kind: "status", status: 429 }, { path: /^\/jobs$/ });
     const statuses = [];
-    for (const [method, path] of [["GET", "/jobs"], ["POST", "/other"], ["POST", "/jobs"], ["POST", "/jobs"], ["POST", "/jobs"], ["POST", "/jobs"]] as const) {
+    for (const [method, path] of [
+      ["GET", "/jobs"],
+      ["POST", "/other"],
+      ["POST", "/jobs"],
+      ["POST", "/jobs"],
+      ["POST", "/jobs"],
+      ["POST", "/jobs"],
+    ] as const) {
       statuses.push((await fetch(`${p.url}${path}`, { method })).status);
     }
     // The GET takes the 429 (the first fault it matches); the POSTs take the two 500s; then nothing is left.
@@ -245,7 +310,12 @@ describe("fault proxy in front of a plain server", () => {
       p.chaos({ status: 0.3, refuse: 0.2, delay: 0.1 }, { status: 500, delayMs: 1, path: /^\/c\// });
       const outcomes: string[] = [];
       for (let i = 0; i < 40; i++) {
-        outcomes.push(await fetch(`${p.url}/c/${i}`).then((r) => String(r.status), () => "error"));
+        outcomes.push(
+          await fetch(`${p.url}/c/${i}`).then(
+            (r) => String(r.status),
+            () => "error",
+          ),
+        );
       }
       // What the client met is what the log says was drawn.
       const expected: Record<string, string> = { status: "500", refuse: "error", delay: "200", "-": "200" };
@@ -286,9 +356,14 @@ describe("fault proxy in front of the HSM emulator, with the app's client", () =
   async function setup() {
     const emulator = await startHsmEmulator({ name: "proxiedhsm", retryAfterSeconds: 0, jobDurationMs: 20 });
     const p = await proxy(emulator.url);
-    const container = BlobServiceClient.fromConnectionString(inject("azuriteConnectionString")).getContainerClient(uniqueTable());
+    const container = BlobServiceClient.fromConnectionString(inject("azuriteConnectionString")).getContainerClient(
+      uniqueTable(),
+    );
     await container.create();
-    const sasUrl = await container.generateSasUrl({ permissions: ContainerSASPermissions.parse("crdw"), expiresOn: new Date(Date.now() + 3600e3) });
+    const sasUrl = await container.generateSasUrl({
+      permissions: ContainerSASPermissions.parse("crdw"),
+      expiresOn: new Date(Date.now() + 3600e3),
+    });
     const hsmClient = new ManagedHsmBackupClient(p.url, credential, { defaultPollIntervalMs: 10 });
     return { emulator, p, container: container.url, sas: sasUrl.split("?")[1]!, hsmClient };
   }
@@ -298,7 +373,9 @@ describe("fault proxy in front of the HSM emulator, with the app's client", () =
     try {
       const final = await (await hsmClient.beginBackup(container, sas)).pollUntilDone();
       expect(final.folderUri).toMatch(/\/mhsm-proxiedhsm-\d{16}$/);
-      expect(p.log.filter((e) => e.method === "GET" && /^\/backup\/[0-9a-f]{32}\/pending$/.test(e.path)).length).toBeGreaterThan(0);
+      expect(
+        p.log.filter((e) => e.method === "GET" && /^\/backup\/[0-9a-f]{32}\/pending$/.test(e.path)).length,
+      ).toBeGreaterThan(0);
       expect(emulator.requests.length).toBe(p.log.length);
     } finally {
       await emulator.stop();

@@ -27,7 +27,10 @@ class JwtCredential implements TokenCredential {
     this.scopes.push(list);
     const now = Math.floor(Date.now() / 1000);
     const aud = (list[0] ?? "").replace(/\/\.default$/, "");
-    return { token: unsignedJwt({ aud, oid: this.oid, iat: now, nbf: now, exp: now + 3600 }), expiresOnTimestamp: (now + 3600) * 1000 };
+    return {
+      token: unsignedJwt({ aud, oid: this.oid, iat: now, nbf: now, exp: now + 3600 }),
+      expiresOnTimestamp: (now + 3600) * 1000,
+    };
   }
 }
 
@@ -40,7 +43,11 @@ afterEach(async () => {
 
 /** An HTTPS emulator with RBAC on, reached as https://grantN.managedhsm.azure.net (see urlOf). */
 async function emulator(adminOid: string): Promise<HsmEmulator> {
-  const hsm = await startHttpsEmulator({ name: `grant${emulators.length}`, enforceRbac: true, initialAdminObjectIds: [adminOid] });
+  const hsm = await startHttpsEmulator({
+    name: `grant${emulators.length}`,
+    enforceRbac: true,
+    initialAdminObjectIds: [adminOid],
+  });
   emulators.push(hsm);
   return hsm;
 }
@@ -56,7 +63,10 @@ function roleIdsOf(hsm: HsmEmulator, principalId: string): string[] {
     .sort();
 }
 
-function run(hsms: HsmEmulator[], overrides: Partial<GrantHsmRolesOptions> & { credential: TokenCredential; principalId: string }) {
+function run(
+  hsms: HsmEmulator[],
+  overrides: Partial<GrantHsmRolesOptions> & { credential: TokenCredential; principalId: string },
+) {
   const lines: string[] = [];
   // As against a real HSM: https, the challenge-resource check on; only the connection is redirected.
   const { transport } = realNames(hsms);
@@ -133,9 +143,14 @@ describe("grantHsmRoles against the Managed HSM emulator (RBAC enforced)", () =>
     const hsm = await emulator(admin);
     const manual = hsm.roles.assign(app, HSM_ROLE_IDS.backup);
 
-    const results = await run([hsm], { credential: new JwtCredential(admin), principalId: app, restoreEnabled: false }).promise;
+    const results = await run([hsm], { credential: new JwtCredential(admin), principalId: app, restoreEnabled: false })
+      .promise;
 
-    expect(results[0]).toMatchObject({ role: "Managed HSM Backup", action: "already-granted", assignmentName: manual.name });
+    expect(results[0]).toMatchObject({
+      role: "Managed HSM Backup",
+      action: "already-granted",
+      assignmentName: manual.name,
+    });
     expect(roleIdsOf(hsm, app)).toEqual([ROLE_PREFIX + HSM_ROLE_IDS.backup]);
   });
 
@@ -186,7 +201,9 @@ describe("grantHsmRoles against the Managed HSM emulator (RBAC enforced)", () =>
 
     const { promise } = run([hsm], { credential: new JwtCredential(stranger), principalId: randomUUID() });
 
-    await expect(promise).rejects.toThrow(new RegExp(`^${urlOf(hsm)}: listing role assignments at scope / failed: HTTP 403.*Managed HSM Administrator`));
+    await expect(promise).rejects.toThrow(
+      new RegExp(`^${urlOf(hsm)}: listing role assignments at scope / failed: HTTP 403.*Managed HSM Administrator`),
+    );
     expect(hsm.roles.list().map((a) => a.properties.roleDefinitionId)).toEqual([ROLE_PREFIX + ADMINISTRATOR_ROLE]);
   });
 
@@ -195,7 +212,13 @@ describe("grantHsmRoles against the Managed HSM emulator (RBAC enforced)", () =>
     const hsm = await startHsmEmulator({ enforceRbac: true, initialAdminObjectIds: [admin] });
     emulators.push(hsm);
 
-    const promise = grantHsmRoles({ hsmUrls: [hsm.url], principalId: randomUUID(), restoreEnabled: true, credential: new JwtCredential(admin), log: () => {} });
+    const promise = grantHsmRoles({
+      hsmUrls: [hsm.url],
+      principalId: randomUUID(),
+      restoreEnabled: true,
+      credential: new JwtCredential(admin),
+      log: () => {},
+    });
 
     await expect(promise).rejects.toThrow(/challenge resource .* does not match the requested domain/);
     expect(hsm.requests.filter((r) => r.method === "PUT")).toEqual([]);
@@ -247,7 +270,9 @@ describe("what the hook refuses", () => {
         disableChallengeResourceVerification: true,
         httpClient: { sendRequest: () => Promise.reject(new Error("must not be called")) },
       }),
-    ).rejects.toThrow(/refusing to disable challenge resource verification for "https:\/\/contoso\.managedhsm\.azure\.net": it is allowed only for loopback hosts/);
+    ).rejects.toThrow(
+      /refusing to disable challenge resource verification for "https:\/\/contoso\.managedhsm\.azure\.net": it is allowed only for loopback hosts/,
+    );
   });
 
   it("refuses plain http except on loopback, and URLs with a path", () => {
@@ -260,7 +285,12 @@ describe("what the hook refuses", () => {
 
   it("refuses a principal id that is not a GUID", async () => {
     await expect(
-      grantHsmRoles({ hsmUrls: ["https://contoso.managedhsm.azure.net"], principalId: "my-app", restoreEnabled: true, credential }),
+      grantHsmRoles({
+        hsmUrls: ["https://contoso.managedhsm.azure.net"],
+        principalId: "my-app",
+        restoreEnabled: true,
+        credential,
+      }),
     ).rejects.toThrow(/principal id "my-app" is not a GUID/);
   });
 });
@@ -271,7 +301,9 @@ describe("assignmentName", () => {
   it("is a stable version-5 GUID of HSM, principal and role", () => {
     const name = assignmentName("https://contoso.managedhsm.azure.net", principal, HSM_ROLE_IDS.backup);
     expect(name).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-5[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
-    expect(assignmentName("https://CONTOSO.managedhsm.azure.net/", principal.toUpperCase(), HSM_ROLE_IDS.backup)).toBe(name);
+    expect(assignmentName("https://CONTOSO.managedhsm.azure.net/", principal.toUpperCase(), HSM_ROLE_IDS.backup)).toBe(
+      name,
+    );
   });
 
   it("differs when any input differs", () => {
@@ -306,9 +338,15 @@ describe("readHookSettings (azd environment)", () => {
 
   it("names the variable that is missing or malformed", () => {
     expect(() => readHookSettings({ FUNCTION_IDENTITY_PRINCIPAL_ID: principal })).toThrow(/^MANAGED_HSM_URLS is empty/);
-    expect(() => readHookSettings({ MANAGED_HSM_URLS: "https://a.managedhsm.azure.net" })).toThrow(/^FUNCTION_IDENTITY_PRINCIPAL_ID "" is not a GUID/);
+    expect(() => readHookSettings({ MANAGED_HSM_URLS: "https://a.managedhsm.azure.net" })).toThrow(
+      /^FUNCTION_IDENTITY_PRINCIPAL_ID "" is not a GUID/,
+    );
     expect(() =>
-      readHookSettings({ MANAGED_HSM_URLS: "https://a.managedhsm.azure.net", FUNCTION_IDENTITY_PRINCIPAL_ID: principal, RESTORE_ENABLED: "yes" }),
+      readHookSettings({
+        MANAGED_HSM_URLS: "https://a.managedhsm.azure.net",
+        FUNCTION_IDENTITY_PRINCIPAL_ID: principal,
+        RESTORE_ENABLED: "yes",
+      }),
     ).toThrow(/^RESTORE_ENABLED "yes" is not true or false/);
   });
 });

@@ -37,7 +37,12 @@ function client(h: HostileHsm): ManagedHsmBackupClient {
 }
 
 /** An authenticated raw call, for answers the app's client would refuse to show as they are. */
-async function call(h: HostileHsm, method: string, path: string, body?: unknown): Promise<{ status: number; headers: Headers; text: string; json: any }> {
+async function call(
+  h: HostileHsm,
+  method: string,
+  path: string,
+  body?: unknown,
+): Promise<{ status: number; headers: Headers; text: string; json: any }> {
   const response = await fetch(`${h.url}${path}`, {
     method,
     headers: { authorization: "Bearer t", ...(body !== undefined ? { "content-type": "application/json" } : {}) },
@@ -60,9 +65,12 @@ describe("hostile HSM: protocol", () => {
     const response = await fetch(`${h.url}/backup?api-version=7.6`, { method: "POST" });
     expect(response.status).toBe(401);
     expect(response.headers.get("www-authenticate")).toBe(
-      'Bearer authorization="https://login.microsoftonline.com/72f988bf-86f1-41af-91ab-2d7cd011db47", resource="https://managedhsm.azure.net"');
+      'Bearer authorization="https://login.microsoftonline.com/72f988bf-86f1-41af-91ab-2d7cd011db47", resource="https://managedhsm.azure.net"',
+    );
     expect(response.headers.get("content-length")).toBe("0");
-    expect(h.requests).toMatchObject([{ method: "POST", path: "/backup", query: { "api-version": "7.6" }, challenged: true, answered: 401, body: null }]);
+    expect(h.requests).toMatchObject([
+      { method: "POST", path: "/backup", query: { "api-version": "7.6" }, challenged: true, answered: 401, body: null },
+    ]);
     expect(h.requests[0]!.headers.authorization).toBe("absent");
     expect(h.authenticated()).toHaveLength(0);
   });
@@ -76,7 +84,14 @@ describe("hostile HSM: protocol", () => {
   it("records method, path, query, body and redacts Authorization to present", async () => {
     const h = await hsm();
     await call(h, "POST", "/backup?api-version=7.6", { storageResourceUri: STORAGE, token: "tok" });
-    expect(h.requests[0]).toMatchObject({ method: "POST", path: "/backup", query: { "api-version": "7.6" }, body: { storageResourceUri: STORAGE, token: "tok" }, challenged: false, answered: 202 });
+    expect(h.requests[0]).toMatchObject({
+      method: "POST",
+      path: "/backup",
+      query: { "api-version": "7.6" },
+      body: { storageResourceUri: STORAGE, token: "tok" },
+      challenged: false,
+      answered: 202,
+    });
     expect(h.requests[0]!.headers.authorization).toBe("present");
     expect(JSON.stringify(h.requests)).not.toContain("Bearer");
   });
@@ -85,7 +100,13 @@ describe("hostile HSM: protocol", () => {
     const h = await hsm({ name: "contoso" });
     const start = await call(h, "POST", "/backup?api-version=7.6", { storageResourceUri: `${STORAGE}/`, token: "tok" });
     expect(start.status).toBe(202);
-    expect(start.json).toMatchObject({ status: "InProgress", statusDetails: null, error: null, endTime: null, azureStorageBlobContainerUri: null });
+    expect(start.json).toMatchObject({
+      status: "InProgress",
+      statusDetails: null,
+      error: null,
+      endTime: null,
+      azureStorageBlobContainerUri: null,
+    });
     expect(start.json.jobId).toMatch(/^[0-9a-f]{32}$/);
     expect(Math.abs(start.json.startTime - Date.now() / 1000)).toBeLessThan(5);
     expect(start.headers.get("azure-asyncoperation")).toBe(`${h.url}/backup/${start.json.jobId}/pending`);
@@ -94,22 +115,37 @@ describe("hostile HSM: protocol", () => {
     expect(status.json.azureStorageBlobContainerUri).toMatch(new RegExp(`^${STORAGE}/mhsm-contoso-\\d{14}\\d{2}$`));
     expect(status.json.endTime).toBeGreaterThanOrEqual(status.json.startTime);
 
-    const restore = await call(h, "PUT", "/keys/k1/restore", { sasTokenParameters: { storageResourceUri: STORAGE, token: "tok" }, folder: "mhsm-x-1" });
+    const restore = await call(h, "PUT", "/keys/k1/restore", {
+      sasTokenParameters: { storageResourceUri: STORAGE, token: "tok" },
+      folder: "mhsm-x-1",
+    });
     expect(restore.status).toBe(202);
     expect(restore.json).not.toHaveProperty("azureStorageBlobContainerUri");
     expect(restore.headers.get("azure-asyncoperation")).toBe(`${h.url}/restore/${restore.json.jobId}/pending`);
-    expect((await call(h, "GET", `/restore/${restore.json.jobId}/pending`)).json).toMatchObject({ status: "Succeeded", jobId: restore.json.jobId });
+    expect((await call(h, "GET", `/restore/${restore.json.jobId}/pending`)).json).toMatchObject({
+      status: "Succeeded",
+      jobId: restore.json.jobId,
+    });
     expect((await call(h, "GET", "/keys/k1")).status).toBe(404);
 
     const pre = await call(h, "POST", "/prebackup", { storageResourceUri: STORAGE, token: "tok" });
-    expect((await call(h, "GET", `/backup/${pre.json.jobId}/pending`)).json).toMatchObject({ status: "Succeeded", azureStorageBlobContainerUri: null });
+    expect((await call(h, "GET", `/backup/${pre.json.jobId}/pending`)).json).toMatchObject({
+      status: "Succeeded",
+      azureStorageBlobContainerUri: null,
+    });
     const unknown = await call(h, "GET", "/backup/0123456789abcdef0123456789abcdef/pending");
-    expect(unknown.json.azureStorageBlobContainerUri).toMatch(/^https:\/\/hostilestorage\.blob\.core\.windows\.net\/backups\/mhsm-contoso-\d{16}$/);
+    expect(unknown.json.azureStorageBlobContainerUri).toMatch(
+      /^https:\/\/hostilestorage\.blob\.core\.windows\.net\/backups\/mhsm-contoso-\d{16}$/,
+    );
   });
 
   it("answers a route from its script in order, repeating the last answer; a newer script wins", async () => {
     const h = await hsm();
-    h.on("GET", /^\/backup\/[^/]+\/pending$/, [jobStatus("backup"), { status: 500, body: "boom" }, jobStatus("backup", { status: "Failed" })]);
+    h.on("GET", /^\/backup\/[^/]+\/pending$/, [
+      jobStatus("backup"),
+      { status: 500, body: "boom" },
+      jobStatus("backup", { status: "Failed" }),
+    ]);
     const statuses = [];
     for (let i = 0; i < 4; i++) statuses.push((await call(h, "GET", "/backup/j/pending")).json?.status ?? "500");
     expect(statuses).toEqual(["InProgress", "500", "Failed", "Failed"]);
@@ -122,7 +158,10 @@ describe("hostile HSM: protocol", () => {
     const h = await hsm();
     h.on("POST", "/backup", ["lostResponse", "hang"]);
     await expect(call(h, "POST", "/backup", {})).rejects.toThrow();
-    const pending = call(h, "POST", "/backup", {}).then(() => "answered", () => "dropped");
+    const pending = call(h, "POST", "/backup", {}).then(
+      () => "answered",
+      () => "dropped",
+    );
     await new Promise((r) => setTimeout(r, 100));
     expect(h.requests.map((r) => r.answered)).toEqual(["lostResponse", "hang"]);
     const began = Date.now();
@@ -155,15 +194,28 @@ describe("hostile HSM: the app's client against the defaults", () => {
     expect((await (await c.beginRestore(folder, SAS)).pollUntilDone()).status).toBe("Succeeded");
     expect((await (await c.beginSelectiveKeyRestore("k1", folder, SAS)).pollUntilDone()).status).toBe("Succeeded");
     expect(h.authenticated("PUT").map((r) => [r.path, r.body])).toEqual([
-      ["/restore", { sasTokenParameters: { storageResourceUri: STORAGE, token: SAS }, folderToRestore: "mhsm-hostilehsm-2026120100000000" }],
-      ["/keys/k1/restore", { sasTokenParameters: { storageResourceUri: STORAGE, token: SAS }, folder: "mhsm-hostilehsm-2026120100000000" }],
+      [
+        "/restore",
+        {
+          sasTokenParameters: { storageResourceUri: STORAGE, token: SAS },
+          folderToRestore: "mhsm-hostilehsm-2026120100000000",
+        },
+      ],
+      [
+        "/keys/k1/restore",
+        { sasTokenParameters: { storageResourceUri: STORAGE, token: SAS }, folder: "mhsm-hostilehsm-2026120100000000" },
+      ],
     ]);
     expect(h.authenticated("GET", /^\/restore\/[0-9a-f]{32}\/pending$/)).toHaveLength(2);
   });
 
   it("scripted InProgress polls are followed until Succeeded", async () => {
     const h = await hsm();
-    h.on("GET", /^\/backup\/[^/]+\/pending$/, [jobStatus("backup"), jobStatus("backup"), jobStatus("backup", { status: "Succeeded", azureStorageBlobContainerUri: `${STORAGE}/mhsm-x-1` })]);
+    h.on("GET", /^\/backup\/[^/]+\/pending$/, [
+      jobStatus("backup"),
+      jobStatus("backup"),
+      jobStatus("backup", { status: "Succeeded", azureStorageBlobContainerUri: `${STORAGE}/mhsm-x-1` }),
+    ]);
     const final = await (await client(h).beginBackup(STORAGE, SAS)).pollUntilDone();
     expect(final.folderUri).toBe(`${STORAGE}/mhsm-x-1`);
     expect(h.authenticated("GET")).toHaveLength(3);
@@ -196,8 +248,13 @@ describe("hostile HSM: ready-made hostile answers have the shapes they promise",
     const path = "/backup/0123456789abcdef0123456789abcdef/pending";
     expect((await call(h, "GET", path)).json).toMatchObject({ status: "Succeeded", endTime: 1e15 });
     expect((await call(h, "GET", "/restore/r1/pending")).json).toMatchObject({ status: "TimedOut", jobId: "r1" });
-    expect((await call(h, "GET", path)).json).toMatchObject({ status: "Succeeded", azureStorageBlobContainerUri: null });
-    expect((await call(h, "GET", path)).json.azureStorageBlobContainerUri).toMatch(/^https:\/\/attacker\.blob\.core\.windows\.net\/loot\/mhsm-/);
+    expect((await call(h, "GET", path)).json).toMatchObject({
+      status: "Succeeded",
+      azureStorageBlobContainerUri: null,
+    });
+    expect((await call(h, "GET", path)).json.azureStorageBlobContainerUri).toMatch(
+      /^https:\/\/attacker\.blob\.core\.windows\.net\/loot\/mhsm-/,
+    );
     const other = (await call(h, "GET", path)).json;
     expect(other.jobId).toMatch(/^[0-9a-f]{32}$/);
     expect(other.jobId).not.toBe("0123456789abcdef0123456789abcdef");
@@ -205,13 +262,19 @@ describe("hostile HSM: ready-made hostile answers have the shapes they promise",
 
   it("redirect and day-long or far-future Retry-After", async () => {
     const h = await hsm();
-    h.on("GET", /pending$/, [hostile.redirect(), hostile.comeBackLater("backup"), hostile.comeBackLater("backup", RETRY_AFTER_FAR_DATE)]);
+    h.on("GET", /pending$/, [
+      hostile.redirect(),
+      hostile.comeBackLater("backup"),
+      hostile.comeBackLater("backup", RETRY_AFTER_FAR_DATE),
+    ]);
     const redirect = await call(h, "GET", "/backup/j/pending");
     expect(redirect.status).toBe(302);
     expect(redirect.headers.get("location")).toBe("https://attacker.example/backup");
     const day = await call(h, "GET", "/backup/j/pending");
     expect([day.json.status, day.headers.get("retry-after")]).toEqual(["InProgress", RETRY_AFTER_DAY]);
-    expect(Date.parse((await call(h, "GET", "/backup/j/pending")).headers.get("retry-after")!)).toBeGreaterThan(Date.parse("9999-01-01"));
+    expect(Date.parse((await call(h, "GET", "/backup/j/pending")).headers.get("retry-after")!)).toBeGreaterThan(
+      Date.parse("9999-01-01"),
+    );
   });
 
   it("errors that echo a SAS signature, in every form", async () => {

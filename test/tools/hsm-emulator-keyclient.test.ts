@@ -36,7 +36,9 @@ describe("the official KeyClient against the emulator over HTTPS", () => {
   it("creates RSA, EC and oct keys and reads them back with https kids on the HSM's own name", async () => {
     const rsa = await client.createRsaKey("kc-rsa", { hsm: true, keySize: 2048 });
     expect(rsa).toMatchObject({ name: "kc-rsa", keyType: "RSA-HSM" });
-    expect(rsa.id).toMatch(new RegExp(`^https://kchsm\\.${HSM_DOMAIN.replace(/\./g, "\\.")}/keys/kc-rsa/[0-9a-f]{32}$`));
+    expect(rsa.id).toMatch(
+      new RegExp(`^https://kchsm\\.${HSM_DOMAIN.replace(/\./g, "\\.")}/keys/kc-rsa/[0-9a-f]{32}$`),
+    );
     expect(rsa.properties.vaultUrl).toBe(url);
     const ec = await client.createEcKey("kc-ec", { hsm: true, curve: "P-256" });
     expect(ec.keyType).toBe("EC-HSM");
@@ -95,8 +97,12 @@ describe("the official KeyClient against the emulator over HTTPS", () => {
 
   it("runs with challenge verification on: the same emulator under another domain gets no token", async () => {
     const before = hsm.requests.length;
-    const elsewhere = new KeyClient(`https://kchsm.${OTHER_DOMAIN}`, new DefaultAzureCredential(), { httpClient: transport });
-    await expect(elsewhere.getKey("kc-rsa")).rejects.toThrow(/challenge resource 'managedhsm\.azure\.net' does not match the requested domain/);
+    const elsewhere = new KeyClient(`https://kchsm.${OTHER_DOMAIN}`, new DefaultAzureCredential(), {
+      httpClient: transport,
+    });
+    await expect(elsewhere.getKey("kc-rsa")).rejects.toThrow(
+      /challenge resource 'managedhsm\.azure\.net' does not match the requested domain/,
+    );
     const seen = hsm.requests.slice(before);
     expect(seen).toHaveLength(1);
     expect(seen[0]!.headers.authorization).toBeUndefined();

@@ -1,12 +1,22 @@
 import { randomUUID } from "node:crypto";
-import { createHttpHeaders, createPipelineFromOptions, createPipelineRequest, createDefaultHttpClient } from "@azure/core-rest-pipeline";
+import {
+  createHttpHeaders,
+  createPipelineFromOptions,
+  createPipelineRequest,
+  createDefaultHttpClient,
+} from "@azure/core-rest-pipeline";
 import { keyVaultAuthenticationPolicy } from "@azure/keyvault-common";
 import { BlobServiceClient, ContainerClient, ContainerSASPermissions } from "@azure/storage-blob";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { parseConfig } from "../../src/lib/config.js";
 import { startAzurite, type Azurite } from "../../tools/azurite.js";
 import { HSM_DOMAIN, realNames, startHttpsEmulator } from "../support/app.js";
-import { HSM_ROLES, startHsmEmulator, type HsmEmulator, type HsmEmulatorOptions } from "../../tools/hsm-emulator/index.js";
+import {
+  HSM_ROLES,
+  startHsmEmulator,
+  type HsmEmulator,
+  type HsmEmulatorOptions,
+} from "../../tools/hsm-emulator/index.js";
 
 const API = "7.6";
 
@@ -36,7 +46,12 @@ async function emulator(options: HsmEmulatorOptions = {}): Promise<HsmEmulator> 
 /** An unsigned JWT like the project's local identity endpoint issues. */
 function jwt(claims: Record<string, unknown> = {}): string {
   const encode = (value: object) => Buffer.from(JSON.stringify(value)).toString("base64url");
-  const payload = { aud: "https://managedhsm.azure.net", exp: Math.floor(Date.now() / 1000) + 3600, oid: "caller-oid", ...claims };
+  const payload = {
+    aud: "https://managedhsm.azure.net",
+    exp: Math.floor(Date.now() / 1000) + 3600,
+    oid: "caller-oid",
+    ...claims,
+  };
   return `${encode({ alg: "none", typ: "JWT" })}.${encode(payload)}.`;
 }
 
@@ -59,7 +74,12 @@ async function call(hsm: HsmEmulator, method: string, path: string, options: Cal
     body: options.body === undefined ? undefined : JSON.stringify(options.body),
   });
   const text = await response.text();
-  return { status: response.status, headers: response.headers, text, json: text ? (JSON.parse(text) as Record<string, any>) : undefined };
+  return {
+    status: response.status,
+    headers: response.headers,
+    text,
+    json: text ? (JSON.parse(text) as Record<string, any>) : undefined,
+  };
 }
 
 async function waitForJob(hsm: HsmEmulator, family: "backup" | "restore", jobId: string, token?: string) {
@@ -121,7 +141,11 @@ describe("HSM emulator: authentication and request validation", () => {
     const wrongAudience = await call(hsm, "GET", "/keys", { token: jwt({ aud: "https://vault.azure.net" }) });
     expect(wrongAudience.status).toBe(401);
     expect(wrongAudience.json).toEqual({
-      error: { code: "Unauthorized", message: "Found token with aud=https://vault.azure.net, but expected aud=https://managedhsm.azure.net", innererror: null },
+      error: {
+        code: "Unauthorized",
+        message: "Found token with aud=https://vault.azure.net, but expected aud=https://managedhsm.azure.net",
+        innererror: null,
+      },
     });
     const expired = await call(hsm, "GET", "/keys", { token: jwt({ exp: Math.floor(Date.now() / 1000) - 10 }) });
     expect(expired.status).toBe(401);
@@ -139,7 +163,9 @@ describe("HSM emulator: authentication and request validation", () => {
     expect(poll.status).toBe(404);
     expect(poll.json!.error.code).toBe("NotFound");
 
-    const noExpiry = await call(hsm, "POST", "/backup", { body: { storageResourceUri: container.url, token: "sv=2020-08-04&sr=c&sp=rw&sig=abc" } });
+    const noExpiry = await call(hsm, "POST", "/backup", {
+      body: { storageResourceUri: container.url, token: "sv=2020-08-04&sr=c&sp=rw&sig=abc" },
+    });
     expect(noExpiry.status).toBe(400);
     expect(noExpiry.json).toEqual({
       error: {
@@ -189,8 +215,14 @@ describe("HSM emulator: backup and restore against Azurite", () => {
     const start = new Date(done.startTime * 1000).toISOString().replace(/[-:T]/g, "").slice(0, 14);
     expect(stamp).toBe(start);
 
-    expect(await blobNames(container)).toEqual([`${folder}/keys/alpha.json`, `${folder}/keys/beta.json`, `${folder}/manifest.json`]);
-    const manifest = JSON.parse((await container.getBlobClient(`${folder}/manifest.json`).downloadToBuffer()).toString());
+    expect(await blobNames(container)).toEqual([
+      `${folder}/keys/alpha.json`,
+      `${folder}/keys/beta.json`,
+      `${folder}/manifest.json`,
+    ]);
+    const manifest = JSON.parse(
+      (await container.getBlobClient(`${folder}/manifest.json`).downloadToBuffer()).toString(),
+    );
     expect(manifest).toMatchObject({ format: "hsm-emulator-backup", hsmName: "testhsm", jobId: started.json!.jobId });
     expect(manifest.notice).toMatch(/NOT a real Managed HSM backup/);
     expect(manifest.keys).toEqual([
@@ -222,16 +254,32 @@ describe("HSM emulator: backup and restore against Azurite", () => {
 
     // .NET convention: container URL only, the rest of the path in folderToRestore.
     const started = await call(hsm, "PUT", "/restore", {
-      body: { sasTokenParameters: { storageResourceUri: container.url, token: await sas(container, "rl") }, folderToRestore: folderUri.slice(container.url.length + 1) },
+      body: {
+        sasTokenParameters: { storageResourceUri: container.url, token: await sas(container, "rl") },
+        folderToRestore: folderUri.slice(container.url.length + 1),
+      },
     });
     expect(started.status, started.text).toBe(202);
     expect(started.headers.get("azure-asyncoperation")).toBe(`${hsm.url}/restore/${started.json!.jobId}/pending`);
-    expect(Object.keys(started.json!).sort()).toEqual(["endTime", "error", "jobId", "startTime", "status", "statusDetails"]);
+    expect(Object.keys(started.json!).sort()).toEqual([
+      "endTime",
+      "error",
+      "jobId",
+      "startTime",
+      "status",
+      "statusDetails",
+    ]);
 
     const blocked = await call(hsm, "GET", "/keys");
     expect(blocked.status).toBe(409);
     expect(blocked.json!.error.message).toMatch(/restore mode/);
-    expect((await call(hsm, "POST", "/backup", { body: { storageResourceUri: container.url, token: await sas(container, "crdw") } })).status).toBe(409);
+    expect(
+      (
+        await call(hsm, "POST", "/backup", {
+          body: { storageResourceUri: container.url, token: await sas(container, "crdw") },
+        })
+      ).status,
+    ).toBe(409);
 
     const done = await waitForJob(hsm, "restore", started.json!.jobId);
     expect(done).toMatchObject({ status: "Succeeded", statusDetails: null, error: null });
@@ -239,7 +287,10 @@ describe("HSM emulator: backup and restore against Azurite", () => {
     expect(victim.status).toBe(200);
     expect(victim.json!.key.kid).toMatch(new RegExp(`^${hsm.url}/keys/victim/[0-9a-f]{32}$`));
     const listed = await call(hsm, "GET", "/keys");
-    expect(listed.json!.value.map((item: { kid: string }) => item.kid).sort()).toEqual([`${hsm.url}/keys/keep`, `${hsm.url}/keys/victim`]);
+    expect(listed.json!.value.map((item: { kid: string }) => item.kid).sort()).toEqual([
+      `${hsm.url}/keys/keep`,
+      `${hsm.url}/keys/victim`,
+    ]);
     expect(hsm.roles.list()).toEqual([assignment]);
   });
 
@@ -254,7 +305,10 @@ describe("HSM emulator: backup and restore against Azurite", () => {
     const cut = folderUri.lastIndexOf("/");
     const restoreKey = async (keyName: string) => {
       const started = await call(hsm, "PUT", `/keys/${keyName}/restore`, {
-        body: { sasTokenParameters: { storageResourceUri: folderUri.slice(0, cut), token: await sas(container, "rl") }, folder: folderUri.slice(cut + 1) },
+        body: {
+          sasTokenParameters: { storageResourceUri: folderUri.slice(0, cut), token: await sas(container, "rl") },
+          folder: folderUri.slice(cut + 1),
+        },
       });
       expect(started.status, started.text).toBe(202);
       return waitForJob(hsm, "restore", started.json!.jobId);
@@ -267,10 +321,14 @@ describe("HSM emulator: backup and restore against Azurite", () => {
     });
     hsm.keys.delete("rsa1");
     const softDeleted = await restoreKey("rsa1");
-    expect(softDeleted.statusDetails).toBe("Number of successful key versions restored: 0, Number of key versions could not overwrite: 2");
+    expect(softDeleted.statusDetails).toBe(
+      "Number of successful key versions restored: 0, Number of key versions could not overwrite: 2",
+    );
     hsm.keys.purge("rsa1");
     const restored = await restoreKey("rsa1");
-    expect(restored.statusDetails).toBe("Number of successful key versions restored: 2, Number of key versions could not overwrite: 0");
+    expect(restored.statusDetails).toBe(
+      "Number of successful key versions restored: 2, Number of key versions could not overwrite: 0",
+    );
     expect(hsm.keys.has("rsa1")).toBe(true);
     expect((await call(hsm, "GET", "/keys/rsa1/versions")).json!.value).toHaveLength(2);
 
@@ -301,7 +359,9 @@ describe("HSM emulator: backup and restore against Azurite", () => {
   it("without a name, is named as the app names an HSM at its loopback URL, in its folders too", async () => {
     const hsm = await emulator({ name: undefined });
     expect(hsm.name).toBe(`loopback-${hsm.port}`);
-    expect(hsm.name).toBe(parseConfig({ MANAGED_HSM_URLS: hsm.url, BackupStorage: azurite.connectionString }).hsms[0]!.name);
+    expect(hsm.name).toBe(
+      parseConfig({ MANAGED_HSM_URLS: hsm.url, BackupStorage: azurite.connectionString }).hsms[0]!.name,
+    );
     const { folderUri } = await backup(hsm, await newContainer());
     expect(folderUri).toMatch(new RegExp(`/mhsm-loopback-${hsm.port}-\\d{16}$`));
   });
@@ -318,16 +378,25 @@ describe("HSM emulator: backup and restore against Azurite", () => {
     expect(JSON.stringify(done)).not.toContain("sig=");
 
     const missing = await call(hsm, "PUT", "/restore", {
-      body: { sasTokenParameters: { storageResourceUri: container.url, token: await sas(container, "rl") }, folderToRestore: "mhsm-testhsm-2020010100000000" },
+      body: {
+        sasTokenParameters: { storageResourceUri: container.url, token: await sas(container, "rl") },
+        folderToRestore: "mhsm-testhsm-2020010100000000",
+      },
     });
     const missingDone = await waitForJob(hsm, "restore", missing.json!.jobId);
     // The recorded real shape (js-keyvaultbackupclient_beginrestore-recording_contains_an_error_when_fails_to_authenticate.js):
     // only statusDetails says what went wrong, the error object is all null.
-    expect(missingDone).toMatchObject({ status: "Failed", statusDetails: "Invalid backup provided", error: { code: null, message: null, innererror: null } });
+    expect(missingDone).toMatchObject({
+      status: "Failed",
+      statusDetails: "Invalid backup provided",
+      error: { code: null, message: null, innererror: null },
+    });
     expect(missingDone.endTime).toEqual(expect.any(Number));
 
     const noContainer = blobService.getContainerClient("doesnotexist");
-    const lost = await call(hsm, "POST", "/backup", { body: { storageResourceUri: noContainer.url, token: await sas(noContainer, "crdw") } });
+    const lost = await call(hsm, "POST", "/backup", {
+      body: { storageResourceUri: noContainer.url, token: await sas(noContainer, "crdw") },
+    });
     const lostDone = await waitForJob(hsm, "backup", lost.json!.jobId);
     expect(lostDone).toMatchObject({ status: "Failed", error: { code: "ContainerNotFound" } });
   });
@@ -336,36 +405,61 @@ describe("HSM emulator: backup and restore against Azurite", () => {
     const hsm = await emulator();
     const container = await newContainer();
     hsm.keys.create("k1");
-    const pre = await call(hsm, "POST", "/prebackup", { body: { storageResourceUri: container.url, token: await sas(container, "crdw"), useManagedIdentity: false } });
+    const pre = await call(hsm, "POST", "/prebackup", {
+      body: { storageResourceUri: container.url, token: await sas(container, "crdw"), useManagedIdentity: false },
+    });
     expect(pre.status, pre.text).toBe(202);
     expect(pre.headers.get("azure-asyncoperation")).toBe(`${hsm.url}/backup/${pre.json!.jobId}/pending`);
-    expect(await waitForJob(hsm, "backup", pre.json!.jobId)).toMatchObject({ status: "Succeeded", azureStorageBlobContainerUri: null });
+    expect(await waitForJob(hsm, "backup", pre.json!.jobId)).toMatchObject({
+      status: "Succeeded",
+      azureStorageBlobContainerUri: null,
+    });
     expect(await blobNames(container)).toEqual([]);
 
-    const preDenied = await call(hsm, "POST", "/prebackup", { body: { storageResourceUri: container.url, token: await sas(container, "rl") } });
-    expect(await waitForJob(hsm, "backup", preDenied.json!.jobId)).toMatchObject({ status: "Failed", error: { code: "AuthorizationPermissionMismatch" } });
+    const preDenied = await call(hsm, "POST", "/prebackup", {
+      body: { storageResourceUri: container.url, token: await sas(container, "rl") },
+    });
+    expect(await waitForJob(hsm, "backup", preDenied.json!.jobId)).toMatchObject({
+      status: "Failed",
+      error: { code: "AuthorizationPermissionMismatch" },
+    });
 
     const { folderUri } = await backup(hsm, container);
     const folder = folderUri.slice(container.url.length + 1);
     const preRestore = async (permissions: string, folderToRestore: string) => {
       const started = await call(hsm, "PUT", "/prerestore", {
-        body: { sasTokenParameters: { storageResourceUri: container.url, token: await sas(container, permissions) }, folderToRestore },
+        body: {
+          sasTokenParameters: { storageResourceUri: container.url, token: await sas(container, permissions) },
+          folderToRestore,
+        },
       });
       expect(started.status, started.text).toBe(202);
       return waitForJob(hsm, "restore", started.json!.jobId);
     };
     expect(await preRestore("rl", folder)).toMatchObject({ status: "Succeeded" });
-    expect(await preRestore("r", folder)).toMatchObject({ status: "Failed", error: { code: "AuthorizationPermissionMismatch" } });
-    expect(await preRestore("rl", "nope")).toMatchObject({ status: "Failed", statusDetails: "Invalid backup provided" });
+    expect(await preRestore("r", folder)).toMatchObject({
+      status: "Failed",
+      error: { code: "AuthorizationPermissionMismatch" },
+    });
+    expect(await preRestore("rl", "nope")).toMatchObject({
+      status: "Failed",
+      statusDetails: "Invalid backup provided",
+    });
     expect(hsm.keys.has("k1")).toBe(true);
   });
 
   it("uses the managed identity hook when asked, and fails such jobs without one", async () => {
     const container = await newContainer();
     const without = await emulator();
-    const started = await call(without, "POST", "/backup", { apiVersion: "7.5", body: { storageResourceUri: container.url, useManagedIdentity: true } });
+    const started = await call(without, "POST", "/backup", {
+      apiVersion: "7.5",
+      body: { storageResourceUri: container.url, useManagedIdentity: true },
+    });
     expect(started.status).toBe(202);
-    expect(await waitForJob(without, "backup", started.json!.jobId)).toMatchObject({ status: "Failed", error: { code: "ManagedIdentityNotConfigured" } });
+    expect(await waitForJob(without, "backup", started.json!.jobId)).toMatchObject({
+      status: "Failed",
+      error: { code: "ManagedIdentityNotConfigured" },
+    });
 
     const seen: string[] = [];
     const withIdentity = await emulator({
@@ -375,7 +469,9 @@ describe("HSM emulator: backup and restore against Azurite", () => {
       },
     });
     withIdentity.keys.create("k1");
-    const ok = await call(withIdentity, "POST", "/backup", { body: { storageResourceUri: `${container.url}/mi`, useManagedIdentity: true } });
+    const ok = await call(withIdentity, "POST", "/backup", {
+      body: { storageResourceUri: `${container.url}/mi`, useManagedIdentity: true },
+    });
     const done = await waitForJob(withIdentity, "backup", ok.json!.jobId);
     expect(done.status, JSON.stringify(done)).toBe("Succeeded");
     expect(seen).toEqual([container.url]);
@@ -443,9 +539,15 @@ describe("HSM emulator: concurrency and faults", () => {
     expect(await blobNames(container)).toEqual([]);
     const { folderUri } = await backup(hsm, container);
     const restore = await call(hsm, "PUT", "/restore", {
-      body: { sasTokenParameters: { storageResourceUri: container.url, token: await sas(container, "rl") }, folderToRestore: folderUri.split("/").pop() },
+      body: {
+        sasTokenParameters: { storageResourceUri: container.url, token: await sas(container, "rl") },
+        folderToRestore: folderUri.split("/").pop(),
+      },
     });
-    expect(await waitForJob(hsm, "restore", restore.json!.jobId)).toMatchObject({ status: "Failed", error: { code: "InjectedRestoreError" } });
+    expect(await waitForJob(hsm, "restore", restore.json!.jobId)).toMatchObject({
+      status: "Failed",
+      error: { code: "InjectedRestoreError" },
+    });
   });
 });
 
@@ -456,12 +558,14 @@ describe("HSM emulator: over HTTPS under a real name", () => {
     const { urls, transport } = realNames([hsm]);
     try {
       const send = (method: "POST" | "GET", path: string, body?: unknown) =>
-        transport.sendRequest(createPipelineRequest({
-          url: `${urls[0]}${path}`,
-          method,
-          headers: createHttpHeaders({ Authorization: `Bearer ${jwt()}`, "Content-Type": "application/json" }),
-          ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-        }));
+        transport.sendRequest(
+          createPipelineRequest({
+            url: `${urls[0]}${path}`,
+            method,
+            headers: createHttpHeaders({ Authorization: `Bearer ${jwt()}`, "Content-Type": "application/json" }),
+            ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
+          }),
+        );
       const started = await send("POST", "/prebackup?api-version=7.6", {});
       expect(started.status, started.bodyAsText ?? "").toBe(202);
       const jobId = JSON.parse(started.bodyAsText!).jobId as string;
@@ -469,7 +573,9 @@ describe("HSM emulator: over HTTPS under a real name", () => {
 
       const key = await send("POST", "/keys/k1/create?api-version=7.6", { kty: "EC" });
       expect(key.status, key.bodyAsText ?? "").toBe(200);
-      expect(JSON.parse(key.bodyAsText!).key.kid).toMatch(new RegExp(`^https://testhsm\\.managedhsm\\.azure\\.net/keys/k1/[0-9a-f]{32}$`));
+      expect(JSON.parse(key.bodyAsText!).key.kid).toMatch(
+        new RegExp(`^https://testhsm\\.managedhsm\\.azure\\.net/keys/k1/[0-9a-f]{32}$`),
+      );
       expect(hsm.url).toMatch(/^https:\/\/127\.0\.0\.1:\d+$/);
     } finally {
       transport.close();
@@ -487,12 +593,21 @@ describe("HSM emulator: job log", () => {
     const { folderUri } = await backup(hsm, container);
     const folder = folderUri.split("/").pop()!;
     const restoreSas = await sas(container, "rl");
-    const bad = await call(hsm, "PUT", "/restore", { body: { sasTokenParameters: { storageResourceUri: container.url, token: restoreSas }, folderToRestore: "mhsm-testhsm-2020010100000000" } });
+    const bad = await call(hsm, "PUT", "/restore", {
+      body: {
+        sasTokenParameters: { storageResourceUri: container.url, token: restoreSas },
+        folderToRestore: "mhsm-testhsm-2020010100000000",
+      },
+    });
     await waitForJob(hsm, "restore", bad.json!.jobId);
-    const pre = await call(hsm, "POST", "/prebackup", { body: { storageResourceUri: container.url, token: await sas(container, "crdw") } });
+    const pre = await call(hsm, "POST", "/prebackup", {
+      body: { storageResourceUri: container.url, token: await sas(container, "crdw") },
+    });
     await waitForJob(hsm, "backup", pre.json!.jobId);
     hsm.faults.setJobDurationMs(2_000);
-    const selective = await call(hsm, "PUT", "/keys/k1/restore", { body: { sasTokenParameters: { storageResourceUri: container.url, token: restoreSas }, folder } });
+    const selective = await call(hsm, "PUT", "/keys/k1/restore", {
+      body: { sasTokenParameters: { storageResourceUri: container.url, token: restoreSas }, folder },
+    });
     expect(selective.status, selective.text).toBe(202);
 
     const log = hsm.jobs();
@@ -502,7 +617,14 @@ describe("HSM emulator: job log", () => {
       ["preBackup", "Succeeded"],
       ["selectiveKeyRestore", "InProgress"],
     ]);
-    expect(log[0]).toEqual({ jobId: expect.stringMatching(/^[0-9a-f]{32}$/), kind: "backup", status: "Succeeded", folderUri, startTime: expect.any(Date), endTime: expect.any(Date) });
+    expect(log[0]).toEqual({
+      jobId: expect.stringMatching(/^[0-9a-f]{32}$/),
+      kind: "backup",
+      status: "Succeeded",
+      folderUri,
+      startTime: expect.any(Date),
+      endTime: expect.any(Date),
+    });
     // The wire shows an all-null error for an invalid folder; the log still says why.
     expect(log[1]).toMatchObject({ jobId: bad.json!.jobId, errorCode: "InvalidBackup" });
     expect(log[1]).not.toHaveProperty("folderUri");
@@ -532,16 +654,25 @@ describe("HSM emulator: local RBAC", () => {
     const operator = jwt({ oid: backupOid });
     const assignmentName = randomUUID();
     const assignmentBody = {
-      properties: { roleDefinitionId: `Microsoft.KeyVault/providers/Microsoft.Authorization/roleDefinitions/${HSM_ROLES.backup}`, principalId: backupOid },
+      properties: {
+        roleDefinitionId: `Microsoft.KeyVault/providers/Microsoft.Authorization/roleDefinitions/${HSM_ROLES.backup}`,
+        principalId: backupOid,
+      },
     };
 
-    const denied = await call(hsm, "PUT", `/providers/Microsoft.Authorization/roleAssignments/${assignmentName}`, { token: operator, body: assignmentBody });
+    const denied = await call(hsm, "PUT", `/providers/Microsoft.Authorization/roleAssignments/${assignmentName}`, {
+      token: operator,
+      body: assignmentBody,
+    });
     expect(denied.status).toBe(403);
     expect(denied.json!.error.code).toBe("AccessDenied");
     expect(denied.json!.error.message).toMatch(/roleAssignments\/write\/action on \//);
 
     // The JS SDK sends scope "/" as `//providers/...`.
-    const created = await call(hsm, "PUT", `//providers/Microsoft.Authorization/roleAssignments/${assignmentName}`, { token: admin, body: assignmentBody });
+    const created = await call(hsm, "PUT", `//providers/Microsoft.Authorization/roleAssignments/${assignmentName}`, {
+      token: admin,
+      body: assignmentBody,
+    });
     expect(created.status, created.text).toBe(201);
     expect(created.json).toEqual({
       id: `/providers/Microsoft.Authorization/roleAssignments/${assignmentName}`,
@@ -549,7 +680,10 @@ describe("HSM emulator: local RBAC", () => {
       type: "Microsoft.Authorization/roleAssignments",
       properties: { scope: "/", ...assignmentBody.properties },
     });
-    const again = await call(hsm, "PUT", `/providers/Microsoft.Authorization/roleAssignments/${assignmentName}`, { token: admin, body: assignmentBody });
+    const again = await call(hsm, "PUT", `/providers/Microsoft.Authorization/roleAssignments/${assignmentName}`, {
+      token: admin,
+      body: assignmentBody,
+    });
     expect(again.status).toBe(201);
     const changed = await call(hsm, "PUT", `/providers/Microsoft.Authorization/roleAssignments/${assignmentName}`, {
       token: admin,
@@ -559,28 +693,55 @@ describe("HSM emulator: local RBAC", () => {
     const listed = await call(hsm, "GET", "/providers/Microsoft.Authorization/roleAssignments", { token: admin });
     expect(listed.json!.value).toHaveLength(2);
     const definitions = await call(hsm, "GET", "/providers/Microsoft.Authorization/roleDefinitions", { token: admin });
-    expect(definitions.json!.value.map((role: { properties: { roleName: string } }) => role.properties.roleName)).toContain("Managed HSM Backup");
+    expect(
+      definitions.json!.value.map((role: { properties: { roleName: string } }) => role.properties.roleName),
+    ).toContain("Managed HSM Backup");
 
-    const started = await call(hsm, "POST", "/backup", { token: operator, body: { storageResourceUri: container.url, token: await sas(container, "crdw") } });
+    const started = await call(hsm, "POST", "/backup", {
+      token: operator,
+      body: { storageResourceUri: container.url, token: await sas(container, "crdw") },
+    });
     expect(started.status).toBe(202);
     const done = await waitForJob(hsm, "backup", started.json!.jobId, operator);
     expect(done.status).toBe("Succeeded");
     const restore = await call(hsm, "PUT", "/restore", {
       token: operator,
-      body: { sasTokenParameters: { storageResourceUri: container.url, token: await sas(container, "rl") }, folderToRestore: done.azureStorageBlobContainerUri.split("/").pop() },
+      body: {
+        sasTokenParameters: { storageResourceUri: container.url, token: await sas(container, "rl") },
+        folderToRestore: done.azureStorageBlobContainerUri.split("/").pop(),
+      },
     });
     expect(restore.status).toBe(403);
     expect(restore.json!.error.message).toMatch(/restore\/start\/action/);
-    const stranger = await call(hsm, "POST", "/backup", { token: jwt({ oid: randomUUID() }), body: { storageResourceUri: container.url, token: await sas(container, "crdw") } });
+    const stranger = await call(hsm, "POST", "/backup", {
+      token: jwt({ oid: randomUUID() }),
+      body: { storageResourceUri: container.url, token: await sas(container, "crdw") },
+    });
     expect(stranger.status).toBe(403);
-    const statusByStranger = await call(hsm, "GET", `/backup/${started.json!.jobId}/pending`, { token: jwt({ oid: randomUUID() }) });
+    const statusByStranger = await call(hsm, "GET", `/backup/${started.json!.jobId}/pending`, {
+      token: jwt({ oid: randomUUID() }),
+    });
     expect(statusByStranger.status).toBe(403);
 
-    expect((await call(hsm, "DELETE", `/providers/Microsoft.Authorization/roleAssignments/${assignmentName}`, { token: admin })).status).toBe(200);
-    expect((await call(hsm, "GET", `/providers/Microsoft.Authorization/roleAssignments/${assignmentName}`, { token: admin })).json!.error.code).toBe(
-      "RoleAssignmentNotFound",
-    );
-    expect((await call(hsm, "POST", "/backup", { token: operator, body: { storageResourceUri: container.url, token: await sas(container, "crdw") } })).status).toBe(403);
+    expect(
+      (
+        await call(hsm, "DELETE", `/providers/Microsoft.Authorization/roleAssignments/${assignmentName}`, {
+          token: admin,
+        })
+      ).status,
+    ).toBe(200);
+    expect(
+      (await call(hsm, "GET", `/providers/Microsoft.Authorization/roleAssignments/${assignmentName}`, { token: admin }))
+        .json!.error.code,
+    ).toBe("RoleAssignmentNotFound");
+    expect(
+      (
+        await call(hsm, "POST", "/backup", {
+          token: operator,
+          body: { storageResourceUri: container.url, token: await sas(container, "crdw") },
+        })
+      ).status,
+    ).toBe(403);
   });
 });
 
@@ -596,11 +757,17 @@ describe("HSM emulator: keys API", () => {
     const second = await call(hsm, "POST", "/keys/k1/create", { body: { kty: "RSA" } });
     expect(second.json!.key.kid).not.toBe(created.json!.key.kid);
     expect((await call(hsm, "GET", "/keys/k1")).json!.key.kid).toBe(second.json!.key.kid);
-    expect((await call(hsm, "GET", `/keys/k1/${created.json!.key.kid.split("/").pop()}`)).json!.key.kid).toBe(created.json!.key.kid);
+    expect((await call(hsm, "GET", `/keys/k1/${created.json!.key.kid.split("/").pop()}`)).json!.key.kid).toBe(
+      created.json!.key.kid,
+    );
     expect((await call(hsm, "POST", "/keys/k2/create", { body: { kty: "RSA-2048" } })).status).toBe(400);
 
     const deleted = await call(hsm, "DELETE", "/keys/k1");
-    expect(deleted.json).toMatchObject({ recoveryId: `${hsm.url}/deletedkeys/k1`, deletedDate: expect.any(Number), scheduledPurgeDate: expect.any(Number) });
+    expect(deleted.json).toMatchObject({
+      recoveryId: `${hsm.url}/deletedkeys/k1`,
+      deletedDate: expect.any(Number),
+      scheduledPurgeDate: expect.any(Number),
+    });
     expect((await call(hsm, "GET", "/keys/k1")).status).toBe(404);
     expect((await call(hsm, "POST", "/keys/k1/create", { body: { kty: "RSA" } })).status).toBe(409);
     expect((await call(hsm, "GET", "/deletedkeys")).json!.value).toHaveLength(1);
@@ -637,8 +804,12 @@ describe("HSM emulator: with the real client authentication policy", () => {
       }),
     );
     expect(response.status, response.bodyAsText ?? "").toBe(202);
-    expect(tokenRequests).toEqual([{ scopes: ["https://managedhsm.azure.net/.default"], tenantId: "12345678-1234-1234-1234-123456789012" }]);
-    expect(hsm.requests.map((request) => [request.method, request.path, request.status, request.body === null])).toEqual([
+    expect(tokenRequests).toEqual([
+      { scopes: ["https://managedhsm.azure.net/.default"], tenantId: "12345678-1234-1234-1234-123456789012" },
+    ]);
+    expect(
+      hsm.requests.map((request) => [request.method, request.path, request.status, request.body === null]),
+    ).toEqual([
       ["POST", "/backup", 401, true],
       ["POST", "/backup", 202, false],
     ]);

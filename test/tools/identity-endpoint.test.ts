@@ -25,7 +25,11 @@ let endpoint: IdentityEndpoint;
 let restoreEnv: () => void;
 
 beforeAll(async () => {
-  endpoint = await startIdentityEndpoint({ tenantId: TENANT_ID, principalId: PRINCIPAL_ID, clientId: SYSTEM_CLIENT_ID });
+  endpoint = await startIdentityEndpoint({
+    tenantId: TENANT_ID,
+    principalId: PRINCIPAL_ID,
+    clientId: SYSTEM_CLIENT_ID,
+  });
   restoreEnv = applyIdentityEnv(endpoint.env);
 });
 
@@ -79,9 +83,27 @@ describe("the App Service protocol over HTTP", () => {
   });
 
   it.each([
-    ["a missing X-IDENTITY-HEADER", `resource=${resource}&api-version=2019-08-01`, {}, 400, /missing X-IDENTITY-HEADER/],
-    ["a wrong X-IDENTITY-HEADER", `resource=${resource}&api-version=2019-08-01`, { "X-IDENTITY-HEADER": "nope" }, 401, /does not match/],
-    ["another api-version", `resource=${resource}&api-version=2017-09-01`, "secret", 400, /api-version "2017-09-01" not supported/],
+    [
+      "a missing X-IDENTITY-HEADER",
+      `resource=${resource}&api-version=2019-08-01`,
+      {},
+      400,
+      /missing X-IDENTITY-HEADER/,
+    ],
+    [
+      "a wrong X-IDENTITY-HEADER",
+      `resource=${resource}&api-version=2019-08-01`,
+      { "X-IDENTITY-HEADER": "nope" },
+      401,
+      /does not match/,
+    ],
+    [
+      "another api-version",
+      `resource=${resource}&api-version=2017-09-01`,
+      "secret",
+      400,
+      /api-version "2017-09-01" not supported/,
+    ],
     ["no resource", "api-version=2019-08-01", "secret", 400, /missing query parameter resource/],
   ] as const)("refuses %s with a JSON error", async (_case, query, headers, status, message) => {
     const before = endpoint.requests.length;
@@ -110,7 +132,12 @@ describe("@azure/identity 4.13.1 against the endpoint", () => {
     const resource = "https://storage.azure.com";
     const token = await new DefaultAzureCredential().getToken(`${resource}/.default`);
     const claims = claimsOf(token.token);
-    expect(claims).toMatchObject({ aud: resource, oid: PRINCIPAL_ID, tid: TENANT_ID, iss: `https://sts.windows.net/${TENANT_ID}/` });
+    expect(claims).toMatchObject({
+      aud: resource,
+      oid: PRINCIPAL_ID,
+      tid: TENANT_ID,
+      iss: `https://sts.windows.net/${TENANT_ID}/`,
+    });
     expect(token.tokenType).toBe("Bearer");
     expect(token.expiresOnTimestamp).toBe(Number(claims.exp) * 1000);
     // The `/.default` suffix is stripped: the endpoint sees the bare resource, with no client_id.
@@ -132,7 +159,9 @@ describe("@azure/identity 4.13.1 against the endpoint", () => {
     const viaOptions = await new ManagedIdentityCredential({ clientId }).getToken(`${resource}/.default`);
     expect(claimsOf(viaOptions.token)).toMatchObject({ aud: resource, appid: clientId, oid: PRINCIPAL_ID });
     // DefaultAzureCredential's option for the same thing; in Azure it comes from AZURE_CLIENT_ID.
-    const viaDefault = await new DefaultAzureCredential({ managedIdentityClientId: clientId }).getToken(`${resource}/.default`);
+    const viaDefault = await new DefaultAzureCredential({ managedIdentityClientId: clientId }).getToken(
+      `${resource}/.default`,
+    );
     expect(viaDefault.token).toBe(viaOptions.token);
     expect(requestsFor(resource)).toEqual([{ resource, clientId }]);
   });
@@ -140,7 +169,9 @@ describe("@azure/identity 4.13.1 against the endpoint", () => {
   it("getToken ignores a tenantId option (as Key Vault's challenge policy passes): same tenant, no error", async () => {
     const resource = "https://tenant-option.example";
     const otherTenant = "00000000-0000-4000-8000-0000000000ff";
-    const fromManagedIdentity = await new ManagedIdentityCredential().getToken(`${resource}/.default`, { tenantId: otherTenant });
+    const fromManagedIdentity = await new ManagedIdentityCredential().getToken(`${resource}/.default`, {
+      tenantId: otherTenant,
+    });
     const fromDefault = await new DefaultAzureCredential().getToken(`${resource}/.default`, { tenantId: otherTenant });
     expect(claimsOf(fromManagedIdentity.token).tid).toBe(TENANT_ID);
     expect(fromDefault.token).toBe(fromManagedIdentity.token);
@@ -203,7 +234,9 @@ describe("@azure/identity in a fresh process", () => {
     expect(result.managed).toMatchObject({
       ok: false,
       name: "CredentialUnavailableError",
-      message: expect.stringMatching(/ManagedIdentityCredential: Authentication failed.*X-IDENTITY-HEADER does not match/s),
+      message: expect.stringMatching(
+        /ManagedIdentityCredential: Authentication failed.*X-IDENTITY-HEADER does not match/s,
+      ),
     });
     expect(result.chained).toMatchObject({
       ok: false,
@@ -235,7 +268,10 @@ describe("unsignedJwt", () => {
     const token = unsignedJwt({ aud: "https://storage.azure.com", n: 1 });
     const [header, payload, signature] = token.split(".");
     expect(JSON.parse(Buffer.from(header!, "base64url").toString("utf8"))).toEqual({ alg: "none", typ: "JWT" });
-    expect(JSON.parse(Buffer.from(payload!, "base64url").toString("utf8"))).toEqual({ aud: "https://storage.azure.com", n: 1 });
+    expect(JSON.parse(Buffer.from(payload!, "base64url").toString("utf8"))).toEqual({
+      aud: "https://storage.azure.com",
+      n: 1,
+    });
     expect(signature).toBe("");
   });
 });

@@ -35,7 +35,10 @@ describe("createLoopbackTransport", () => {
   });
 
   it("refuses a host it has no route for, naming it, before connecting anywhere", async () => {
-    const transport = createLoopbackTransport({ routes: { [`transporthsm.${HSM_DOMAIN}`]: hsm.port }, ca: testCa().ca });
+    const transport = createLoopbackTransport({
+      routes: { [`transporthsm.${HSM_DOMAIN}`]: hsm.port },
+      ca: testCa().ca,
+    });
     const before = hsm.requests.length;
     await expect(transport.sendRequest(probe(`https://other.${HSM_DOMAIN}/keys`))).rejects.toThrow(
       `loopback transport: no route for host "other.${HSM_DOMAIN}" (routes: transporthsm.${HSM_DOMAIN})`,
@@ -62,13 +65,17 @@ describe("createLoopbackTransport", () => {
   it("still fails TLS for a name the certificate does not carry, and for a CA it was not given", async () => {
     const wrongName = "transporthsm.vault.azure.net";
     const unnamed = createLoopbackTransport({ routes: { [wrongName]: hsm.port }, ca: testCa().ca });
-    await expect(unnamed.sendRequest(probe(`https://${wrongName}/keys`))).rejects.toMatchObject({ code: "ERR_TLS_CERT_ALTNAME_INVALID" });
+    await expect(unnamed.sendRequest(probe(`https://${wrongName}/keys`))).rejects.toMatchObject({
+      code: "ERR_TLS_CERT_ALTNAME_INVALID",
+    });
     unnamed.close();
 
     const strangerCa = createTestCa([`*.${OTHER_DOMAIN}`]).ca;
     const untrusted = createLoopbackTransport({ routes: { [`transporthsm.${HSM_DOMAIN}`]: hsm.port }, ca: strangerCa });
     await expect(untrusted.sendRequest(probe(`https://transporthsm.${HSM_DOMAIN}/keys`))).rejects.toMatchObject({
-      code: expect.stringMatching(/UNABLE_TO_VERIFY_LEAF_SIGNATURE|UNABLE_TO_GET_ISSUER_CERT_LOCALLY|SELF_SIGNED_CERT_IN_CHAIN/),
+      code: expect.stringMatching(
+        /UNABLE_TO_VERIFY_LEAF_SIGNATURE|UNABLE_TO_GET_ISSUER_CERT_LOCALLY|SELF_SIGNED_CERT_IN_CHAIN/,
+      ),
     });
     untrusted.close();
   });

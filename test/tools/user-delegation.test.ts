@@ -15,7 +15,12 @@ import {
 } from "@azure/storage-blob";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AZURITE_ACCOUNT, startAzurite, type Azurite } from "../../tools/azurite.js";
-import { applyIdentityEnv, startIdentityEndpoint, unsignedJwt, type IdentityEndpoint } from "../../tools/identity-endpoint.js";
+import {
+  applyIdentityEnv,
+  startIdentityEndpoint,
+  unsignedJwt,
+  type IdentityEndpoint,
+} from "../../tools/identity-endpoint.js";
 import { createSelfSignedCert, type SelfSignedCert } from "../../tools/tls.js";
 
 // The app's production path when the storage account has shared-key access off: managed identity
@@ -64,7 +69,9 @@ let nameCounter = 0;
 const uniqueName = (prefix: string) => `${prefix}${Date.now().toString(36)}${(nameCounter++).toString(36)}`;
 
 async function createContainer(): Promise<ContainerClient> {
-  const container = new BlobServiceClient(azurite.blobEndpoint, credential, forBlob(trustCa())).getContainerClient(uniqueName("c"));
+  const container = new BlobServiceClient(azurite.blobEndpoint, credential, forBlob(trustCa())).getContainerClient(
+    uniqueName("c"),
+  );
   await container.create();
   return container;
 }
@@ -76,7 +83,12 @@ async function userDelegationKey(): Promise<UserDelegationKey> {
 }
 
 /** A client that holds nothing but the SAS, as the HSM does. */
-function containerSasClient(container: ContainerClient, key: UserDelegationKey, permissions: string, version: string | undefined) {
+function containerSasClient(
+  container: ContainerClient,
+  key: UserDelegationKey,
+  permissions: string,
+  version: string | undefined,
+) {
   const sas = generateBlobSASQueryParameters(
     {
       containerName: container.containerName,
@@ -89,12 +101,18 @@ function containerSasClient(container: ContainerClient, key: UserDelegationKey, 
     key,
     AZURITE_ACCOUNT,
   );
-  return { sas: sas.toString(), client: new ContainerClient(`${container.url}?${sas}`, new AnonymousCredential(), forBlob(trustCa())) };
+  return {
+    sas: sas.toString(),
+    client: new ContainerClient(`${container.url}?${sas}`, new AnonymousCredential(), forBlob(trustCa())),
+  };
 }
 
 function staticToken(claims: Record<string, unknown>): TokenCredential {
   return {
-    getToken: async (): Promise<AccessToken> => ({ token: unsignedJwt(claims), expiresOnTimestamp: Date.now() + 3_600_000 }),
+    getToken: async (): Promise<AccessToken> => ({
+      token: unsignedJwt(claims),
+      expiresOnTimestamp: Date.now() + 3_600_000,
+    }),
   };
 }
 
@@ -103,7 +121,9 @@ describe("trusting Azurite's self-signed certificate in process", () => {
     await expect(new BlobServiceClient(azurite.blobEndpoint, credential).getProperties()).rejects.toMatchObject({
       code: "DEPTH_ZERO_SELF_SIGNED_CERT",
     });
-    await expect(new TableClient(azurite.tableEndpoint, uniqueName("t"), credential).createTable()).rejects.toMatchObject({
+    await expect(
+      new TableClient(azurite.tableEndpoint, uniqueName("t"), credential).createTable(),
+    ).rejects.toMatchObject({
       code: "DEPTH_ZERO_SELF_SIGNED_CERT",
     });
   });
@@ -112,7 +132,9 @@ describe("trusting Azurite's self-signed certificate in process", () => {
     ["tlsOptions: { ca }", (): TrustOptions => ({ tlsOptions: { ca: cert.ca } })],
     ["agent: new https.Agent({ ca })", (): TrustOptions => ({ agent: new Agent({ ca: cert.ca }) })],
   ])("works with %s for BlobServiceClient and TableClient", async (_name, options) => {
-    await new BlobServiceClient(azurite.blobEndpoint, credential, forBlob(options())).getContainerClient(uniqueName("c")).create();
+    await new BlobServiceClient(azurite.blobEndpoint, credential, forBlob(options()))
+      .getContainerClient(uniqueName("c"))
+      .create();
     await new TableClient(azurite.tableEndpoint, uniqueName("t"), credential, options()).createTable();
   });
 });
@@ -128,14 +150,21 @@ describe("Azurite in OAuth mode", () => {
     const vaultToken = staticToken({
       aud: "https://vault.azure.net",
       iss: `https://sts.windows.net/${identity.tenantId}/`,
-      iat: now, nbf: now, exp: now + 3600,
-      oid: identity.principalId, tid: identity.tenantId,
+      iat: now,
+      nbf: now,
+      exp: now + 3600,
+      oid: identity.principalId,
+      tid: identity.tenantId,
     });
     await expect(
-      new BlobServiceClient(azurite.blobEndpoint, vaultToken, forBlob(trustCa())).getContainerClient(uniqueName("c")).create(),
+      new BlobServiceClient(azurite.blobEndpoint, vaultToken, forBlob(trustCa()))
+        .getContainerClient(uniqueName("c"))
+        .create(),
     ).rejects.toMatchObject({ statusCode: 403, code: "AuthenticationFailed" });
     // Azurite's table errors are XML, which data-tables does not parse into `code`.
-    await expect(new TableClient(azurite.tableEndpoint, uniqueName("t"), vaultToken, trustCa()).createTable()).rejects.toMatchObject({
+    await expect(
+      new TableClient(azurite.tableEndpoint, uniqueName("t"), vaultToken, trustCa()).createTable(),
+    ).rejects.toMatchObject({
       statusCode: 403,
     });
   });
@@ -175,10 +204,15 @@ describe("user delegation SAS", () => {
       code: undefined,
       details: { errorCode: "AuthorizationPermissionMismatch" },
     });
-    await expect(client.listBlobsFlat().next()).rejects.toMatchObject({ statusCode: 403, code: "AuthorizationPermissionMismatch" });
+    await expect(client.listBlobsFlat().next()).rejects.toMatchObject({
+      statusCode: 403,
+      code: "AuthorizationPermissionMismatch",
+    });
     await expect(blob.delete()).rejects.toMatchObject({ statusCode: 403, code: "AuthorizationPermissionMismatch" });
     // The blob is there: the OAuth client sees it.
-    expect((await container.getBlockBlobClient("backup/part-0001").downloadToBuffer()).toString()).toBe("hsm backup bytes");
+    expect((await container.getBlockBlobClient("backup/part-0001").downloadToBuffer()).toString()).toBe(
+      "hsm backup bytes",
+    );
   });
 
   it("a read+list SAS (what a restore needs) can read and list but not write", async () => {
@@ -200,7 +234,10 @@ describe("user delegation SAS", () => {
     const [granted, other] = [await createContainer(), await createContainer()];
     const { sas } = containerSasClient(granted, await userDelegationKey(), "cw", AZURITE_SAS_VERSION);
     const wrong = new ContainerClient(`${other.url}?${sas}`, new AnonymousCredential(), forBlob(trustCa()));
-    await expect(wrong.getBlockBlobClient("x").upload("x", 1)).rejects.toMatchObject({ statusCode: 403, code: "AuthorizationFailure" });
+    await expect(wrong.getBlockBlobClient("x").upload("x", 1)).rejects.toMatchObject({
+      statusCode: 403,
+      code: "AuthorizationFailure",
+    });
   });
 
   // A canary: when Azurite learns the 2026-04-06 string-to-sign this fails, and the pin can go.
@@ -208,6 +245,9 @@ describe("user delegation SAS", () => {
     const container = await createContainer();
     const { sas, client } = containerSasClient(container, await userDelegationKey(), "cw", undefined);
     expect(new URLSearchParams(sas).get("sv")).toBe("2026-04-06");
-    await expect(client.getBlockBlobClient("x").upload("x", 1)).rejects.toMatchObject({ statusCode: 403, code: "AuthorizationFailure" });
+    await expect(client.getBlockBlobClient("x").upload("x", 1)).rejects.toMatchObject({
+      statusCode: 403,
+      code: "AuthorizationFailure",
+    });
   });
 });

@@ -27,12 +27,16 @@ export function authenticate(authorization: string | undefined, nowSeconds: numb
   if (!match) return { kind: "challenge" };
   const segments = match[1]!.split(".");
   if (segments.length !== 3 || !segments[1]) {
-    return { kind: "rejected", message: `The bearer token is not a JWT: expected 3 dot-separated segments, got ${segments.length}.` };
+    return {
+      kind: "rejected",
+      message: `The bearer token is not a JWT: expected 3 dot-separated segments, got ${segments.length}.`,
+    };
   }
   let claims: Record<string, unknown>;
   try {
     const parsed: unknown = JSON.parse(Buffer.from(segments[1], "base64url").toString("utf8"));
-    if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) throw new Error("payload is not a JSON object");
+    if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed))
+      throw new Error("payload is not a JSON object");
     claims = parsed as Record<string, unknown>;
   } catch (error) {
     return { kind: "rejected", message: `The bearer token's payload could not be read: ${(error as Error).message}.` };
@@ -42,7 +46,10 @@ export function authenticate(authorization: string | undefined, nowSeconds: numb
   const audienceOk = audiences.some((aud) => typeof aud === "string" && aud.replace(/\/+$/, "") === HSM_RESOURCE);
   if (!audienceOk) {
     // Wording of the real service (quoted in Azure/azure-sdk-for-java#33659).
-    return { kind: "rejected", message: `Found token with aud=${String(claims.aud)}, but expected aud=${HSM_RESOURCE}` };
+    return {
+      kind: "rejected",
+      message: `Found token with aud=${String(claims.aud)}, but expected aud=${HSM_RESOURCE}`,
+    };
   }
   if (typeof claims.exp !== "number") {
     return { kind: "rejected", message: "The bearer token has no numeric exp claim." };

@@ -60,8 +60,17 @@ export type JobRequest =
   | { readonly kind: "backup"; readonly access: StorageAccess }
   | { readonly kind: "prebackup"; readonly access: StorageAccess | MissingParameter }
   | { readonly kind: "restore"; readonly access: StorageAccess; readonly folder: string }
-  | { readonly kind: "prerestore"; readonly access: StorageAccess | MissingParameter; readonly folder: string | undefined }
-  | { readonly kind: "selectiveKeyRestore"; readonly access: StorageAccess; readonly folder: string; readonly keyName: string };
+  | {
+      readonly kind: "prerestore";
+      readonly access: StorageAccess | MissingParameter;
+      readonly folder: string | undefined;
+    }
+  | {
+      readonly kind: "selectiveKeyRestore";
+      readonly access: StorageAccess;
+      readonly folder: string;
+      readonly keyName: string;
+    };
 
 /** Status body of backup-family jobs (`GET /backup/{jobId}/pending`). */
 export interface FullBackupOperation {
@@ -188,7 +197,8 @@ export class JobManager {
   }
 
   setDurationMs(ms: number): void {
-    if (!Number.isFinite(ms) || ms < 0) throw new Error(`Job duration must be a non-negative number of milliseconds, got ${ms}.`);
+    if (!Number.isFinite(ms) || ms < 0)
+      throw new Error(`Job duration must be a non-negative number of milliseconds, got ${ms}.`);
     this.durationMs = ms;
   }
 
@@ -225,7 +235,8 @@ export class JobManager {
    * (429/503) and from bad input (400), and it is what clients in azure-sdk-for-python#47742 reported.
    */
   start(request: JobRequest): Job {
-    if (this.stopping.signal.aborted) throw new HsmHttpError(503, "ServiceUnavailable", "The HSM emulator is stopping.");
+    if (this.stopping.signal.aborted)
+      throw new HsmHttpError(503, "ServiceUnavailable", "The HSM emulator is stopping.");
     if (this.running) {
       throw new HsmHttpError(
         409,
@@ -249,7 +260,10 @@ export class JobManager {
     this.jobs.set(job.id, job);
     this.running = job;
     // The backup holds the state at the time the call was received, like the folder timestamp says.
-    const snapshot = request.kind === "backup" ? { keys: this.deps.keys.snapshot(), roleAssignments: this.deps.roles.snapshot() } : undefined;
+    const snapshot =
+      request.kind === "backup"
+        ? { keys: this.deps.keys.snapshot(), roleAssignments: this.deps.roles.snapshot() }
+        : undefined;
     const minimumEnd = Date.now() + this.durationMs;
     const fault = this.takeFault(job.family);
     const secrets = "access" in request && request.access.kind === "sas" ? [request.access.token] : [];
@@ -294,7 +308,12 @@ export class JobManager {
     return this.faults.splice(index, 1)[0]?.error;
   }
 
-  private async run(job: Job, minimumEnd: number, secrets: string[], work: (signal: AbortSignal) => Promise<Outcome>): Promise<void> {
+  private async run(
+    job: Job,
+    minimumEnd: number,
+    secrets: string[],
+    work: (signal: AbortSignal) => Promise<Outcome>,
+  ): Promise<void> {
     const signal = this.stopping.signal;
     let outcome: Outcome;
     try {
@@ -304,7 +323,10 @@ export class JobManager {
     }
     await sleep(minimumEnd - Date.now(), signal);
     if (signal.aborted) {
-      outcome = this.failure(new JobFailure("ServiceUnavailable", "The HSM emulator was stopped while the job was running."), secrets);
+      outcome = this.failure(
+        new JobFailure("ServiceUnavailable", "The HSM emulator was stopped while the job was running."),
+        secrets,
+      );
     }
     if (outcome.ok) {
       try {
@@ -339,9 +361,15 @@ export class JobManager {
       // Exactly what a real HSM answered for a bad folder (recorded 2021): only statusDetails, and an
       // error object whose fields are all null. The emulator's detail goes to its log, not the wire.
       this.deps.log(`invalid backup: ${clean(error.message)}`);
-      return { ok: false, statusDetails: "Invalid backup provided", error: { code: null, message: null, innererror: null }, code: "InvalidBackup" };
+      return {
+        ok: false,
+        statusDetails: "Invalid backup provided",
+        error: { code: null, message: null, innererror: null },
+        code: "InvalidBackup",
+      };
     }
-    if (error instanceof StorageFailure || error instanceof JobFailure) return fail(error.message, error.code, error.message);
+    if (error instanceof StorageFailure || error instanceof JobFailure)
+      return fail(error.message, error.code, error.message);
     if (error instanceof KeyNotInBackup) return fail(error.message, "KeyNotFound", error.message);
     const message = `The HSM emulator failed unexpectedly: ${toError(error).message}`;
     return fail(message, "InternalError", message);
@@ -356,7 +384,8 @@ export class JobManager {
     job: Job,
     request: JobRequest,
     startedAtMs: number,
-    snapshot: { keys: ReturnType<KeyStore["snapshot"]>; roleAssignments: ReturnType<RoleStore["snapshot"]> } | undefined,
+    snapshot:
+      { keys: ReturnType<KeyStore["snapshot"]>; roleAssignments: ReturnType<RoleStore["snapshot"]> } | undefined,
     signal: AbortSignal,
   ): Promise<Outcome> {
     switch (request.kind) {
@@ -379,7 +408,12 @@ export class JobManager {
       }
       case "restore": {
         const { client, target } = this.storage(request.access);
-        const { content } = await readBackup(client, joinBlobPath(target.prefix, request.folder), { kind: "all" }, signal);
+        const { content } = await readBackup(
+          client,
+          joinBlobPath(target.prefix, request.folder),
+          { kind: "all" },
+          signal,
+        );
         return {
           ok: true,
           finish: () => {
@@ -391,13 +425,19 @@ export class JobManager {
       }
       case "prerestore": {
         const { client, target } = this.storage(request.access);
-        if (request.folder === undefined) throw new JobFailure("BadParameter", "Pre-restore check failed: folderToRestore was not provided.");
+        if (request.folder === undefined)
+          throw new JobFailure("BadParameter", "Pre-restore check failed: folderToRestore was not provided.");
         await readBackup(client, joinBlobPath(target.prefix, request.folder), { kind: "manifest" }, signal);
         return { ok: true };
       }
       case "selectiveKeyRestore": {
         const { client, target } = this.storage(request.access);
-        const { content } = await readBackup(client, joinBlobPath(target.prefix, request.folder), { kind: "key", name: request.keyName }, signal);
+        const { content } = await readBackup(
+          client,
+          joinBlobPath(target.prefix, request.folder),
+          { kind: "key", name: request.keyName },
+          signal,
+        );
         const record = content.keys[0];
         if (!record) throw new KeyNotInBackup(request.keyName, request.folder);
         return {

@@ -230,7 +230,8 @@ export function keyBundle(baseUrl: string, name: string, version: KeyVersionReco
 
 export function deletedKeyBundle(baseUrl: string, record: KeyRecord): DeletedKeyBundle {
   const current = record.versions.at(-1);
-  if (!current || !record.deleted) throw new Error(`Key record '${record.name}' is not a soft-deleted key with versions.`);
+  if (!current || !record.deleted)
+    throw new Error(`Key record '${record.name}' is not a soft-deleted key with versions.`);
   return {
     ...keyBundle(baseUrl, record.name, current),
     recoveryId: `${baseUrl}/deletedkeys/${record.name}`,

@@ -53,21 +53,51 @@ const BUILT_IN_ROLES: readonly BuiltInRole[] = [
       "roleDefinitions/read/action",
     ],
   },
-  { id: HSM_ROLES.backup, roleName: "Managed HSM Backup", dataActions: ["backup/start/action", "backup/status/action"] },
-  { id: HSM_ROLES.restore, roleName: "Managed HSM Restore", dataActions: ["restore/start/action", "restore/status/action"] },
+  {
+    id: HSM_ROLES.backup,
+    roleName: "Managed HSM Backup",
+    dataActions: ["backup/start/action", "backup/status/action"],
+  },
+  {
+    id: HSM_ROLES.restore,
+    roleName: "Managed HSM Restore",
+    dataActions: ["restore/start/action", "restore/status/action"],
+  },
   {
     id: HSM_ROLES.policyAdministrator,
     roleName: "Managed HSM Policy Administrator",
-    dataActions: ["roleAssignments/read/action", "roleAssignments/write/action", "roleAssignments/delete/action", "roleDefinitions/read/action"],
+    dataActions: [
+      "roleAssignments/read/action",
+      "roleAssignments/write/action",
+      "roleAssignments/delete/action",
+      "roleDefinitions/read/action",
+    ],
   },
   {
     id: HSM_ROLES.cryptoOfficer,
     roleName: "Managed HSM Crypto Officer",
-    dataActions: ["roleAssignments/read/action", "roleAssignments/write/action", "roleAssignments/delete/action", "roleDefinitions/read/action"],
+    dataActions: [
+      "roleAssignments/read/action",
+      "roleAssignments/write/action",
+      "roleAssignments/delete/action",
+      "roleDefinitions/read/action",
+    ],
   },
-  { id: HSM_ROLES.cryptoUser, roleName: "Managed HSM Crypto User", dataActions: ["roleAssignments/read/action", "roleDefinitions/read/action"] },
-  { id: HSM_ROLES.cryptoAuditor, roleName: "Managed HSM Crypto Auditor", dataActions: ["roleAssignments/read/action", "roleDefinitions/read/action"] },
-  { id: HSM_ROLES.cryptoServiceEncryptionUser, roleName: "Managed HSM Crypto Service Encryption User", dataActions: [] },
+  {
+    id: HSM_ROLES.cryptoUser,
+    roleName: "Managed HSM Crypto User",
+    dataActions: ["roleAssignments/read/action", "roleDefinitions/read/action"],
+  },
+  {
+    id: HSM_ROLES.cryptoAuditor,
+    roleName: "Managed HSM Crypto Auditor",
+    dataActions: ["roleAssignments/read/action", "roleDefinitions/read/action"],
+  },
+  {
+    id: HSM_ROLES.cryptoServiceEncryptionUser,
+    roleName: "Managed HSM Crypto Service Encryption User",
+    dataActions: [],
+  },
 ];
 
 export interface RoleAssignment {
@@ -129,7 +159,12 @@ function roleDefinition(role: BuiltInRole, scope: string): RoleDefinition {
       description: "",
       type: "AKVBuiltInRole",
       permissions: [
-        { actions: [], notActions: [], dataActions: role.dataActions.map((action) => DATA_ACTION_PREFIX + action), notDataActions: [] },
+        {
+          actions: [],
+          notActions: [],
+          dataActions: role.dataActions.map((action) => DATA_ACTION_PREFIX + action),
+          notDataActions: [],
+        },
       ],
       assignableScopes: [scope],
     },
@@ -151,7 +186,8 @@ export class RoleStore {
    * A second name for the same principal/role/scope is allowed: no HSM source says it is refused.
    */
   put(scope: string, name: string, roleDefinitionId: string, principalId: string): RoleAssignment {
-    if (!GUID.test(name)) throw badRequest(`Role assignment name '${name}' is invalid: it must be a GUID.`, "BadParameter");
+    if (!GUID.test(name))
+      throw badRequest(`Role assignment name '${name}' is invalid: it must be a GUID.`, "BadParameter");
     if (!principalId.trim()) throw badRequest("properties.principalId must be a non-empty string.", "BadParameter");
     const wanted: RoleAssignment = {
       id: assignmentId(scope, name),

@@ -8,7 +8,15 @@ import { AnonymousCredential, ContainerClient, type StoragePipelineOptions } fro
 import { hsmNameOf } from "../../src/lib/config.js";
 import { authenticate, challengeHeader, type Caller } from "./auth.js";
 import { HsmHttpError, badRequest, toError } from "./errors.js";
-import { JobFailure, JobManager, type JobFamily, type JobLogEntry, type JobRequest, type MissingParameter, type StorageAccess } from "./jobs.js";
+import {
+  JobFailure,
+  JobManager,
+  type JobFamily,
+  type JobLogEntry,
+  type JobRequest,
+  type MissingParameter,
+  type StorageAccess,
+} from "./jobs.js";
 import {
   KeyStore,
   deletedKeyBundle,
@@ -225,7 +233,9 @@ const is = (segment: string | undefined, word: string): boolean => segment?.toLo
 function redactRecordedBody(value: unknown): unknown {
   if (Array.isArray(value)) return value.map(redactRecordedBody);
   if (typeof value === "object" && value !== null) {
-    return Object.fromEntries(Object.entries(value).map(([key, inner]) => [key, key === "token" ? "<redacted>" : redactRecordedBody(inner)]));
+    return Object.fromEntries(
+      Object.entries(value).map(([key, inner]) => [key, key === "token" ? "<redacted>" : redactRecordedBody(inner)]),
+    );
   }
   return typeof value === "string" ? redact(value) : value;
 }
@@ -238,7 +248,8 @@ function parseJsonObject(raw: string): Record<string, unknown> | undefined {
   } catch (error) {
     throw badRequest(`The request body is not valid JSON: ${(error as Error).message}`);
   }
-  if (typeof value !== "object" || value === null || Array.isArray(value)) throw badRequest("The request body must be a JSON object.");
+  if (typeof value !== "object" || value === null || Array.isArray(value))
+    throw badRequest("The request body must be a JSON object.");
   return value as Record<string, unknown>;
 }
 
@@ -271,7 +282,8 @@ function readStorageAccess(
     return { kind: "missing", detail: `Storage access check failed: ${detail}` };
   };
   if (value === undefined || value === null) return missing(`${path || "The request body"} is required.`);
-  if (typeof value !== "object" || Array.isArray(value)) throw badRequest(`${path || "The request body"} must be a JSON object.`);
+  if (typeof value !== "object" || Array.isArray(value))
+    throw badRequest(`${path || "The request body"} must be a JSON object.`);
   const source = value as Record<string, unknown>;
   const prefix = path ? `${path}.` : "";
   const uri = optionalString(source, "storageResourceUri", prefix);
@@ -281,12 +293,15 @@ function readStorageAccess(
     throw badRequest(`${prefix}useManagedIdentity must be a boolean, got ${typeof useManagedIdentity}.`);
   }
   if (useManagedIdentity === true && (apiVersionRank(apiVersion) ?? 0) < 75) {
-    throw badRequest(`${prefix}useManagedIdentity is not supported in api-version ${apiVersion}; it needs 7.5 or later.`);
+    throw badRequest(
+      `${prefix}useManagedIdentity is not supported in api-version ${apiVersion}; it needs 7.5 or later.`,
+    );
   }
   if (!uri) return missing(`${prefix}storageResourceUri is required.`);
   const target = parseStorageResourceUri(uri, `${prefix}storageResourceUri`);
   if (useManagedIdentity === true) return { kind: "managedIdentity", target };
-  if (!token) return missing(`${prefix}token (a container SAS) is required unless ${prefix}useManagedIdentity is true.`);
+  if (!token)
+    return missing(`${prefix}token (a container SAS) is required unless ${prefix}useManagedIdentity is true.`);
   // Every source sends the SAS without '?'; whether the real service tolerates one is not established,
   // so the emulator refuses it rather than let a client bug pass locally.
   if (token.startsWith("?")) {
@@ -380,7 +395,9 @@ export async function startHsmEmulator(options: HsmEmulatorOptions = {}): Promis
   function requireApiVersionForPreOperation(ctx: RequestContext): string {
     const version = ctx.apiVersion!;
     if ((apiVersionRank(version) ?? 0) < 76) {
-      throw badRequest(`${ctx.method} /${ctx.segments.join("/")} is not available in api-version ${version}; it needs 7.6 or later.`);
+      throw badRequest(
+        `${ctx.method} /${ctx.segments.join("/")} is not available in api-version ${version}; it needs 7.6 or later.`,
+      );
     }
     return version;
   }
@@ -388,12 +405,14 @@ export async function startHsmEmulator(options: HsmEmulatorOptions = {}): Promis
   function statusReply(ctx: RequestContext, family: JobFamily, jobId: string): Reply {
     authorize(ctx, family === "backup" ? "backup/status/action" : "restore/status/action");
     const job = JOB_ID.test(jobId) ? jobs.find(family, jobId) : undefined;
-    if (!job) throw new HsmHttpError(404, "NotFound", `No ${family} job with id '${jobId}' exists on this managed HSM.`);
+    if (!job)
+      throw new HsmHttpError(404, "NotFound", `No ${family} job with id '${jobId}' exists on this managed HSM.`);
     return { status: 200, body: jobs.render(job) };
   }
 
   function keyNameFrom(segment: string): string {
-    if (!KEY_NAME.test(segment)) throw badRequest(`Key name '${segment}' is invalid: use 1-127 letters, digits and dashes.`, "BadParameter");
+    if (!KEY_NAME.test(segment))
+      throw badRequest(`Key name '${segment}' is invalid: use 1-127 letters, digits and dashes.`, "BadParameter");
     return segment;
   }
 
@@ -401,7 +420,10 @@ export async function startHsmEmulator(options: HsmEmulatorOptions = {}): Promis
     const body = parseJsonObject(ctx.rawBody) ?? {};
     const kty = body.kty;
     if (!isKeyType(kty)) {
-      throw badRequest(`kty must be one of RSA, RSA-HSM, EC, EC-HSM, oct, oct-HSM; got ${JSON.stringify(kty)}.`, "BadParameter");
+      throw badRequest(
+        `kty must be one of RSA, RSA-HSM, EC, EC-HSM, oct, oct-HSM; got ${JSON.stringify(kty)}.`,
+        "BadParameter",
+      );
     }
     const keyOps = body.key_ops;
     if (keyOps !== undefined && (!Array.isArray(keyOps) || !keyOps.every((op) => typeof op === "string"))) {
@@ -418,7 +440,10 @@ export async function startHsmEmulator(options: HsmEmulatorOptions = {}): Promis
     const { method } = ctx;
     if (ctx.segments.length === 1) {
       if (method !== "GET") return undefined;
-      return { status: 200, body: { value: keys.liveRecords().map((record) => keyItem(ctx.baseUrl, record)), nextLink: null } };
+      return {
+        status: 200,
+        body: { value: keys.liveRecords().map((record) => keyItem(ctx.baseUrl, record)), nextLink: null },
+      };
     }
     const keyName = keyNameFrom(second!);
     if (ctx.segments.length === 2) {
@@ -439,7 +464,8 @@ export async function startHsmEmulator(options: HsmEmulatorOptions = {}): Promis
         }));
         return { status: 200, body: { value, nextLink: null } };
       }
-      if (method === "GET") return { status: 200, body: keyBundle(ctx.baseUrl, keyName, keys.requireVersion(keyName, third)) };
+      if (method === "GET")
+        return { status: 200, body: keyBundle(ctx.baseUrl, keyName, keys.requireVersion(keyName, third)) };
     }
     return undefined;
   }
@@ -552,7 +578,10 @@ export async function startHsmEmulator(options: HsmEmulatorOptions = {}): Promis
         const body = parseJsonObject(ctx.rawBody);
         const properties = body?.properties;
         if (typeof properties !== "object" || properties === null || Array.isArray(properties)) {
-          throw badRequest("The request body must be { properties: { roleDefinitionId, principalId } }.", "BadParameter");
+          throw badRequest(
+            "The request body must be { properties: { roleDefinitionId, principalId } }.",
+            "BadParameter",
+          );
         }
         const props = properties as Record<string, unknown>;
         const roleDefinitionId = requiredString(props, "roleDefinitionId", "properties.");
@@ -567,7 +596,9 @@ export async function startHsmEmulator(options: HsmEmulatorOptions = {}): Promis
   function route(ctx: RequestContext): Reply | undefined {
     const { segments, method } = ctx;
     const [first, second, third] = segments;
-    const providersIndex = segments.findIndex((segment, index) => is(segment, "providers") && is(segments[index + 1], "Microsoft.Authorization"));
+    const providersIndex = segments.findIndex(
+      (segment, index) => is(segment, "providers") && is(segments[index + 1], "Microsoft.Authorization"),
+    );
     if (providersIndex >= 0) return rbacRoute(ctx, providersIndex);
     if (is(first, "backup")) {
       if (segments.length === 1 && method === "POST") return backup(ctx);
@@ -576,7 +607,8 @@ export async function startHsmEmulator(options: HsmEmulatorOptions = {}): Promis
     }
     if (is(first, "restore")) {
       if (segments.length === 1 && method === "PUT") return restore(ctx);
-      if (segments.length === 3 && is(third, "pending") && method === "GET") return statusReply(ctx, "restore", second!);
+      if (segments.length === 3 && is(third, "pending") && method === "GET")
+        return statusReply(ctx, "restore", second!);
       return undefined;
     }
     if (is(first, "prebackup") && segments.length === 1 && method === "POST") return preBackup(ctx);
@@ -587,14 +619,24 @@ export async function startHsmEmulator(options: HsmEmulatorOptions = {}): Promis
   }
 
   const isStatusPoll = (method: string, segments: readonly string[]): boolean =>
-    method === "GET" && segments.length === 3 && (is(segments[0], "backup") || is(segments[0], "restore")) && is(segments[2], "pending");
+    method === "GET" &&
+    segments.length === 3 &&
+    (is(segments[0], "backup") || is(segments[0], "restore")) &&
+    is(segments[2], "pending");
 
   /** Everything after the body is read: auth, throttling, api-version, restore mode, then the route. */
-  function answer(method: string, target: RequestTarget, rawBody: string, authorization: string | undefined, baseUrl: string): Reply {
+  function answer(
+    method: string,
+    target: RequestTarget,
+    rawBody: string,
+    authorization: string | undefined,
+    baseUrl: string,
+  ): Reply {
     const auth = authenticate(authorization, Math.floor(Date.now() / 1000));
     const challenge = { "WWW-Authenticate": challengeHeader(tenantId) };
     if (auth.kind === "challenge") return { status: 401, headers: challenge };
-    if (auth.kind === "rejected") return { status: 401, headers: challenge, body: new HsmHttpError(401, "Unauthorized", auth.message).toBody() };
+    if (auth.kind === "rejected")
+      return { status: 401, headers: challenge, body: new HsmHttpError(401, "Unauthorized", auth.message).toBody() };
 
     // Throttling counts authenticated requests only: the challenge probe carries no identity to throttle,
     // and answering it with 429 would break the client's challenge handshake.
@@ -603,14 +645,25 @@ export async function startHsmEmulator(options: HsmEmulatorOptions = {}): Promis
       const { status, retryAfterSeconds: seconds } = throttle;
       const error =
         status === 429
-          ? new HsmHttpError(429, "Throttled", `Request was not processed because too many requests were received (emulated throttling). Retry after ${seconds} seconds.`)
-          : new HsmHttpError(503, "ServiceUnavailable", `The service is temporarily unavailable (emulated). Retry after ${seconds} seconds.`);
+          ? new HsmHttpError(
+              429,
+              "Throttled",
+              `Request was not processed because too many requests were received (emulated throttling). Retry after ${seconds} seconds.`,
+            )
+          : new HsmHttpError(
+              503,
+              "ServiceUnavailable",
+              `The service is temporarily unavailable (emulated). Retry after ${seconds} seconds.`,
+            );
       return { status, headers: { "Retry-After": String(seconds) }, body: error.toBody() };
     }
 
     let segments: string[];
     try {
-      segments = target.pathname.split("/").filter(Boolean).map((segment) => decodeURIComponent(segment));
+      segments = target.pathname
+        .split("/")
+        .filter(Boolean)
+        .map((segment) => decodeURIComponent(segment));
     } catch {
       throw badRequest(`The request path '${target.pathname}' is not valid percent-encoding.`);
     }
@@ -620,7 +673,9 @@ export async function startHsmEmulator(options: HsmEmulatorOptions = {}): Promis
       throw badRequest(`The api-version query parameter is required. Supported versions: ${SUPPORTED_API_VERSIONS}.`);
     }
     if (apiVersion !== undefined && apiVersionRank(apiVersion) === undefined) {
-      throw badRequest(`The specified api-version '${apiVersion}' is not supported. Supported versions: ${SUPPORTED_API_VERSIONS}.`);
+      throw badRequest(
+        `The specified api-version '${apiVersion}' is not supported. Supported versions: ${SUPPORTED_API_VERSIONS}.`,
+      );
     }
 
     const restoring = jobs.restoreInProgress();
@@ -639,7 +694,11 @@ export async function startHsmEmulator(options: HsmEmulatorOptions = {}): Promis
     const ctx: RequestContext = { method, segments, apiVersion, rawBody, baseUrl, caller: auth.caller };
     const reply = route(ctx);
     if (reply) return reply;
-    throw new HsmHttpError(404, "NotFound", `No operation ${method} ${target.pathname} exists on this managed HSM emulator.`);
+    throw new HsmHttpError(
+      404,
+      "NotFound",
+      `No operation ${method} ${target.pathname} exists on this managed HSM emulator.`,
+    );
   }
 
   const standardHeaders = (requestId: string): Record<string, string> => ({
@@ -677,7 +736,13 @@ export async function startHsmEmulator(options: HsmEmulatorOptions = {}): Promis
       });
       req.on("end", () =>
         size > MAX_BODY_BYTES
-          ? reject(new HsmHttpError(413, "RequestTooLarge", `The request body has ${size} bytes; the emulator accepts at most ${MAX_BODY_BYTES}.`))
+          ? reject(
+              new HsmHttpError(
+                413,
+                "RequestTooLarge",
+                `The request body has ${size} bytes; the emulator accepts at most ${MAX_BODY_BYTES}.`,
+              ),
+            )
           : resolve(Buffer.concat(chunks).toString("utf8")),
       );
       req.on("error", reject);
@@ -743,7 +808,9 @@ export async function startHsmEmulator(options: HsmEmulatorOptions = {}): Promis
   const listener: RequestListener = (req, res) => {
     void handle(req, res);
   };
-  const server: Server = options.tls ? createHttpsServer({ cert: options.tls.cert, key: options.tls.key }, listener) : createServer(listener);
+  const server: Server = options.tls
+    ? createHttpsServer({ cert: options.tls.cert, key: options.tls.key }, listener)
+    : createServer(listener);
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
     server.listen(options.port ?? 0, "127.0.0.1", () => {
@@ -782,12 +849,21 @@ export async function startHsmEmulator(options: HsmEmulatorOptions = {}): Promis
     },
     faults: {
       failNextJob(kind, error) {
-        jobs.failNext(kind, error ?? { code: "InternalError", message: `Injected failure (faults.failNextJob): the emulator failed this ${kind} job on purpose.` });
+        jobs.failNext(
+          kind,
+          error ?? {
+            code: "InternalError",
+            message: `Injected failure (faults.failNextJob): the emulator failed this ${kind} job on purpose.`,
+          },
+        );
       },
       throttleNext(count, status, seconds) {
-        if (!Number.isInteger(count) || count < 0) throw new Error(`throttleNext count must be a non-negative integer, got ${count}.`);
-        if (status !== 429 && status !== 503) throw new Error(`throttleNext status must be 429 or 503, got ${String(status)}.`);
-        if (!Number.isInteger(seconds) || seconds < 0) throw new Error(`throttleNext retryAfterSeconds must be a non-negative integer, got ${seconds}.`);
+        if (!Number.isInteger(count) || count < 0)
+          throw new Error(`throttleNext count must be a non-negative integer, got ${count}.`);
+        if (status !== 429 && status !== 503)
+          throw new Error(`throttleNext status must be 429 or 503, got ${String(status)}.`);
+        if (!Number.isInteger(seconds) || seconds < 0)
+          throw new Error(`throttleNext retryAfterSeconds must be a non-negative integer, got ${seconds}.`);
         throttle = { remaining: count, status, retryAfterSeconds: seconds };
       },
       setJobDurationMs: (ms) => jobs.setDurationMs(ms),

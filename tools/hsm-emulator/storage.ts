@@ -51,15 +51,23 @@ export function parseStorageResourceUri(value: string, field: string): StorageTa
   }
   // A SAS pasted into the URI would end up in the folder URI and in status bodies: refuse it.
   if (url.search || url.hash) {
-    throw badRequest(`${field} must not carry a query string or fragment; pass the SAS in 'token' (without a leading '?').`);
+    throw badRequest(
+      `${field} must not carry a query string or fragment; pass the SAS in 'token' (without a leading '?').`,
+    );
   }
-  const segments = url.pathname.split("/").filter(Boolean).map((segment) => decodeURIComponent(segment));
+  const segments = url.pathname
+    .split("/")
+    .filter(Boolean)
+    .map((segment) => decodeURIComponent(segment));
   const containerIndex = isPathStyle(url) ? 1 : 0;
   const containerName = segments[containerIndex];
   if (!containerName) {
     throw badRequest(`${field} '${value}' does not name a blob container.`);
   }
-  const containerPath = segments.slice(0, containerIndex + 1).map(encodeURIComponent).join("/");
+  const containerPath = segments
+    .slice(0, containerIndex + 1)
+    .map(encodeURIComponent)
+    .join("/");
   return {
     containerUrl: `${url.origin}/${containerPath}`,
     prefix: segments.slice(containerIndex + 1).join("/"),
@@ -129,7 +137,9 @@ async function storageStep<T>(operation: string, containerUrl: string, call: () 
   try {
     return await call();
   } catch (error) {
-    const shape = (typeof error === "object" && error !== null ? error : { message: String(error) }) as StorageErrorShape;
+    const shape = (
+      typeof error === "object" && error !== null ? error : { message: String(error) }
+    ) as StorageErrorShape;
     const code = shape.details?.errorCode ?? shape.code ?? "StorageRequestFailed";
     const what = shape.statusCode ? `returned ${shape.statusCode} ${code}` : `request failed (${code})`;
     const firstLine = (shape.message ?? "").split("\n")[0]?.trim();
@@ -167,7 +177,10 @@ function json(value: unknown): Buffer {
   return Buffer.from(JSON.stringify(value, null, 2) + "\n", "utf8");
 }
 
-const JSON_UPLOAD = { blobHTTPHeaders: { blobContentType: "application/json" }, metadata: { writtenby: "hsmemulator" } };
+const JSON_UPLOAD = {
+  blobHTTPHeaders: { blobContentType: "application/json" },
+  metadata: { writtenby: "hsmemulator" },
+};
 
 export interface BackupIdentity {
   hsmName: string;
@@ -220,7 +233,10 @@ export async function writeBackup(
     blob(MANIFEST_BLOB).downloadToBuffer(undefined, undefined, { abortSignal }),
   );
   if (!readBack.equals(manifestBytes)) {
-    throw new StorageFailure("ManifestMismatch", `The manifest read back from ${containerUrl} differs from the one written.`);
+    throw new StorageFailure(
+      "ManifestMismatch",
+      `The manifest read back from ${containerUrl} differs from the one written.`,
+    );
   }
   await storageStep(`deleting the in-progress marker '${joinBlobPath(folderPath, MARKER_BLOB)}'`, containerUrl, () =>
     blob(MARKER_BLOB).delete({ abortSignal }),
@@ -246,8 +262,12 @@ export async function readBackup(
     return found;
   });
   if (names.size === 0) throw new InvalidBackup(`folder '${folderPath}' holds no blobs in container ${containerUrl}`);
-  if (names.has(MARKER_BLOB)) throw new InvalidBackup(`the backup in folder '${folderPath}' was never completed (${MARKER_BLOB} is still present)`);
-  if (!names.has(MANIFEST_BLOB)) throw new InvalidBackup(`folder '${folderPath}' has no ${MANIFEST_BLOB}: not an emulator backup`);
+  if (names.has(MARKER_BLOB))
+    throw new InvalidBackup(
+      `the backup in folder '${folderPath}' was never completed (${MARKER_BLOB} is still present)`,
+    );
+  if (!names.has(MANIFEST_BLOB))
+    throw new InvalidBackup(`folder '${folderPath}' has no ${MANIFEST_BLOB}: not an emulator backup`);
 
   const readJson = async (name: string): Promise<unknown> => {
     const path = joinBlobPath(folderPath, name);
@@ -267,7 +287,9 @@ export async function readBackup(
 
   const manifest = (await readJson(MANIFEST_BLOB)) as BackupManifest;
   if (!hasFormat(manifest) || !Array.isArray(manifest.keys) || !Array.isArray(manifest.roleAssignments)) {
-    throw new InvalidBackup(`${joinBlobPath(folderPath, MANIFEST_BLOB)} is not a ${BACKUP_FORMAT} v${BACKUP_FORMAT_VERSION} manifest`);
+    throw new InvalidBackup(
+      `${joinBlobPath(folderPath, MANIFEST_BLOB)} is not a ${BACKUP_FORMAT} v${BACKUP_FORMAT_VERSION} manifest`,
+    );
   }
   if (scope.kind === "manifest") return { manifest, content: { keys: [], roleAssignments: manifest.roleAssignments } };
 
@@ -275,7 +297,8 @@ export async function readBackup(
   if (scope.kind === "key" && wanted.length === 0) throw new KeyNotInBackup(scope.name, folderPath);
   const keys: KeyRecord[] = [];
   for (const entry of wanted) {
-    if (!names.has(entry.blob)) throw new InvalidBackup(`key blob '${joinBlobPath(folderPath, entry.blob)}' listed in the manifest is missing`);
+    if (!names.has(entry.blob))
+      throw new InvalidBackup(`key blob '${joinBlobPath(folderPath, entry.blob)}' listed in the manifest is missing`);
     const keyBlob = (await readJson(entry.blob)) as KeyBlob;
     if (!hasFormat(keyBlob) || keyBlob.key?.name !== entry.name || !Array.isArray(keyBlob.key.versions)) {
       throw new InvalidBackup(`blob '${joinBlobPath(folderPath, entry.blob)}' is not the key blob for '${entry.name}'`);
@@ -286,7 +309,12 @@ export async function readBackup(
 }
 
 /** Pre-backup check: the SAS/identity can create, read and delete a blob where the backup would go. */
-export async function probeWriteAccess(client: ContainerClient, prefix: string, probeName: string, abortSignal: AbortSignal): Promise<void> {
+export async function probeWriteAccess(
+  client: ContainerClient,
+  prefix: string,
+  probeName: string,
+  abortSignal: AbortSignal,
+): Promise<void> {
   const containerUrl = client.url.split("?")[0]!;
   const path = joinBlobPath(prefix, probeName);
   const probe = client.getBlockBlobClient(path);

@@ -33,11 +33,18 @@ interface HsmFault {
 }
 
 function html(answer: ProxiedAnswer): ProxiedAnswer {
-  return { ...answer, headers: { ...answer.headers, "content-type": "text/html" }, bodyText: "<html><body><h1>502 Bad Gateway</h1></body></html>" };
+  return {
+    ...answer,
+    headers: { ...answer.headers, "content-type": "text/html" },
+    bodyText: "<html><body><h1>502 Bad Gateway</h1></body></html>",
+  };
 }
 
 /** Rewrites a JSON answer's body; anything that is not JSON passes unchanged. */
-function rewriteJson(answer: ProxiedAnswer, change: (body: Record<string, unknown>) => Record<string, unknown> | undefined): ProxiedAnswer {
+function rewriteJson(
+  answer: ProxiedAnswer,
+  change: (body: Record<string, unknown>) => Record<string, unknown> | undefined,
+): ProxiedAnswer {
   let body: Record<string, unknown>;
   try {
     body = JSON.parse(answer.bodyText) as Record<string, unknown>;
@@ -58,43 +65,196 @@ function otherJobId(rng: Rng): string {
  */
 function lieAboutSuccess(target: HsmUnderTest, lie: (body: Record<string, unknown>) => Record<string, unknown>): void {
   let done = false;
-  target.proxy.inject({
-    kind: "rewrite",
-    transform: (answer) => rewriteJson(answer, (body) => {
-      if (done || answer.status !== 200 || body.status !== "Succeeded" || typeof body.jobId !== "string") return undefined;
-      done = true;
-      target.tampered.add(body.jobId);
-      return lie(body);
-    }),
-  }, { method: "GET", path: STATUS, times: 10_000 });
+  target.proxy.inject(
+    {
+      kind: "rewrite",
+      transform: (answer) =>
+        rewriteJson(answer, (body) => {
+          if (done || answer.status !== 200 || body.status !== "Succeeded" || typeof body.jobId !== "string")
+            return undefined;
+          done = true;
+          target.tampered.add(body.jobId);
+          return lie(body);
+        }),
+    },
+    { method: "GET", path: STATUS, times: 10_000 },
+  );
 }
 
 /** Faults of one HSM. A night draws a few of them; the weights say how often each comes up. */
 export const HSM_FAULTS: readonly HsmFault[] = [
-  { name: "statusHang", weight: 2, apply: (t, rng) => t.proxy.inject({ kind: "hang" }, { method: "GET", path: STATUS, times: between(rng, 1, 2) }) },
-  { name: "statusSlow", weight: 3, apply: (t, rng) => t.proxy.inject({ kind: "delay", ms: between(rng, 50, 250) }, { method: "GET", path: STATUS, times: between(rng, 1, 3) }) },
-  { name: "status429Storm", weight: 3, apply: (t, rng) => t.proxy.inject({ kind: "status", status: 429, retryAfter: "86400" }, { method: "GET", path: STATUS, times: between(rng, 2, 8) }) },
-  { name: "status503FarFuture", weight: 3, apply: (t, rng) => t.proxy.inject({ kind: "status", status: 503, retryAfter: FAR_FUTURE }, { method: "GET", path: STATUS, times: between(rng, 2, 8) }) },
-  { name: "status302", weight: 2, apply: (t, rng) => t.proxy.inject({ kind: "status", status: 302, body: "", headers: { location: "http://login.example.invalid/" } }, { method: "GET", path: STATUS, times: between(rng, 1, 3) }) },
-  { name: "statusLost", weight: 2, apply: (t, rng) => t.proxy.inject({ kind: "lostResponse" }, { method: "GET", path: STATUS, times: between(rng, 1, 2) }) },
-  { name: "statusHtml", weight: 2, apply: (t, rng) => t.proxy.inject({ kind: "rewrite", transform: html }, { method: "GET", path: STATUS, times: between(rng, 1, 3) }) },
-  { name: "statusNotJson", weight: 1, apply: (t, rng) => t.proxy.inject({ kind: "rewrite", transform: (a) => ({ ...a, bodyText: a.bodyText.slice(0, Math.floor(a.bodyText.length / 2)) }) }, { method: "GET", path: STATUS, times: between(rng, 1, 3) }) },
-  { name: "statusWrongJob", weight: 2, apply: (t, rng) => t.proxy.inject({ kind: "rewrite", transform: (a) => rewriteJson(a, (b) => ({ ...b, jobId: otherJobId(rng) })) }, { method: "GET", path: STATUS, times: between(rng, 1, 3) }) },
-  { name: "statusTimedOut", weight: 2, apply: (t, rng) => t.proxy.inject({ kind: "rewrite", transform: (a) => rewriteJson(a, (b) => ({ ...b, status: "TimedOut" })) }, { method: "GET", path: STATUS, times: between(rng, 1, 3) }) },
-  { name: "start503Storm", weight: 3, apply: (t, rng) => t.proxy.inject({ kind: "status", status: rng() < 0.5 ? 503 : 429, retryAfter: rng() < 0.5 ? "86400" : FAR_FUTURE }, { method: "POST", path: START, times: between(rng, 1, 5) }) },
-  { name: "emulatorThrottle", weight: 3, apply: (t, rng) => t.emulator.faults.throttleNext(between(rng, 1, 6), rng() < 0.5 ? 429 : 503, 86400) },
-  { name: "startLost", weight: 3, apply: (t) => t.proxy.inject({ kind: "lostResponse" }, { method: "POST", path: START }) },
+  {
+    name: "statusHang",
+    weight: 2,
+    apply: (t, rng) => t.proxy.inject({ kind: "hang" }, { method: "GET", path: STATUS, times: between(rng, 1, 2) }),
+  },
+  {
+    name: "statusSlow",
+    weight: 3,
+    apply: (t, rng) =>
+      t.proxy.inject(
+        { kind: "delay", ms: between(rng, 50, 250) },
+        { method: "GET", path: STATUS, times: between(rng, 1, 3) },
+      ),
+  },
+  {
+    name: "status429Storm",
+    weight: 3,
+    apply: (t, rng) =>
+      t.proxy.inject(
+        { kind: "status", status: 429, retryAfter: "86400" },
+        { method: "GET", path: STATUS, times: between(rng, 2, 8) },
+      ),
+  },
+  {
+    name: "status503FarFuture",
+    weight: 3,
+    apply: (t, rng) =>
+      t.proxy.inject(
+        { kind: "status", status: 503, retryAfter: FAR_FUTURE },
+        { method: "GET", path: STATUS, times: between(rng, 2, 8) },
+      ),
+  },
+  {
+    name: "status302",
+    weight: 2,
+    apply: (t, rng) =>
+      t.proxy.inject(
+        { kind: "status", status: 302, body: "", headers: { location: "http://login.example.invalid/" } },
+        { method: "GET", path: STATUS, times: between(rng, 1, 3) },
+      ),
+  },
+  {
+    name: "statusLost",
+    weight: 2,
+    apply: (t, rng) =>
+      t.proxy.inject({ kind: "lostResponse" }, { method: "GET", path: STATUS, times: between(rng, 1, 2) }),
+  },
+  {
+    name: "statusHtml",
+    weight: 2,
+    apply: (t, rng) =>
+      t.proxy.inject({ kind: "rewrite", transform: html }, { method: "GET", path: STATUS, times: between(rng, 1, 3) }),
+  },
+  {
+    name: "statusNotJson",
+    weight: 1,
+    apply: (t, rng) =>
+      t.proxy.inject(
+        {
+          kind: "rewrite",
+          transform: (a) => ({ ...a, bodyText: a.bodyText.slice(0, Math.floor(a.bodyText.length / 2)) }),
+        },
+        { method: "GET", path: STATUS, times: between(rng, 1, 3) },
+      ),
+  },
+  {
+    name: "statusWrongJob",
+    weight: 2,
+    apply: (t, rng) =>
+      t.proxy.inject(
+        { kind: "rewrite", transform: (a) => rewriteJson(a, (b) => ({ ...b, jobId: otherJobId(rng) })) },
+        { method: "GET", path: STATUS, times: between(rng, 1, 3) },
+      ),
+  },
+  {
+    name: "statusTimedOut",
+    weight: 2,
+    apply: (t, rng) =>
+      t.proxy.inject(
+        { kind: "rewrite", transform: (a) => rewriteJson(a, (b) => ({ ...b, status: "TimedOut" })) },
+        { method: "GET", path: STATUS, times: between(rng, 1, 3) },
+      ),
+  },
+  {
+    name: "start503Storm",
+    weight: 3,
+    apply: (t, rng) =>
+      t.proxy.inject(
+        { kind: "status", status: rng() < 0.5 ? 503 : 429, retryAfter: rng() < 0.5 ? "86400" : FAR_FUTURE },
+        { method: "POST", path: START, times: between(rng, 1, 5) },
+      ),
+  },
+  {
+    name: "emulatorThrottle",
+    weight: 3,
+    apply: (t, rng) => t.emulator.faults.throttleNext(between(rng, 1, 6), rng() < 0.5 ? 429 : 503, 86400),
+  },
+  {
+    name: "startLost",
+    weight: 3,
+    apply: (t) => t.proxy.inject({ kind: "lostResponse" }, { method: "POST", path: START }),
+  },
   { name: "startHang", weight: 1, apply: (t) => t.proxy.inject({ kind: "hang" }, { method: "POST", path: START }) },
-  { name: "startRefused", weight: 1, apply: (t) => t.proxy.inject({ kind: "refuse" }, { method: "POST", path: START }) },
-  { name: "startHtml", weight: 2, apply: (t) => t.proxy.inject({ kind: "rewrite", transform: html }, { method: "POST", path: START }) },
-  { name: "startWrongJob", weight: 1, apply: (t, rng) => t.proxy.inject({ kind: "rewrite", transform: (a) => rewriteJson(a, (b) => (a.status === 202 ? { ...b, jobId: otherJobId(rng) } : undefined)) }, { method: "POST", path: START }) },
-  { name: "startHugeRetryAfter", weight: 2, apply: (t) => t.proxy.inject({ kind: "rewrite", transform: (a) => ({ ...a, headers: { ...a.headers, "retry-after": "86400" } }) }, { method: "POST", path: START }) },
-  { name: "jobFails", weight: 4, apply: (t) => t.emulator.faults.failNextJob("backup", { code: "InternalError", message: "Injected by the soak: the HSM could not complete the backup." }) },
-  { name: "statusChaos", weight: 2, apply: (t) => t.proxy.chaos({ status: 0.15, lostResponse: 0.05, delay: 0.1 }, { method: "GET", path: STATUS, status: 503, delayMs: 100 }) },
+  {
+    name: "startRefused",
+    weight: 1,
+    apply: (t) => t.proxy.inject({ kind: "refuse" }, { method: "POST", path: START }),
+  },
+  {
+    name: "startHtml",
+    weight: 2,
+    apply: (t) => t.proxy.inject({ kind: "rewrite", transform: html }, { method: "POST", path: START }),
+  },
+  {
+    name: "startWrongJob",
+    weight: 1,
+    apply: (t, rng) =>
+      t.proxy.inject(
+        {
+          kind: "rewrite",
+          transform: (a) => rewriteJson(a, (b) => (a.status === 202 ? { ...b, jobId: otherJobId(rng) } : undefined)),
+        },
+        { method: "POST", path: START },
+      ),
+  },
+  {
+    name: "startHugeRetryAfter",
+    weight: 2,
+    apply: (t) =>
+      t.proxy.inject(
+        { kind: "rewrite", transform: (a) => ({ ...a, headers: { ...a.headers, "retry-after": "86400" } }) },
+        { method: "POST", path: START },
+      ),
+  },
+  {
+    name: "jobFails",
+    weight: 4,
+    apply: (t) =>
+      t.emulator.faults.failNextJob("backup", {
+        code: "InternalError",
+        message: "Injected by the soak: the HSM could not complete the backup.",
+      }),
+  },
+  {
+    name: "statusChaos",
+    weight: 2,
+    apply: (t) =>
+      t.proxy.chaos(
+        { status: 0.15, lostResponse: 0.05, delay: 0.1 },
+        { method: "GET", path: STATUS, status: 503, delayMs: 100 },
+      ),
+  },
   // These take every status read after them: the rest of the night's status faults come before them.
-  { name: "statusOutage", weight: 2, apply: (t) => t.proxy.inject({ kind: "status", status: 503, retryAfter: "86400" }, { method: "GET", path: STATUS, times: 10_000 }) },
-  { name: "succeededNoFolder", weight: 2, apply: (t) => lieAboutSuccess(t, (b) => ({ ...b, azureStorageBlobContainerUri: null })) },
-  { name: "succeededForeignFolder", weight: 2, apply: (t) => lieAboutSuccess(t, (b) => ({ ...b, azureStorageBlobContainerUri: FOREIGN_FOLDER })) },
+  {
+    name: "statusOutage",
+    weight: 2,
+    apply: (t) =>
+      t.proxy.inject(
+        { kind: "status", status: 503, retryAfter: "86400" },
+        { method: "GET", path: STATUS, times: 10_000 },
+      ),
+  },
+  {
+    name: "succeededNoFolder",
+    weight: 2,
+    apply: (t) => lieAboutSuccess(t, (b) => ({ ...b, azureStorageBlobContainerUri: null })),
+  },
+  {
+    name: "succeededForeignFolder",
+    weight: 2,
+    apply: (t) => lieAboutSuccess(t, (b) => ({ ...b, azureStorageBlobContainerUri: FOREIGN_FOLDER })),
+  },
 ];
 
 const TOTAL_WEIGHT = HSM_FAULTS.reduce((sum, f) => sum + f.weight, 0);

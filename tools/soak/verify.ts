@@ -33,7 +33,8 @@ export interface RunWindow {
 }
 
 export interface Violation {
-  readonly check: "duplicate" | "unsettled" | "disagrees" | "lostJob" | "unofferedBackup" | "healthy" | "secret" | "stuck";
+  readonly check:
+    "duplicate" | "unsettled" | "disagrees" | "lostJob" | "unofferedBackup" | "healthy" | "secret" | "stuck";
   readonly detail: string;
 }
 
@@ -80,15 +81,23 @@ function runOf(record: BackupRecord, windows: readonly RunWindow[]): string {
 function showIn(record: BackupRecord, windows: readonly RunWindow[]): string {
   const { id, hsmName, status, jobId, errorCode, folderUri, trigger, origin, activeJobId, correctedFrom } = record;
   const message = record.errorMessage ? ` message=${JSON.stringify(record.errorMessage.slice(0, 240))}` : "";
-  return `record ${id} (${runOf(record, windows)}) hsm=${hsmName} ${status}${errorCode ? ` ${errorCode}` : ""}${jobId ? ` job=${jobId}` : ""}${folderUri ? ` folder=${folderUri}` : ""}`
-    + ` trigger=${trigger}${origin ? ` origin=${origin}` : ""}${activeJobId ? ` activeJob=${activeJobId}` : ""}${correctedFrom ? ` correctedFrom=${correctedFrom}` : ""}${message}`;
+  return (
+    `record ${id} (${runOf(record, windows)}) hsm=${hsmName} ${status}${errorCode ? ` ${errorCode}` : ""}${jobId ? ` job=${jobId}` : ""}${folderUri ? ` folder=${folderUri}` : ""}` +
+    ` trigger=${trigger}${origin ? ` origin=${origin}` : ""}${activeJobId ? ` activeJob=${activeJobId}` : ""}${correctedFrom ? ` correctedFrom=${correctedFrom}` : ""}${message}`
+  );
 }
 
 function jobText(job: EmulatorJob | undefined): string {
-  return job ? `emulator job ${job.jobId} on ${job.hsm}: ${job.status}${job.folderUri ? ` folder=${job.folderUri}` : ""}` : "no such emulator job";
+  return job
+    ? `emulator job ${job.jobId} on ${job.hsm}: ${job.status}${job.folderUri ? ` folder=${job.folderUri}` : ""}`
+    : "no such emulator job";
 }
 
-export function checkRecords(records: readonly BackupRecord[], truth: Truth, windows: readonly RunWindow[]): Violation[] {
+export function checkRecords(
+  records: readonly BackupRecord[],
+  truth: Truth,
+  windows: readonly RunWindow[],
+): Violation[] {
   const show = (r: BackupRecord) => showIn(r, windows);
   const violations: Violation[] = [];
   const byJob = new Map<string, BackupRecord[]>();
@@ -98,7 +107,11 @@ export function checkRecords(records: readonly BackupRecord[], truth: Truth, win
     if (r.folderUri) byFolder.set(r.folderUri, [...(byFolder.get(r.folderUri) ?? []), r]);
   }
   for (const [key, group] of [...byJob, ...byFolder]) {
-    if (group.length > 1) violations.push({ check: "duplicate", detail: `${group.length} records for ${key}: ${group.map(show).join(" | ")}` });
+    if (group.length > 1)
+      violations.push({
+        check: "duplicate",
+        detail: `${group.length} records for ${key}: ${group.map(show).join(" | ")}`,
+      });
   }
 
   for (const r of records) {
@@ -109,20 +122,44 @@ export function checkRecords(records: readonly BackupRecord[], truth: Truth, win
 
   const failedJobless = records.filter((r) => !r.jobId && r.status === "Failed");
   for (const job of truth.jobs.values()) {
-    const holders = [...new Set([...(byJob.get(job.jobId) ?? []), ...(job.folderUri ? byFolder.get(job.folderUri) ?? [] : [])])];
+    const holders = [
+      ...new Set([...(byJob.get(job.jobId) ?? []), ...(job.folderUri ? (byFolder.get(job.folderUri) ?? []) : [])]),
+    ];
     if (holders.length === 0) {
-      const explained = job.status === "Failed" && job.startTime !== undefined && failedJobless.some((r) =>
-        r.hsmName === job.hsm && createdAt(r.id) <= job.startTime! + 1000 && createdAt(r.id) >= job.startTime! - 3_600_000);
-      if (!explained) violations.push({ check: "lostJob", detail: `${jobText(job)} started ${job.startTime ? new Date(job.startTime).toISOString() : "?"}: no record holds it` });
+      const explained =
+        job.status === "Failed" &&
+        job.startTime !== undefined &&
+        failedJobless.some(
+          (r) =>
+            r.hsmName === job.hsm &&
+            createdAt(r.id) <= job.startTime! + 1000 &&
+            createdAt(r.id) >= job.startTime! - 3_600_000,
+        );
+      if (!explained)
+        violations.push({
+          check: "lostJob",
+          detail: `${jobText(job)} started ${job.startTime ? new Date(job.startTime).toISOString() : "?"}: no record holds it`,
+        });
     }
-    if (job.status === "Succeeded" && job.folderUri && !holders.some((r) => r.status === "Succeeded" && r.folderUri === job.folderUri)) {
-      violations.push({ check: "unofferedBackup", detail: `${jobText(job)}: no Succeeded record names its folder; held by: ${holders.map(show).join(" | ") || "nothing"}` });
+    if (
+      job.status === "Succeeded" &&
+      job.folderUri &&
+      !holders.some((r) => r.status === "Succeeded" && r.folderUri === job.folderUri)
+    ) {
+      violations.push({
+        check: "unofferedBackup",
+        detail: `${jobText(job)}: no Succeeded record names its folder; held by: ${holders.map(show).join(" | ") || "nothing"}`,
+      });
     }
   }
   violations.push(...checkAttribution(records, truth, windows));
   const written = new Set([...truth.jobs.values()].flatMap((j) => (j.folderUri ? [j.folderUri] : [])));
   for (const folder of truth.folders) {
-    if (!written.has(folder)) violations.push({ check: "unofferedBackup", detail: `folder ${folder} in the container was written by no job an emulator accepted` });
+    if (!written.has(folder))
+      violations.push({
+        check: "unofferedBackup",
+        detail: `folder ${folder} in the container was written by no job an emulator accepted`,
+      });
   }
   return violations;
 }
@@ -143,10 +180,17 @@ function checkAttribution(records: readonly BackupRecord[], truth: Truth, window
     if (job.startTime === undefined) continue;
     // startTime is whole seconds: the record may be up to a second younger than the job's start.
     const owner = timer.filter((r) => r.hsmName === job.hsm && createdAt(r.id) <= job.startTime! + 999).at(-1);
-    const fits = owner !== undefined && (owner.jobId === job.jobId
-      || (owner.jobId === undefined && ((owner.errorCode !== undefined && NO_USABLE_ANSWER.has(owner.errorCode))
-        || (owner.status === "Succeeded" && owner.origin === "discovered" && owner.folderUri === job.folderUri))));
-    if (!fits) violations.push({ check: "disagrees", detail: `${jobText(job)} started ${new Date(job.startTime).toISOString()}, but the run's record says otherwise: ${owner ? showIn(owner, windows) : "no timer record before it"}` });
+    const fits =
+      owner !== undefined &&
+      (owner.jobId === job.jobId ||
+        (owner.jobId === undefined &&
+          ((owner.errorCode !== undefined && NO_USABLE_ANSWER.has(owner.errorCode)) ||
+            (owner.status === "Succeeded" && owner.origin === "discovered" && owner.folderUri === job.folderUri))));
+    if (!fits)
+      violations.push({
+        check: "disagrees",
+        detail: `${jobText(job)} started ${new Date(job.startTime).toISOString()}, but the run's record says otherwise: ${owner ? showIn(owner, windows) : "no timer record before it"}`,
+      });
   }
   return violations;
 }
@@ -154,7 +198,8 @@ function checkAttribution(records: readonly BackupRecord[], truth: Truth, window
 function disagreement(r: BackupRecord, truth: Truth): string | undefined {
   if (r.jobId) {
     const job = truth.jobs.get(r.jobId);
-    if (!job || job.hsm !== r.hsmName) return `names a job the emulator of ${r.hsmName} never accepted (${jobText(job)})`;
+    if (!job || job.hsm !== r.hsmName)
+      return `names a job the emulator of ${r.hsmName} never accepted (${jobText(job)})`;
     switch (r.status) {
       case "Succeeded":
         if (job.status !== "Succeeded") return `recorded Succeeded, but ${jobText(job)}`;
@@ -176,13 +221,16 @@ function disagreement(r: BackupRecord, truth: Truth): string | undefined {
     case "Succeeded": {
       const job = [...truth.jobs.values()].find((j) => j.folderUri === r.folderUri);
       if (r.origin !== "discovered") return "Succeeded without a job id, but not a discovered backup";
-      if (!job || job.status !== "Succeeded" || job.hsm !== r.hsmName) return `discovered folder is not one a Succeeded job of ${r.hsmName} wrote (${jobText(job)})`;
+      if (!job || job.status !== "Succeeded" || job.hsm !== r.hsmName)
+        return `discovered folder is not one a Succeeded job of ${r.hsmName} wrote (${jobText(job)})`;
       return undefined;
     }
     case "Failed":
       return undefined; // the start got no usable answer; a job it may have started is checked as a lost job
     case "Skipped":
-      return r.errorCode === "PreviousJobRunning" || r.errorCode === "Conflict" ? undefined : `Skipped with errorCode ${r.errorCode}`;
+      return r.errorCode === "PreviousJobRunning" || r.errorCode === "Conflict"
+        ? undefined
+        : `Skipped with errorCode ${r.errorCode}`;
     case "Starting":
     case "Running":
       return undefined;
@@ -192,30 +240,54 @@ function disagreement(r: BackupRecord, truth: Truth): string | undefined {
 }
 
 /** Healthy-HSM runs that did not back up (rule in RULES). */
-export function checkHealthy(records: readonly BackupRecord[], truth: Truth, healthy: string, runs: readonly RunWindow[], logs: readonly string[]): Violation[] {
+export function checkHealthy(
+  records: readonly BackupRecord[],
+  truth: Truth,
+  healthy: string,
+  runs: readonly RunWindow[],
+  logs: readonly string[],
+): Violation[] {
   const show = (r: BackupRecord) => showIn(r, runs);
   // What the app said about the healthy HSM in that run's invocations: the cause, in its own words.
-  const said = (run: number) => logs.filter((l) => l.startsWith(`[run ${run} `) && l.includes(healthy) && / (error|warn|warning)\] /.test(l)).slice(0, 3);
+  const said = (run: number) =>
+    logs
+      .filter((l) => l.startsWith(`[run ${run} `) && l.includes(healthy) && / (error|warn|warning)\] /.test(l))
+      .slice(0, 3);
   const timerRecords = records.filter((r) => r.hsmName === healthy && r.trigger === "timer");
   const violations: Violation[] = [];
   for (const run of runs) {
     const mine = timerRecords.filter((r) => createdAt(r.id) >= run.from && createdAt(r.id) < run.to);
     const context = `run ${run.run}${run.killed ? " (wait killed)" : ""}, faults ${run.faults}`;
     if (mine.length !== 1) {
-      violations.push({ check: "healthy", detail: `${context}: ${mine.length} timer records for healthy HSM ${healthy}${mine.length ? `: ${mine.map(show).join(" | ")}` : ""}; the app logged: ${said(run.run).join(" // ") || "nothing"}` });
+      violations.push({
+        check: "healthy",
+        detail: `${context}: ${mine.length} timer records for healthy HSM ${healthy}${mine.length ? `: ${mine.map(show).join(" | ")}` : ""}; the app logged: ${said(run.run).join(" // ") || "nothing"}`,
+      });
       continue;
     }
     const r = mine[0]!;
     if (r.status === "Succeeded") continue;
     const active = r.activeJobId ? truth.jobs.get(r.activeJobId) : undefined;
-    if (r.status === "Skipped" && r.errorCode === "PreviousJobRunning" && active?.status === "Succeeded" && active.hsm === healthy) continue;
-    violations.push({ check: "healthy", detail: `${context}: ${show(r)}${r.activeJobId ? `; active ${jobText(active)}` : ""}; the app logged: ${said(run.run).join(" // ") || "nothing"}` });
+    if (
+      r.status === "Skipped" &&
+      r.errorCode === "PreviousJobRunning" &&
+      active?.status === "Succeeded" &&
+      active.hsm === healthy
+    )
+      continue;
+    violations.push({
+      check: "healthy",
+      detail: `${context}: ${show(r)}${r.activeJobId ? `; active ${jobText(active)}` : ""}; the app logged: ${said(run.run).join(" // ") || "nothing"}`,
+    });
   }
   return violations;
 }
 
 /** Secrets in any of the texts: the exact values the app sent, and the shapes a secret has. */
-export function checkSecrets(texts: readonly { where: string; text: string }[], exact: ReadonlySet<string>): Violation[] {
+export function checkSecrets(
+  texts: readonly { where: string; text: string }[],
+  exact: ReadonlySet<string>,
+): Violation[] {
   const shapes: [string, RegExp][] = [
     ["sig= value", /(?<![A-Za-z])sig(?:=|%3D)(?!<redacted|%3Credacted)[^&\s"'<>]{4,}/i],
     ["JWT", /\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\./],
@@ -225,7 +297,10 @@ export function checkSecrets(texts: readonly { where: string; text: string }[], 
   for (const { where, text } of texts) {
     const found = [...exact].find((secret) => text.includes(secret));
     if (found) {
-      violations.push({ check: "secret", detail: `${where}: contains a secret the app sent (${found.slice(0, 6)}…): ${mask(text, found)}` });
+      violations.push({
+        check: "secret",
+        detail: `${where}: contains a secret the app sent (${found.slice(0, 6)}…): ${mask(text, found)}`,
+      });
       continue;
     }
     for (const [name, shape] of shapes) {

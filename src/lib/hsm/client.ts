@@ -30,9 +30,22 @@ import { createClientLogger } from "@azure/logger";
 import { isLoopback } from "../config.js";
 import { requestIdsOf, type RequestIds } from "../correlation.js";
 import { redactSecrets } from "../redact.js";
-import { HsmInvalidResponseError, HsmJobFailedError, HsmRequestError, HsmStatusUnavailableError, type Delivery } from "./errors.js";
+import {
+  HsmInvalidResponseError,
+  HsmJobFailedError,
+  HsmRequestError,
+  HsmStatusUnavailableError,
+  type Delivery,
+} from "./errors.js";
 import { HsmOperationPoller, parseOperation } from "./poller.js";
-import { JOB_ID, type BeginOptions, type Delay, type HsmBackupOperations, type HsmOperationState, type OperationKind } from "./types.js";
+import {
+  JOB_ID,
+  type BeginOptions,
+  type Delay,
+  type HsmBackupOperations,
+  type HsmOperationState,
+  type OperationKind,
+} from "./types.js";
 
 export const DEFAULT_HSM_API_VERSION = "7.6";
 
@@ -63,9 +76,20 @@ export type { BeginOptions } from "./types.js";
 
 /** Node error codes raised before a connection exists: a request that met one never reached the HSM. */
 const NOT_CONNECTED = new Set([
-  "ECONNREFUSED", "ENOTFOUND", "EAI_AGAIN", "EAI_FAIL", "ENETUNREACH", "EHOSTUNREACH", "EADDRNOTAVAIL",
-  "CERT_HAS_EXPIRED", "DEPTH_ZERO_SELF_SIGNED_CERT", "SELF_SIGNED_CERT_IN_CHAIN", "UNABLE_TO_VERIFY_LEAF_SIGNATURE",
-  "UNABLE_TO_GET_ISSUER_CERT_LOCALLY", "ERR_TLS_CERT_ALTNAME_INVALID", "ERR_INVALID_URL",
+  "ECONNREFUSED",
+  "ENOTFOUND",
+  "EAI_AGAIN",
+  "EAI_FAIL",
+  "ENETUNREACH",
+  "EHOSTUNREACH",
+  "EADDRNOTAVAIL",
+  "CERT_HAS_EXPIRED",
+  "DEPTH_ZERO_SELF_SIGNED_CERT",
+  "SELF_SIGNED_CERT_IN_CHAIN",
+  "UNABLE_TO_VERIFY_LEAF_SIGNATURE",
+  "UNABLE_TO_GET_ISSUER_CERT_LOCALLY",
+  "ERR_TLS_CERT_ALTNAME_INVALID",
+  "ERR_INVALID_URL",
 ]);
 
 /** Storage parameters as the service names them; token is absent in managed-identity mode. */
@@ -83,8 +107,14 @@ export const logger = createClientLogger("mhsm-backup");
  * asks for, and where a job can be followed. core-rest-pipeline allows the standard ones already.
  */
 const LOGGED_HEADERS = [
-  "x-ms-keyvault-region", "x-ms-keyvault-service-version", "x-ms-keyvault-network-info", "x-ms-request-id",
-  "x-ms-client-request-id", "Azure-AsyncOperation", "Retry-After", "WWW-Authenticate",
+  "x-ms-keyvault-region",
+  "x-ms-keyvault-service-version",
+  "x-ms-keyvault-network-info",
+  "x-ms-request-id",
+  "x-ms-client-request-id",
+  "Azure-AsyncOperation",
+  "Retry-After",
+  "WWW-Authenticate",
 ];
 
 /** An abortable wait that rejects with the caller's abort reason, as every other wait of this client does. */
@@ -146,19 +176,29 @@ export class ManagedHsmBackupClient implements HsmBackupOperations {
     this.pipeline = createPipelineFromOptions({
       retryOptions: { maxRetries: 0 },
       userAgentOptions: { userAgentPrefix: "mhsm-backup-functions" },
-      loggingOptions: { logger: logger.info, additionalAllowedHeaderNames: LOGGED_HEADERS, additionalAllowedQueryParameters: ["api-version"] },
+      loggingOptions: {
+        logger: logger.info,
+        additionalAllowedHeaderNames: LOGGED_HEADERS,
+        additionalAllowedQueryParameters: ["api-version"],
+      },
       ...(options.tlsOptions ? { tlsOptions: options.tlsOptions } : {}),
     });
     // The challenge resource check stops a token being sent to a host that claims another
     // audience; only a loopback emulator (which cannot have a managedhsm.azure.net name) skips it.
-    this.pipeline.addPolicy(keyVaultAuthenticationPolicy(credential, { disableChallengeResourceVerification: loopback }));
+    this.pipeline.addPolicy(
+      keyVaultAuthenticationPolicy(credential, { disableChallengeResourceVerification: loopback }),
+    );
   }
 
   /** Starts a full backup into the container (optionally a sub-path of it). */
   beginBackup(blobStorageUri: string, sasToken: string, options?: BeginOptions): Promise<HsmOperationPoller>;
   /** Starts a full backup; the HSM reaches storage with its own user-assigned identity (7.5+). */
   beginBackup(blobStorageUri: string, options?: BeginOptions): Promise<HsmOperationPoller>;
-  async beginBackup(blobStorageUri: string, sasOrOptions?: string | BeginOptions, maybeOptions?: BeginOptions): Promise<HsmOperationPoller> {
+  async beginBackup(
+    blobStorageUri: string,
+    sasOrOptions?: string | BeginOptions,
+    maybeOptions?: BeginOptions,
+  ): Promise<HsmOperationPoller> {
     const [sasToken, options] = overload(sasOrOptions, maybeOptions);
     return this.start("backup", "POST", "/backup", storageParameters(blobStorageUri, sasToken), options);
   }
@@ -166,31 +206,59 @@ export class ManagedHsmBackupClient implements HsmBackupOperations {
   /** Starts a full restore: the HSM is wiped back to the backup's state, role assignments included. */
   beginRestore(folderUri: string, sasToken: string, options?: BeginOptions): Promise<HsmOperationPoller>;
   beginRestore(folderUri: string, options?: BeginOptions): Promise<HsmOperationPoller>;
-  async beginRestore(folderUri: string, sasOrOptions?: string | BeginOptions, maybeOptions?: BeginOptions): Promise<HsmOperationPoller> {
+  async beginRestore(
+    folderUri: string,
+    sasOrOptions?: string | BeginOptions,
+    maybeOptions?: BeginOptions,
+  ): Promise<HsmOperationPoller> {
     const [sasToken, options] = overload(sasOrOptions, maybeOptions);
     const { containerUri, folder } = splitFolderUri(folderUri);
-    return this.start("restore", "PUT", "/restore",
-      { sasTokenParameters: storageParameters(containerUri, sasToken), folderToRestore: folder }, options);
+    return this.start(
+      "restore",
+      "PUT",
+      "/restore",
+      { sasTokenParameters: storageParameters(containerUri, sasToken), folderToRestore: folder },
+      options,
+    );
   }
 
   /** Restores one key, with all its versions, from a backup folder. The key must be purged first. */
-  beginSelectiveKeyRestore(keyName: string, folderUri: string, sasToken: string, options?: BeginOptions): Promise<HsmOperationPoller>;
+  beginSelectiveKeyRestore(
+    keyName: string,
+    folderUri: string,
+    sasToken: string,
+    options?: BeginOptions,
+  ): Promise<HsmOperationPoller>;
   beginSelectiveKeyRestore(keyName: string, folderUri: string, options?: BeginOptions): Promise<HsmOperationPoller>;
-  async beginSelectiveKeyRestore(keyName: string, folderUri: string, sasOrOptions?: string | BeginOptions, maybeOptions?: BeginOptions): Promise<HsmOperationPoller> {
+  async beginSelectiveKeyRestore(
+    keyName: string,
+    folderUri: string,
+    sasOrOptions?: string | BeginOptions,
+    maybeOptions?: BeginOptions,
+  ): Promise<HsmOperationPoller> {
     const [sasToken, options] = overload(sasOrOptions, maybeOptions);
     if (!/^[0-9A-Za-z-]{1,127}$/.test(keyName)) {
       throw new Error(`Key name "${keyName}" is not a Managed HSM key name (1-127 letters, digits and hyphens)`);
     }
     const { containerUri, folder } = splitFolderUri(folderUri);
     // The selective restore body names the folder "folder", not "folderToRestore" (spec).
-    return this.start("selectiveKeyRestore", "PUT", `/keys/${keyName}/restore`,
-      { sasTokenParameters: storageParameters(containerUri, sasToken), folder }, options);
+    return this.start(
+      "selectiveKeyRestore",
+      "PUT",
+      `/keys/${keyName}/restore`,
+      { sasTokenParameters: storageParameters(containerUri, sasToken), folder },
+      options,
+    );
   }
 
   /** Checks that a full backup could run (storage reachable, permissions right); api-version 7.6+. */
   beginPreBackup(blobStorageUri: string, sasToken: string, options?: BeginOptions): Promise<HsmOperationPoller>;
   beginPreBackup(blobStorageUri: string, options?: BeginOptions): Promise<HsmOperationPoller>;
-  async beginPreBackup(blobStorageUri: string, sasOrOptions?: string | BeginOptions, maybeOptions?: BeginOptions): Promise<HsmOperationPoller> {
+  async beginPreBackup(
+    blobStorageUri: string,
+    sasOrOptions?: string | BeginOptions,
+    maybeOptions?: BeginOptions,
+  ): Promise<HsmOperationPoller> {
     const [sasToken, options] = overload(sasOrOptions, maybeOptions);
     return this.start("preBackup", "POST", "/prebackup", storageParameters(blobStorageUri, sasToken), options);
   }
@@ -198,11 +266,20 @@ export class ManagedHsmBackupClient implements HsmBackupOperations {
   /** Checks that a full restore from this folder could run; api-version 7.6+. */
   beginPreRestore(folderUri: string, sasToken: string, options?: BeginOptions): Promise<HsmOperationPoller>;
   beginPreRestore(folderUri: string, options?: BeginOptions): Promise<HsmOperationPoller>;
-  async beginPreRestore(folderUri: string, sasOrOptions?: string | BeginOptions, maybeOptions?: BeginOptions): Promise<HsmOperationPoller> {
+  async beginPreRestore(
+    folderUri: string,
+    sasOrOptions?: string | BeginOptions,
+    maybeOptions?: BeginOptions,
+  ): Promise<HsmOperationPoller> {
     const [sasToken, options] = overload(sasOrOptions, maybeOptions);
     const { containerUri, folder } = splitFolderUri(folderUri);
-    return this.start("preRestore", "PUT", "/prerestore",
-      { sasTokenParameters: storageParameters(containerUri, sasToken), folderToRestore: folder }, options);
+    return this.start(
+      "preRestore",
+      "PUT",
+      "/prerestore",
+      { sasTokenParameters: storageParameters(containerUri, sasToken), folderToRestore: folder },
+      options,
+    );
   }
 
   /** A poller for a job someone else started (e.g. a recycled worker), from its job id alone. */
@@ -218,11 +295,21 @@ export class ManagedHsmBackupClient implements HsmBackupOperations {
    */
   async getOperationStatus(kind: OperationKind, jobId: string, options: BeginOptions = {}): Promise<HsmOperationState> {
     assertJobId(jobId);
-    const { retryAfterMs: _wait, requestIds: _ids, ...state } = await this.readStatus(kind, this.statusUrl(kind, jobId), options.abortSignal, 1);
+    const {
+      retryAfterMs: _wait,
+      requestIds: _ids,
+      ...state
+    } = await this.readStatus(kind, this.statusUrl(kind, jobId), options.abortSignal, 1);
     return state;
   }
 
-  private async start(kind: OperationKind, method: "POST" | "PUT", path: string, body: object, options: BeginOptions): Promise<HsmOperationPoller> {
+  private async start(
+    kind: OperationKind,
+    method: "POST" | "PUT",
+    path: string,
+    body: object,
+    options: BeginOptions,
+  ): Promise<HsmOperationPoller> {
     const url = `${this.vaultUrl}${path}?api-version=${encodeURIComponent(this.serviceVersion)}`;
     const json = JSON.stringify(body);
     const maxAttempts = options.maxAttempts ?? this.maxStartAttempts;
@@ -230,17 +317,37 @@ export class ManagedHsmBackupClient implements HsmBackupOperations {
       const sent = await this.trySend(method, url, json, options.abortSignal);
       if (!("response" in sent)) {
         if (sent.delivery === "notSent") {
-          throw new HsmRequestError(`${kind} start`, this.vaultUrl, undefined, undefined,
-            `the call was not sent (${sent.problem}); nothing was started`, "notSent");
+          throw new HsmRequestError(
+            `${kind} start`,
+            this.vaultUrl,
+            undefined,
+            undefined,
+            `the call was not sent (${sent.problem}); nothing was started`,
+            "notSent",
+          );
         }
         // The request may or may not have reached the HSM: replaying it could start a second job.
-        throw new HsmRequestError(`${kind} start`, this.vaultUrl, undefined, undefined,
-          `the call failed before an answer arrived (${sent.problem}); it was not retried, because the HSM may have started the job. Check the HSM's status before starting again`, "unanswered", sent.ids);
+        throw new HsmRequestError(
+          `${kind} start`,
+          this.vaultUrl,
+          undefined,
+          undefined,
+          `the call failed before an answer arrived (${sent.problem}); it was not retried, because the HSM may have started the job. Check the HSM's status before starting again`,
+          "unanswered",
+          sent.ids,
+        );
       }
       const response = sent.response;
       if (response.status === 202 || response.status === 200) {
         const { state, statusUrl } = this.accepted(kind, response);
-        return new HsmOperationPoller(kind, statusUrl, state.jobId, state, this.pollDeps(), this.retryAfterMs(response));
+        return new HsmOperationPoller(
+          kind,
+          statusUrl,
+          state.jobId,
+          state,
+          this.pollDeps(),
+          this.retryAfterMs(response),
+        );
       }
       // 429 and 503 are refusals before any work: the only answers after which a start call is re-sent.
       const wait = this.retryAfterMs(response);
@@ -264,14 +371,22 @@ export class ManagedHsmBackupClient implements HsmBackupOperations {
       state = parseOperation(kind, response.bodyAsText, this.vaultUrl);
     } catch (error) {
       if (!fromHeader) {
-        throw new HsmInvalidResponseError(`${kind} start`, this.vaultUrl,
-          `HTTP ${response.status} accepted the call, but ${error instanceof HsmInvalidResponseError ? error.problem : messageOf(error)}, and no usable Azure-AsyncOperation header names the job: a job may be running that cannot be followed`, requestIdsOf(response));
+        throw new HsmInvalidResponseError(
+          `${kind} start`,
+          this.vaultUrl,
+          `HTTP ${response.status} accepted the call, but ${error instanceof HsmInvalidResponseError ? error.problem : messageOf(error)}, and no usable Azure-AsyncOperation header names the job: a job may be running that cannot be followed`,
+          requestIdsOf(response),
+        );
       }
       return { state: { kind, jobId: fromHeader.jobId, status: "InProgress" }, statusUrl: fromHeader.url };
     }
     if (fromHeader && fromHeader.jobId !== state.jobId) {
-      throw new HsmInvalidResponseError(`${kind} start`, this.vaultUrl,
-        `HTTP ${response.status} accepted the call, but the body names job ${state.jobId} and Azure-AsyncOperation job ${fromHeader.jobId}: a job may be running that cannot be followed`, requestIdsOf(response));
+      throw new HsmInvalidResponseError(
+        `${kind} start`,
+        this.vaultUrl,
+        `HTTP ${response.status} accepted the call, but the body names job ${state.jobId} and Azure-AsyncOperation job ${fromHeader.jobId}: a job may be running that cannot be followed`,
+        requestIdsOf(response),
+      );
     }
     return { state, statusUrl: fromHeader?.url ?? this.statusUrl(kind, state.jobId) };
   }
@@ -292,7 +407,12 @@ export class ManagedHsmBackupClient implements HsmBackupOperations {
    * about the job, only about our access to its status. 3xx, 408, 429, 5xx and no answer are retried;
    * after that the job's fate is unknown, which is not the same as failed: HsmStatusUnavailableError.
    */
-  private async readStatus(kind: OperationKind, url: string, signal?: AbortSignal, attempts = this.maxStatusAttempts): Promise<StatusRead> {
+  private async readStatus(
+    kind: OperationKind,
+    url: string,
+    signal?: AbortSignal,
+    attempts = this.maxStatusAttempts,
+  ): Promise<StatusRead> {
     const jobId = jobIdFromStatusUrl(url);
     let lastProblem = "";
     let lastIds: RequestIds = {};
@@ -315,11 +435,18 @@ export class ManagedHsmBackupClient implements HsmBackupOperations {
         if (response.status === 401 || response.status === 403) {
           throw HsmRequestError.fromResponse(`${kind} status`, this.vaultUrl, response);
         }
-        const transient = response.status < 400 || response.status === 408 || response.status === 429 || response.status >= 500;
+        const transient =
+          response.status < 400 || response.status === 408 || response.status === 429 || response.status >= 500;
         if (!transient) {
-          throw new HsmJobFailedError(kind, this.vaultUrl, jobId, HsmRequestError.fromResponse(`${kind} status`, this.vaultUrl, response));
+          throw new HsmJobFailedError(
+            kind,
+            this.vaultUrl,
+            jobId,
+            HsmRequestError.fromResponse(`${kind} status`, this.vaultUrl, response),
+          );
         }
-        lastProblem = response.status < 400 ? `HTTP ${response.status} (a redirect, not followed)` : `HTTP ${response.status}`;
+        lastProblem =
+          response.status < 400 ? `HTTP ${response.status} (a redirect, not followed)` : `HTTP ${response.status}`;
         wait = this.retryAfterMs(response);
       } else {
         lastProblem = sent.problem;
@@ -336,12 +463,26 @@ export class ManagedHsmBackupClient implements HsmBackupOperations {
    * transport, or that failed before a connection existed, was not sent.
    * @throws the caller's abort reason when the caller aborted.
    */
-  private async trySend(method: "GET" | "POST" | "PUT", url: string, body: string | undefined, callerSignal?: AbortSignal): Promise<{ response: PipelineResponse } | { delivery: Exclude<Delivery, "answered">; problem: string; ids: RequestIds }> {
+  private async trySend(
+    method: "GET" | "POST" | "PUT",
+    url: string,
+    body: string | undefined,
+    callerSignal?: AbortSignal,
+  ): Promise<
+    { response: PipelineResponse } | { delivery: Exclude<Delivery, "answered">; problem: string; ids: RequestIds }
+  > {
     const timeout = AbortSignal.timeout(this.requestTimeoutMs);
     const abortSignal = callerSignal ? AbortSignal.any([callerSignal, timeout]) : timeout;
     const headers = createHttpHeaders({ Accept: "application/json" });
     if (body !== undefined) headers.set("Content-Type", "application/json");
-    const request = createPipelineRequest({ url, method, headers, abortSignal, allowInsecureConnection: this.insecure, ...(body !== undefined ? { body } : {}) });
+    const request = createPipelineRequest({
+      url,
+      method,
+      headers,
+      abortSignal,
+      allowInsecureConnection: this.insecure,
+      ...(body !== undefined ? { body } : {}),
+    });
     try {
       return { response: await this.pipeline.sendRequest(this.httpClient, request) };
     } catch (error) {
@@ -391,7 +532,10 @@ export class ManagedHsmBackupClient implements HsmBackupOperations {
 /** One status read: the state, the wait the HSM asked for, and the ids of the exchange. */
 type StatusRead = HsmOperationState & { retryAfterMs?: number; requestIds?: RequestIds };
 
-function overload(sasOrOptions: string | BeginOptions | undefined, maybeOptions: BeginOptions | undefined): [string | undefined, BeginOptions] {
+function overload(
+  sasOrOptions: string | BeginOptions | undefined,
+  maybeOptions: BeginOptions | undefined,
+): [string | undefined, BeginOptions] {
   return typeof sasOrOptions === "string" ? [sasOrOptions, maybeOptions ?? {}] : [undefined, sasOrOptions ?? {}];
 }
 
@@ -420,7 +564,8 @@ export function splitFolderUri(folderUri: string): { containerUri: string; folde
   } catch {
     throw new Error(`Backup folder URI "${redactSecrets(folderUri)}" is not a URL`);
   }
-  if (url.search) throw new Error(`Backup folder URI "${redactSecrets(folderUri)}" must not carry a query (a SAS goes separately)`);
+  if (url.search)
+    throw new Error(`Backup folder URI "${redactSecrets(folderUri)}" must not carry a query (a SAS goes separately)`);
   const segments = url.pathname.split("/").filter((s) => s.length > 0);
   const containerIndex = isLoopback(url.hostname) ? 1 : 0;
   const container = segments.slice(0, containerIndex + 1);

@@ -26,7 +26,11 @@ export class HsmRequestError extends Error {
     delivery?: Delivery,
     ids: RequestIds = {},
   ) {
-    super(redactSecrets(`Managed HSM ${vaultUrl} ${operation}: ${statusCode !== undefined ? `HTTP ${statusCode}${code ? ` ${code}` : ""}: ` : ""}${serviceMessage}${requestIdsSuffix(ids)}`));
+    super(
+      redactSecrets(
+        `Managed HSM ${vaultUrl} ${operation}: ${statusCode !== undefined ? `HTTP ${statusCode}${code ? ` ${code}` : ""}: ` : ""}${serviceMessage}${requestIdsSuffix(ids)}`,
+      ),
+    );
     this.name = "HsmRequestError";
     this.delivery = delivery ?? (statusCode === undefined ? "unanswered" : "answered");
     this.requestId = ids.requestId;
@@ -54,14 +58,23 @@ export class HsmRequestError extends Error {
     } catch {
       // Not JSON: the status line is all there is.
     }
-    const fallback = response.status === 401
-      ? "not authorized (the token was refused or the challenge could not be answered)"
-      : response.status === 403
-        ? "forbidden: the app's identity lacks the Managed HSM local role for this operation"
-        : response.status >= 300 && response.status < 400
-          ? `an unexpected redirect${response.headers.get("location") ? " to another location" : ""}, not followed`
-          : "no error details in the answer";
-    return new HsmRequestError(operation, vaultUrl, response.status, code, message ?? fallback, "answered", requestIdsOf(response));
+    const fallback =
+      response.status === 401
+        ? "not authorized (the token was refused or the challenge could not be answered)"
+        : response.status === 403
+          ? "forbidden: the app's identity lacks the Managed HSM local role for this operation"
+          : response.status >= 300 && response.status < 400
+            ? `an unexpected redirect${response.headers.get("location") ? " to another location" : ""}, not followed`
+            : "no error details in the answer";
+    return new HsmRequestError(
+      operation,
+      vaultUrl,
+      response.status,
+      code,
+      message ?? fallback,
+      "answered",
+      requestIdsOf(response),
+    );
   }
 }
 
@@ -88,7 +101,9 @@ export class HsmInvalidResponseError extends Error {
 
   /** The same error, naming the exchange it came from (parseOperation does not see the headers). */
   withIds(ids: RequestIds): HsmInvalidResponseError {
-    return this.requestId || this.clientRequestId ? this : new HsmInvalidResponseError(this.operation, this.vaultUrl, this.problem, ids);
+    return this.requestId || this.clientRequestId
+      ? this
+      : new HsmInvalidResponseError(this.operation, this.vaultUrl, this.problem, ids);
   }
 }
 
@@ -114,10 +129,20 @@ export class HsmJobFailedError extends Error {
     // The service often repeats the same text in error.message and statusDetails: say it once.
     const details = fromRequest
       ? cause.serviceMessage
-      : [...new Set([cause.error?.message, cause.statusDetails].filter((s): s is string => !!s))].join("; ") || "no details given";
+      : [...new Set([cause.error?.message, cause.statusDetails].filter((s): s is string => !!s))].join("; ") ||
+        "no details given";
     const status = fromRequest ? `status read failed with HTTP ${cause.statusCode}` : `ended ${cause.status}`;
-    const ids: RequestIds = fromRequest ? { ...(cause.requestId ? { requestId: cause.requestId } : {}), ...(cause.clientRequestId ? { clientRequestId: cause.clientRequestId } : {}) } : readIds;
-    super(redactSecrets(`Managed HSM ${vaultUrl} ${kind} job ${jobId} ${status}${code ? ` (${code})` : ""}: ${details}${requestIdsSuffix(ids)}`));
+    const ids: RequestIds = fromRequest
+      ? {
+          ...(cause.requestId ? { requestId: cause.requestId } : {}),
+          ...(cause.clientRequestId ? { clientRequestId: cause.clientRequestId } : {}),
+        }
+      : readIds;
+    super(
+      redactSecrets(
+        `Managed HSM ${vaultUrl} ${kind} job ${jobId} ${status}${code ? ` (${code})` : ""}: ${details}${requestIdsSuffix(ids)}`,
+      ),
+    );
     this.requestId = ids.requestId;
     this.clientRequestId = ids.clientRequestId;
     this.name = "HsmJobFailedError";
@@ -141,7 +166,11 @@ export class HsmStatusUnavailableError extends Error {
     attempts: number,
     ids: RequestIds = {},
   ) {
-    super(redactSecrets(`Managed HSM ${vaultUrl} ${kind} job ${jobId}: status unavailable after ${attempts} attempt(s) (last: ${lastProblem}${requestIdsSuffix(ids)}); the job may still be running`));
+    super(
+      redactSecrets(
+        `Managed HSM ${vaultUrl} ${kind} job ${jobId}: status unavailable after ${attempts} attempt(s) (last: ${lastProblem}${requestIdsSuffix(ids)}); the job may still be running`,
+      ),
+    );
     this.name = "HsmStatusUnavailableError";
     this.requestId = ids.requestId;
     this.clientRequestId = ids.clientRequestId;
@@ -160,8 +189,14 @@ export class HsmWaitDeadlineError extends Error {
     /** Why the last reads told nothing, if they did not. */
     readonly lastProblem: string | undefined,
   ) {
-    const known = lastState ? `last status ${lastState.status}${lastState.statusDetails ? ` (${lastState.statusDetails})` : ""}` : "no status read yet";
-    super(redactSecrets(`Managed HSM ${vaultUrl} ${kind} job ${jobId}: still not ended at the deadline ${deadline.toISOString()}; ${known}${lastProblem ? `; last problem: ${lastProblem}` : ""}`));
+    const known = lastState
+      ? `last status ${lastState.status}${lastState.statusDetails ? ` (${lastState.statusDetails})` : ""}`
+      : "no status read yet";
+    super(
+      redactSecrets(
+        `Managed HSM ${vaultUrl} ${kind} job ${jobId}: still not ended at the deadline ${deadline.toISOString()}; ${known}${lastProblem ? `; last problem: ${lastProblem}` : ""}`,
+      ),
+    );
     this.name = "HsmWaitDeadlineError";
   }
 }

@@ -1,18 +1,34 @@
-import { HsmInvalidResponseError, HsmJobFailedError, HsmStatusUnavailableError, HsmWaitDeadlineError } from "./errors.js";
+import {
+  HsmInvalidResponseError,
+  HsmJobFailedError,
+  HsmStatusUnavailableError,
+  HsmWaitDeadlineError,
+} from "./errors.js";
 import type { RequestIds } from "../correlation.js";
-import { JOB_ID, type Delay, type HsmOperation, type HsmOperationState, type OperationKind, type OperationStatus, type PollUntilDoneOptions } from "./types.js";
+import {
+  JOB_ID,
+  type Delay,
+  type HsmOperation,
+  type HsmOperationState,
+  type OperationKind,
+  type OperationStatus,
+  type PollUntilDoneOptions,
+} from "./types.js";
 
 export type { Delay, HsmOperationState, OperationKind, OperationStatus, PollUntilDoneOptions } from "./types.js";
 
 interface PollDeps {
-  readStatus(kind: OperationKind, url: string, signal?: AbortSignal): Promise<HsmOperationState & { retryAfterMs?: number; requestIds?: RequestIds }>;
+  readStatus(
+    kind: OperationKind,
+    url: string,
+    signal?: AbortSignal,
+  ): Promise<HsmOperationState & { retryAfterMs?: number; requestIds?: RequestIds }>;
   readonly delay: Delay;
   readonly defaultPollIntervalMs: number;
   /** Upper bound of any wait between reads, whatever Retry-After says. */
   readonly maxPollIntervalMs: number;
   readonly now: () => Date;
 }
-
 
 /**
  * Waits for one backup or restore job. Polling follows Retry-After when the service sends it (the
@@ -47,7 +63,11 @@ export class HsmOperationPoller implements HsmOperation {
 
   /** Reads the status once. */
   async poll(options: { abortSignal?: AbortSignal } = {}): Promise<HsmOperationState> {
-    const { retryAfterMs, requestIds, ...state } = await this.deps.readStatus(this.kind, this.statusUrl, options.abortSignal);
+    const { retryAfterMs, requestIds, ...state } = await this.deps.readStatus(
+      this.kind,
+      this.statusUrl,
+      options.abortSignal,
+    );
     this.state = state;
     this.lastIds = requestIds ?? {};
     this.nextWaitMs = retryAfterMs;
@@ -68,9 +88,20 @@ export class HsmOperationPoller implements HsmOperation {
         // Between the HSM's Retry-After and the cap, with a floor after the first status read: an HSM
         // answering Retry-After 0 (or a past date) on every read must not make the app read in a loop.
         const floor = polled ? Math.min(this.deps.defaultPollIntervalMs, MIN_POLL_INTERVAL_MS) : 0;
-        const wait = Math.max(floor, Math.min(this.nextWaitMs ?? this.deps.defaultPollIntervalMs, this.deps.maxPollIntervalMs));
+        const wait = Math.max(
+          floor,
+          Math.min(this.nextWaitMs ?? this.deps.defaultPollIntervalMs, this.deps.maxPollIntervalMs),
+        );
         const left = options.deadline ? options.deadline.getTime() - this.deps.now().getTime() : Infinity;
-        if (left <= 0) throw new HsmWaitDeadlineError(this.kind, new URL(this.statusUrl).origin, this.jobId, options.deadline!, this.state, lastProblem);
+        if (left <= 0)
+          throw new HsmWaitDeadlineError(
+            this.kind,
+            new URL(this.statusUrl).origin,
+            this.jobId,
+            options.deadline!,
+            this.state,
+            lastProblem,
+          );
         await this.deps.delay(Math.max(0, Math.min(wait, left)), options.abortSignal);
       }
       read = true;
@@ -83,7 +114,11 @@ export class HsmOperationPoller implements HsmOperation {
       } catch (error) {
         if (options.abortSignal?.aborted) throw error;
         // Unknown is not failed: the job may be running on. Only the deadline ends such a wait.
-        if (!(error instanceof HsmStatusUnavailableError || error instanceof HsmInvalidResponseError) || !options.deadline) throw error;
+        if (
+          !(error instanceof HsmStatusUnavailableError || error instanceof HsmInvalidResponseError) ||
+          !options.deadline
+        )
+          throw error;
         lastProblem = error.message;
         this.nextWaitMs = undefined;
       }
@@ -114,7 +149,12 @@ const MAX_UNIX_S = 4_102_444_800;
  * about that job.
  * @throws HsmInvalidResponseError for anything that is not a usable operation.
  */
-export function parseOperation(kind: OperationKind, bodyText: string | null | undefined, vaultUrl: string, expectedJobId?: string): HsmOperationState {
+export function parseOperation(
+  kind: OperationKind,
+  bodyText: string | null | undefined,
+  vaultUrl: string,
+  expectedJobId?: string,
+): HsmOperationState {
   const operation = `${kind} ${expectedJobId ? "status" : "start"}`;
   let body: unknown;
   try {
@@ -131,14 +171,26 @@ export function parseOperation(kind: OperationKind, bodyText: string | null | un
     throw new HsmInvalidResponseError(operation, vaultUrl, "the answer had no jobId or status");
   }
   if (!JOB_ID.test(jobId)) {
-    throw new HsmInvalidResponseError(operation, vaultUrl, `job id ${JSON.stringify(jobId.slice(0, 80))} is not a Managed HSM job id`);
+    throw new HsmInvalidResponseError(
+      operation,
+      vaultUrl,
+      `job id ${JSON.stringify(jobId.slice(0, 80))} is not a Managed HSM job id`,
+    );
   }
   if (expectedJobId !== undefined && jobId !== expectedJobId) {
-    throw new HsmInvalidResponseError(operation, vaultUrl, `the status is for job ${jobId}, not for job ${expectedJobId}`);
+    throw new HsmInvalidResponseError(
+      operation,
+      vaultUrl,
+      `the status is for job ${jobId}, not for job ${expectedJobId}`,
+    );
   }
   const status = normaliseStatus(rawStatus);
   if (status === undefined) {
-    throw new HsmInvalidResponseError(operation, vaultUrl, `status ${JSON.stringify(rawStatus.slice(0, 40))} is not one Managed HSM documents (InProgress, Succeeded, Failed, Canceled)`);
+    throw new HsmInvalidResponseError(
+      operation,
+      vaultUrl,
+      `status ${JSON.stringify(rawStatus.slice(0, 40))} is not one Managed HSM documents (InProgress, Succeeded, Failed, Canceled)`,
+    );
   }
   const error = fields.error as { code?: unknown; message?: unknown } | null | undefined;
   const code = typeof error?.code === "string" && error.code ? error.code.slice(0, 100) : undefined;

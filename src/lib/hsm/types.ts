@@ -63,7 +63,12 @@ export interface HsmBackupOperations {
   beginBackup(blobStorageUri: string, options?: BeginOptions): Promise<HsmOperation>;
   beginRestore(folderUri: string, sasToken: string, options?: BeginOptions): Promise<HsmOperation>;
   beginRestore(folderUri: string, options?: BeginOptions): Promise<HsmOperation>;
-  beginSelectiveKeyRestore(keyName: string, folderUri: string, sasToken: string, options?: BeginOptions): Promise<HsmOperation>;
+  beginSelectiveKeyRestore(
+    keyName: string,
+    folderUri: string,
+    sasToken: string,
+    options?: BeginOptions,
+  ): Promise<HsmOperation>;
   beginSelectiveKeyRestore(keyName: string, folderUri: string, options?: BeginOptions): Promise<HsmOperation>;
   beginPreRestore(folderUri: string, sasToken: string, options?: BeginOptions): Promise<HsmOperation>;
   beginPreRestore(folderUri: string, options?: BeginOptions): Promise<HsmOperation>;

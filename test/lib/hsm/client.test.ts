@@ -9,7 +9,11 @@ const unusedCredential: TokenCredential = { getToken: async () => null };
 
 describe("ManagedHsmBackupClient URLs", () => {
   it.each([
-    ["plain http to a real host", "http://contoso.managedhsm.azure.net", /must use https; plain http is accepted only for loopback hosts/],
+    [
+      "plain http to a real host",
+      "http://contoso.managedhsm.azure.net",
+      /must use https; plain http is accepted only for loopback hosts/,
+    ],
     ["a path", "https://contoso.managedhsm.azure.net/keys", /without a path or query/],
     ["a query", "https://contoso.managedhsm.azure.net/?x=1", /without a path or query/],
   ])("refuses %s", (_case, url, message) => {
@@ -17,21 +21,35 @@ describe("ManagedHsmBackupClient URLs", () => {
   });
 
   it("accepts https anywhere and plain http on loopback only", () => {
-    expect(new ManagedHsmBackupClient("https://contoso.managedhsm.azure.net/", unusedCredential).vaultUrl).toBe("https://contoso.managedhsm.azure.net");
-    expect(new ManagedHsmBackupClient("http://127.0.0.1:8443", unusedCredential).vaultUrl).toBe("http://127.0.0.1:8443");
-    expect(new ManagedHsmBackupClient("http://localhost:8443", unusedCredential).vaultUrl).toBe("http://localhost:8443");
+    expect(new ManagedHsmBackupClient("https://contoso.managedhsm.azure.net/", unusedCredential).vaultUrl).toBe(
+      "https://contoso.managedhsm.azure.net",
+    );
+    expect(new ManagedHsmBackupClient("http://127.0.0.1:8443", unusedCredential).vaultUrl).toBe(
+      "http://127.0.0.1:8443",
+    );
+    expect(new ManagedHsmBackupClient("http://localhost:8443", unusedCredential).vaultUrl).toBe(
+      "http://localhost:8443",
+    );
   });
 
   it("splits a folder URI after the container, keeping nested paths (as the .NET SDK did against real HSMs)", () => {
-    expect(splitFolderUri("https://acct.blob.core.windows.net/backup/mhsm-x-2021020522531624"))
-      .toEqual({ containerUri: "https://acct.blob.core.windows.net/backup", folder: "mhsm-x-2021020522531624" });
-    expect(splitFolderUri("https://acct.blob.core.windows.net/backup/some/folder/name/mhsm-x-1"))
-      .toEqual({ containerUri: "https://acct.blob.core.windows.net/backup", folder: "some/folder/name/mhsm-x-1" });
+    expect(splitFolderUri("https://acct.blob.core.windows.net/backup/mhsm-x-2021020522531624")).toEqual({
+      containerUri: "https://acct.blob.core.windows.net/backup",
+      folder: "mhsm-x-2021020522531624",
+    });
+    expect(splitFolderUri("https://acct.blob.core.windows.net/backup/some/folder/name/mhsm-x-1")).toEqual({
+      containerUri: "https://acct.blob.core.windows.net/backup",
+      folder: "some/folder/name/mhsm-x-1",
+    });
     // Azurite keeps the account in the path.
-    expect(splitFolderUri("http://127.0.0.1:10000/devstoreaccount1/mhsm-backups/mhsm-x-1"))
-      .toEqual({ containerUri: "http://127.0.0.1:10000/devstoreaccount1/mhsm-backups", folder: "mhsm-x-1" });
+    expect(splitFolderUri("http://127.0.0.1:10000/devstoreaccount1/mhsm-backups/mhsm-x-1")).toEqual({
+      containerUri: "http://127.0.0.1:10000/devstoreaccount1/mhsm-backups",
+      folder: "mhsm-x-1",
+    });
     expect(() => splitFolderUri("https://acct.blob.core.windows.net/backup")).toThrow(/names no folder/);
-    expect(() => splitFolderUri("https://acct.blob.core.windows.net/backup/f?sv=x&sig=secret")).toThrow(/must not carry a query/);
+    expect(() => splitFolderUri("https://acct.blob.core.windows.net/backup/f?sv=x&sig=secret")).toThrow(
+      /must not carry a query/,
+    );
     expect(() => splitFolderUri("https://acct.blob.core.windows.net/backup/f?sv=x&sig=secret")).not.toThrow(/secret/);
   });
 });
@@ -41,7 +59,8 @@ describe("ManagedHsmBackupClient against the emulator", () => {
   let hsm: HsmEmulator;
   /** The app's HSM URL (https://testhsm0.managedhsm.azure.net) and a new client for it, with the app's transport. */
   let url: string;
-  const newClient = () => new ManagedHsmBackupClient(url, new DefaultAzureCredential(), app.depsOptions.hsmClientOptions);
+  const newClient = () =>
+    new ManagedHsmBackupClient(url, new DefaultAzureCredential(), app.depsOptions.hsmClientOptions);
   beforeAll(async () => {
     app = await startTestApp({ emulator: { jobDurationMs: 300 } });
     hsm = app.emulators[0]!;
@@ -74,6 +93,9 @@ describe("ManagedHsmBackupClient against the emulator", () => {
 
   it("reports an unknown job as a terminal failure carrying the service's code", async () => {
     const client = newClient();
-    await expect(client.getOperationStatus("backup", "0123456789abcdef0123456789abcdef")).rejects.toMatchObject({ name: "HsmJobFailedError", code: "NotFound" });
+    await expect(client.getOperationStatus("backup", "0123456789abcdef0123456789abcdef")).rejects.toMatchObject({
+      name: "HsmJobFailedError",
+      code: "NotFound",
+    });
   });
 });

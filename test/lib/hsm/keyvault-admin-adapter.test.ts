@@ -11,7 +11,15 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { RestError, createHttpHeaders, createPipelineRequest } from "@azure/core-rest-pipeline";
 import { describe, expect, it } from "vitest";
 import { HsmJobFailedError, HsmRequestError, HsmWaitDeadlineError } from "../../../src/lib/hsm/errors.js";
-import type { BeginOptions, HsmBackupOperations, HsmOperation, HsmOperationState, OperationKind, OperationStatus, PollUntilDoneOptions } from "../../../src/lib/hsm/types.js";
+import type {
+  BeginOptions,
+  HsmBackupOperations,
+  HsmOperation,
+  HsmOperationState,
+  OperationKind,
+  OperationStatus,
+  PollUntilDoneOptions,
+} from "../../../src/lib/hsm/types.js";
 
 // ---- The public shape of @azure/keyvault-admin's KeyVaultBackupClient that the adapter uses. ----
 
@@ -44,32 +52,72 @@ interface AdminPoller {
 /** The overloads collapse to one signature here: a begin call without a token is the managed-identity form. */
 interface KeyVaultBackupClientLike {
   readonly vaultUrl: string;
-  beginBackup(blobStorageUri: string, sasTokenOrOptions?: string | AdminPollerOptions, options?: AdminPollerOptions): Promise<AdminPoller>;
-  beginRestore(folderUri: string, sasTokenOrOptions?: string | AdminPollerOptions, options?: AdminPollerOptions): Promise<AdminPoller>;
-  beginSelectiveKeyRestore(keyName: string, folderUri: string, sasTokenOrOptions?: string | AdminPollerOptions, options?: AdminPollerOptions): Promise<AdminPoller>;
-  beginPreRestore(folderUri: string, sasTokenOrOptions?: string | AdminPollerOptions, options?: AdminPollerOptions): Promise<AdminPoller>;
+  beginBackup(
+    blobStorageUri: string,
+    sasTokenOrOptions?: string | AdminPollerOptions,
+    options?: AdminPollerOptions,
+  ): Promise<AdminPoller>;
+  beginRestore(
+    folderUri: string,
+    sasTokenOrOptions?: string | AdminPollerOptions,
+    options?: AdminPollerOptions,
+  ): Promise<AdminPoller>;
+  beginSelectiveKeyRestore(
+    keyName: string,
+    folderUri: string,
+    sasTokenOrOptions?: string | AdminPollerOptions,
+    options?: AdminPollerOptions,
+  ): Promise<AdminPoller>;
+  beginPreRestore(
+    folderUri: string,
+    sasTokenOrOptions?: string | AdminPollerOptions,
+    options?: AdminPollerOptions,
+  ): Promise<AdminPoller>;
 }
 
 // ---- The adapter. ----
 
 class KeyVaultAdminOperations implements HsmBackupOperations {
-  constructor(private readonly client: KeyVaultBackupClientLike, private readonly pollIntervalMs = 2000) {}
+  constructor(
+    private readonly client: KeyVaultBackupClientLike,
+    private readonly pollIntervalMs = 2000,
+  ) {}
 
   beginBackup(uri: string, sasOrOptions?: string | BeginOptions, options?: BeginOptions): Promise<HsmOperation> {
-    return this.begin("backup", sasOrOptions, options, (sas, admin) => sas !== undefined ? this.client.beginBackup(uri, sas, admin) : this.client.beginBackup(uri, admin));
+    return this.begin("backup", sasOrOptions, options, (sas, admin) =>
+      sas !== undefined ? this.client.beginBackup(uri, sas, admin) : this.client.beginBackup(uri, admin),
+    );
   }
 
   beginRestore(folderUri: string, sasOrOptions?: string | BeginOptions, options?: BeginOptions): Promise<HsmOperation> {
-    return this.begin("restore", sasOrOptions, options, (sas, admin) => sas !== undefined ? this.client.beginRestore(folderUri, sas, admin) : this.client.beginRestore(folderUri, admin));
+    return this.begin("restore", sasOrOptions, options, (sas, admin) =>
+      sas !== undefined ? this.client.beginRestore(folderUri, sas, admin) : this.client.beginRestore(folderUri, admin),
+    );
   }
 
-  beginSelectiveKeyRestore(keyName: string, folderUri: string, sasOrOptions?: string | BeginOptions, options?: BeginOptions): Promise<HsmOperation> {
+  beginSelectiveKeyRestore(
+    keyName: string,
+    folderUri: string,
+    sasOrOptions?: string | BeginOptions,
+    options?: BeginOptions,
+  ): Promise<HsmOperation> {
     return this.begin("selectiveKeyRestore", sasOrOptions, options, (sas, admin) =>
-      sas !== undefined ? this.client.beginSelectiveKeyRestore(keyName, folderUri, sas, admin) : this.client.beginSelectiveKeyRestore(keyName, folderUri, admin));
+      sas !== undefined
+        ? this.client.beginSelectiveKeyRestore(keyName, folderUri, sas, admin)
+        : this.client.beginSelectiveKeyRestore(keyName, folderUri, admin),
+    );
   }
 
-  beginPreRestore(folderUri: string, sasOrOptions?: string | BeginOptions, options?: BeginOptions): Promise<HsmOperation> {
-    return this.begin("preRestore", sasOrOptions, options, (sas, admin) => sas !== undefined ? this.client.beginPreRestore(folderUri, sas, admin) : this.client.beginPreRestore(folderUri, admin));
+  beginPreRestore(
+    folderUri: string,
+    sasOrOptions?: string | BeginOptions,
+    options?: BeginOptions,
+  ): Promise<HsmOperation> {
+    return this.begin("preRestore", sasOrOptions, options, (sas, admin) =>
+      sas !== undefined
+        ? this.client.beginPreRestore(folderUri, sas, admin)
+        : this.client.beginPreRestore(folderUri, admin),
+    );
   }
 
   async getOperationStatus(kind: OperationKind, jobId: string, options: BeginOptions = {}): Promise<HsmOperationState> {
@@ -83,28 +131,53 @@ class KeyVaultAdminOperations implements HsmBackupOperations {
    */
   resumeOperation(kind: OperationKind, jobId: string): HsmOperation {
     const resumeFrom = JSON.stringify({ state: { jobId, isStarted: true } });
-    const family = kind === "backup" || kind === "preBackup" ? this.client.beginBackup("", { resumeFrom }) : this.client.beginRestore("", { resumeFrom });
+    const family =
+      kind === "backup" || kind === "preBackup"
+        ? this.client.beginBackup("", { resumeFrom })
+        : this.client.beginRestore("", { resumeFrom });
     return new AdminOperation(kind, this.client.vaultUrl, jobId, family, this.pollIntervalMs);
   }
 
-  private async begin(kind: OperationKind, sasOrOptions: string | BeginOptions | undefined, options: BeginOptions | undefined,
-    start: (sas: string | undefined, admin: AdminPollerOptions) => Promise<AdminPoller>): Promise<HsmOperation> {
-    const [sas, begin] = typeof sasOrOptions === "string" ? [sasOrOptions, options ?? {}] : [undefined, sasOrOptions ?? {}];
+  private async begin(
+    kind: OperationKind,
+    sasOrOptions: string | BeginOptions | undefined,
+    options: BeginOptions | undefined,
+    start: (sas: string | undefined, admin: AdminPollerOptions) => Promise<AdminPoller>,
+  ): Promise<HsmOperation> {
+    const [sas, begin] =
+      typeof sasOrOptions === "string" ? [sasOrOptions, options ?? {}] : [undefined, sasOrOptions ?? {}];
     let poller: AdminPoller;
     try {
-      poller = await start(sas, { ...(begin.abortSignal ? { abortSignal: begin.abortSignal } : {}), intervalInMs: this.pollIntervalMs });
+      poller = await start(sas, {
+        ...(begin.abortSignal ? { abortSignal: begin.abortSignal } : {}),
+        intervalInMs: this.pollIntervalMs,
+      });
     } catch (error) {
       throw mapError(`${kind} start`, this.client.vaultUrl, error);
     }
     const jobId = poller.getOperationState().jobId;
-    if (!jobId) throw new HsmRequestError(`${kind} start`, this.client.vaultUrl, undefined, undefined, "keyvault-admin returned no job id", "unanswered");
+    if (!jobId)
+      throw new HsmRequestError(
+        `${kind} start`,
+        this.client.vaultUrl,
+        undefined,
+        undefined,
+        "keyvault-admin returned no job id",
+        "unanswered",
+      );
     return new AdminOperation(kind, this.client.vaultUrl, jobId, Promise.resolve(poller), this.pollIntervalMs);
   }
 }
 
 class AdminOperation implements HsmOperation {
   private state: HsmOperationState | undefined;
-  constructor(readonly kind: OperationKind, private readonly vaultUrl: string, readonly jobId: string, private readonly poller: Promise<AdminPoller>, private readonly intervalMs: number) {}
+  constructor(
+    readonly kind: OperationKind,
+    private readonly vaultUrl: string,
+    readonly jobId: string,
+    private readonly poller: Promise<AdminPoller>,
+    private readonly intervalMs: number,
+  ) {}
 
   getOperationState(): HsmOperationState | undefined {
     return this.state;
@@ -116,7 +189,8 @@ class AdminOperation implements HsmOperation {
       await poller.poll(signal ? { abortSignal: signal } : {});
     } catch (error) {
       // A job that ended Failed rejects the poll, but its state says so: that is an answer, not an error.
-      if (!/^(failed|canceled|cancelled)$/i.test(poller.getOperationState().status ?? "")) throw mapError(`${this.kind} status`, this.vaultUrl, error);
+      if (!/^(failed|canceled|cancelled)$/i.test(poller.getOperationState().status ?? ""))
+        throw mapError(`${this.kind} status`, this.vaultUrl, error);
     }
     this.state = toState(this.kind, this.jobId, poller.getOperationState());
     return this.state;
@@ -136,15 +210,30 @@ class AdminOperation implements HsmOperation {
   }
 }
 
-const STATUS: Readonly<Record<string, OperationStatus>> = { inprogress: "InProgress", succeeded: "Succeeded", failed: "Failed", canceled: "Canceled", cancelled: "Canceled" };
+const STATUS: Readonly<Record<string, OperationStatus>> = {
+  inprogress: "InProgress",
+  succeeded: "Succeeded",
+  failed: "Failed",
+  canceled: "Canceled",
+  cancelled: "Canceled",
+};
 
 function toState(kind: OperationKind, jobId: string, admin: AdminState): HsmOperationState {
   const status = STATUS[(admin.status ?? "InProgress").toLowerCase()] ?? "InProgress";
   const folderUri = admin.result?.folderUri;
   return {
-    kind, jobId, status,
+    kind,
+    jobId,
+    status,
     ...(admin.statusDetails ? { statusDetails: admin.statusDetails } : {}),
-    ...(admin.error ? { error: { message: admin.error.message, ...((admin.error as { code?: string }).code ? { code: (admin.error as { code?: string }).code! } : {}) } } : {}),
+    ...(admin.error
+      ? {
+          error: {
+            message: admin.error.message,
+            ...((admin.error as { code?: string }).code ? { code: (admin.error as { code?: string }).code! } : {}),
+          },
+        }
+      : {}),
     ...(admin.startTime ? { startTime: admin.startTime } : {}),
     ...(admin.endTime ? { endTime: admin.endTime } : {}),
     ...(folderUri ? { folderUri } : {}),
@@ -155,7 +244,9 @@ function toState(kind: OperationKind, jobId: string, admin: AdminState): HsmOper
 function mapError(operation: string, vaultUrl: string, error: unknown): unknown {
   if (!(error instanceof RestError)) return error;
   const ids = {
-    ...(error.response?.headers.get("x-ms-request-id") ? { requestId: error.response.headers.get("x-ms-request-id")! } : {}),
+    ...(error.response?.headers.get("x-ms-request-id")
+      ? { requestId: error.response.headers.get("x-ms-request-id")! }
+      : {}),
     ...(error.request?.requestId ? { clientRequestId: error.request.requestId } : {}),
   };
   return error.statusCode !== undefined
@@ -172,23 +263,41 @@ class FakeKeyVaultBackupClient implements KeyVaultBackupClientLike {
   refuseNextStart: RestError | undefined;
   private next = 1;
 
-  beginBackup(uri: string, sasOrOptions?: string | AdminPollerOptions, options?: AdminPollerOptions): Promise<AdminPoller> {
+  beginBackup(
+    uri: string,
+    sasOrOptions?: string | AdminPollerOptions,
+    options?: AdminPollerOptions,
+  ): Promise<AdminPoller> {
     return this.begin("beginBackup", [uri, sasOrOptions, options], `${uri}/mhsm-contoso-2026120102000012`);
   }
-  beginRestore(folderUri: string, sasOrOptions?: string | AdminPollerOptions, options?: AdminPollerOptions): Promise<AdminPoller> {
+  beginRestore(
+    folderUri: string,
+    sasOrOptions?: string | AdminPollerOptions,
+    options?: AdminPollerOptions,
+  ): Promise<AdminPoller> {
     return this.begin("beginRestore", [folderUri, sasOrOptions, options]);
   }
-  beginSelectiveKeyRestore(keyName: string, folderUri: string, sasOrOptions?: string | AdminPollerOptions, options?: AdminPollerOptions): Promise<AdminPoller> {
+  beginSelectiveKeyRestore(
+    keyName: string,
+    folderUri: string,
+    sasOrOptions?: string | AdminPollerOptions,
+    options?: AdminPollerOptions,
+  ): Promise<AdminPoller> {
     return this.begin("beginSelectiveKeyRestore", [keyName, folderUri, sasOrOptions, options]);
   }
-  beginPreRestore(folderUri: string, sasOrOptions?: string | AdminPollerOptions, options?: AdminPollerOptions): Promise<AdminPoller> {
+  beginPreRestore(
+    folderUri: string,
+    sasOrOptions?: string | AdminPollerOptions,
+    options?: AdminPollerOptions,
+  ): Promise<AdminPoller> {
     return this.begin("beginPreRestore", [folderUri, sasOrOptions, options]);
   }
 
   private async begin(method: string, args: unknown[], folderUri?: string): Promise<AdminPoller> {
     this.calls.push({ method, args });
     const options = ([...args].reverse().find((a) => typeof a === "object" && a !== null) ?? {}) as AdminPollerOptions;
-    if (options.resumeFrom) return this.poller((JSON.parse(options.resumeFrom) as { state: { jobId: string } }).state.jobId);
+    if (options.resumeFrom)
+      return this.poller((JSON.parse(options.resumeFrom) as { state: { jobId: string } }).state.jobId);
     if (this.refuseNextStart) {
       const error = this.refuseNextStart;
       this.refuseNextStart = undefined;
@@ -209,10 +318,22 @@ class FakeKeyVaultBackupClient implements KeyVaultBackupClientLike {
         job.reads++;
         if (job.reads < 2) return;
         if (job.failWith) {
-          state = { ...state, status: "Failed", isCompleted: true, statusDetails: job.failWith, error: Object.assign(new Error(job.failWith), { code: "StorageUnavailable" }) };
+          state = {
+            ...state,
+            status: "Failed",
+            isCompleted: true,
+            statusDetails: job.failWith,
+            error: Object.assign(new Error(job.failWith), { code: "StorageUnavailable" }),
+          };
           throw state.error;
         }
-        state = { ...state, status: "Succeeded", isCompleted: true, endTime: new Date(), ...(job.folderUri ? { result: { folderUri: job.folderUri } } : {}) };
+        state = {
+          ...state,
+          status: "Succeeded",
+          isCompleted: true,
+          endTime: new Date(),
+          ...(job.folderUri ? { result: { folderUri: job.folderUri } } : {}),
+        };
       },
       isDone: () => state.isCompleted === true,
       getOperationState: () => state,
@@ -229,11 +350,19 @@ describe("HsmBackupOperations over a KeyVaultBackupClient-shaped client", () => 
     const operations: HsmBackupOperations = new KeyVaultAdminOperations(fake, 1);
     const job = await operations.beginBackup(container, "sv=2025-11-05&sig=abc");
     expect(job.jobId).toMatch(/^0{31}1$/);
-    expect(fake.calls[0]).toMatchObject({ method: "beginBackup", args: [container, "sv=2025-11-05&sig=abc", { intervalInMs: 1 }] });
+    expect(fake.calls[0]).toMatchObject({
+      method: "beginBackup",
+      args: [container, "sv=2025-11-05&sig=abc", { intervalInMs: 1 }],
+    });
     const seen: string[] = [];
     const final = await job.pollUntilDone({ onProgress: (s) => seen.push(s.status) });
     expect(seen).toEqual(["InProgress", "Succeeded"]);
-    expect(final).toMatchObject({ kind: "backup", jobId: job.jobId, status: "Succeeded", folderUri: `${container}/mhsm-contoso-2026120102000012` });
+    expect(final).toMatchObject({
+      kind: "backup",
+      jobId: job.jobId,
+      status: "Succeeded",
+      folderUri: `${container}/mhsm-contoso-2026120102000012`,
+    });
 
     // Without a token: the managed-identity overload.
     await operations.beginBackup(container);
@@ -245,18 +374,35 @@ describe("HsmBackupOperations over a KeyVaultBackupClient-shaped client", () => 
     const operations = new KeyVaultAdminOperations(fake, 1);
     const request = createPipelineRequest({ url: `${fake.vaultUrl}/restore` });
     fake.refuseNextStart = new RestError("Another operation is running", {
-      statusCode: 409, code: "Conflict", request,
-      response: { status: 409, headers: createHttpHeaders({ "x-ms-request-id": "11111111-2222-3333-4444-555555555555" }), request },
+      statusCode: 409,
+      code: "Conflict",
+      request,
+      response: {
+        status: 409,
+        headers: createHttpHeaders({ "x-ms-request-id": "11111111-2222-3333-4444-555555555555" }),
+        request,
+      },
     });
     const refused = await operations.beginRestore(`${container}/mhsm-contoso-1`, "sig=x").catch((e: unknown) => e);
     expect(refused).toBeInstanceOf(HsmRequestError);
-    expect(refused).toMatchObject({ statusCode: 409, code: "Conflict", delivery: "answered", requestId: "11111111-2222-3333-4444-555555555555", clientRequestId: request.requestId });
+    expect(refused).toMatchObject({
+      statusCode: 409,
+      code: "Conflict",
+      delivery: "answered",
+      requestId: "11111111-2222-3333-4444-555555555555",
+      clientRequestId: request.requestId,
+    });
 
     const job = await operations.beginSelectiveKeyRestore("k1", `${container}/mhsm-contoso-1`);
     fake.jobs.get(job.jobId)!.failWith = "the key is not in the backup";
     const failed = await job.pollUntilDone().catch((e: unknown) => e);
     expect(failed).toBeInstanceOf(HsmJobFailedError);
-    expect(failed).toMatchObject({ kind: "selectiveKeyRestore", jobId: job.jobId, status: "Failed", code: "StorageUnavailable" });
+    expect(failed).toMatchObject({
+      kind: "selectiveKeyRestore",
+      jobId: job.jobId,
+      status: "Failed",
+      code: "StorageUnavailable",
+    });
   });
 
   it("resumes from a job id alone (a recycled worker), reads one status without waiting, and honours a deadline", async () => {
@@ -264,13 +410,22 @@ describe("HsmBackupOperations over a KeyVaultBackupClient-shaped client", () => 
     const started = await new KeyVaultAdminOperations(fake, 1).beginBackup(container, "sig=x");
 
     const elsewhere = new KeyVaultAdminOperations(fake, 1);
-    expect(await elsewhere.getOperationStatus("backup", started.jobId)).toMatchObject({ jobId: started.jobId, status: "InProgress" });
-    expect(JSON.parse((fake.calls.at(-1)!.args[1] as AdminPollerOptions).resumeFrom!)).toEqual({ state: { jobId: started.jobId, isStarted: true } });
-    expect(await elsewhere.resumeOperation("backup", started.jobId).pollUntilDone()).toMatchObject({ status: "Succeeded" });
+    expect(await elsewhere.getOperationStatus("backup", started.jobId)).toMatchObject({
+      jobId: started.jobId,
+      status: "InProgress",
+    });
+    expect(JSON.parse((fake.calls.at(-1)!.args[1] as AdminPollerOptions).resumeFrom!)).toEqual({
+      state: { jobId: started.jobId, isStarted: true },
+    });
+    expect(await elsewhere.resumeOperation("backup", started.jobId).pollUntilDone()).toMatchObject({
+      status: "Succeeded",
+    });
 
     const slow = new KeyVaultAdminOperations(fake, 60_000);
     const another = await slow.beginBackup(container, "sig=x");
-    await expect(another.pollUntilDone({ deadline: new Date(Date.now() + 10) })).rejects.toBeInstanceOf(HsmWaitDeadlineError);
+    await expect(another.pollUntilDone({ deadline: new Date(Date.now() + 10) })).rejects.toBeInstanceOf(
+      HsmWaitDeadlineError,
+    );
 
     const unknown = await elsewhere.getOperationStatus("restore", "f".repeat(32)).catch((e: unknown) => e);
     expect(unknown).toMatchObject({ name: "HsmRequestError", statusCode: 404, code: "JobNotFound" });

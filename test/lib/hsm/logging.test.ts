@@ -42,13 +42,21 @@ describe("the HSM client's wire log", () => {
     expect(signature.length).toBeGreaterThan(20);
 
     const wire = lines.filter((l) => l.startsWith("azure:mhsm-backup:info "));
-    const requests = wire.filter((l) => /^azure:mhsm-backup:info Request: .*"url": "http:\/\/127\.0\.0\.1:\d+\/backup\?api-version=7\.6"/s.test(l));
+    const requests = wire.filter((l) =>
+      /^azure:mhsm-backup:info Request: .*"url": "http:\/\/127\.0\.0\.1:\d+\/backup\?api-version=7\.6"/s.test(l),
+    );
     expect(requests.length).toBeGreaterThan(0);
     for (const request of requests) expect(request).toMatch(/"x-ms-client-request-id": "[0-9a-f-]{36}"/);
     expect(requests.some((l) => /"authorization": "REDACTED"/.test(l))).toBe(true);
     expect(wire).toContain("azure:mhsm-backup:info Response status code: 202");
     // An allowed header is shown; one not on the list is not.
-    expect(wire.some((l) => /^azure:mhsm-backup:info Headers: .*"azure-asyncoperation": "http:\/\/127\.0\.0\.1:\d+\/backup\/[0-9a-f]+\/pending/s.test(l))).toBe(true);
+    expect(
+      wire.some((l) =>
+        /^azure:mhsm-backup:info Headers: .*"azure-asyncoperation": "http:\/\/127\.0\.0\.1:\d+\/backup\/[0-9a-f]+\/pending/s.test(
+          l,
+        ),
+      ),
+    ).toBe(true);
     const all = lines.join("\n");
     for (const form of [signature, encodeURIComponent(signature)]) expect(all).not.toContain(form);
     expect(all).not.toMatch(/sig=(?!REDACTED)/);

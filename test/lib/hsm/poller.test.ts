@@ -4,7 +4,12 @@
  * where a status body becomes the app's type (parseOperation), called directly.
  */
 import { describe, expect, it } from "vitest";
-import { HsmInvalidResponseError, HsmJobFailedError, HsmStatusUnavailableError, HsmWaitDeadlineError } from "../../../src/lib/hsm/errors.js";
+import {
+  HsmInvalidResponseError,
+  HsmJobFailedError,
+  HsmStatusUnavailableError,
+  HsmWaitDeadlineError,
+} from "../../../src/lib/hsm/errors.js";
 import { parseOperation, type HsmOperationState } from "../../../src/lib/hsm/poller.js";
 import { accepted, JOB, scriptedClient, status, VAULT, withoutRequestIds } from "../../support/scripted-hsm.js";
 
@@ -23,20 +28,43 @@ function invalid(body: string | null | undefined, expectedJobId?: string): HsmIn
 describe("parseOperation", () => {
   it("reads a finished backup with every field", () => {
     const body = JSON.stringify({
-      status: "Succeeded", statusDetails: "done", error: { code: "C", message: "M" },
-      startTime: START, endTime: START + 90, jobId: JOB, azureStorageBlobContainerUri: "https://a.blob.core.windows.net/c/mhsm-x",
+      status: "Succeeded",
+      statusDetails: "done",
+      error: { code: "C", message: "M" },
+      startTime: START,
+      endTime: START + 90,
+      jobId: JOB,
+      azureStorageBlobContainerUri: "https://a.blob.core.windows.net/c/mhsm-x",
     });
     expect(parseOperation("backup", body, VAULT)).toStrictEqual({
-      kind: "backup", jobId: JOB, status: "Succeeded", statusDetails: "done", error: { code: "C", message: "M" },
-      startTime: new Date(START * 1000), endTime: new Date((START + 90) * 1000), folderUri: "https://a.blob.core.windows.net/c/mhsm-x",
+      kind: "backup",
+      jobId: JOB,
+      status: "Succeeded",
+      statusDetails: "done",
+      error: { code: "C", message: "M" },
+      startTime: new Date(START * 1000),
+      endTime: new Date((START + 90) * 1000),
+      folderUri: "https://a.blob.core.windows.net/c/mhsm-x",
     });
   });
 
   it("leaves out what the service left empty or null", () => {
-    const body = JSON.stringify({ status: "InProgress", statusDetails: "", error: { code: "", message: "" }, startTime: null, endTime: 0, jobId: JOB, azureStorageBlobContainerUri: "" });
+    const body = JSON.stringify({
+      status: "InProgress",
+      statusDetails: "",
+      error: { code: "", message: "" },
+      startTime: null,
+      endTime: 0,
+      jobId: JOB,
+      azureStorageBlobContainerUri: "",
+    });
     expect(parseOperation("restore", body, VAULT)).toStrictEqual({ kind: "restore", jobId: JOB, status: "InProgress" });
     const nullError = JSON.stringify({ status: "InProgress", jobId: JOB, error: null });
-    expect(parseOperation("restore", nullError, VAULT)).toStrictEqual({ kind: "restore", jobId: JOB, status: "InProgress" });
+    expect(parseOperation("restore", nullError, VAULT)).toStrictEqual({
+      kind: "restore",
+      jobId: JOB,
+      status: "InProgress",
+    });
   });
 
   it("keeps only the error part the service gave", () => {
@@ -47,7 +75,12 @@ describe("parseOperation", () => {
   });
 
   it("cuts long texts: code 100, message and details 1000 characters", () => {
-    const body = JSON.stringify({ status: "Failed", jobId: JOB, statusDetails: "d".repeat(1500), error: { code: "c".repeat(150), message: "m".repeat(1500) } });
+    const body = JSON.stringify({
+      status: "Failed",
+      jobId: JOB,
+      statusDetails: "d".repeat(1500),
+      error: { code: "c".repeat(150), message: "m".repeat(1500) },
+    });
     const state = parseOperation("backup", body, VAULT);
     expect(state.error?.code).toBe("c".repeat(100));
     expect(state.error?.message).toBe("m".repeat(1000));
@@ -55,28 +88,44 @@ describe("parseOperation", () => {
   });
 
   it.each([
-    ["InProgress", "InProgress"], ["inprogress", "InProgress"], ["Running", "InProgress"], ["NotStarted", "InProgress"],
-    ["Succeeded", "Succeeded"], ["SUCCEEDED", "Succeeded"], ["Failed", "Failed"], ["failed", "Failed"],
-    ["Canceled", "Canceled"], ["cancelled", "Canceled"], ["Cancelled", "Canceled"],
+    ["InProgress", "InProgress"],
+    ["inprogress", "InProgress"],
+    ["Running", "InProgress"],
+    ["NotStarted", "InProgress"],
+    ["Succeeded", "Succeeded"],
+    ["SUCCEEDED", "Succeeded"],
+    ["Failed", "Failed"],
+    ["failed", "Failed"],
+    ["Canceled", "Canceled"],
+    ["cancelled", "Canceled"],
+    ["Cancelled", "Canceled"],
   ])("reads status %s as %s", (word, expected) => {
     expect(parseOperation("backup", JSON.stringify({ status: word, jobId: JOB }), VAULT).status).toBe(expected);
   });
 
   it("refuses a status word nobody documented", () => {
-    expect(invalid(JSON.stringify({ status: "TimedOut", jobId: JOB })).message)
-      .toBe(`Managed HSM ${VAULT} backup start: invalid answer: status "TimedOut" is not one Managed HSM documents (InProgress, Succeeded, Failed, Canceled)`);
-    expect(invalid(JSON.stringify({ status: "x".repeat(60), jobId: JOB })).problem).toContain(`status "${"x".repeat(40)}" is not`);
+    expect(invalid(JSON.stringify({ status: "TimedOut", jobId: JOB })).message).toBe(
+      `Managed HSM ${VAULT} backup start: invalid answer: status "TimedOut" is not one Managed HSM documents (InProgress, Succeeded, Failed, Canceled)`,
+    );
+    expect(invalid(JSON.stringify({ status: "x".repeat(60), jobId: JOB })).problem).toContain(
+      `status "${"x".repeat(40)}" is not`,
+    );
   });
 
   it("reads times only within 2015-2100", () => {
-    const at = (startTime: unknown) => parseOperation("backup", JSON.stringify({ status: "InProgress", jobId: JOB, startTime }), VAULT).startTime;
+    const at = (startTime: unknown) =>
+      parseOperation("backup", JSON.stringify({ status: "InProgress", jobId: JOB, startTime }), VAULT).startTime;
     expect(at(1_420_070_400)).toEqual(new Date(1_420_070_400_000));
     expect(at(4_102_444_800)).toEqual(new Date(4_102_444_800_000));
     expect(at(1_420_070_399)).toBeUndefined();
     expect(at(4_102_444_801)).toBeUndefined();
     expect(at(1e15)).toBeUndefined();
     expect(at(String(START))).toBeUndefined();
-    const end = parseOperation("backup", JSON.stringify({ status: "Succeeded", jobId: JOB, endTime: 4_102_444_801 }), VAULT);
+    const end = parseOperation(
+      "backup",
+      JSON.stringify({ status: "Succeeded", jobId: JOB, endTime: 4_102_444_801 }),
+      VAULT,
+    );
     expect(end).not.toHaveProperty("endTime");
   });
 
@@ -99,13 +148,17 @@ describe("parseOperation", () => {
   });
 
   it("shows at most 80 characters of a bad job id", () => {
-    expect(invalid(JSON.stringify({ jobId: `${"a".repeat(80)}-tail`, status: "InProgress" })).problem).toBe(`job id "${"a".repeat(80)}" is not a Managed HSM job id`);
+    expect(invalid(JSON.stringify({ jobId: `${"a".repeat(80)}-tail`, status: "InProgress" })).problem).toBe(
+      `job id "${"a".repeat(80)}" is not a Managed HSM job id`,
+    );
   });
 
   it("with an expected job id, refuses a status for another job and names it a status read", () => {
     const other = "fedcba9876543210fedcba9876543210";
     const error = invalid(JSON.stringify({ jobId: other, status: "Succeeded" }), JOB);
-    expect(error.message).toBe(`Managed HSM ${VAULT} backup status: invalid answer: the status is for job ${other}, not for job ${JOB}`);
+    expect(error.message).toBe(
+      `Managed HSM ${VAULT} backup status: invalid answer: the status is for job ${other}, not for job ${JOB}`,
+    );
     expect(parseOperation("backup", JSON.stringify({ jobId: JOB, status: "Succeeded" }), VAULT, JOB).jobId).toBe(JOB);
   });
 });
@@ -128,12 +181,17 @@ describe("HsmOperationPoller.pollUntilDone", () => {
     expect(final).toMatchObject({ status: "Succeeded", jobId: JOB, folderUri: "https://a.blob.core.windows.net/c/f" });
     expect(poller.isDone()).toBe(true);
     expect(poller.getOperationState()).toBe(final);
-    expect(hsm.sent.map((r) => `${r.method} ${r.url.pathname}`)).toEqual(["POST /backup", ...Array(3).fill(`GET /backup/${JOB}/pending`)]);
+    expect(hsm.sent.map((r) => `${r.method} ${r.url.pathname}`)).toEqual([
+      "POST /backup",
+      ...Array(3).fill(`GET /backup/${JOB}/pending`),
+    ]);
   });
 
   it("never waits longer than the cap, even when the default interval is longer", async () => {
-    const { client, clock } = scriptedClient([accepted(), status("InProgress"), status("Succeeded", { azureStorageBlobContainerUri: "https://a/c/f" })],
-      { defaultPollIntervalMs: 5000, maxPollIntervalMs: 1500 });
+    const { client, clock } = scriptedClient(
+      [accepted(), status("InProgress"), status("Succeeded", { azureStorageBlobContainerUri: "https://a/c/f" })],
+      { defaultPollIntervalMs: 5000, maxPollIntervalMs: 1500 },
+    );
     await (await client.beginBackup("https://a.blob.core.windows.net/c", "sig=x")).pollUntilDone();
     expect(clock.waits).toEqual([1500, 1500]);
   });
@@ -147,17 +205,36 @@ describe("HsmOperationPoller.pollUntilDone", () => {
     expect(clock.waits).toEqual([1000]);
   });
 
-  it.each([["Canceled"], ["cancelled"], ["Failed"]])("ends a job that ended %s with HsmJobFailedError carrying its state", async (word) => {
-    const { client, hsm } = scriptedClient([status("InProgress"), status(word, { error: { code: "Stopped", message: "by request" } })]);
-    const error = await client.resumeOperation("backup", JOB).pollUntilDone().catch((e: unknown) => e);
-    expect(error).toBeInstanceOf(HsmJobFailedError);
-    expect(error).toMatchObject({ status: word === "Failed" ? "Failed" : "Canceled", code: "Stopped", jobId: JOB, vaultUrl: VAULT });
-    expect((error as HsmJobFailedError).state?.status).toBe(word === "Failed" ? "Failed" : "Canceled");
-    expect(hsm.remaining).toBe(0);
-  });
+  it.each([["Canceled"], ["cancelled"], ["Failed"]])(
+    "ends a job that ended %s with HsmJobFailedError carrying its state",
+    async (word) => {
+      const { client, hsm } = scriptedClient([
+        status("InProgress"),
+        status(word, { error: { code: "Stopped", message: "by request" } }),
+      ]);
+      const error = await client
+        .resumeOperation("backup", JOB)
+        .pollUntilDone()
+        .catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(HsmJobFailedError);
+      expect(error).toMatchObject({
+        status: word === "Failed" ? "Failed" : "Canceled",
+        code: "Stopped",
+        jobId: JOB,
+        vaultUrl: VAULT,
+      });
+      expect((error as HsmJobFailedError).state?.status).toBe(word === "Failed" ? "Failed" : "Canceled");
+      expect(hsm.remaining).toBe(0);
+    },
+  );
 
   it("stops at the deadline with the last state, having waited only up to it", async () => {
-    const { client, clock, hsm } = scriptedClient([status("InProgress"), status("InProgress"), status("InProgress"), status("InProgress")]);
+    const { client, clock, hsm } = scriptedClient([
+      status("InProgress"),
+      status("InProgress"),
+      status("InProgress"),
+      status("InProgress"),
+    ]);
     const deadline = new Date(clock.now().getTime() + 2500);
     const poller = client.resumeOperation("backup", JOB);
     const error = await poller.pollUntilDone({ deadline }).catch((e: unknown) => e);
@@ -170,9 +247,17 @@ describe("HsmOperationPoller.pollUntilDone", () => {
   });
 
   it("stops exactly at the deadline rather than reading once more", async () => {
-    const { client, clock, hsm } = scriptedClient([status("InProgress"), status("InProgress"), status("InProgress"), status("InProgress")]);
+    const { client, clock, hsm } = scriptedClient([
+      status("InProgress"),
+      status("InProgress"),
+      status("InProgress"),
+      status("InProgress"),
+    ]);
     const deadline = new Date(clock.now().getTime() + 2000);
-    const error = await client.resumeOperation("backup", JOB).pollUntilDone({ deadline }).catch((e: unknown) => e);
+    const error = await client
+      .resumeOperation("backup", JOB)
+      .pollUntilDone({ deadline })
+      .catch((e: unknown) => e);
     expect(error).toBeInstanceOf(HsmWaitDeadlineError);
     expect(clock.waits).toEqual([1000, 1000]);
     expect(hsm.remaining).toBe(1);
@@ -186,7 +271,8 @@ describe("HsmOperationPoller.pollUntilDone", () => {
       status("Succeeded"),
     ]);
     const progress: HsmOperationState[] = [];
-    const final = await client.resumeOperation("restore", JOB)
+    const final = await client
+      .resumeOperation("restore", JOB)
       .pollUntilDone({ deadline: new Date(clock.now().getTime() + 60_000), onProgress: (s) => progress.push(s) });
     expect(final.status).toBe("Succeeded");
     expect(clock.waits).toEqual([7000, 1000, 1000]);
@@ -196,28 +282,45 @@ describe("HsmOperationPoller.pollUntilDone", () => {
   it("names the last problem at the deadline when the last read failed, and not once a read succeeded again", async () => {
     const failing = scriptedClient([status("InProgress"), { status: 503 }, { status: 500 }]);
     const deadline = new Date(failing.clock.now().getTime() + 2000);
-    const error = await failing.client.resumeOperation("backup", JOB).pollUntilDone({ deadline }).catch((e: unknown) => e);
+    const error = await failing.client
+      .resumeOperation("backup", JOB)
+      .pollUntilDone({ deadline })
+      .catch((e: unknown) => e);
     expect(error).toBeInstanceOf(HsmWaitDeadlineError);
-    expect(withoutRequestIds((error as HsmWaitDeadlineError).lastProblem!)).toBe(`Managed HSM ${VAULT} backup job ${JOB}: status unavailable after 1 attempt(s) (last: HTTP 500); the job may still be running`);
+    expect(withoutRequestIds((error as HsmWaitDeadlineError).lastProblem!)).toBe(
+      `Managed HSM ${VAULT} backup job ${JOB}: status unavailable after 1 attempt(s) (last: HTTP 500); the job may still be running`,
+    );
     expect((error as HsmWaitDeadlineError).lastState?.status).toBe("InProgress");
 
     const recovered = scriptedClient([{ status: 503 }, status("InProgress"), status("InProgress")]);
-    const later = await recovered.client.resumeOperation("backup", JOB)
-      .pollUntilDone({ deadline: new Date(recovered.clock.now().getTime() + 2000) }).catch((e: unknown) => e);
+    const later = await recovered.client
+      .resumeOperation("backup", JOB)
+      .pollUntilDone({ deadline: new Date(recovered.clock.now().getTime() + 2000) })
+      .catch((e: unknown) => e);
     expect(later).toBeInstanceOf(HsmWaitDeadlineError);
     expect((later as HsmWaitDeadlineError).lastProblem).toBeUndefined();
   });
 
   it("without a deadline, an unreadable or nonsense status ends the wait at once", async () => {
     const unreadable = scriptedClient([{ status: 503 }, status("Succeeded")]);
-    await expect(unreadable.client.resumeOperation("backup", JOB).pollUntilDone()).rejects.toBeInstanceOf(HsmStatusUnavailableError);
+    await expect(unreadable.client.resumeOperation("backup", JOB).pollUntilDone()).rejects.toBeInstanceOf(
+      HsmStatusUnavailableError,
+    );
     const nonsense = scriptedClient([{ status: 200, body: "{}" }, status("Succeeded")]);
-    await expect(nonsense.client.resumeOperation("backup", JOB).pollUntilDone()).rejects.toBeInstanceOf(HsmInvalidResponseError);
+    await expect(nonsense.client.resumeOperation("backup", JOB).pollUntilDone()).rejects.toBeInstanceOf(
+      HsmInvalidResponseError,
+    );
   });
 
   it("ends at once on a terminal status error, deadline or not", async () => {
-    const { client, clock, hsm } = scriptedClient([{ status: 404, body: { error: { code: "NotFound", message: "no such job" } } }, status("Succeeded")]);
-    const error = await client.resumeOperation("backup", JOB).pollUntilDone({ deadline: new Date(clock.now().getTime() + 60_000) }).catch((e: unknown) => e);
+    const { client, clock, hsm } = scriptedClient([
+      { status: 404, body: { error: { code: "NotFound", message: "no such job" } } },
+      status("Succeeded"),
+    ]);
+    const error = await client
+      .resumeOperation("backup", JOB)
+      .pollUntilDone({ deadline: new Date(clock.now().getTime() + 60_000) })
+      .catch((e: unknown) => e);
     expect(error).toBeInstanceOf(HsmJobFailedError);
     expect(error).toMatchObject({ code: "NotFound" });
     expect(hsm.remaining).toBe(1);

@@ -8,7 +8,13 @@ import { describe, expect, it } from "vitest";
 import { ManagedHsmBackupClient } from "../../../src/lib/hsm/client.js";
 import { HsmJobFailedError, HsmRequestError } from "../../../src/lib/hsm/errors.js";
 import type { HsmOperationPoller } from "../../../src/lib/hsm/poller.js";
-import { backupRestoreEntries, loadRecording, recordingFiles, ReplayHttpClient, type RecordedEntry } from "../../support/recordings.js";
+import {
+  backupRestoreEntries,
+  loadRecording,
+  recordingFiles,
+  ReplayHttpClient,
+  type RecordedEntry,
+} from "../../support/recordings.js";
 
 const credential: TokenCredential = {
   getToken: async () => ({ token: "token-for-replay", expiresOnTimestamp: Date.now() + 3_600_000 }),
@@ -82,7 +88,10 @@ async function replayAll(entries: readonly RecordedEntry[], origin: string) {
     if (op.polls.length === 0) continue;
 
     const last = op.polls.at(-1)!;
-    const outcome = await poller.pollUntilDone().then((s) => s, (e: unknown) => e);
+    const outcome = await poller.pollUntilDone().then(
+      (s) => s,
+      (e: unknown) => e,
+    );
     // Waits: the 202's Retry-After first, then the default interval (status answers carry none).
     const retryAfter = Number(op.start.headers["retry-after"]) * 1000;
     expect(waits).toEqual([retryAfter, ...Array(op.polls.length - 1).fill(DEFAULT_POLL_MS)]);
@@ -95,8 +104,13 @@ async function replayAll(entries: readonly RecordedEntry[], origin: string) {
     }
     const final = JSON.parse(last.responseBody);
     if (final.status === "Succeeded") {
-      expect(outcome).toMatchObject({ status: "Succeeded", jobId: final.jobId, endTime: new Date(final.endTime * 1000) });
-      if (op.start.url.pathname === "/backup") expect((outcome as { folderUri?: string }).folderUri).toBe(final.azureStorageBlobContainerUri);
+      expect(outcome).toMatchObject({
+        status: "Succeeded",
+        jobId: final.jobId,
+        endTime: new Date(final.endTime * 1000),
+      });
+      if (op.start.url.pathname === "/backup")
+        expect((outcome as { folderUri?: string }).folderUri).toBe(final.azureStorageBlobContainerUri);
     } else {
       expect(outcome).toBeInstanceOf(HsmJobFailedError);
       expect((outcome as Error).message).toContain(final.statusDetails);
@@ -117,8 +131,12 @@ describe("ManagedHsmBackupClient against recorded real HSM sessions", () => {
     const entries = backupRestoreEntries(loadRecording(file));
     const origin = entries[0]!.url.origin;
     const ops = operations(entries);
-    const rootFolderRestore = ops.find((op) => op.start.requestBody && (op.start.requestBody as any).folderToRestore === "uri"
-      && (op.start.requestBody as any).sasTokenParameters.storageResourceUri === "https://uri.blob.core.windows.net");
+    const rootFolderRestore = ops.find(
+      (op) =>
+        op.start.requestBody &&
+        (op.start.requestBody as any).folderToRestore === "uri" &&
+        (op.start.requestBody as any).sasTokenParameters.storageResourceUri === "https://uri.blob.core.windows.net",
+    );
 
     if (rootFolderRestore) {
       it(`${file}: refuses a "folder" that is a bare container, sending nothing`, async () => {
