@@ -42,6 +42,11 @@ const RUNS = {
 const OVERHEAD_JOB_MS = 3_000;
 const RETRY_AFTER_S = 1;
 const FAN_OUT_JOB_MS = 5_000;
+/**
+ * HSM jobs in one backup: the backup, then the HSM's pre-restore check that verifies it (issue 8).
+ * The emulator gives every job the same length D, and each pays its own first Retry-After.
+ */
+const JOBS_PER_BACKUP = 2;
 const DEFAULT_CONCURRENCY = 8;
 const CATALOG_LARGE = QUICK ? 10_000 : 100_000;
 
@@ -316,17 +321,17 @@ async function main(): Promise<void> {
     const repeatedReads: number[] = [];
     for (let i = 0; i < RUNS.overhead; i++) {
       const run = await nightlyRun([oneHsm], "benchone");
-      overheads.push(run.ms - OVERHEAD_JOB_MS);
+      overheads.push(run.ms - JOBS_PER_BACKUP * OVERHEAD_JOB_MS);
       perRun.push(countBy(run.seen));
       const reads = run.seen.filter((r) => r.kind === "table read").map((r) => r.path);
       repeatedReads.push(reads.length - new Set(reads).size);
     }
     add({
-      figure: `per-backup overhead: nightlyBackup handler wall − job length (1 HSM, D = ${OVERHEAD_JOB_MS / 1000} s, Retry-After ${RETRY_AFTER_S} s, fresh worker)`,
+      figure: `per-backup overhead: nightlyBackup handler wall − job lengths (1 HSM, ${JOBS_PER_BACKUP} jobs of D = ${OVERHEAD_JOB_MS / 1000} s: backup + verification, Retry-After ${RETRY_AFTER_S} s, fresh worker)`,
       samples: overheads,
       unit: "ms",
-      goal: `≤ Retry-After + 50 = ${RETRY_AFTER_S * 1000 + 50}`,
-      met: median(overheads) <= RETRY_AFTER_S * 1000 + 50,
+      goal: `≤ ${JOBS_PER_BACKUP} × Retry-After + 50 = ${JOBS_PER_BACKUP * RETRY_AFTER_S * 1000 + 50}`,
+      met: median(overheads) <= JOBS_PER_BACKUP * RETRY_AFTER_S * 1000 + 50,
     });
     const kinds = [...new Set(perRun.flatMap((m) => [...m.keys()]))].sort();
     for (const kind of kinds) {
@@ -375,8 +380,13 @@ async function main(): Promise<void> {
     const fiftyAll = await fanOut(50, 50);
     const fiftyDefault = await fanOut(50, undefined);
     const oneMedian = median(one.walls);
-    const bound = (n: number) => (Math.ceil(n / DEFAULT_CONCURRENCY) * FAN_OUT_JOB_MS) / 1000 + 1;
-    add({ figure: "fan-out: 1 HSM, D = 5 s", samples: one.walls, unit: "s", goal: "baseline for the next rows" });
+    const bound = (n: number) => (Math.ceil(n / DEFAULT_CONCURRENCY) * JOBS_PER_BACKUP * FAN_OUT_JOB_MS) / 1000 + 1;
+    add({
+      figure: `fan-out: 1 HSM, ${JOBS_PER_BACKUP} jobs of D = 5 s (backup + verification)`,
+      samples: one.walls,
+      unit: "s",
+      goal: "baseline for the next rows",
+    });
     // Issue 9 sets goals for 50 HSMs only; the same rule for 10 is printed for reference, not judged.
     add({
       figure: "fan-out: 10 HSMs, default concurrency",
@@ -397,7 +407,7 @@ async function main(): Promise<void> {
       figure: `fan-out: 50 HSMs, default concurrency (${DEFAULT_CONCURRENCY})`,
       samples: fiftyDefault.walls,
       unit: "s",
-      goal: `≤ ⌈50/8⌉ × 5 + 1 = ${bound(50)}`,
+      goal: `≤ ⌈50/8⌉ × ${JOBS_PER_BACKUP} × 5 + 1 = ${bound(50)}`,
       met: median(fiftyDefault.walls) <= bound(50),
       baseline: { label: "1 HSM", samples: one.walls },
     });
