@@ -6,6 +6,7 @@ import type { HsmOperation, HsmOperationState } from "./hsm/types.js";
 import type { Logger } from "./logger.js";
 import {
   deadlineOf,
+  emitJobAccepted,
   emitOutcome,
   finalPatch,
   finish,
@@ -19,7 +20,6 @@ import {
 } from "./outcome.js";
 import { toSafeError } from "./redact.js";
 import { verifyBackup } from "./verify.js";
-import { emitEvent, EVENTS } from "./telemetry.js";
 
 export interface BackupRunOptions {
   /** What started the run, kept in the record: "timer", "cli". */
@@ -155,13 +155,7 @@ export async function backupHsm(
   }
   const jobId = poller.jobId;
   // Before any catalog write: whatever happens to the catalog now, the job id is in the log.
-  emitEvent(log.info, EVENTS.jobAccepted, {
-    hsm: hsm.name,
-    recordId: stored.record.id,
-    jobId,
-    status: "Running",
-    operation: "backup",
-  });
+  emitJobAccepted(log, hsm.name, stored.record.id, jobId, "backup");
   log.info(`Backup of HSM ${hsm.name} started: job ${jobId}, record ${stored.record.id}`);
   try {
     stored = await recordAccepted(deps, "backup", stored, poller.getOperationState(), jobId, log);

@@ -175,6 +175,17 @@ export function isProvisional(record: AnyRecord): boolean {
   return record.status === "TimedOut" || (record.errorCode !== undefined && PROVISIONAL_CODES.has(record.errorCode));
 }
 
+/** The HSM accepted a job: logged before any catalog write, so its id survives a catalog that fails. */
+export function emitJobAccepted(
+  log: Logger,
+  hsm: string,
+  recordId: string,
+  jobId: string,
+  operation: OperationKind,
+): void {
+  emitEvent(log.info, EVENTS.jobAccepted, { hsm, recordId, jobId, status: "Running", operation });
+}
+
 export function emitOutcome(log: Logger, kind: Kind, record: AnyRecord): void {
   const restore = kind === "restore" ? (record as RestoreRecord) : undefined;
   const backup = kind === "backup" ? (record as BackupRecord) : undefined;

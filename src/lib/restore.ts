@@ -10,7 +10,7 @@ import type { AppDeps } from "./deps.js";
 import { HsmInvalidResponseError, HsmRequestError } from "./hsm/errors.js";
 import type { HsmOperation } from "./hsm/types.js";
 import type { Logger } from "./logger.js";
-import { finish, persist, recordAccepted, refreshRecord, startRefusedPatch } from "./outcome.js";
+import { emitJobAccepted, finish, persist, recordAccepted, refreshRecord, startRefusedPatch } from "./outcome.js";
 import { ProblemError } from "./problem.js";
 import { toSafeError } from "./redact.js";
 import { emitEvent, EVENTS } from "./telemetry.js";
@@ -132,13 +132,13 @@ export async function startRestore(deps: AppDeps, log: Logger, request: RestoreR
   }
   const jobId = poller.jobId;
   // The HSM is restoring from now on: the events (and the alert) go out before any catalog write can fail.
-  emitEvent(log.info, EVENTS.jobAccepted, {
-    hsm: hsm.name,
-    recordId: stored.record.id,
+  emitJobAccepted(
+    log,
+    hsm.name,
+    stored.record.id,
     jobId,
-    status: "Running",
-    operation: request.keyName !== undefined ? "selectiveKeyRestore" : "restore",
-  });
+    request.keyName !== undefined ? "selectiveKeyRestore" : "restore",
+  );
   emitEvent(log.info, EVENTS.restoreStarted, {
     hsm: hsm.name,
     recordId: stored.record.id,
