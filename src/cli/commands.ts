@@ -31,8 +31,8 @@ export interface Context {
   readonly signal?: AbortSignal | undefined;
   /** Asks the person at the terminal (to type the HSM name a full restore wipes); absent off a terminal. */
   readonly readLine?: ((prompt: string) => Promise<string>) | undefined;
-  /** Recorded with a restore: who ran the CLI. */
-  readonly requestedBy: string;
+  /** Recorded with a restore: who ran the CLI (the signed-in identity, else the OS user); asked on first use. */
+  readonly requestedBy: () => Promise<string>;
 }
 
 export async function backup({ deps, log, term, json, signal }: Context, hsmName: string | undefined): Promise<number> {
@@ -207,7 +207,7 @@ export async function restore(
   }
   const started = await startRestore(deps, log, {
     backupId,
-    requestedBy: context.requestedBy,
+    requestedBy: await context.requestedBy(),
     ...(keyName !== undefined ? { keyName } : {}),
     ...(confirm !== undefined ? { confirm } : {}),
   });

@@ -12,7 +12,6 @@
  * (streams and progress), settings (local.settings.json).
  */
 import { realpathSync } from "node:fs";
-import { userInfo } from "node:os";
 import { createInterface } from "node:readline/promises";
 import { pathToFileURL } from "node:url";
 import { format } from "node:util";
@@ -25,6 +24,7 @@ import { toSafeError } from "../lib/redact.js";
 import { UNREACHED_TITLES } from "../lib/restore.js";
 import { EXIT, HELP_HINT, parseCommand, UsageError, USAGE, type Command } from "./args.js";
 import { backup, describeFailure, list, reconcileCommand, restore, status, type Context } from "./commands.js";
+import { signedInAs } from "./identity.js";
 import { SettingsFileError, withLocalSettings } from "./settings.js";
 import { Terminal, type CliIo } from "./terminal.js";
 
@@ -91,7 +91,16 @@ export async function main(argv: readonly string[], io: CliIo, options: CliOptio
       pollIntervalMs: options.pollIntervalMs ?? DEFAULT_POLL_INTERVAL_MS,
       signal: options.signal,
       readLine: io.readLine,
-      requestedBy: `cli ${osUser()}`,
+      requestedBy: once(() =>
+        signedInAs(deps.credential, {
+          // The scope the command is about to use anyway: storage's with identity-based storage, else the HSM's.
+          scope:
+            config.storage.kind === "identity"
+              ? "https://storage.azure.com/.default"
+              : "https://managedhsm.azure.net/.default",
+          timeoutMs: config.requestTimeoutMs,
+        }),
+      ),
     };
     switch (command.name) {
       case "backup":
@@ -172,13 +181,10 @@ if (invokedAsScript()) {
   );
 }
 
-/** The OS account running the CLI, recorded as who asked for a restore. */
-function osUser(): string {
-  try {
-    return userInfo().username;
-  } catch {
-    return "unknown user";
-  }
+/** Asked at most once per command, and only by the commands that record who asked. */
+function once<T>(fn: () => Promise<T>): () => Promise<T> {
+  let result: Promise<T> | undefined;
+  return () => (result ??= fn());
 }
 
 /** A question on stderr, the answer from the terminal's stdin. */

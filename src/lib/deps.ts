@@ -18,6 +18,8 @@ export interface AppDeps {
   now(): Date;
   /** Waits between tries of a catalog write that must not be lost (it carries an accepted job's id). */
   readonly persistDelaysMs: readonly number[];
+  /** The credential storage and the HSMs see; the CLI reads who it signed in as from its token's claims. */
+  readonly credential?: TokenCredential;
 }
 
 export interface DepsOptions {
@@ -83,6 +85,7 @@ export function createDeps(config: AppConfig, options: DepsOptions = {}): AppDep
     },
     now: options.now ?? (() => new Date()),
     persistDelaysMs: options.persistDelaysMs ?? [500, 1000, 2000, 4000],
+    credential,
   };
 }
 

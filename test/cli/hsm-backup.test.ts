@@ -8,7 +8,7 @@ import { access, chmod, mkdir, mkdtemp, readFile, rm, symlink } from "node:fs/pr
 import { tmpdir } from "node:os";
 import { dirname, join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
-import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from "vitest";
 import { EXIT, USAGE, parseCommand, UsageError } from "../../src/cli/hsm-backup.js";
 import { listBackups } from "../../src/handlers/backups.js";
 import { listQuery, restoreRequest } from "../../src/lib/http.js";
@@ -327,6 +327,11 @@ describe("hsm-backup against Azurite and the HSM emulator", () => {
     expect(run.stdout).toMatch(/^Restore \d{13}-[0-9a-f]{8}  Succeeded\n/);
     expect(run.stdout).toMatch(/^  Scope\s+full \(every key\)$/m);
     expect(await liveKeyId(keys, "payments-rsa")).toBeDefined();
+    // Who asked: the identity the CLI's credential signed in as (here the local managed identity).
+    const [recorded] = (await app.deps.catalog.list("restore", { top: 1 })).items;
+    expect(recorded!.requestedBy).toMatch(
+      new RegExp(`^cli app [0-9a-f-]{36} \\(oid ${inject("identityPrincipalId")}\\)$`),
+    );
   });
 
   it("restores one key and waits for it: exit 0, the key is back, no wipe warning", async () => {

@@ -12,11 +12,13 @@ import { MANIFEST_BLOB } from "../../tools/hsm-emulator/index.js";
 import { deleteAndPurge, liveKeyId } from "../../tools/key-client.js";
 import {
   bodyOf,
+  events,
   get,
   headerOf,
   keyClient,
   onTime,
   postJson,
+  request,
   startTestApp,
   waitForRestore,
   type TestApp,
@@ -152,6 +154,28 @@ describe("nightly backup and restore through the handlers", () => {
       (r) => r.method === "PUT" && r.path === "/keys/tokens-ec/restore" && r.status === 202,
     );
     expect(put).toHaveLength(1);
+  });
+
+  it("records who asked: the App Service Authentication principal when present, else the function key", async () => {
+    const asked = async (headers: Record<string, string>) => {
+      const body = JSON.stringify({ backupId: backup.id, keyName: "tokens-ec" });
+      const response = await postRestore(
+        request("POST", "/api/restores", body, headers),
+        app.context("postRestore"),
+        app.deps,
+      );
+      expect(response.status).toBe(202);
+      const final = await waitForRestore(app, bodyOf(response).statusUrl);
+      const started = events(app.logs, "MhsmRestoreStarted").find((e) => e.recordId === final.id);
+      return { record: final.requestedBy, event: started?.requestedBy };
+    };
+    const principal = {
+      "x-ms-client-principal-name": "alice@contoso.com",
+      "x-ms-client-principal-id": "3f2b8c1e-0d4a-4c7e-9b1f-5a6e7d8c9b0a",
+    };
+    const alice = "alice@contoso.com (3f2b8c1e-0d4a-4c7e-9b1f-5a6e7d8c9b0a)";
+    expect(await asked(principal)).toEqual({ record: alice, event: alice });
+    expect(await asked({})).toEqual({ record: "function key", event: "function key" });
   });
 
   it("lists newest first and pages with a continuation token", async () => {
