@@ -128,6 +128,17 @@ export async function runDemo(print: Print = console.log): Promise<void> {
     const backup = items[0];
     if (!backup || backup.status !== "Succeeded") throw new Error("The demo backup did not succeed");
 
+    step(`Verified restorable: the HSM's own pre-restore check ran against the new folder right after the backup`);
+    print(
+      `   verification: ${backup.verification ?? "none"}${backup.verifiedAt ? ` at ${backup.verifiedAt}` : ""}${backup.verificationMessage ? ` (${backup.verificationMessage})` : ""}`,
+    );
+    step("GET /api/backups?verification=Passed: only backups the HSM has accepted for a restore");
+    const verified = show(
+      await listBackups(request("GET", "/api/backups?verification=Passed"), context(print, "listBackups"), deps),
+    );
+    for (const b of verified.items) print(`   ${b.id}  ${b.hsmName}  verification ${b.verification}`);
+    if (backup.verification !== "Passed") throw new Error("The demo backup was not verified restorable");
+
     step(`Disaster: key "${LOST_KEY}" is deleted and purged`);
     await deleteAndPurge(keys, LOST_KEY, 200);
     print(`   key present: ${(await liveKeyId(keys, LOST_KEY)) !== undefined}`);

@@ -7,7 +7,7 @@ import { describe, expect, it } from "vitest";
 import { runDemo } from "../../tools/demo.js";
 
 describe("the demo", () => {
-  it("backs up, is refused an unconfirmed and then a too-early full restore, restores the lost key over HTTPS, and puts the environment back", async () => {
+  it("backs up and verifies the backup restorable, is refused an unconfirmed and then a too-early full restore, restores the lost key over HTTPS, and puts the environment back", async () => {
     const before = { ...process.env };
     const lines: string[] = [];
     await runDemo((line) => lines.push(line));
@@ -18,6 +18,10 @@ describe("the demo", () => {
     );
     expect(text).toMatch(/^ {3}https:\/\/demohsm\.managedhsm\.azure\.net\/keys\/payments-signing\/[0-9a-f]{32}$/m);
     expect(text).toMatch(/^ {3}\d{13}-[0-9a-f]{8} {2}demohsm {2}Succeeded .*\/mhsm-demohsm-\d{16}$/m);
+    expect(text).toMatch(/^ {3}verification: Passed at \d{4}-\d\d-\d\dT[\d:.]+Z/m);
+    expect(text).toMatch(
+      /Passed: only backups .*\n {3}HTTP 200\n {3}\d{13}-[0-9a-f]{8} {2}demohsm {2}verification Passed$/m,
+    );
     expect(text).toMatch(/HTTP 400\n {3}Full restore not confirmed: .*"confirm": "demohsm"/);
     expect(text).toMatch(/HTTP 409\n {3}Backup too recent for a full restore/);
     expect(text).toMatch(
