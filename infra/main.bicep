@@ -102,7 +102,10 @@ param backupContainerName string = 'mhsm-backups'
 @description('Table that catalogs backups and restores (CATALOG_TABLE).')
 param catalogTableName string = 'hsmbackups'
 
-@description('Replication of the backup account.')
+@description('''Replication of the backup account (BACKUP_STORAGE_SKU); the README compares their cost.
+"Standard_ZRS" (default): three copies across the region's availability zones; survives a zone outage.
+"Standard_GZRS" / "Standard_RAGZRS": ZRS plus an asynchronous copy in the paired region (RA: readable there).
+"Standard_LRS" / "Standard_GRS" / "Standard_RAGRS": for regions without availability zones, where the ZRS kinds cannot be created.''')
 @allowed([
   'Standard_LRS'
   'Standard_ZRS'
@@ -111,7 +114,7 @@ param catalogTableName string = 'hsmbackups'
   'Standard_GZRS'
   'Standard_RAGZRS'
 ])
-param backupStorageSku string = 'Standard_GRS'
+param backupStorageSku string = 'Standard_ZRS'
 
 @description('Days deleted or overwritten backup blobs and deleted containers stay recoverable (soft delete).')
 @minValue(1)
@@ -128,6 +131,17 @@ param alertEmail string = ''
 @minValue(30)
 @maxValue(730)
 param logRetentionDays int = 90
+
+@description('Comma-separated object ids of the people who run the hsm-backup CLI against this deployment (OPERATOR_PRINCIPAL_IDS). Each gets what the CLI needs: here, the storage roles on the backup container, the catalog table and (SAS mode) the account; from the postprovision hook, Managed HSM Backup (and Restore when restoreEnabled) on each HSM. Empty: none. Removing an id later revokes nothing: see the README.')
+param operatorPrincipalIds string = ''
+
+@description('What every id in operatorPrincipalIds is (OPERATOR_PRINCIPAL_TYPE): "User" (default), "Group" or "ServicePrincipal". One kind for the whole list: to mix people and groups, put the people in a group.')
+@allowed([
+  'User'
+  'Group'
+  'ServicePrincipal'
+])
+param operatorPrincipalType string = 'User'
 
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
 var tags = {
@@ -147,6 +161,17 @@ var hsmUrls = filter(map(split(managedHsmUrls, ','), url => trim(url)), url => !
 // list the HSMs that way.
 var hsmNames = map(hsmUrls, url => split(split(url, '://')[1], '.')[0])
 var hsmResourceIds = filter(map(split(managedHsmResourceIds, ','), id => trim(id)), id => !empty(id))
+
+// Lower-cased and deduplicated (union): the same id twice would be two role assignments with one name.
+var operatorIdList = union(
+  map(filter(split(operatorPrincipalIds, ','), id => !empty(trim(id))), id => toLower(trim(id))),
+  []
+)
+// An object id is a GUID; anything else would fail late, in the role assignments or in the hook.
+var malformedOperatorIds = filter(operatorIdList, id => length(id) != 36 || length(split(id, '-')) != 5)
+var operatorIds = empty(malformedOperatorIds)
+  ? operatorIdList
+  : fail('operatorPrincipalIds (OPERATOR_PRINCIPAL_IDS) must list object ids (GUIDs), comma-separated; not: ${join(malformedOperatorIds, ', ')}')
 
 // fail() stops the deployment before anything is created: an HSM presenting a SAS is a public client.
 var backupPublicNetworkAccess = hsmStorageAuth == 'sas' && backupStoragePublicNetworkAccess == 'Disabled'
@@ -234,6 +259,8 @@ module rbac 'app/rbac.bicep' = {
     backupContainerName: backupContainerName
     catalogTableName: catalogTableName
     applicationInsightsName: applicationInsightsName
+    operatorPrincipalIds: operatorIds
+    operatorPrincipalType: operatorPrincipalType
   }
   // Names are passed rather than outputs, so that what-if can predict the assignments' names.
   dependsOn: [
@@ -341,5 +368,24 @@ output FUNCTION_IDENTITY_CLIENT_ID string = appIdentity.outputs.clientId
 output RESTORE_ENABLED string = restoreEnabled ? 'true' : 'false'
 output HSM_BACKUP_IDENTITY_ID string = hsmStorageAuth == 'managedIdentity' ? hsmBackupIdentity!.outputs.id : ''
 output BACKUP_STORAGE_ACCOUNT string = backupStorage.outputs.name
-output BACKUP_CONTAINER string = backupContainerName
 output APPLICATIONINSIGHTS_CONNECTION_STRING string = monitoring.outputs.connectionString
+// Read by the postprovision hook: these principals get the HSM roles too.
+output OPERATOR_PRINCIPAL_IDS string = join(operatorIds, ',')
+// The app's own settings as the app has them (test/infra holds each to the app setting), so that
+// `azd env get-values` gives the hsm-backup CLI the deployment's settings (README, "Run the CLI
+// against the deployment"). Not BackupStorage__clientId: it names the app's identity, and an
+// operator signs in as themselves. MANAGED_HSM_URLS, RESTORE_ENABLED: above.
+output BackupStorage__blobServiceUri string = backupStorage.outputs.blobEndpoint
+output BackupStorage__tableServiceUri string = backupStorage.outputs.tableEndpoint
+output BACKUP_CONTAINER string = backupContainerName
+output CATALOG_TABLE string = catalogTableName
+output BACKUP_SCHEDULE string = backupSchedule
+output SAS_TTL_MINUTES string = string(sasTtlMinutes)
+output HSM_API_VERSION string = hsmApiVersion
+output HSM_STORAGE_AUTH string = hsmStorageAuth
+output HEALTH_MAX_AGE_HOURS string = string(healthMaxAgeHours)
+output HSM_REQUEST_TIMEOUT_SECONDS string = string(hsmRequestTimeoutSeconds)
+output MAX_POLL_INTERVAL_SECONDS string = string(maxPollIntervalSeconds)
+output JOB_TIMEOUT_MINUTES string = string(jobTimeoutMinutes)
+output RECONCILE_SCHEDULE string = reconcileSchedule
+output BACKUP_CONCURRENCY string = string(backupConcurrency)

@@ -1,10 +1,12 @@
 /**
- * azd postprovision hook: grants the function app's identity its Managed HSM local roles.
+ * azd postprovision hook: grants the function app's identity, and the operators who run the hsm-backup
+ * CLI against the deployment, their Managed HSM local roles.
  *
  * Bicep/ARM cannot assign Managed HSM local RBAC roles (hashicorp/terraform-provider-azurerm#20112):
  * they live in the HSM's data plane. So after `azd provision`, this grants the app's principal
  * "Managed HSM Backup" on every HSM at scope "/", and "Managed HSM Restore" when RESTORE_ENABLED is
- * true (and revokes the Restore assignment it made itself when RESTORE_ENABLED turns false).
+ * true (and revokes the Restore assignment it made itself when RESTORE_ENABLED turns false). Each
+ * operator in OPERATOR_PRINCIPAL_IDS gets exactly the same: the CLI runs the app's code as them.
  *
  * Idempotent: an assignment the principal already holds at "/" (under any name) is left as is, and a
  * new one gets a name derived from HSM + principal + role, so a re-run can never add a second copy.
@@ -12,7 +14,7 @@
  * Administrator on each HSM.
  *
  * Environment (azd passes main.bicep's outputs): MANAGED_HSM_URLS, FUNCTION_IDENTITY_PRINCIPAL_ID,
- * RESTORE_ENABLED, optionally AZURE_TENANT_ID.
+ * RESTORE_ENABLED, optionally OPERATOR_PRINCIPAL_IDS (comma-separated) and AZURE_TENANT_ID.
  */
 import { createHash } from "node:crypto";
 import { pathToFileURL } from "node:url";
@@ -59,6 +61,8 @@ export interface GrantHsmRolesOptions {
   readonly hsmUrls: readonly string[];
   /** Object (principal) id of the function app's identity. */
   readonly principalId: string;
+  /** Object ids of the operators (OPERATOR_PRINCIPAL_IDS), granted and revoked exactly as the app's identity. */
+  readonly operatorPrincipalIds?: readonly string[];
   /** Also grant Managed HSM Restore; when false, revoke the Restore assignment this tool made. */
   readonly restoreEnabled: boolean;
   readonly credential: TokenCredential;
@@ -77,6 +81,8 @@ export type GrantAction = "granted" | "already-granted" | "revoked" | "not-grant
 
 export interface GrantResult {
   readonly hsm: string;
+  /** The principal the role is for: the app's identity or an operator. */
+  readonly principalId: string;
   readonly role: string;
   readonly roleDefinitionId: string;
   readonly action: GrantAction;
@@ -142,6 +148,15 @@ export async function grantHsmRoles(options: GrantHsmRolesOptions): Promise<Gran
       `principal id "${options.principalId}" is not a GUID (expected the object id of the app's identity)`,
     );
   }
+  const operators = options.operatorPrincipalIds ?? [];
+  const malformed = operators.find((id) => !GUID.test(id));
+  if (malformed !== undefined) {
+    throw new Error(`operator principal id "${malformed}" is not a GUID (expected an object id)`);
+  }
+  // Each principal once, the app's identity first: a second PUT of the same name would be a no-op anyway.
+  const principals = [options.principalId, ...operators].filter(
+    (id, i, all) => all.findIndex((other) => other.toLowerCase() === id.toLowerCase()) === i,
+  );
   // Validate every URL before touching any HSM: fail whole, not halfway.
   const urls = options.hsmUrls.map((value) => parseHsmUrl(value, disableVerification));
   if (urls.length === 0) throw new Error("no HSM URLs given");
@@ -151,18 +166,25 @@ export async function grantHsmRoles(options: GrantHsmRolesOptions): Promise<Gran
     const client = new HsmRbacClient(url, options.credential, disableVerification, options.httpClient);
     const held = await client.listAssignmentsAtRoot();
     const wanted = [HSM_ROLE_IDS.backup, ...(options.restoreEnabled ? [HSM_ROLE_IDS.restore] : [])];
-    for (const roleId of wanted) {
-      results.push(await ensureGranted(client, held, options.principalId, roleId, log));
-    }
-    if (!options.restoreEnabled) {
-      results.push(await revokeOwn(client, held, options.principalId, HSM_ROLE_IDS.restore, log));
+    for (const principalId of principals) {
+      for (const roleId of wanted) {
+        results.push(await ensureGranted(client, held, principalId, roleId, log));
+      }
+      if (!options.restoreEnabled) {
+        results.push(await revokeOwn(client, held, principalId, HSM_ROLE_IDS.restore, log));
+      }
     }
   }
   return results;
 }
 
-function resultBase(client: HsmRbacClient, roleId: string) {
-  return { hsm: client.origin, role: ROLE_NAMES[roleId] ?? roleId, roleDefinitionId: ROLE_DEFINITION_PREFIX + roleId };
+function resultBase(client: HsmRbacClient, principalId: string, roleId: string) {
+  return {
+    hsm: client.origin,
+    principalId,
+    role: ROLE_NAMES[roleId] ?? roleId,
+    roleDefinitionId: ROLE_DEFINITION_PREFIX + roleId,
+  };
 }
 
 async function ensureGranted(
@@ -172,7 +194,7 @@ async function ensureGranted(
   roleId: string,
   log: (line: string) => void,
 ): Promise<GrantResult> {
-  const base = resultBase(client, roleId);
+  const base = resultBase(client, principalId, roleId);
   const existing = held.find((a) => holds(a, principalId, roleId));
   if (existing) {
     log(`${client.origin}: ${base.role} already granted to ${principalId} at scope / (assignment ${existing.name})`);
@@ -207,7 +229,7 @@ async function revokeOwn(
   roleId: string,
   log: (line: string) => void,
 ): Promise<GrantResult> {
-  const base = resultBase(client, roleId);
+  const base = resultBase(client, principalId, roleId);
   const name = assignmentName(client.origin, principalId, roleId);
   const own = held.find((a) => a.name.toLowerCase() === name && holds(a, principalId, roleId));
   const others = held.filter((a) => a !== own && holds(a, principalId, roleId)).map((a) => a.name);
@@ -339,6 +361,7 @@ export interface HookSettings {
   readonly hsmUrls: string[];
   readonly principalId: string;
   readonly restoreEnabled: boolean;
+  readonly operatorPrincipalIds: string[];
   readonly tenantId?: string;
 }
 
@@ -362,8 +385,24 @@ export function readHookSettings(env: Readonly<Record<string, string | undefined
   const restore = (env.RESTORE_ENABLED ?? "true").trim().toLowerCase();
   if (restore !== "true" && restore !== "false")
     throw new Error(`RESTORE_ENABLED "${env.RESTORE_ENABLED}" is not true or false`);
+  const operatorPrincipalIds = (env.OPERATOR_PRINCIPAL_IDS ?? "")
+    .split(",")
+    .map((s) => s.trim())
+    .filter((s) => s.length > 0);
+  const malformed = operatorPrincipalIds.find((id) => !GUID.test(id));
+  if (malformed !== undefined) {
+    throw new Error(
+      `OPERATOR_PRINCIPAL_IDS lists "${malformed}", which is not a GUID: list object ids (az ad user show --id <upn> --query id), comma-separated`,
+    );
+  }
   const tenantId = env.AZURE_TENANT_ID?.trim();
-  return { hsmUrls, principalId, restoreEnabled: restore === "true", ...(tenantId ? { tenantId } : {}) };
+  return {
+    hsmUrls,
+    principalId,
+    restoreEnabled: restore === "true",
+    operatorPrincipalIds,
+    ...(tenantId ? { tenantId } : {}),
+  };
 }
 
 /**
@@ -390,12 +429,15 @@ export async function runHook(
   );
   // Only a local emulator can be reached this way; parseHsmUrl refuses it for anything else.
   const loopback = settings.hsmUrls.every((u) => URL.canParse(u) && isLoopback(new URL(u).hostname));
+  const operators = settings.operatorPrincipalIds;
   log(
-    `Granting Managed HSM Backup${settings.restoreEnabled ? " and Managed HSM Restore" : ""} to ${settings.principalId} on ${settings.hsmUrls.length} HSM(s)`,
+    `Granting Managed HSM Backup${settings.restoreEnabled ? " and Managed HSM Restore" : ""} to ${settings.principalId}` +
+      `${operators.length > 0 ? ` and operator(s) ${operators.join(", ")}` : ""} on ${settings.hsmUrls.length} HSM(s)`,
   );
   return grantHsmRoles({
     hsmUrls: settings.hsmUrls,
     principalId: settings.principalId,
+    operatorPrincipalIds: operators,
     restoreEnabled: settings.restoreEnabled,
     credential,
     disableChallengeResourceVerification: loopback,

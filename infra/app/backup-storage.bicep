@@ -13,7 +13,7 @@ param tags object
 @maxLength(24)
 param name string
 
-@description('Replication of the backup account. Geo-redundant by default: a backup that dies with the region it protects is of little use.')
+@description('Replication of the backup account (main.bicep says what each one protects against).')
 @allowed([
   'Standard_LRS'
   'Standard_ZRS'

@@ -30,6 +30,17 @@ param catalogTableName string
 @description('Name of the Application Insights component.')
 param applicationInsightsName string
 
+@description('Object ids (GUIDs) of the operators who run the hsm-backup CLI against this deployment; empty: none.')
+param operatorPrincipalIds array = []
+
+@description('What every operator id is.')
+@allowed([
+  'User'
+  'Group'
+  'ServicePrincipal'
+])
+param operatorPrincipalType string = 'User'
+
 // Built-in Azure role definition ids.
 var storageBlobDataOwnerRoleId = 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b' // Storage Blob Data Owner
 var storageBlobDataContributorRoleId = 'ba92f5b4-2d11-453d-a403-e96b0029c9fe' // Storage Blob Data Contributor
@@ -158,3 +169,52 @@ resource hsmBackupStorage 'Microsoft.Authorization/roleAssignments@2022-04-01' =
     principalType: 'ServicePrincipal'
   }
 }
+
+// Operators: the hsm-backup CLI runs the app's own code with the operator's sign-in, so each operator
+// gets exactly the app's backup-storage roles (above) and nothing on the host account or telemetry,
+// which the CLI never touches. Their Managed HSM roles come from the postprovision hook.
+
+// SAS mode: `hsm-backup backup` and `restore` sign the HSM's SAS with the operator's user-delegation key.
+resource operatorBackupDelegator 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
+  for id in operatorPrincipalIds: if (sasMode) {
+    name: guid(backupStorage.id, id, storageBlobDelegatorRoleId)
+    scope: backupStorage
+    properties: {
+      roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDelegatorRoleId)
+      principalId: id
+      principalType: operatorPrincipalType
+    }
+  }
+]
+
+// The SAS the operator signs grants at most what they hold here; reconcile lists the backup folders.
+resource operatorBackupContainer 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
+  for id in operatorPrincipalIds: {
+    name: guid(backupStorage::blobServices::container.id, id, storageBlobDataContributorRoleId)
+    scope: backupStorage::blobServices::container
+    properties: {
+      roleDefinitionId: subscriptionResourceId(
+        'Microsoft.Authorization/roleDefinitions',
+        storageBlobDataContributorRoleId
+      )
+      principalId: id
+      principalType: operatorPrincipalType
+    }
+  }
+]
+
+// list and status read the catalog; backup, restore and reconcile write records.
+resource operatorCatalogTable 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
+  for id in operatorPrincipalIds: {
+    name: guid(backupStorage::tableServices::table.id, id, storageTableDataContributorRoleId)
+    scope: backupStorage::tableServices::table
+    properties: {
+      roleDefinitionId: subscriptionResourceId(
+        'Microsoft.Authorization/roleDefinitions',
+        storageTableDataContributorRoleId
+      )
+      principalId: id
+      principalType: operatorPrincipalType
+    }
+  }
+]

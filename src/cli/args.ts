@@ -34,8 +34,9 @@ export const USAGE = `Usage: hsm-backup [--json] [--verbose] <command> [options]
 
 Backs up, lists and restores the Managed HSMs in MANAGED_HSM_URLS. Settings are read from the
 environment under the function app's names (MANAGED_HSM_URLS, BackupStorage, BACKUP_CONTAINER, ...),
-and from the Values of ./local.settings.json when it exists (the environment wins). Azure access uses
-DefaultAzureCredential (e.g. az login). AZURE_LOG_LEVEL=info shows the HSM calls on stderr.
+and from the Values of ./local.settings.json or from ./.env (a deployment's: azd env get-values > .env)
+when one exists (the environment wins; both: refused). Azure access uses DefaultAzureCredential (e.g.
+az login). AZURE_LOG_LEVEL=info shows the HSM calls on stderr.
 
 Commands:
   backup                      Back up every configured HSM now and wait for the outcome.

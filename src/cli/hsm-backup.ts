@@ -2,14 +2,14 @@
 /**
  * hsm-backup: the operator's command line for what the function app does — back up the configured
  * Managed HSMs now, list the catalog, restore a backup and follow a backup or restore. It reads the
- * app's own settings (the environment, over ./local.settings.json's Values) and runs the same src/lib
+ * app's own settings (the environment, over ./local.settings.json's Values or ./.env) and runs the same src/lib
  * code, so a backup taken here is recorded like a nightly one (trigger "cli") and a restore obeys the
  * same rules as POST /api/restores.
  *
  * stdout carries results only (a table, or JSON with --json); everything else — warnings, the lib's
  * log lines, Azure SDK logs (AZURE_LOG_LEVEL), progress — goes to stderr, and every byte written
  * passes redactSecrets. Modules: args (parsing, USAGE, EXIT), commands, format (tables), terminal
- * (streams and progress), settings (local.settings.json).
+ * (streams and progress), settings (local.settings.json or a deployment's .env).
  */
 import { realpathSync } from "node:fs";
 import { createInterface } from "node:readline/promises";
@@ -36,7 +36,7 @@ export interface CliOptions {
   readonly createDeps?: (config: AppConfig) => AppDeps;
   /** Wait between restore status reads. Default 5000 ms. */
   readonly pollIntervalMs?: number;
-  /** Folder whose local.settings.json Values fill in settings the environment lacks. Default: none. */
+  /** Folder whose local.settings.json Values or .env fill in settings the environment lacks. Default: none. */
   readonly settingsDir?: string;
   /** Aborted on Ctrl-C: backup and restore stop waiting and say what keeps running. */
   readonly signal?: AbortSignal;

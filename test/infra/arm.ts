@@ -109,7 +109,15 @@ export class RuntimeValue {
   }
 }
 
-type Value = Json | RuntimeValue | Value[] | { [key: string]: Value } | undefined;
+/** A lambda('x', body) argument of map() or filter(): its body is evaluated per element. */
+class Lambda {
+  constructor(
+    readonly names: string[],
+    readonly body: Node,
+  ) {}
+}
+
+type Value = Json | RuntimeValue | Lambda | Value[] | { [key: string]: Value } | undefined;
 
 type Token =
   | { kind: "string"; value: string }
@@ -242,6 +250,8 @@ export const CONTEXT = {
 export class Evaluator {
   private readonly variableCache = new Map<string, Value>();
   private readonly copyIndexes = new Map<string, number>();
+  /** The bound lambda variables, innermost last. */
+  private readonly lambdaScopes: Map<string, Value>[] = [];
   private readonly parameters: Record<string, Value>;
 
   constructor(
@@ -331,6 +341,16 @@ export class Evaluator {
     return result;
   }
 
+  private apply(lambda: Value, ...args: Value[]): Value {
+    if (!(lambda instanceof Lambda)) throw new Error(`expected a lambda, got ${toArmString(lambda)}`);
+    this.lambdaScopes.push(new Map(lambda.names.map((name, i) => [name, args[i]])));
+    try {
+      return this.evaluate(lambda.body);
+    } finally {
+      this.lambdaScopes.pop();
+    }
+  }
+
   private evaluate(node: Node): Value {
     switch (node.kind) {
       case "literal":
@@ -362,6 +382,10 @@ export class Evaluator {
       const [condition, whenTrue, whenFalse] = argNodes;
       return this.evaluate(this.evaluate(condition!) === true ? whenTrue! : whenFalse!);
     }
+    if (lower === "lambda") {
+      const names = argNodes.slice(0, -1).map((n) => toArmString(this.evaluate(n)));
+      return new Lambda(names, argNodes[argNodes.length - 1]!);
+    }
     const args = argNodes.map((arg) => this.evaluate(arg));
     const str = (i: number) => toArmString(args[i]);
     switch (lower) {
@@ -371,6 +395,15 @@ export class Evaluator {
       }
       case "variables":
         return this.variable(str(0));
+      case "lambdavariables": {
+        const scope = [...this.lambdaScopes].reverse().find((s) => s.has(str(0)));
+        if (!scope) throw new Error(`lambdaVariables('${str(0)}') outside its lambda`);
+        return scope.get(str(0));
+      }
+      case "map":
+        return (args[0] as Value[]).map((item, i) => this.apply(args[1], item, i));
+      case "filter":
+        return (args[0] as Value[]).filter((item, i) => this.apply(args[1], item, i) === true);
       case "copyindex": {
         const loop = typeof args[0] === "string" ? args[0] : "";
         const offset = typeof args[0] === "number" ? args[0] : typeof args[1] === "number" ? args[1] : 0;
@@ -487,4 +520,34 @@ export class Evaluator {
         throw new Error(`the test's ARM evaluator does not know ${name}()`);
     }
   }
+}
+
+/**
+ * The parameters an expression of a template reads directly or through its variables, but not those
+ * only inside reference() (a resource's name or id: the value comes from the deployment, not from them).
+ */
+export function parameterReferences(template: Template, expression: Json): Set<string> {
+  const found = new Set<string>();
+  const seenVariables = new Set<string>();
+  const visitJson = (json: Json | undefined) => {
+    if (typeof json === "string") {
+      if (json.startsWith("[") && !json.startsWith("[[") && json.endsWith("]")) visit(parse(json.slice(1, -1)));
+    } else if (Array.isArray(json)) json.forEach(visitJson);
+    else if (json && typeof json === "object") Object.entries(json).forEach(([k, v]) => (visitJson(k), visitJson(v)));
+  };
+  const visit = (node: Node): void => {
+    if (node.kind === "property") return visit(node.target);
+    if (node.kind === "index") return (visit(node.target), visit(node.index));
+    if (node.kind !== "call") return;
+    const name = node.name.toLowerCase();
+    const literal = node.args[0]?.kind === "literal" ? String(node.args[0].value) : undefined;
+    if (name === "reference") return;
+    if (name === "parameters" && literal !== undefined) found.add(literal);
+    else if (name === "variables" && literal !== undefined && !seenVariables.has(literal)) {
+      seenVariables.add(literal);
+      visitJson(template.variables?.[literal]);
+    } else node.args.forEach(visit);
+  };
+  visitJson(expression);
+  return found;
 }

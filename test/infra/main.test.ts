@@ -8,9 +8,11 @@ import {
   ROOT,
   RuntimeValue,
   compile,
+  type Json,
   moduleNamed,
   moduleParameterExpression,
   modules,
+  parameterReferences,
   resourcesOfType,
   type Template,
 } from "./arm.js";
@@ -456,5 +458,261 @@ describe("azure.yaml", () => {
     for (const output of ["MANAGED_HSM_URLS", "FUNCTION_IDENTITY_PRINCIPAL_ID", "RESTORE_ENABLED"]) {
       expect(main.outputs, output).toHaveProperty(output);
     }
+  });
+});
+
+/** App settings the function app has that the CLI must not take from the deployment, and why. */
+const NOT_FOR_OPERATORS: Record<string, string> = {
+  BackupStorage__clientId: "names the app's managed identity; an operator signs in as themselves",
+};
+
+/** infra/main.parameters.json: each Bicep parameter's azd environment variable and its default. */
+function azdEntries(): Map<string, { name: string; fallback?: string }> {
+  const file = JSON.parse(readFileSync(join(ROOT, "infra", "main.parameters.json"), "utf8")) as {
+    parameters: Record<string, { value: unknown }>;
+  };
+  return new Map(
+    Object.entries(file.parameters).map(([parameter, { value }]) => {
+      const match = /^\$\{([A-Za-z_][A-Za-z0-9_]*)(?:=(.*))?\}$/s.exec(String(value));
+      if (!match) throw new Error(`main.parameters.json: ${parameter} is not "\${NAME}" or "\${NAME=default}"`);
+      return [parameter, match[2] === undefined ? { name: match[1]! } : { name: match[1]!, fallback: match[2] }];
+    }),
+  );
+}
+
+/** The function app's settings as expressions of its own template. */
+function appSettingExpressions(): Record<string, Json> {
+  const app = moduleNamed(main, "function-app").template;
+  const [config] = app.resources.filter((r) => r.type === "Microsoft.Web/sites/config");
+  return config!.properties as Record<string, Json>;
+}
+
+/** Which main.bicep parameters each app setting is made from (through the function-app module). */
+function mainParametersBySetting(): Map<string, Set<string>> {
+  const module = moduleNamed(main, "function-app");
+  const result = new Map<string, Set<string>>();
+  for (const [setting, expression] of Object.entries(appSettingExpressions())) {
+    const fromMain = new Set<string>();
+    for (const appParameter of parameterReferences(module.template, expression)) {
+      for (const p of parameterReferences(main, moduleParameterExpression(module, appParameter))) fromMain.add(p);
+    }
+    result.set(setting, fromMain);
+  }
+  return result;
+}
+
+/** A Bicep default as azd's "${NAME=default}" spells it. */
+const asAzdDefault = (value: Json | undefined): string | undefined =>
+  value === undefined ? undefined : typeof value === "string" ? value : JSON.stringify(value);
+
+describe("azd: every setting through `azd env set`, and back out for the CLI", () => {
+  it("every main.bicep parameter that feeds an app setting has a main.parameters.json entry named after that setting, with the Bicep default", () => {
+    const entries = azdEntries();
+    const fed = new Map<string, string[]>();
+    for (const [setting, parameters] of mainParametersBySetting()) {
+      for (const parameter of parameters) fed.set(parameter, [...(fed.get(parameter) ?? []), setting]);
+    }
+    // Not vacuous: the ones the issue names are found this way (and the endpoints are not parameters).
+    expect(fed.get("sasTtlMinutes")).toEqual(["SAS_TTL_MINUTES"]);
+    expect(fed.get("backupContainerName")).toEqual(["BACKUP_CONTAINER"]);
+    expect(fed.get("managedHsmUrls")).toEqual(["MANAGED_HSM_URLS"]);
+    expect(fed.get("restoreEnabled")).toEqual(["RESTORE_ENABLED"]);
+    expect([...fed.keys()].filter((p) => !(p in (main.parameters ?? {})))).toEqual([]);
+
+    const problems: string[] = [];
+    for (const [parameter, settings] of fed) {
+      const entry = entries.get(parameter);
+      const bicepDefault = asAzdDefault(main.parameters![parameter]!.defaultValue);
+      if (!entry) problems.push(`${parameter}: no entry (add "\${${settings[0]}=${bicepDefault ?? ""}}")`);
+      else if (!settings.includes(entry.name))
+        problems.push(`${parameter}: entry ${entry.name}, but it feeds ${settings.join(", ")}`);
+      else if (entry.fallback !== bicepDefault)
+        problems.push(`${parameter}: default "${entry.fallback}" in main.parameters.json, "${bicepDefault}" in Bicep`);
+    }
+    expect(problems).toEqual([]);
+  });
+
+  it("every main.parameters.json default equals the Bicep default, and a parameter without one has none", () => {
+    const problems = [...azdEntries()]
+      .map(([parameter, entry]) => ({
+        parameter,
+        entry,
+        bicep: asAzdDefault(main.parameters?.[parameter]?.defaultValue),
+      }))
+      .filter(({ entry, bicep }) => entry.fallback !== bicep)
+      .map(({ parameter, entry, bicep }) => `${parameter} (${entry.name}): "${entry.fallback}" vs Bicep "${bicep}"`);
+    expect(problems).toEqual([]);
+    expect(azdEntries().get("backupStorageSku")).toEqual({ name: "BACKUP_STORAGE_SKU", fallback: "Standard_ZRS" });
+    expect(azdEntries().get("operatorPrincipalIds")).toEqual({ name: "OPERATOR_PRINCIPAL_IDS", fallback: "" });
+  });
+
+  it("outputs every app setting the CLI needs under its own name with the app's value, so `azd env get-values` is the CLI's settings", () => {
+    const parameters = {
+      environmentName: "prod",
+      location: "westeurope",
+      managedHsmUrls: " https://contoso.managedhsm.azure.net ,https://fabrikam.managedhsm.azure.net,",
+      // Not the defaults, so that an output that ignores its parameter shows.
+      sasTtlMinutes: 45,
+      restoreEnabled: false,
+      hsmStorageAuth: "managedIdentity",
+      backupContainerName: "backups",
+      catalogTableName: "catalog",
+      backupSchedule: "0 30 3 * * *",
+    };
+    const evaluator = new Evaluator(main, parameters);
+    const module = moduleNamed(main, "function-app");
+    const passed = module.resource.properties!.parameters as Record<string, { value: Json }>;
+    const appParameters = Object.fromEntries(
+      Object.entries(passed).map(([name, { value }]) => [name, evaluator.value(value)]),
+    );
+    const app = module.template;
+    const [config] = app.resources.filter((r) => r.type === "Microsoft.Web/sites/config");
+    const [settings] = new Evaluator(app, appParameters).instances(config!);
+    const expected = Object.keys(settings!.properties).filter(
+      (s) => !PLATFORM_SETTINGS.includes(s) && !(s in NOT_FOR_OPERATORS),
+    );
+    expect(expected).toEqual(
+      expect.arrayContaining(["BackupStorage__blobServiceUri", "BackupStorage__tableServiceUri"]),
+    );
+
+    const outputs = main.outputs as Record<string, { type: string; value: Json }>;
+    expect(expected.filter((s) => !(s in outputs))).toEqual([]);
+    for (const setting of expected) {
+      expect(outputs[setting]!.type, setting).toBe("string");
+      expect(evaluator.value(outputs[setting]!.value), setting).toEqual(settings!.properties[setting]);
+    }
+    expect(Object.keys(NOT_FOR_OPERATORS).filter((s) => s in outputs)).toEqual([]);
+    // The endpoints come from the backup account the template creates.
+    expect(String(outputs.BackupStorage__blobServiceUri!.value)).toMatch(
+      /'Microsoft.Resources\/deployments', 'backup-storage'\), '[\d-]+'\)\.outputs\.blobEndpoint\.value\]$/,
+    );
+    expect(String(outputs.BackupStorage__tableServiceUri!.value)).toMatch(/\.outputs\.tableEndpoint\.value\]$/);
+  });
+
+  it("the README's azd table lists every main.parameters.json entry with its Bicep parameter, app setting and default", () => {
+    const readme = readFileSync(join(ROOT, "README.md"), "utf8");
+    const section = readme.split(/^### azd environment variables$/m)[1]?.split(/^#/m)[0] ?? "";
+    const rows = new Map(
+      [...section.matchAll(/^\| `([A-Za-z0-9_]+)` \| `(\w+)` \| (.+?) \| (.+?) \|$/gm)].map((m) => [
+        m[1]!,
+        { parameter: m[2]!, setting: m[3]!, fallback: m[4]! },
+      ]),
+    );
+    const settingsOf = mainParametersBySetting();
+    const problems: string[] = [];
+    for (const [parameter, entry] of azdEntries()) {
+      const row = rows.get(entry.name);
+      const settings = [...settingsOf].filter(([, ps]) => ps.has(parameter)).map(([s]) => `\`${s}\``);
+      const fallback =
+        entry.fallback === undefined ? "(required)" : entry.fallback === "" ? "(empty)" : `\`${entry.fallback}\``;
+      const expected = { parameter, setting: settings.length > 0 ? settings.join(", ") : "—", fallback };
+      if (!row) problems.push(`no README row for ${entry.name}`);
+      else if (JSON.stringify(row) !== JSON.stringify(expected))
+        problems.push(`README row ${entry.name}: ${JSON.stringify(row)}, expected ${JSON.stringify(expected)}`);
+    }
+    expect(problems).toEqual([]);
+  });
+});
+
+describe("operators (OPERATOR_PRINCIPAL_IDS)", () => {
+  const A = "aaaaaaaa-1111-2222-3333-444444444444";
+  const B = "bbbbbbbb-1111-2222-3333-444444444444";
+  const BACKUP = `${RG}/Microsoft.Storage/storageAccounts/stbak`;
+  const ROLE_NAMES: Record<string, string> = {
+    "ba92f5b4-2d11-453d-a403-e96b0029c9fe": "Storage Blob Data Contributor",
+    "db58b8e5-c6ad-4a2a-8342-4190687cbf4a": "Storage Blob Delegator",
+    "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3": "Storage Table Data Contributor",
+  };
+
+  function mainWith(operatorPrincipalIds: string) {
+    return new Evaluator(main, {
+      environmentName: "test",
+      location: "westeurope",
+      managedHsmUrls: "https://contoso.managedhsm.azure.net",
+      operatorPrincipalIds,
+    });
+  }
+
+  /** Every role assignment of the rbac module, as "role @ scope -> principal (type)", and their names. */
+  function rbacAssignments(parameters: Record<string, unknown>) {
+    const rbac = moduleNamed(main, "rbac").template;
+    const evaluator = new Evaluator(rbac, {
+      appIdentityName: "id-app",
+      hsmBackupIdentityName: "",
+      hsmStorageAuth: "sas",
+      hostStorageName: "sthost",
+      backupStorageName: "stbak",
+      backupContainerName: "mhsm-backups",
+      catalogTableName: "hsmbackups",
+      applicationInsightsName: "appi",
+      ...parameters,
+    });
+    const instances = rbac.resources
+      .filter((r) => r.type === "Microsoft.Authorization/roleAssignments")
+      .flatMap((r) => evaluator.instances(r));
+    const operators = instances
+      .filter(({ properties }) => typeof properties.principalId === "string")
+      .map(({ resource, properties }) => {
+        const role = ROLE_NAMES[String(properties.roleDefinitionId).split("/").pop()!] ?? "unexpected role";
+        return `${role} @ ${String(resource.scope)} -> ${String(properties.principalId)} (${String(properties.principalType)})`;
+      })
+      .sort();
+    return { operators, names: instances.map((i) => i.name) };
+  }
+
+  it("reads the comma-separated ids: trimmed, lower-cased, each once; and hands them to the rbac module and the hook", () => {
+    const evaluator = mainWith(` ${A.toUpperCase()}, ${B},,${A} `);
+    expect(evaluator.variable("operatorIds")).toEqual([A, B]);
+    expect(evaluator.value((main.outputs as Record<string, { value: Json }>).OPERATOR_PRINCIPAL_IDS!.value)).toBe(
+      `${A},${B}`,
+    );
+    expect(moduleParameterExpression(moduleNamed(main, "rbac"), "operatorPrincipalIds")).toBe(
+      "[variables('operatorIds')]",
+    );
+    expect(moduleParameterExpression(moduleNamed(main, "rbac"), "operatorPrincipalType")).toBe(
+      "[parameters('operatorPrincipalType')]",
+    );
+    expect(mainWith("").variable("operatorIds")).toEqual([]);
+    expect(main.parameters?.operatorPrincipalType).toMatchObject({
+      defaultValue: "User",
+      allowedValues: ["User", "Group", "ServicePrincipal"],
+    });
+  });
+
+  it("refuses an id that is not a GUID before anything is created, naming it", () => {
+    expect(() => mainWith(`${A},alice@contoso.com`).variable("operatorIds")).toThrow(
+      /OPERATOR_PRINCIPAL_IDS\) must list object ids \(GUIDs\), comma-separated; not: alice@contoso\.com$/,
+    );
+  });
+
+  it("SAS mode: each operator gets the Delegator on the account, Blob Data Contributor on the container and Table Data Contributor on the table; nothing else", () => {
+    const { operators, names } = rbacAssignments({ operatorPrincipalIds: [A, B], operatorPrincipalType: "Group" });
+    expect(operators).toEqual(
+      [A, B]
+        .flatMap((id) => [
+          `Storage Blob Delegator @ ${BACKUP} -> ${id} (Group)`,
+          `Storage Blob Data Contributor @ ${BACKUP}/blobServices/default/containers/mhsm-backups -> ${id} (Group)`,
+          `Storage Table Data Contributor @ ${BACKUP}/tableServices/default/tables/hsmbackups -> ${id} (Group)`,
+        ])
+        .sort(),
+    );
+    expect(new Set(names).size).toBe(names.length);
+  });
+
+  it("managed-identity mode: no Delegator (the CLI signs no SAS); principal type User by default", () => {
+    const { operators } = rbacAssignments({
+      operatorPrincipalIds: [A],
+      hsmStorageAuth: "managedIdentity",
+      hsmBackupIdentityName: "id-hsm",
+    });
+    expect(operators).toEqual([
+      `Storage Blob Data Contributor @ ${BACKUP}/blobServices/default/containers/mhsm-backups -> ${A} (User)`,
+      `Storage Table Data Contributor @ ${BACKUP}/tableServices/default/tables/hsmbackups -> ${A} (User)`,
+    ]);
+  });
+
+  it("no operators: no operator assignment", () => {
+    expect(rbacAssignments({ operatorPrincipalIds: [] }).operators).toEqual([]);
+    expect(rbacAssignments({}).operators).toEqual([]);
   });
 });

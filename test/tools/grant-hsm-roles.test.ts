@@ -225,6 +225,81 @@ describe("grantHsmRoles against the Managed HSM emulator (RBAC enforced)", () =>
   });
 });
 
+describe("operators (OPERATOR_PRINCIPAL_IDS)", () => {
+  it("get exactly the app's roles on every HSM, each under its own assignment, the app's identity once", async () => {
+    const admin = randomUUID();
+    const app = randomUUID();
+    const [alice, bob] = [randomUUID(), randomUUID()];
+    const first = await emulator(admin);
+    const second = await emulator(admin);
+
+    const { promise, lines } = run([first, second], {
+      credential: new JwtCredential(admin),
+      principalId: app,
+      operatorPrincipalIds: [alice, bob, app.toUpperCase()],
+    });
+    const results = await promise;
+
+    expect(results.map((r) => [r.hsm, r.principalId, r.role, r.action])).toEqual(
+      [first, second].flatMap((hsm) =>
+        [app, alice, bob].flatMap((who) => [
+          [urlOf(hsm), who, "Managed HSM Backup", "granted"],
+          [urlOf(hsm), who, "Managed HSM Restore", "granted"],
+        ]),
+      ),
+    );
+    for (const hsm of [first, second]) {
+      for (const who of [app, alice, bob]) {
+        expect(roleIdsOf(hsm, who)).toEqual(
+          [ROLE_PREFIX + HSM_ROLE_IDS.restore, ROLE_PREFIX + HSM_ROLE_IDS.backup].sort(),
+        );
+      }
+      // Nothing beyond them: the administrator, and two roles for each of the three.
+      expect(hsm.roles.list()).toHaveLength(1 + 3 * 2);
+    }
+    expect(lines).toContain(
+      `${urlOf(first)}: granted Managed HSM Restore to ${bob} at scope / (assignment ${assignmentName(urlOf(first), bob, HSM_ROLE_IDS.restore)})`,
+    );
+  });
+
+  it("lose the Restore grant the hook made when restore is disabled, as the app's identity does", async () => {
+    const admin = randomUUID();
+    const app = randomUUID();
+    const alice = randomUUID();
+    const hsm = await emulator(admin);
+    const credential = new JwtCredential(admin);
+    await run([hsm], { credential, principalId: app, operatorPrincipalIds: [alice] }).promise;
+
+    const results = await run([hsm], {
+      credential,
+      principalId: app,
+      operatorPrincipalIds: [alice],
+      restoreEnabled: false,
+    }).promise;
+
+    expect(results.map((r) => [r.principalId, r.role, r.action])).toEqual([
+      [app, "Managed HSM Backup", "already-granted"],
+      [app, "Managed HSM Restore", "revoked"],
+      [alice, "Managed HSM Backup", "already-granted"],
+      [alice, "Managed HSM Restore", "revoked"],
+    ]);
+    expect(roleIdsOf(hsm, alice)).toEqual([ROLE_PREFIX + HSM_ROLE_IDS.backup]);
+  });
+
+  it("refuses an operator id that is not a GUID before sending anything", async () => {
+    await expect(
+      grantHsmRoles({
+        hsmUrls: ["https://contoso.managedhsm.azure.net"],
+        principalId: randomUUID(),
+        operatorPrincipalIds: [randomUUID(), "alice@contoso.com"],
+        restoreEnabled: true,
+        credential: new JwtCredential(randomUUID()),
+        httpClient: { sendRequest: () => Promise.reject(new Error("must not be called")) },
+      }),
+    ).rejects.toThrow(/^operator principal id "alice@contoso\.com" is not a GUID/);
+  });
+});
+
 describe("runHook (what azd runs after provisioning)", () => {
   it("signs in through the credential chain and grants the roles from azd's environment", async () => {
     // The global test setup points IDENTITY_ENDPOINT at the local managed-identity endpoint, which
@@ -248,6 +323,26 @@ describe("runHook (what azd runs after provisioning)", () => {
     ]);
     expect(roleIdsOf(hsm, app)).toEqual([ROLE_PREFIX + HSM_ROLE_IDS.backup]);
     expect(lines[0]).toBe(`Granting Managed HSM Backup to ${app} on 1 HSM(s)`);
+  });
+
+  it("grants the operators in OPERATOR_PRINCIPAL_IDS too, and says so", async () => {
+    const signedIn = inject("identityPrincipalId");
+    const hsm = await startHsmEmulator({ enforceRbac: true, initialAdminObjectIds: [signedIn] });
+    emulators.push(hsm);
+    const [app, alice] = [randomUUID(), randomUUID()];
+    const lines: string[] = [];
+
+    await runHook(
+      { MANAGED_HSM_URLS: hsm.url, FUNCTION_IDENTITY_PRINCIPAL_ID: app, OPERATOR_PRINCIPAL_IDS: alice },
+      (line) => lines.push(line),
+    );
+
+    expect(roleIdsOf(hsm, alice)).toEqual(
+      [ROLE_PREFIX + HSM_ROLE_IDS.restore, ROLE_PREFIX + HSM_ROLE_IDS.backup].sort(),
+    );
+    expect(lines[0]).toBe(
+      `Granting Managed HSM Backup and Managed HSM Restore to ${app} and operator(s) ${alice} on 1 HSM(s)`,
+    );
   });
 
   it("fails before signing in when the environment lacks the outputs", async () => {
@@ -332,8 +427,21 @@ describe("readHookSettings (azd environment)", () => {
       hsmUrls: ["https://a.managedhsm.azure.net", "https://b.managedhsm.azure.net"],
       principalId: principal,
       restoreEnabled: false,
+      operatorPrincipalIds: [],
       tenantId: "tenant",
     });
+  });
+
+  it("reads the operators' object ids from OPERATOR_PRINCIPAL_IDS, naming one that is not a GUID", () => {
+    const operator = "aaaaaaaa-1111-2222-3333-444444444444";
+    const base = { MANAGED_HSM_URLS: "https://a.managedhsm.azure.net", FUNCTION_IDENTITY_PRINCIPAL_ID: principal };
+    expect(readHookSettings({ ...base, OPERATOR_PRINCIPAL_IDS: ` ${operator} ,` }).operatorPrincipalIds).toEqual([
+      operator,
+    ]);
+    expect(readHookSettings({ ...base, OPERATOR_PRINCIPAL_IDS: "" }).operatorPrincipalIds).toEqual([]);
+    expect(() => readHookSettings({ ...base, OPERATOR_PRINCIPAL_IDS: `${operator},alice@contoso.com` })).toThrow(
+      /^OPERATOR_PRINCIPAL_IDS lists "alice@contoso\.com", which is not a GUID/,
+    );
   });
 
   it("names the variable that is missing or malformed", () => {
