@@ -1,0 +1,117 @@
+/**
+ * Immutable copies (optional, BACKUP_COPY_CONTAINER): after a backup succeeds, its folder's blobs are
+ * copied into a container of a second account whose version-level immutability policy keeps every
+ * copy for N days against deletes and overwrites, by the app or by anyone holding its keys. The HSM
+ * cannot write there itself: Managed HSM does not support a backup target with an immutability policy.
+ *
+ * The app streams each blob (download from the backup container, upload to the copy container) with
+ * its own identity rather than asking storage for a server-side copy: across accounts a server-side
+ * copy needs a SAS or a bearer token for the source, fails behind a firewall the source account has,
+ * and (synchronous Copy Blob From URL) stops at 256 MiB; Azurite does not check the source's
+ * authorization at all, so a test could not show it works.
+ */
+import type { Readable } from "node:stream";
+import type { HsmTarget } from "./config.js";
+import type { AppDeps } from "./deps.js";
+import type { Logger } from "./logger.js";
+import { toSafeError } from "./redact.js";
+import type { Verification } from "./verify.js";
+
+export type CopyStatus = "Copied" | "Failed" | "Skipped";
+
+/** The record fields of a copy. */
+export interface CopyFields {
+  readonly copyStatus: CopyStatus;
+  /** The copy's folder, a plain URL (no SAS); set when Copied. */
+  readonly copyFolderUri?: string;
+  readonly copiedAt?: string;
+  /** Why the copy Failed or was Skipped. */
+  readonly copyMessage?: string;
+}
+
+/** Each blob's download and upload together must end within this, and within the run's deadline. */
+export const COPY_BLOB_DEADLINE_MS = 10 * 60_000;
+/** Blocks of 4 MiB, two in flight: memory stays flat whatever the size of a backup. */
+const BLOCK_BYTES = 4 * 1024 * 1024;
+const BLOCKS_IN_FLIGHT = 2;
+
+/**
+ * Copies a succeeded backup's folder, blob for blob under the same names, into the copy container.
+ * Never throws: a copy that fails leaves the backup as good as it was, and the fields (and a log
+ * error) say what failed, naming the account and container. A backup the HSM's check refused is not
+ * copied: it would sit undeletable for the policy's days and restore nothing.
+ * @returns no fields when copies are off.
+ */
+export async function copyBackup(
+  deps: AppDeps,
+  hsm: HsmTarget,
+  folderUri: string,
+  verification: Verification | undefined,
+  deadline: Date,
+  log: Logger,
+): Promise<CopyFields | Record<string, never>> {
+  const target = deps.copyTarget;
+  if (!target) return {};
+  if (verification === "Failed") {
+    const copyMessage =
+      "not copied: the HSM's pre-restore check refused this backup, and an immutable copy could not be removed before its retention ends";
+    log.warn(`Immutable copy of ${folderUri} (HSM ${hsm.name}) ${copyMessage}`);
+    return { copyStatus: "Skipped", copyMessage };
+  }
+  const where = `container "${target.container}" of storage account ${target.blobService.accountName} (${new URL(target.blobService.url).host})`;
+  const destination = target.blobService.getContainerClient(target.container);
+  const remainingMs = deadline.getTime() - deps.now().getTime();
+  const run = AbortSignal.timeout(Math.max(0, remainingMs));
+  let step = "starting";
+  try {
+    if (remainingMs <= 0) throw new Error("no time was left before the run's deadline");
+    const folder = folderNameOf(deps, folderUri);
+    const source = deps.storage.blobService.getContainerClient(deps.config.backupContainer);
+    step = "checking the copy container";
+    // Bicep creates it in Azure; locally (Azurite) the app does, as it does the backup container.
+    if (!(await destination.exists({ abortSignal: run }))) await destination.createIfNotExists({ abortSignal: run });
+    let blobs = 0;
+    let bytes = 0;
+    step = `listing ${folder}/ in the backup container`;
+    for await (const item of source.listBlobsFlat({ prefix: `${folder}/`, abortSignal: run })) {
+      const abortSignal = AbortSignal.any([run, AbortSignal.timeout(COPY_BLOB_DEADLINE_MS)]);
+      step = `reading ${item.name}`;
+      const download = await source.getBlobClient(item.name).download(0, undefined, { abortSignal });
+      const size = download.contentLength;
+      if (!download.readableStreamBody || size === undefined)
+        throw new Error(`the backup account's answer for ${item.name} had no body or no length`);
+      step = `writing ${item.name}`;
+      const copy = destination.getBlockBlobClient(item.name);
+      await copy.uploadStream(download.readableStreamBody as Readable, BLOCK_BYTES, BLOCKS_IN_FLIGHT, {
+        abortSignal,
+        ...(download.contentType ? { blobHTTPHeaders: { blobContentType: download.contentType } } : {}),
+      });
+      // The copy must hold every byte the source had: a short stream must not pass for a copy.
+      const written = (await copy.getProperties({ abortSignal })).contentLength;
+      if (written !== size) throw new Error(`${item.name} has ${written} bytes in the copy, ${size} in the backup`);
+      blobs += 1;
+      bytes += size;
+    }
+    if (blobs === 0) throw new Error(`the backup container holds no blob under ${folder}/`);
+    const copyFolderUri = `${destination.url}/${folder}`;
+    log.info(`Immutable copy of HSM ${hsm.name}'s backup ${folder}: ${blobs} blob(s), ${bytes} bytes in ${where}`);
+    return { copyStatus: "Copied", copyFolderUri, copiedAt: deps.now().toISOString() };
+  } catch (error) {
+    const cause = run.aborted ? "the run's deadline passed" : toSafeError(error).message;
+    const copyMessage = `copy to ${where} failed while ${step}: ${cause}`;
+    log.error(`Immutable copy of ${folderUri} (HSM ${hsm.name}): ${copyMessage}. The backup itself is unaffected.`);
+    return { copyStatus: "Failed", copyMessage };
+  }
+}
+
+/**
+ * The folder's name in the backup container. The folder URI is the HSM's answer: it must name a
+ * folder directly in the app's own backup container, or nothing is read.
+ */
+function folderNameOf(deps: AppDeps, folderUri: string): string {
+  const container = deps.storage.containerUrl(deps.config.backupContainer);
+  const folder = folderUri.startsWith(`${container}/`) ? folderUri.slice(container.length + 1) : "";
+  if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$/.test(folder))
+    throw new Error(`the backup's folder ${folderUri} is not a folder of the backup container ${container}`);
+  return folder;
+}
