@@ -11,6 +11,7 @@
  * authorization at all, so a test could not show it works.
  */
 import type { Readable } from "node:stream";
+import type { BlockBlobClient } from "@azure/storage-blob";
 import type { HsmTarget } from "./config.js";
 import type { AppDeps } from "./deps.js";
 import type { Logger } from "./logger.js";
@@ -31,9 +32,8 @@ export interface CopyFields {
 
 /** Each blob's download and upload together must end within this, and within the run's deadline. */
 export const COPY_BLOB_DEADLINE_MS = 10 * 60_000;
-/** Blocks of 4 MiB, two in flight: memory stays flat whatever the size of a backup. */
+/** Blocks of about 4 MiB, one at a time: memory stays flat whatever the size of a backup. */
 const BLOCK_BYTES = 4 * 1024 * 1024;
-const BLOCKS_IN_FLIGHT = 2;
 
 /**
  * Copies a succeeded backup's folder, blob for blob under the same names, into the copy container.
@@ -78,14 +78,19 @@ export async function copyBackup(
       step = `reading ${item.name}`;
       const download = await source.getBlobClient(item.name).download(0, undefined, { abortSignal });
       const size = download.contentLength;
-      if (!download.readableStreamBody || size === undefined)
+      const body = download.readableStreamBody as Readable | undefined;
+      if (!body || size === undefined) {
+        body?.destroy();
         throw new Error(`the backup account's answer for ${item.name} had no body or no length`);
+      }
       step = `writing ${item.name}`;
       const copy = destination.getBlockBlobClient(item.name);
-      await copy.uploadStream(download.readableStreamBody as Readable, BLOCK_BYTES, BLOCKS_IN_FLIGHT, {
-        abortSignal,
-        ...(download.contentType ? { blobHTTPHeaders: { blobContentType: download.contentType } } : {}),
-      });
+      try {
+        await uploadBlocks(copy, body, download.contentType, abortSignal);
+      } finally {
+        // A failed upload leaves the download half read: release its connection.
+        body.destroy();
+      }
       // The copy must hold every byte the source had: a short stream must not pass for a copy.
       const written = (await copy.getProperties({ abortSignal })).contentLength;
       if (written !== size) throw new Error(`${item.name} has ${written} bytes in the copy, ${size} in the backup`);
@@ -114,4 +119,39 @@ function folderNameOf(deps: AppDeps, folderUri: string): string {
   if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$/.test(folder))
     throw new Error(`the backup's folder ${folderUri} is not a folder of the backup container ${container}`);
   return folder;
+}
+
+/**
+ * Writes a stream as a block blob, every call under the abort signal. Not storage-blob's
+ * uploadStream: it does not hand the abort signal to its block writes, so a copy account that
+ * never answers would hold the run past its deadline.
+ */
+async function uploadBlocks(
+  blob: BlockBlobClient,
+  body: Readable,
+  contentType: string | undefined,
+  abortSignal: AbortSignal,
+): Promise<void> {
+  const ids: string[] = [];
+  let chunks: Buffer[] = [];
+  let buffered = 0;
+  const stage = async () => {
+    const id = Buffer.from(String(ids.length).padStart(8, "0")).toString("base64");
+    const block = Buffer.concat(chunks, buffered);
+    chunks = [];
+    buffered = 0;
+    await blob.stageBlock(id, block, block.length, { abortSignal });
+    ids.push(id);
+  };
+  for await (const chunk of body) {
+    const bytes = Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk as string);
+    chunks.push(bytes);
+    buffered += bytes.length;
+    if (buffered >= BLOCK_BYTES) await stage();
+  }
+  if (buffered > 0) await stage();
+  await blob.commitBlockList(ids, {
+    abortSignal,
+    ...(contentType ? { blobHTTPHeaders: { blobContentType: contentType } } : {}),
+  });
 }

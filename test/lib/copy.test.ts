@@ -5,11 +5,15 @@
  * leaves the backup Succeeded with copyStatus Failed and a message naming the account and
  * container; with copies off nothing is copied.
  */
+import { randomBytes } from "node:crypto";
 import type { ContainerClient } from "@azure/storage-blob";
 import { afterEach, describe, expect, inject, it } from "vitest";
 import { health } from "../../src/handlers/health.js";
 import { nightlyBackup } from "../../src/handlers/nightlyBackup.js";
+import { backupAll } from "../../src/lib/backup.js";
 import type { BackupRecord } from "../../src/lib/catalog.js";
+import { copyBackup } from "../../src/lib/copy.js";
+import { safeLogger } from "../../src/lib/logger.js";
 import { bodyOf, get, onTime, uniqueName, type TestApp } from "../support/app.js";
 import { events, Night } from "../support/bad-night.js";
 import { withEndpoint, type FaultProxy } from "../support/fault-proxy.js";
@@ -139,6 +143,77 @@ describe("immutable copies", () => {
       ),
     });
     expectNoSecret(app, record);
+  });
+
+  it("a copy container that never answers: the copy ends at the run's deadline, Failed, and the backup is recorded Succeeded", async () => {
+    const { app, proxy, copyContainer } = await copyingApp();
+    // The container exists, so the hang meets the blob writes themselves.
+    await app.deps.copyTarget!.blobService.getContainerClient(copyContainer).create();
+    proxy.inject({ kind: "hang" }, { method: "PUT", path: copyPath(copyContainer), times: 1000 });
+    const started = Date.now();
+    const [result] = await backupAll(app.deps, safeLogger(app.context()), {
+      trigger: "timer",
+      runDeadline: new Date(app.clock.now().getTime() + 4000),
+    });
+    expect(Date.now() - started).toBeLessThan(15_000);
+    expect(result).toMatchObject({ outcome: "Succeeded" });
+    expect(result!.record).toMatchObject({
+      status: "Succeeded",
+      copyStatus: "Failed",
+      copyMessage: expect.stringMatching(/failed while writing mhsm-[^ ]+: the run's deadline passed$/),
+    });
+    expect(proxy.stats().hang).toBeGreaterThan(0);
+  });
+
+  it("copies a blob larger than one block (several blocks, same bytes) and an empty one", async () => {
+    const { app, copyContainer } = await copyingApp();
+    await app.deps.prepare();
+    const backups = app.deps.storage.blobService.getContainerClient(app.container);
+    const folderName = "mhsm-large-2026120102000012";
+    const large = randomBytes(9 * 1024 * 1024 + 17);
+    await backups.getBlockBlobClient(`${folderName}/large`).uploadData(large);
+    await backups.getBlockBlobClient(`${folderName}/empty`).uploadData(Buffer.alloc(0));
+    const hsm = app.deps.config.hsms[0]!;
+    const fields = await copyBackup(
+      app.deps,
+      hsm,
+      `${backups.url}/${folderName}`,
+      "Passed",
+      new Date(app.clock.now().getTime() + 60_000),
+      safeLogger(app.context()),
+    );
+    expect(fields).toMatchObject({ copyStatus: "Copied" });
+    const copies = app.deps.storage.blobService.getContainerClient(copyContainer);
+    expect((await copies.getBlobClient(`${folderName}/large`).downloadToBuffer()).equals(large)).toBe(true);
+    expect(
+      (await copies.getBlockBlobClient(`${folderName}/large`).getBlockList("committed")).committedBlocks?.length,
+    ).toBe(3);
+    expect((await copies.getBlobClient(`${folderName}/empty`).getProperties()).contentLength).toBe(0);
+  });
+
+  it("refuses to copy a folder the backup container does not hold: another container, a path, nothing there", async () => {
+    const { app } = await copyingApp();
+    await app.deps.prepare();
+    const hsm = app.deps.config.hsms[0]!;
+    const container = app.deps.storage.containerUrl(app.container);
+    const copy = (folderUri: string) =>
+      copyBackup(
+        app.deps,
+        hsm,
+        folderUri,
+        "Passed",
+        new Date(app.clock.now().getTime() + 60_000),
+        safeLogger(app.context()),
+      );
+    expect(await copy(`${container}-other/mhsm-x-1`)).toMatchObject({
+      copyStatus: "Failed",
+      copyMessage: expect.stringMatching(/is not a folder of the backup container/),
+    });
+    expect(await copy(`${container}/../mhsm-x-1`)).toMatchObject({ copyStatus: "Failed" });
+    expect(await copy(`${container}/mhsm-nothing-here-1`)).toMatchObject({
+      copyStatus: "Failed",
+      copyMessage: expect.stringMatching(/holds no blob under mhsm-nothing-here-1\/$/),
+    });
   });
 
   it("does not copy a backup the HSM's check refused (Skipped, saying why)", async () => {
