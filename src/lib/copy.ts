@@ -63,6 +63,7 @@ export async function copyBackup(
   const remainingMs = deadline.getTime() - deps.now().getTime();
   const run = AbortSignal.timeout(Math.max(0, remainingMs));
   let step = "starting";
+  let blobDeadline: AbortSignal | undefined;
   try {
     if (remainingMs <= 0) throw new Error("no time was left before the run's deadline");
     const folder = folderNameOf(deps, folderUri);
@@ -74,7 +75,8 @@ export async function copyBackup(
     let bytes = 0;
     step = `listing ${folder}/ in the backup container`;
     for await (const item of source.listBlobsFlat({ prefix: `${folder}/`, abortSignal: run })) {
-      const abortSignal = AbortSignal.any([run, AbortSignal.timeout(COPY_BLOB_DEADLINE_MS)]);
+      blobDeadline = AbortSignal.timeout(COPY_BLOB_DEADLINE_MS);
+      const abortSignal = AbortSignal.any([run, blobDeadline]);
       step = `reading ${item.name}`;
       const download = await source.getBlobClient(item.name).download(0, undefined, { abortSignal });
       const size = download.contentLength;
@@ -102,7 +104,11 @@ export async function copyBackup(
     log.info(`Immutable copy of HSM ${hsm.name}'s backup ${folder}: ${blobs} blob(s), ${bytes} bytes in ${where}`);
     return { copyStatus: "Copied", copyFolderUri, copiedAt: deps.now().toISOString() };
   } catch (error) {
-    const cause = run.aborted ? "the run's deadline passed" : toSafeError(error).message;
+    const cause = run.aborted
+      ? "the run's deadline passed"
+      : blobDeadline?.aborted
+        ? `one blob's copy took longer than ${COPY_BLOB_DEADLINE_MS / 1000} s`
+        : toSafeError(error).message;
     const copyMessage = `copy to ${where} failed while ${step}: ${cause}`;
     log.error(`Immutable copy of ${folderUri} (HSM ${hsm.name}): ${copyMessage}. The backup itself is unaffected.`);
     return { copyStatus: "Failed", copyMessage };
