@@ -1,6 +1,6 @@
 import { ACTIVE_STATUSES, Catalog, type BackupRecord, type Kind, type Stored } from "./catalog.js";
 import type { HsmTarget } from "./config.js";
-import { copyBackup } from "./copy.js";
+import { copyBackup, keepChecks } from "./copy.js";
 import type { AppDeps } from "./deps.js";
 import { HsmJobFailedError, HsmRequestError, HsmWaitDeadlineError } from "./hsm/errors.js";
 import type { HsmOperation, HsmOperationState } from "./hsm/types.js";
@@ -201,6 +201,7 @@ export async function backupHsm(
   }
   try {
     stored = await finish(deps, "backup", stored, { ...patch, jobId }, log);
+    stored = await keepChecks(deps, stored, patch, log);
   } catch (error) {
     return notRecorded(
       log,

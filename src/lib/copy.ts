@@ -12,9 +12,11 @@
  */
 import type { Readable } from "node:stream";
 import type { BlockBlobClient } from "@azure/storage-blob";
+import type { BackupRecord, Stored } from "./catalog.js";
 import type { HsmTarget } from "./config.js";
 import type { AppDeps } from "./deps.js";
 import type { Logger } from "./logger.js";
+import { persist } from "./outcome.js";
 import { toSafeError } from "./redact.js";
 import type { Verification } from "./verify.js";
 
@@ -112,6 +114,44 @@ export async function copyBackup(
     const copyMessage = `copy to ${where} failed while ${step}: ${cause}`;
     log.error(`Immutable copy of ${folderUri} (HSM ${hsm.name}): ${copyMessage}. The backup itself is unaffected.`);
     return { copyStatus: "Failed", copyMessage };
+  }
+}
+
+/** What this run learns about a new backup's folder after the job ended: its verification and its copy. */
+const CHECK_FIELDS = [
+  "verification",
+  "verifiedAt",
+  "verificationMessage",
+  "copyStatus",
+  "copyFolderUri",
+  "copiedAt",
+  "copyMessage",
+] as const satisfies readonly (keyof BackupRecord)[];
+
+/**
+ * A status read elsewhere (reconcile, GET /api/backups/{id}) may record the outcome while this run
+ * still verifies and copies. That outcome stands; what this run learnt about the same folder is
+ * added to it rather than lost (health would otherwise report a copy that exists as missing). A
+ * failed write is logged: the copy itself is done either way.
+ */
+export async function keepChecks(
+  deps: AppDeps,
+  stored: Stored<BackupRecord>,
+  patch: Partial<BackupRecord>,
+  log: Logger,
+): Promise<Stored<BackupRecord>> {
+  const record = stored.record;
+  const missing = CHECK_FIELDS.filter((key) => patch[key] !== undefined && record[key] === undefined);
+  if (missing.length === 0 || record.status !== patch.status || record.folderUri !== patch.folderUri) return stored;
+  const fields = Object.fromEntries(missing.map((key) => [key, patch[key]])) as Partial<BackupRecord>;
+  try {
+    // The one merge mode that may write a settled record; it is conditional on the record's etag.
+    return await persist(deps, () => deps.catalog.merge("backup", stored, fields, { correction: true }));
+  } catch (error) {
+    log.error(
+      `Backup record ${record.id} of HSM ${record.hsmName} was settled by another reader; adding ${missing.join(", ")} to it failed: ${toSafeError(error).message}`,
+    );
+    return stored;
   }
 }
 

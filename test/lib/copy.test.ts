@@ -8,6 +8,7 @@
 import { randomBytes } from "node:crypto";
 import type { ContainerClient } from "@azure/storage-blob";
 import { afterEach, describe, expect, inject, it } from "vitest";
+import { getBackup } from "../../src/handlers/backups.js";
 import { health } from "../../src/handlers/health.js";
 import { nightlyBackup } from "../../src/handlers/nightlyBackup.js";
 import { backupAll } from "../../src/lib/backup.js";
@@ -163,6 +164,30 @@ describe("immutable copies", () => {
       copyMessage: expect.stringMatching(/failed while writing mhsm-[^ ]+: the run's deadline passed$/),
     });
     expect(proxy.stats().hang).toBeGreaterThan(0);
+  });
+
+  it("a status read that settles the record while the copy runs: its outcome stands, and the verification and copy are added to it", async () => {
+    const { app, proxy, copyContainer } = await copyingApp();
+    await app.deps.copyTarget!.blobService.getContainerClient(copyContainer).create();
+    proxy.inject({ kind: "delay", ms: 1500 }, { method: "PUT", path: copyPath(copyContainer), times: 1 });
+    const run = backupAll(app.deps, safeLogger(app.context()), { trigger: "timer" });
+    await expect.poll(() => proxy.log.filter((l) => l.fault === "delay").length, { timeout: 10_000 }).toBe(1);
+    const [running] = (await app.deps.catalog.list("backup", { top: 1 })).items;
+    const read = bodyOf(await getBackup(get(`/api/backups/${running!.id}`), app.context("getBackup"), app.deps));
+    expect(read).toMatchObject({ status: "Succeeded" });
+    expect(read.copyStatus).toBeUndefined();
+
+    const [result] = await run;
+    expect(result).toMatchObject({ outcome: "Succeeded" });
+    const [record] = (await app.deps.catalog.list("backup", { top: 1 })).items;
+    expect(record).toMatchObject({
+      id: running!.id,
+      status: "Succeeded",
+      endedAt: read.endedAt,
+      verification: "Passed",
+      copyStatus: "Copied",
+    });
+    expect(events(app.logs, "MhsmBackupOutcome")).toHaveLength(1);
   });
 
   it("copies a blob larger than one block (several blocks, same bytes) and an empty one", async () => {
