@@ -124,6 +124,14 @@ param softDeleteRetentionDays int = 30
 @description('Put a CanNotDelete lock on the backup account. With it, `azd down` stops at the lock instead of deleting the backups.')
 param lockBackupStorage bool = true
 
+@description('''Immutable copies (see the README): 0 (default) = off. N > 0: a second storage account (the "vault") with version-level immutability keeps a copy of every succeeded backup, undeletable and unchangeable for N days, then deleted by a lifecycle rule. Not on the backup account itself: Managed HSM does not support a backup target with an immutability policy. Costs a second account and storage for N days of backups.''')
+@minValue(0)
+@maxValue(146000)
+param backupImmutabilityDays int = 0
+
+@description('Lock the vault\'s retention policy (only with backupImmutabilityDays > 0). Locked cannot be undone: nobody can shorten or remove the policy, and the account cannot be deleted while it holds protected copies. Unlocked (default): an administrator of the account can still shorten or disable it.')
+param backupImmutabilityLocked bool = false
+
 @description('Email address for the alerts; empty for none.')
 param alertEmail string = ''
 
@@ -155,6 +163,10 @@ var applicationInsightsName = 'appi-mhsm-${resourceToken}'
 var hostStorageName = 'stfunc${resourceToken}'
 var backupStorageName = 'stbak${resourceToken}'
 var deploymentContainerName = 'app-package-${resourceToken}'
+var immutableCopies = backupImmutabilityDays > 0
+var vaultStorageName = immutableCopies ? 'stvault${resourceToken}' : ''
+// BACKUP_COPY_CONTAINER: empty (copies off) unless the vault exists.
+var backupCopyContainerName = immutableCopies ? 'mhsm-backup-copies' : ''
 
 var hsmUrls = filter(map(split(managedHsmUrls, ','), url => trim(url)), url => !empty(url))
 // The app names an HSM by the first label of its host (src/lib/config.ts); the alert and the workbook
@@ -247,6 +259,23 @@ module backupStorage 'app/backup-storage.bicep' = {
   }
 }
 
+module vaultStorage 'app/vault-storage.bicep' = if (immutableCopies) {
+  name: 'vault-storage'
+  scope: rg
+  params: {
+    location: location
+    tags: tags
+    name: vaultStorageName
+    skuName: backupStorageSku
+    containerName: backupCopyContainerName
+    // The module exists only when this is above 0; max() tells the compiler so.
+    immutabilityDays: max(1, backupImmutabilityDays)
+    immutabilityLocked: backupImmutabilityLocked
+    publicNetworkAccess: backupPublicNetworkAccess
+    lock: lockBackupStorage
+  }
+}
+
 module rbac 'app/rbac.bicep' = {
   name: 'rbac'
   scope: rg
@@ -261,6 +290,8 @@ module rbac 'app/rbac.bicep' = {
     applicationInsightsName: applicationInsightsName
     operatorPrincipalIds: operatorIds
     operatorPrincipalType: operatorPrincipalType
+    vaultStorageName: vaultStorageName
+    vaultContainerName: backupCopyContainerName
   }
   // Names are passed rather than outputs, so that what-if can predict the assignments' names.
   dependsOn: [
@@ -269,6 +300,7 @@ module rbac 'app/rbac.bicep' = {
     hostStorage
     backupStorage
     monitoring
+    vaultStorage
   ]
 }
 
@@ -303,6 +335,8 @@ module functionApp 'app/function-app.bicep' = {
     jobTimeoutMinutes: jobTimeoutMinutes
     reconcileSchedule: reconcileSchedule
     backupConcurrency: backupConcurrency
+    backupCopyContainer: backupCopyContainerName
+    backupCopyBlobServiceUri: immutableCopies ? vaultStorage!.outputs.blobEndpoint : ''
   }
   // The app starts as soon as it exists: its roles on storage and telemetry should be in place first.
   dependsOn: [
@@ -368,6 +402,7 @@ output FUNCTION_IDENTITY_CLIENT_ID string = appIdentity.outputs.clientId
 output RESTORE_ENABLED string = restoreEnabled ? 'true' : 'false'
 output HSM_BACKUP_IDENTITY_ID string = hsmStorageAuth == 'managedIdentity' ? hsmBackupIdentity!.outputs.id : ''
 output BACKUP_STORAGE_ACCOUNT string = backupStorage.outputs.name
+output BACKUP_COPY_STORAGE_ACCOUNT string = vaultStorageName
 output APPLICATIONINSIGHTS_CONNECTION_STRING string = monitoring.outputs.connectionString
 // Read by the postprovision hook: these principals get the HSM roles too.
 output OPERATOR_PRINCIPAL_IDS string = join(operatorIds, ',')
@@ -389,3 +424,5 @@ output MAX_POLL_INTERVAL_SECONDS string = string(maxPollIntervalSeconds)
 output JOB_TIMEOUT_MINUTES string = string(jobTimeoutMinutes)
 output RECONCILE_SCHEDULE string = reconcileSchedule
 output BACKUP_CONCURRENCY string = string(backupConcurrency)
+output BACKUP_COPY_CONTAINER string = backupCopyContainerName
+output BackupCopyStorage__blobServiceUri string = immutableCopies ? vaultStorage!.outputs.blobEndpoint : ''

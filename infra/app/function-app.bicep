@@ -96,6 +96,12 @@ param reconcileSchedule string
 @description('BACKUP_CONCURRENCY: at most this many HSMs are backed up at once.')
 param backupConcurrency int
 
+@description('BACKUP_COPY_CONTAINER: the container of the immutable copies; empty when copies are off.')
+param backupCopyContainer string
+
+@description('BackupCopyStorage__blobServiceUri: blob endpoint of the vault account; empty when copies are off.')
+param backupCopyBlobServiceUri string
+
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   name: planName
   location: location
@@ -177,6 +183,8 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
       JOB_TIMEOUT_MINUTES: string(jobTimeoutMinutes)
       RECONCILE_SCHEDULE: reconcileSchedule
       BACKUP_CONCURRENCY: string(backupConcurrency)
+      BACKUP_COPY_CONTAINER: backupCopyContainer
+      BackupCopyStorage__blobServiceUri: backupCopyBlobServiceUri
     }
   }
 }

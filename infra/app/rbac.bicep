@@ -41,6 +41,12 @@ param operatorPrincipalIds array = []
 ])
 param operatorPrincipalType string = 'User'
 
+@description('Name of the vault account of the immutable copies; empty when copies are off.')
+param vaultStorageName string = ''
+
+@description('Container of the immutable copies in the vault account; empty when copies are off.')
+param vaultContainerName string = ''
+
 // Built-in Azure role definition ids.
 var storageBlobDataOwnerRoleId = 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b' // Storage Blob Data Owner
 var storageBlobDataContributorRoleId = 'ba92f5b4-2d11-453d-a403-e96b0029c9fe' // Storage Blob Data Contributor
@@ -218,3 +224,39 @@ resource operatorCatalogTable 'Microsoft.Authorization/roleAssignments@2022-04-0
     }
   }
 ]
+
+// Immutable copies: the app writes each backup folder into the vault container. Contributor on the one
+// container, with a condition that takes away every delete: copying needs to create blobs (and read
+// back their size), never to delete one. Expired copies are deleted by the vault's lifecycle rule,
+// not by the app; the immutability policy refuses deletes of protected versions in any case.
+var vaultCopies = !empty(vaultStorageName)
+
+// Placeholder names when copies are off: ARM may still evaluate a skipped resource's id.
+resource vaultStorage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = if (vaultCopies) {
+  name: vaultCopies ? vaultStorageName : 'none'
+
+  resource blobServices 'blobServices' existing = {
+    name: 'default'
+
+    resource container 'containers' existing = {
+      name: vaultCopies ? vaultContainerName : 'none'
+    }
+  }
+}
+
+resource appVaultContainer 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (vaultCopies) {
+  name: guid(vaultStorage::blobServices::container.id, appIdentity.id, storageBlobDataContributorRoleId)
+  scope: vaultStorage::blobServices::container
+  properties: {
+    roleDefinitionId: subscriptionResourceId(
+      'Microsoft.Authorization/roleDefinitions',
+      storageBlobDataContributorRoleId
+    )
+    principalId: appIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+    description: 'Write immutable copies of the Managed HSM backups; never delete them.'
+    conditionVersion: '2.0'
+    // Deleting a version needs blobs/deleteBlobVersion/action, which Contributor does not grant.
+    condition: '(!(ActionMatches{\'Microsoft.Storage/storageAccounts/blobServices/containers/blobs/delete\'}))'
+  }
+}

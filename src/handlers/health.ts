@@ -9,6 +9,7 @@ export const health = route(async (_request, _context, deps) => {
   const result = await checkHealth(deps);
   const stale = result.hsms.filter((h) => h.stale).map((h) => h.name);
   const unverified = result.hsms.filter((h) => !h.stale && h.unverified).map((h) => h.name);
+  const copyMissing = result.hsms.filter((h) => !h.stale && h.copyMissing).map((h) => h.name);
   const details = [
     ...(stale.length > 0
       ? [
@@ -16,6 +17,7 @@ export const health = route(async (_request, _context, deps) => {
         ]
       : []),
     ...(unverified.length > 0 ? [`Newest backup not verified restorable for: ${unverified.join(", ")}`] : []),
+    ...(copyMissing.length > 0 ? [`Newest backup has no immutable copy for: ${copyMissing.join(", ")}`] : []),
   ];
   return json(result.healthy ? 200 : 503, {
     status: result.healthy ? "healthy" : "stale",

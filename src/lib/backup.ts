@@ -1,5 +1,6 @@
 import { ACTIVE_STATUSES, Catalog, type BackupRecord, type Kind, type Stored } from "./catalog.js";
 import type { HsmTarget } from "./config.js";
+import { copyBackup, keepChecks } from "./copy.js";
 import type { AppDeps } from "./deps.js";
 import { HsmJobFailedError, HsmRequestError, HsmWaitDeadlineError } from "./hsm/errors.js";
 import type { HsmOperation, HsmOperationState } from "./hsm/types.js";
@@ -176,8 +177,12 @@ export async function backupHsm(
     });
     patch = finalPatch(deps, "backup", stored.record, final, deps.now());
     // A backup is only as good as its restore: the HSM's own pre-restore check on the new folder.
-    if (patch.status === "Succeeded" && patch.folderUri)
-      patch = { ...patch, ...(await verifyBackup(deps, hsm, patch.folderUri, waitUntil)) };
+    const folderUri = patch.status === "Succeeded" ? patch.folderUri : undefined;
+    if (folderUri) {
+      patch = { ...patch, ...(await verifyBackup(deps, hsm, folderUri, waitUntil)) };
+      // Then the immutable copy, when on; it never changes the backup's own outcome.
+      patch = { ...patch, ...(await copyBackup(deps, hsm, folderUri, patch.verification, waitUntil, log)) };
+    }
   } catch (error) {
     if (error instanceof HsmJobFailedError) patch = finalPatch(deps, "backup", stored.record, error, deps.now());
     else if (error instanceof HsmWaitDeadlineError && deps.now() >= jobDeadline)
@@ -196,6 +201,7 @@ export async function backupHsm(
   }
   try {
     stored = await finish(deps, "backup", stored, { ...patch, jobId }, log);
+    stored = await keepChecks(deps, stored, patch, log);
   } catch (error) {
     return notRecorded(
       log,

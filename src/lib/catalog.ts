@@ -6,6 +6,7 @@
 import { randomBytes } from "node:crypto";
 import { odata, RestError, type TableClient, type TableEntityResult } from "@azure/data-tables";
 import { ProblemError } from "./problem.js";
+import type { CopyStatus } from "./copy.js";
 import type { Verification } from "./verify.js";
 import { redactSecrets } from "./redact.js";
 
@@ -76,6 +77,13 @@ export interface BackupRecord extends CommonRecord {
   readonly verifiedAt?: string;
   /** Why verification Failed (the HSM's message) or was Skipped. */
   readonly verificationMessage?: string;
+  /** Immutable copy (BACKUP_COPY_CONTAINER): Copied, Failed or Skipped; absent when copies are off. */
+  readonly copyStatus?: CopyStatus;
+  /** The copy's folder in the copy container, a plain URL. */
+  readonly copyFolderUri?: string;
+  readonly copiedAt?: string;
+  /** Why the copy Failed or was Skipped. */
+  readonly copyMessage?: string;
 }
 
 export interface RestoreRecord extends CommonRecord {

@@ -24,6 +24,8 @@ export const SETTINGS = [
   "JOB_TIMEOUT_MINUTES",
   "RECONCILE_SCHEDULE",
   "BACKUP_CONCURRENCY",
+  "BACKUP_COPY_CONTAINER",
+  "BackupCopyStorage__blobServiceUri",
 ] as const;
 
 export type SettingName = (typeof SETTINGS)[number];
@@ -82,6 +84,18 @@ export interface AppConfig {
   readonly reconcileSchedule: string;
   /** At most this many HSMs are backed up at once. */
   readonly backupConcurrency: number;
+  /** Immutable copies: where each succeeded backup is copied; absent when copies are off. */
+  readonly backupCopy?: BackupCopyTarget;
+}
+
+/**
+ * The container a backup is copied into (the "vault", whose account has an immutability policy the
+ * HSM's own target may not have). blobServiceUri absent: the container is in the BackupStorage
+ * connection string's account (local development, Azurite).
+ */
+export interface BackupCopyTarget {
+  readonly container: string;
+  readonly blobServiceUri?: string;
 }
 
 export class ConfigError extends Error {
@@ -107,13 +121,7 @@ export function parseConfig(env: Env): AppConfig {
   return {
     hsms: parseHsmUrls(env),
     storage: parseStorageConnection(env),
-    backupContainer: matching(
-      env,
-      "BACKUP_CONTAINER",
-      "mhsm-backups",
-      /^(?=.{3,63}$)[a-z0-9]+(-[a-z0-9]+)*$/,
-      "a blob container name: 3-63 lowercase letters, digits and single hyphens, starting and ending with a letter or digit",
-    ),
+    backupContainer: matching(env, "BACKUP_CONTAINER", "mhsm-backups", CONTAINER_NAME, CONTAINER_NAME_RULE),
     catalogTable: matching(
       env,
       "CATALOG_TABLE",
@@ -132,7 +140,50 @@ export function parseConfig(env: Env): AppConfig {
     jobTimeoutMs: integer(env, "JOB_TIMEOUT_MINUTES", 120, 10, 24 * 60) * 60_000,
     reconcileSchedule: schedule(env, "RECONCILE_SCHEDULE", DEFAULT_RECONCILE_SCHEDULE, { validate: true }),
     backupConcurrency: integer(env, "BACKUP_CONCURRENCY", 8, 1, 100),
+    ...parseBackupCopy(env),
   };
+}
+
+const CONTAINER_NAME = /^(?=.{3,63}$)[a-z0-9]+(-[a-z0-9]+)*$/;
+const CONTAINER_NAME_RULE =
+  "a blob container name: 3-63 lowercase letters, digits and single hyphens, starting and ending with a letter or digit";
+
+/**
+ * Copies are off unless BACKUP_COPY_CONTAINER names a container. Half a configuration is refused
+ * rather than read as "off": an operator who set one of the two expects copies.
+ */
+function parseBackupCopy(env: Env): { backupCopy?: BackupCopyTarget } {
+  const container = setting(env, "BACKUP_COPY_CONTAINER");
+  const uri = setting(env, "BackupCopyStorage__blobServiceUri");
+  const identity = setting(env, "BackupStorage") === undefined;
+  if (container === undefined) {
+    if (uri !== undefined)
+      throw new ConfigError("BACKUP_COPY_CONTAINER", "is required with BackupCopyStorage__blobServiceUri");
+    return {};
+  }
+  if (!CONTAINER_NAME.test(container))
+    throw new ConfigError("BACKUP_COPY_CONTAINER", `"${container}" is not ${CONTAINER_NAME_RULE}`);
+  const backupContainer = setting(env, "BACKUP_CONTAINER") ?? "mhsm-backups";
+  const itself = () =>
+    new ConfigError("BACKUP_COPY_CONTAINER", `"${container}" is the backup container itself: a copy must go elsewhere`);
+  if (!identity) {
+    if (uri !== undefined)
+      throw new ConfigError(
+        "BackupCopyStorage__blobServiceUri",
+        "is for the identity-based connection; with a BackupStorage connection string the copy container is in that account",
+      );
+    if (container === backupContainer) throw itself();
+    return { backupCopy: { container } };
+  }
+  if (uri === undefined)
+    throw new ConfigError(
+      "BackupCopyStorage__blobServiceUri",
+      "is required with BACKUP_COPY_CONTAINER: the blob endpoint of the account that holds the immutable copies",
+    );
+  const blobServiceUri = parseServiceUrl("BackupCopyStorage__blobServiceUri", uri).href.replace(/\/$/, "");
+  const backupBlobServiceUri = setting(env, "BackupStorage__blobServiceUri")?.replace(/\/$/, "");
+  if (container === backupContainer && blobServiceUri === backupBlobServiceUri) throw itself();
+  return { backupCopy: { container, blobServiceUri } };
 }
 
 /**

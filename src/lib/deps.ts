@@ -4,7 +4,8 @@ import { Catalog } from "./catalog.js";
 import { parseConfig, type AppConfig, type HsmTarget } from "./config.js";
 import { ManagedHsmBackupClient, type ManagedHsmBackupClientOptions } from "./hsm/client.js";
 import type { HsmBackupOperations } from "./hsm/types.js";
-import { createBackupStorage, type BackupStorage, type StorageClientOptions } from "./storage.js";
+import type { BlobServiceClient } from "@azure/storage-blob";
+import { copyBlobService, createBackupStorage, type BackupStorage, type StorageClientOptions } from "./storage.js";
 
 /** Everything the operations need, passed in so tests can build it from real local services. */
 export interface AppDeps {
@@ -20,6 +21,8 @@ export interface AppDeps {
   readonly persistDelaysMs: readonly number[];
   /** The credential storage and the HSMs see; the CLI reads who it signed in as from its token's claims. */
   readonly credential?: TokenCredential;
+  /** Where succeeded backups are copied (BACKUP_COPY_CONTAINER); absent when copies are off. */
+  readonly copyTarget?: { readonly blobService: BlobServiceClient; readonly container: string };
 }
 
 export interface DepsOptions {
@@ -46,6 +49,7 @@ export function createDeps(config: AppConfig, options: DepsOptions = {}): AppDep
     ...options.storageOptions,
   });
   const catalog = new Catalog(storage.table(config.catalogTable));
+  const copy = config.backupCopy;
   const clients = new Map<string, ManagedHsmBackupClient>();
   let prepared: Promise<void> | undefined;
   return {
@@ -86,6 +90,17 @@ export function createDeps(config: AppConfig, options: DepsOptions = {}): AppDep
     now: options.now ?? (() => new Date()),
     persistDelaysMs: options.persistDelaysMs ?? [500, 1000, 2000, 4000],
     credential,
+    ...(copy
+      ? {
+          copyTarget: {
+            blobService: copyBlobService(storage, copy, credential, {
+              requestTimeoutMs: config.requestTimeoutMs,
+              ...options.storageOptions,
+            }),
+            container: copy.container,
+          },
+        }
+      : {}),
   };
 }
 

@@ -10,6 +10,8 @@ export interface HsmHealth {
   readonly verification?: string;
   /** The newest successful backup was not verified restorable (Failed, Skipped or never checked). */
   readonly unverified?: boolean;
+  /** With copies on: the newest successful backup has no immutable copy (Failed, Skipped or none). Not unhealthy: the backup exists. */
+  readonly copyMissing?: boolean;
 }
 
 export interface Health {
@@ -42,6 +44,7 @@ export async function checkHealth(deps: AppDeps): Promise<Health> {
         stale: ageHours >= maxAgeHours || verification === "Failed",
         verification,
         unverified: verification !== "Passed",
+        ...(deps.config.backupCopy ? { copyMissing: newest.copyStatus !== "Copied" } : {}),
       };
     }),
   );

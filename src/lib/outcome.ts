@@ -204,6 +204,8 @@ export function emitOutcome(log: Logger, kind: Kind, record: AnyRecord): void {
     origin: backup?.origin,
     verification: backup?.verification,
     verificationMessage: backup?.verificationMessage,
+    copyStatus: backup?.copyStatus,
+    copyMessage: backup?.copyMessage,
     requestedBy: restore?.requestedBy,
     requestId: record.requestId,
     clientRequestId: record.clientRequestId,

@@ -10,7 +10,7 @@ import {
   type StoragePipelineOptions,
   type UserDelegationKey,
 } from "@azure/storage-blob";
-import { ConfigError, isLoopback, type StorageConnection } from "./config.js";
+import { ConfigError, isLoopback, type BackupCopyTarget, type StorageConnection } from "./config.js";
 import { rememberSecret, toSafeError } from "./redact.js";
 
 /** The permissions the HSM needs, and no more: backup writes a folder, restore reads one. */
@@ -77,6 +77,33 @@ function timeoutPolicy(ms: number) {
   };
 }
 
+function blobOptions(storageOptions: StorageClientOptions): StoragePipelineOptions {
+  const { transport, requestTimeoutMs } = clientOptions(storageOptions);
+  return {
+    ...transport,
+    retryOptions: {
+      maxTries: STORAGE_RETRIES + 1,
+      tryTimeoutInMs: requestTimeoutMs,
+      retryDelayInMs: 500,
+      maxRetryDelayInMs: 2000,
+    },
+  } as StoragePipelineOptions;
+}
+
+/**
+ * The blob service holding the immutable copies: its own account reached with the app's identity,
+ * or (no URI: a connection string, locally) the backup account itself.
+ */
+export function copyBlobService(
+  backup: BackupStorage,
+  target: BackupCopyTarget,
+  credential: TokenCredential,
+  storageOptions: StorageClientOptions = {},
+): BlobServiceClient {
+  if (target.blobServiceUri === undefined) return backup.blobService;
+  return new BlobServiceClient(target.blobServiceUri, credential, blobOptions(storageOptions));
+}
+
 /** Backup storage did not answer a blob call in time (storage-blob's own timeout is only a server-side hint). */
 export class StorageUnavailableError extends Error {
   constructor(
@@ -125,15 +152,7 @@ export function createBackupStorage(
   storageOptions: StorageClientOptions = {},
 ): BackupStorage {
   const { transport, requestTimeoutMs } = clientOptions(storageOptions);
-  const options: StoragePipelineOptions = {
-    ...transport,
-    retryOptions: {
-      maxTries: STORAGE_RETRIES + 1,
-      tryTimeoutInMs: requestTimeoutMs,
-      retryDelayInMs: 500,
-      maxRetryDelayInMs: 2000,
-    },
-  } as StoragePipelineOptions;
+  const options = blobOptions(storageOptions);
   const blobDeadlineMs = requestTimeoutMs * (STORAGE_RETRIES + 1);
   const tableOptions = (endpoint: string): TableServiceClientOptions => ({
     ...transport,

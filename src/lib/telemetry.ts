@@ -39,6 +39,9 @@ export interface OutcomeFields {
   /** Backups: Passed, Failed or Skipped, the HSM's pre-restore check of the new folder. */
   readonly verification?: string | undefined;
   readonly verificationMessage?: string | undefined;
+  /** Backups with immutable copies on: Copied, Failed or Skipped, and why not Copied. */
+  readonly copyStatus?: string | undefined;
+  readonly copyMessage?: string | undefined;
   /** Who asked for a restore (or a CLI backup): a signed-in principal, "function key" or the CLI's identity. */
   readonly requestedBy?: string | undefined;
   /** x-ms-request-id of the service answer behind a failure. */

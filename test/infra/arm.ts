@@ -438,6 +438,10 @@ export class Evaluator {
         if (v && typeof v === "object") return Object.keys(v).length;
         throw new Error(`length of ${toArmString(v)}`);
       }
+      case "greater":
+        return (args[0] as number) > (args[1] as number);
+      case "max":
+        return Math.max(...(args.flat() as number[]));
       case "string":
         return toArmString(args[0]);
       case "int":

@@ -8,12 +8,12 @@ import {
   ROOT,
   RuntimeValue,
   compile,
-  type Json,
   moduleNamed,
   moduleParameterExpression,
   modules,
   parameterReferences,
   resourcesOfType,
+  type Json,
   type Template,
 } from "./arm.js";
 
@@ -61,6 +61,7 @@ describe("infra/main.bicep", () => {
         "hsm-backup-identity",
         "monitoring",
         "rbac",
+        "vault-storage",
         "workbook",
         "[format('hsm-audit-{0}-{1}', variables('resourceToken'), copyIndex())]",
       ].sort(),
@@ -101,6 +102,9 @@ describe("infra/main.bicep", () => {
     expect(p("restoreEnabled")).toBe(defaults.restoreEnabled);
     expect(p("healthMaxAgeHours")).toBe(defaults.healthMaxAgeHours);
     expect(main.parameters?.hsmApiVersion?.allowedValues).toEqual([...HSM_API_VERSIONS]);
+    // Immutable copies are off unless backupImmutabilityDays says otherwise, as in the app.
+    expect(defaults.backupCopy).toBeUndefined();
+    expect(evaluator.variable("backupCopyContainerName")).toBe("");
   });
 
   it("refuses SAS mode with public network access off, before creating anything", () => {
@@ -144,6 +148,8 @@ describe("the function app", () => {
     jobTimeoutMinutes: 120,
     reconcileSchedule: "0 */15 * * * *",
     backupConcurrency: 8,
+    backupCopyContainer: "",
+    backupCopyBlobServiceUri: "",
   };
 
   function appSettings(overrides: Record<string, unknown> = {}): Record<string, string> {
@@ -173,6 +179,15 @@ describe("the function app", () => {
     });
     expect(config.hsms.map((h) => h.name)).toEqual(["contoso", "fabrikam"]);
     expect(config.restoreEnabled).toBe(true);
+    expect(config.backupCopy).toBeUndefined();
+    expect(
+      parseConfig(
+        appSettings({
+          backupCopyContainer: "mhsm-backup-copies",
+          backupCopyBlobServiceUri: "https://stvault.blob.core.windows.net/",
+        }),
+      ).backupCopy,
+    ).toEqual({ container: "mhsm-backup-copies", blobServiceUri: "https://stvault.blob.core.windows.net" });
     expect(parseConfig(appSettings({ restoreEnabled: false, hsmStorageAuth: "managedIdentity" }))).toMatchObject({
       restoreEnabled: false,
       hsmStorageAuth: "managedIdentity",
@@ -301,6 +316,114 @@ describe("storage", () => {
   });
 });
 
+describe("immutable copies (backupImmutabilityDays)", () => {
+  const required = {
+    environmentName: "test",
+    location: "westeurope",
+    managedHsmUrls: "https://contoso.managedhsm.azure.net",
+  };
+
+  function deployment(parameters: Record<string, unknown> = {}) {
+    const evaluator = new Evaluator(main, { ...required, ...parameters });
+    const vault = moduleNamed(main, "vault-storage");
+    const app = moduleNamed(main, "function-app");
+    // A parameter that depends on a conditional module is passed as if(..., {value}, {value}) whole.
+    const appParameter = (name: string) => {
+      const raw = (app.resource.properties?.parameters as Record<string, Json>)[name];
+      const entry = (typeof raw === "string" ? evaluator.value(raw) : raw) as { value: Json };
+      return evaluator.value(entry.value);
+    };
+    return { evaluator, vault, deployed: evaluator.value(vault.resource.condition!) === true, appParameter };
+  }
+
+  function vaultAccount(parameters: Record<string, unknown>) {
+    const { evaluator, vault } = deployment(parameters);
+    const passed = Object.fromEntries(
+      Object.keys(vault.template.parameters ?? {}).map((name) => [
+        name,
+        evaluator.value(moduleParameterExpression(vault, name) as string),
+      ]),
+    );
+    const inner = new Evaluator(vault.template, passed);
+    const byType = (type: string) =>
+      vault.template.resources.filter((r) => r.type === type).flatMap((r) => inner.instances(r));
+    return { passed, byType };
+  }
+
+  it("0 (default): no vault account, and the app's copy settings are empty (copies off)", () => {
+    const { deployed, appParameter } = deployment();
+    expect(deployed).toBe(false);
+    expect(appParameter("backupCopyContainer")).toBe("");
+    expect(appParameter("backupCopyBlobServiceUri")).toBe("");
+    expect(deployment({ backupImmutabilityDays: 0 }).deployed).toBe(false);
+  });
+
+  it("N > 0: a vault account with version-level immutability of N days (Unlocked unless asked), Entra ID only, versioning, the copy container, copies deleted once expired", () => {
+    const { deployed, appParameter } = deployment({ backupImmutabilityDays: 30 });
+    expect(deployed).toBe(true);
+    expect(appParameter("backupCopyContainer")).toBe("mhsm-backup-copies");
+    expect(String(appParameter("backupCopyBlobServiceUri"))).toMatch(/vault-storage.*\.outputs\.blobEndpoint/);
+
+    const { passed, byType } = vaultAccount({ backupImmutabilityDays: 30 });
+    expect(passed.name).toMatch(/^stvault[a-z0-9]{13}$/);
+    const [storage] = byType("Microsoft.Storage/storageAccounts");
+    expect(storage!.properties).toMatchObject({
+      allowSharedKeyAccess: false,
+      allowBlobPublicAccess: false,
+      minimumTlsVersion: "TLS1_2",
+      immutableStorageWithVersioning: {
+        enabled: true,
+        immutabilityPolicy: {
+          immutabilityPeriodSinceCreationInDays: 30,
+          state: "Unlocked",
+          allowProtectedAppendWrites: false,
+        },
+      },
+    });
+    expect(byType("Microsoft.Storage/storageAccounts/blobServices")[0]!.properties).toMatchObject({
+      isVersioningEnabled: true,
+    });
+    expect(byType("Microsoft.Storage/storageAccounts/blobServices/containers").map((c) => c.name)).toEqual([
+      `${String(passed.name)}/default/mhsm-backup-copies`,
+    ]);
+    const [lifecycle] = byType("Microsoft.Storage/storageAccounts/managementPolicies");
+    const rule = (lifecycle!.properties as any).policy.rules[0];
+    expect(rule.definition.filters.prefixMatch).toEqual(["mhsm-backup-copies/"]);
+    expect(rule.definition.actions).toEqual({
+      baseBlob: { delete: { daysAfterCreationGreaterThan: 30 } },
+      version: { delete: { daysAfterCreationGreaterThan: 30 } },
+    });
+    expect(byType("Microsoft.Authorization/locks").map((l) => l.properties.level)).toEqual(["CanNotDelete"]);
+
+    const locked = vaultAccount({ backupImmutabilityDays: 7, backupImmutabilityLocked: true });
+    expect(locked.byType("Microsoft.Storage/storageAccounts")[0]!.properties).toMatchObject({
+      immutableStorageWithVersioning: {
+        immutabilityPolicy: { immutabilityPeriodSinceCreationInDays: 7, state: "Locked" },
+      },
+    });
+  });
+
+  it("the vault has the backup account's network access, redundancy and lock setting", () => {
+    const vault = moduleNamed(main, "vault-storage");
+    const backup = moduleNamed(main, "backup-storage");
+    for (const [mine, theirs] of [
+      ["publicNetworkAccess", "publicNetworkAccess"],
+      ["skuName", "skuName"],
+      ["lock", "lock"],
+    ] as const)
+      expect(moduleParameterExpression(vault, mine), mine).toEqual(moduleParameterExpression(backup, theirs));
+    const disabled = vaultAccount({
+      backupImmutabilityDays: 30,
+      hsmStorageAuth: "managedIdentity",
+      backupStoragePublicNetworkAccess: "Disabled",
+    });
+    expect(disabled.byType("Microsoft.Storage/storageAccounts")[0]!.properties).toMatchObject({
+      publicNetworkAccess: "Disabled",
+      networkAcls: { defaultAction: "Deny" },
+    });
+  });
+});
+
 describe("role assignments", () => {
   const ROLES = {
     "b7e6dc6d-f1e8-4753-8033-0f276bb0955b": "Storage Blob Data Owner",
@@ -315,9 +438,10 @@ describe("role assignments", () => {
   const TABLE = `${BACKUP}/tableServices/default/tables/hsmbackups`;
   const INSIGHTS = `${RG}/Microsoft.Insights/components/appi`;
 
-  function assignments(hsmStorageAuth: "sas" | "managedIdentity"): string[] {
+  function assignments(hsmStorageAuth: "sas" | "managedIdentity", extra: Record<string, unknown> = {}): string[] {
     const rbac = moduleNamed(main, "rbac").template;
     const evaluator = new Evaluator(rbac, {
+      ...extra,
       appIdentityName: "id-app",
       hsmBackupIdentityName: hsmStorageAuth === "managedIdentity" ? "id-hsm" : "",
       hsmStorageAuth,
@@ -371,6 +495,36 @@ describe("role assignments", () => {
     );
   });
 
+  it("immutable copies: the app may also write (never delete) in the vault's copy container, nothing else there", () => {
+    const vault = { vaultStorageName: "stvault", vaultContainerName: "mhsm-backup-copies" };
+    const VAULT_CONTAINER = `${RG}/Microsoft.Storage/storageAccounts/stvault/blobServices/default/containers/mhsm-backup-copies`;
+    expect(assignments("sas", vault)).toEqual(
+      [...assignments("sas"), `Storage Blob Data Contributor @ ${VAULT_CONTAINER} -> id-app`].sort(),
+    );
+    const rbac = moduleNamed(main, "rbac").template;
+    const evaluator = new Evaluator(rbac, {
+      ...vault,
+      appIdentityName: "id-app",
+      hsmBackupIdentityName: "",
+      hsmStorageAuth: "sas",
+      hostStorageName: "sthost",
+      backupStorageName: "stbak",
+      backupContainerName: "mhsm-backups",
+      catalogTableName: "hsmbackups",
+      applicationInsightsName: "appi",
+    });
+    const onVault = rbac.resources
+      .filter((r) => r.type === "Microsoft.Authorization/roleAssignments")
+      .flatMap((r) => evaluator.instances(r))
+      .filter(({ resource }) => String(resource.scope).includes("/stvault/"));
+    expect(onVault).toHaveLength(1);
+    // Copying creates blobs and reads back their size; a delete is taken away by the condition.
+    expect(onVault[0]!.properties).toMatchObject({
+      conditionVersion: "2.0",
+      condition: "(!(ActionMatches{'Microsoft.Storage/storageAccounts/blobServices/containers/blobs/delete'}))",
+    });
+  });
+
   it("declares role assignments only in the rbac module, each named with guid()", () => {
     const all = resourcesOfType(main, "Microsoft.Authorization/roleAssignments");
     const rbac = moduleNamed(main, "rbac").template;
@@ -395,6 +549,9 @@ describe("role assignments", () => {
     same("catalogTableName", "backup-storage", "tableName");
     same("applicationInsightsName", "monitoring", "applicationInsightsName");
     same("hsmStorageAuth", "function-app", "hsmStorageAuth");
+    same("vaultStorageName", "vault-storage", "name");
+    same("vaultContainerName", "vault-storage", "containerName");
+    same("vaultContainerName", "function-app", "backupCopyContainer");
   });
 });
 
@@ -505,6 +662,16 @@ function mainParametersBySetting(): Map<string, Set<string>> {
 const asAzdDefault = (value: Json | undefined): string | undefined =>
   value === undefined ? undefined : typeof value === "string" ? value : JSON.stringify(value);
 
+/**
+ * Parameters that turn a feature on rather than carry a setting's value: the settings they feed are
+ * derived (a container name, the endpoint of an account the template creates), so their azd variable
+ * is named after the switch.
+ */
+const FEATURE_SWITCHES: Record<string, string> = {
+  backupImmutabilityDays:
+    "BACKUP_IMMUTABILITY_DAYS > 0 creates the vault account; BACKUP_COPY_CONTAINER and BackupCopyStorage__blobServiceUri name it",
+};
+
 describe("azd: every setting through `azd env set`, and back out for the CLI", () => {
   it("every main.bicep parameter that feeds an app setting has a main.parameters.json entry named after that setting, with the Bicep default", () => {
     const entries = azdEntries();
@@ -524,7 +691,7 @@ describe("azd: every setting through `azd env set`, and back out for the CLI", (
       const entry = entries.get(parameter);
       const bicepDefault = asAzdDefault(main.parameters![parameter]!.defaultValue);
       if (!entry) problems.push(`${parameter}: no entry (add "\${${settings[0]}=${bicepDefault ?? ""}}")`);
-      else if (!settings.includes(entry.name))
+      else if (!settings.includes(entry.name) && !(parameter in FEATURE_SWITCHES))
         problems.push(`${parameter}: entry ${entry.name}, but it feeds ${settings.join(", ")}`);
       else if (entry.fallback !== bicepDefault)
         problems.push(`${parameter}: default "${entry.fallback}" in main.parameters.json, "${bicepDefault}" in Bicep`);
@@ -561,9 +728,13 @@ describe("azd: every setting through `azd env set`, and back out for the CLI", (
     };
     const evaluator = new Evaluator(main, parameters);
     const module = moduleNamed(main, "function-app");
-    const passed = module.resource.properties!.parameters as Record<string, { value: Json }>;
+    const passed = module.resource.properties!.parameters as Record<string, { value: Json } | string>;
+    // Bicep compiles a conditional module parameter to one expression that yields the whole { value }.
     const appParameters = Object.fromEntries(
-      Object.entries(passed).map(([name, { value }]) => [name, evaluator.value(value)]),
+      Object.entries(passed).map(([name, given]) => [
+        name,
+        typeof given === "string" ? (evaluator.value(given) as { value: unknown }).value : evaluator.value(given.value),
+      ]),
     );
     const app = module.template;
     const [config] = app.resources.filter((r) => r.type === "Microsoft.Web/sites/config");

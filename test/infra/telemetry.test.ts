@@ -24,6 +24,8 @@ const SAMPLE: Required<OutcomeFields> = {
   origin: "discovered",
   verification: "Passed",
   verificationMessage: "v",
+  copyStatus: "Failed",
+  copyMessage: "c",
   requestedBy: "ops@contoso.com (00000000-0000-0000-0000-000000000001)",
   requestId: "0b6a3e4c-8f2d-4c1e-9a57-3d2f1b0e9c11",
   clientRequestId: "5e0d2a91-7c44-4b8e-b1f3-6a9c2d7e4f08",

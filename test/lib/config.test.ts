@@ -27,7 +27,28 @@ function failure(env: Env): ConfigError {
   throw new Error(`parseConfig accepted ${JSON.stringify(env)}`);
 }
 
+const identity: Env = {
+  MANAGED_HSM_URLS: "https://a.managedhsm.azure.net",
+  BackupStorage__blobServiceUri: "https://a.blob.core.windows.net",
+  BackupStorage__tableServiceUri: "https://a.table.core.windows.net",
+};
+
 describe("parseConfig", () => {
+  it("reads immutable copies: off by default, the same account with a connection string, the vault account with an identity", () => {
+    expect(parseConfig(minimal).backupCopy).toBeUndefined();
+    expect(
+      parseConfig({ ...minimal, BACKUP_COPY_CONTAINER: " ", BackupCopyStorage__blobServiceUri: "" }).backupCopy,
+    ).toBeUndefined();
+    expect(parseConfig({ ...minimal, BACKUP_COPY_CONTAINER: "copies" }).backupCopy).toEqual({ container: "copies" });
+    expect(
+      parseConfig({
+        ...identity,
+        BACKUP_COPY_CONTAINER: "mhsm-backups",
+        BackupCopyStorage__blobServiceUri: "https://vault.blob.core.windows.net/",
+      }).backupCopy,
+    ).toEqual({ container: "mhsm-backups", blobServiceUri: "https://vault.blob.core.windows.net" });
+  });
+
   it("applies the documented defaults", () => {
     expect(parseConfig(minimal)).toEqual({
       hsms: [{ url: "https://contoso.managedhsm.azure.net", name: "contoso" }],
@@ -134,6 +155,60 @@ describe("parseConfig", () => {
     ["a bad storage auth", { ...minimal, HSM_STORAGE_AUTH: "key" }, "HSM_STORAGE_AUTH", /not one of/],
     ["a bad boolean", { ...minimal, RESTORE_ENABLED: "yes" }, "RESTORE_ENABLED", /true or false/],
     ["a bad health age", { ...minimal, HEALTH_MAX_AGE_HOURS: "0" }, "HEALTH_MAX_AGE_HOURS", /whole number/],
+    [
+      "a bad copy container",
+      { ...minimal, BACKUP_COPY_CONTAINER: "Vault!" },
+      "BACKUP_COPY_CONTAINER",
+      /container name/,
+    ],
+    [
+      "copying into the backup container itself",
+      { ...minimal, BACKUP_COPY_CONTAINER: "mhsm-backups" },
+      "BACKUP_COPY_CONTAINER",
+      /the backup container itself/,
+    ],
+    [
+      "a copy account without a copy container",
+      { ...minimal, BackupCopyStorage__blobServiceUri: "https://v.blob.core.windows.net" },
+      "BACKUP_COPY_CONTAINER",
+      /is required/,
+    ],
+    [
+      "a copy account with a connection string",
+      {
+        ...minimal,
+        BACKUP_COPY_CONTAINER: "copies",
+        BackupCopyStorage__blobServiceUri: "https://v.blob.core.windows.net",
+      },
+      "BackupCopyStorage__blobServiceUri",
+      /copy container is in that account/,
+    ],
+    [
+      "a copy container without its account (identity)",
+      { ...identity, BACKUP_COPY_CONTAINER: "copies" },
+      "BackupCopyStorage__blobServiceUri",
+      /is required with BACKUP_COPY_CONTAINER/,
+    ],
+    [
+      "a plain-http copy account",
+      {
+        ...identity,
+        BACKUP_COPY_CONTAINER: "copies",
+        BackupCopyStorage__blobServiceUri: "http://v.blob.core.windows.net",
+      },
+      "BackupCopyStorage__blobServiceUri",
+      /must use https/,
+    ],
+    [
+      "the backup container as copy target in the same account (identity)",
+      {
+        ...identity,
+        BACKUP_COPY_CONTAINER: "mhsm-backups",
+        BackupCopyStorage__blobServiceUri: "https://a.blob.core.windows.net/",
+      },
+      "BACKUP_COPY_CONTAINER",
+      /the backup container itself/,
+    ],
   ])("names the setting for %s", (_case, env, setting, message) => {
     const error = failure(env);
     expect(error.setting).toBe(setting);
