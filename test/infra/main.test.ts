@@ -98,7 +98,36 @@ describe("infra/main.bicep", () => {
     expect(p("hsmStorageAuth")).toBe(defaults.hsmStorageAuth);
     expect(p("restoreEnabled")).toBe(defaults.restoreEnabled);
     expect(p("healthMaxAgeHours")).toBe(defaults.healthMaxAgeHours);
+    expect(p("healthGraceHours")).toBe(defaults.healthGraceHours);
     expect(main.parameters?.hsmApiVersion?.allowedValues).toEqual([...HSM_API_VERSIONS]);
+  });
+
+  it("starts the health grace at this deployment's time unless DEPLOYED_AT pins it, for the app and the alert alike", () => {
+    const required = {
+      environmentName: "test",
+      location: "westeurope",
+      managedHsmUrls: "https://contoso.managedhsm.azure.net",
+    };
+    const given = (parameters: Record<string, unknown>) => {
+      const evaluator = new Evaluator(main, { ...required, ...parameters });
+      const passed = (module: string, parameter: string) =>
+        evaluator.value(moduleParameterExpression(moduleNamed(main, module), parameter));
+      return { deployedAt: passed("function-app", "deployedAt"), graceEndsEpoch: passed("alerts", "graceEndsEpoch") };
+    };
+    const now = Date.parse(CONTEXT.deploymentTime.replace(" ", "T"));
+    expect(given({})).toEqual({ deployedAt: "2026-12-01T03:00:00Z", graceEndsEpoch: now / 1000 + 26 * 3600 });
+    expect(given({ deployedAt: "2026-11-20T08:30:00Z", healthGraceHours: 2 })).toEqual({
+      deployedAt: "2026-11-20T08:30:00Z",
+      graceEndsEpoch: Date.parse("2026-11-20T08:30:00Z") / 1000 + 2 * 3600,
+    });
+    // What the app is given, it can read: grace from the same moment the alert counts from.
+    expect(
+      parseConfig({
+        MANAGED_HSM_URLS: required.managedHsmUrls,
+        BackupStorage: "UseDevelopmentStorage=true",
+        DEPLOYED_AT: String(given({}).deployedAt),
+      }).deployedAt,
+    ).toEqual(new Date(now));
   });
 
   it("refuses SAS mode with public network access off, before creating anything", () => {
@@ -137,6 +166,8 @@ describe("the function app", () => {
     hsmStorageAuth: "sas",
     restoreEnabled: true,
     healthMaxAgeHours: 26,
+    healthGraceHours: 26,
+    deployedAt: "2026-12-01T03:00:00Z",
     hsmRequestTimeoutSeconds: 30,
     maxPollIntervalSeconds: 60,
     jobTimeoutMinutes: 120,
