@@ -480,6 +480,15 @@ describe("azure.yaml", () => {
     expect(String(moduleParameterExpression(moduleNamed(main, "function-app"), "azdServiceName"))).toBe("api");
   });
 
+  it("takes the first backup after deploying (the app runs no code before), failing azd when it fails", () => {
+    const postdeploy = yaml.slice(yaml.indexOf("  postdeploy:"));
+    expect(yaml.indexOf("  postdeploy:")).toBeGreaterThan(yaml.indexOf("  postprovision:"));
+    expect(postdeploy.match(/node dist\/tools\/first-backup\.js/g)).toHaveLength(2);
+    for (const output of ["SERVICE_API_URI", "AZURE_FUNCTION_APP_NAME", "AZURE_RESOURCE_GROUP", "MANAGED_HSM_URLS"]) {
+      expect(main.outputs, output).toHaveProperty(output);
+    }
+  });
+
   it("runs the HSM role hook after provisioning, failing azd when it fails", () => {
     expect(yaml).toMatch(/postprovision:/);
     expect(yaml.match(/node dist\/tools\/grant-hsm-roles\.js/g)).toHaveLength(2);
