@@ -204,7 +204,7 @@ export function emitOutcome(log: Logger, kind: Kind, record: AnyRecord): void {
     origin: backup?.origin,
     verification: backup?.verification,
     verificationMessage: backup?.verificationMessage,
-    requestedBy: restore?.requestedBy,
+    requestedBy: restore ? restore.requestedBy : backup?.requestedBy,
     requestId: record.requestId,
     clientRequestId: record.clientRequestId,
   });

@@ -9,6 +9,7 @@ import { getBackup, postBackup } from "../../src/handlers/backups.js";
 import {
   bodyOf,
   catalogEntities,
+  events,
   get,
   headerOf,
   jobStartRequests,
@@ -105,6 +106,11 @@ describe("POST /api/backups", () => {
     const who = "oncall@contoso.com (11111111-2222-3333-4444-555555555555)";
     expect(entry.record.requestedBy).toBe(who);
     expect((await waitForBackup(app, entry.statusUrl)).requestedBy).toBe(who);
+    // The outcome event (and so the workbook and the "backup failed" alert) says who asked, too.
+    expect(events(app.logs, "MhsmBackupOutcome").find((e) => e.recordId === entry.record.id)).toMatchObject({
+      status: "Succeeded",
+      requestedBy: who,
+    });
   });
 
   it("records a Skipped backup, naming the running job, when the HSM is still busy; the HSM sees one start", async () => {
