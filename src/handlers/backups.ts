@@ -17,10 +17,8 @@ export const postBackup = route(async (request, context, deps) => {
     import("../lib/http.js"),
     import("../lib/backup.js"),
   ]);
-  const { hsm } = await backupRequest(
-    request,
-    deps.config.hsms.map((h) => h.name),
-  );
+  const configured = deps.config.hsms.map((h) => h.name);
+  const { hsm } = await backupRequest(request, configured);
   const results = await backupAll(deps, safeLogger(context), {
     trigger: "http",
     requestedBy: requestedBy(request),
@@ -34,14 +32,8 @@ export const postBackup = route(async (request, context, deps) => {
     ...(r.detail !== undefined ? { detail: r.detail } : {}),
   }));
   if (backups.every((b) => b.record === undefined)) {
-    throw new ProblemError(
-      503,
-      "Backup not started",
-      results.map((r) => `${r.hsm}: ${r.detail ?? r.outcome}`).join("; "),
-      {
-        backups,
-      },
-    );
+    const detail = results.map((r) => `${r.hsm}: ${r.detail ?? r.outcome}`).join("; ");
+    throw new ProblemError(503, "Backup not started", detail, { backups });
   }
   const only = backups.length === 1 ? backups[0]!.statusUrl : undefined;
   return json(202, { backups }, { "Retry-After": POLL_AFTER_SECONDS, ...(only ? { Location: only } : {}) });

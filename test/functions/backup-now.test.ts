@@ -238,3 +238,31 @@ describe("POST /api/backups when the HSM refuses the start", () => {
     expect(bodyOf(await getBackup(get(entry.statusUrl), app.context("getBackup"), app.deps)).status).toBe("Failed");
   });
 });
+
+describe("POST /api/backups when the catalog's storage cannot be reached", () => {
+  it("answers 503 problem+json with each HSM's reason, and starts nothing", async () => {
+    const app = await startTestApp({ hsmCount: 2 });
+    try {
+      // The real dependencies, with the storage account down: its first call fails as a refused connection does.
+      const deps = {
+        ...app.deps,
+        prepare: () => Promise.reject(new Error("connect ECONNREFUSED 127.0.0.1:10002")),
+      };
+      const response = await postBackup(rawPost(undefined), app.context("postBackup"), deps);
+      expect(response.status).toBe(503);
+      expect(headerOf(response, "content-type")).toBe("application/problem+json");
+      const body = bodyOf(response);
+      expect(body.title).toBe("Backup not started");
+      expect(body.detail).toMatch(
+        /testhsm0: backup storage could not be reached \(.*ECONNREFUSED.*\); no backup was started; testhsm1: /,
+      );
+      expect(body.backups.map((b: any) => `${b.hsm} ${b.outcome}`)).toEqual([
+        "testhsm0 NotRecorded",
+        "testhsm1 NotRecorded",
+      ]);
+      expect(app.emulators.map((e) => jobStartRequests(e).length)).toEqual([0, 0]);
+    } finally {
+      await app.stop();
+    }
+  });
+});
