@@ -56,6 +56,20 @@ param backupSchedule string = '0 0 2 * * *'
 @maxValue(47)
 param healthMaxAgeHours int = 26
 
+@description('An HSM never backed up is not overdue (for /api/health and the stale-backup alert) until this many hours after DEPLOYED_AT, so a new deployment pages nobody before its first backup could run; 0 turns the grace off (HEALTH_GRACE_HOURS).')
+@minValue(0)
+@maxValue(744)
+param healthGraceHours int = 26
+
+@description('DEPLOYED_AT: where the grace of healthGraceHours starts, a UTC time such as 2026-12-01T03:00:00Z. Empty (default): the time of this deployment, so each provisioning restarts the grace of HSMs never backed up; set a fixed time to keep it from restarting.')
+param deployedAt string = ''
+
+@description('The time of this deployment, used for DEPLOYED_AT when deployedAt is empty. Not meant to be set: utcNow() is only allowed as a parameter default.')
+param deploymentTime string = utcNow('u')
+
+// ISO 8601 with a "T", which the app's DEPLOYED_AT and the alert's KQL both read.
+var graceStart = replace(empty(deployedAt) ? deploymentTime : deployedAt, ' ', 'T')
+
 @description('Timeout of each call to an HSM or to storage, in seconds (HSM_REQUEST_TIMEOUT_SECONDS).')
 @minValue(5)
 @maxValue(120)
@@ -330,6 +344,8 @@ module functionApp 'app/function-app.bicep' = {
     hsmStorageAuth: hsmStorageAuth
     restoreEnabled: restoreEnabled
     healthMaxAgeHours: healthMaxAgeHours
+    healthGraceHours: healthGraceHours
+    deployedAt: graceStart
     hsmRequestTimeoutSeconds: hsmRequestTimeoutSeconds
     maxPollIntervalSeconds: maxPollIntervalSeconds
     jobTimeoutMinutes: jobTimeoutMinutes
@@ -355,6 +371,7 @@ module alerts 'app/alerts.bicep' = {
     alertEmail: alertEmail
     hsmNames: hsmNames
     backupMaxAgeHours: healthMaxAgeHours
+    graceEndsEpoch: dateTimeToEpoch(graceStart) + healthGraceHours * 3600
     healthUrl: 'https://${functionApp.outputs.defaultHostName}/api/health'
   }
 }
@@ -424,5 +441,7 @@ output MAX_POLL_INTERVAL_SECONDS string = string(maxPollIntervalSeconds)
 output JOB_TIMEOUT_MINUTES string = string(jobTimeoutMinutes)
 output RECONCILE_SCHEDULE string = reconcileSchedule
 output BACKUP_CONCURRENCY string = string(backupConcurrency)
+output HEALTH_GRACE_HOURS string = string(healthGraceHours)
+output DEPLOYED_AT string = graceStart
 output BACKUP_COPY_CONTAINER string = backupCopyContainerName
 output BackupCopyStorage__blobServiceUri string = immutableCopies ? vaultStorage!.outputs.blobEndpoint : ''

@@ -31,6 +31,7 @@ import {
 } from "@azure/core-rest-pipeline";
 import { keyVaultAuthenticationPolicy } from "@azure/keyvault-common";
 import { isLoopback } from "../src/lib/config.js";
+import { azdHookCredential } from "./azd-credential.js";
 
 /** Managed HSM built-in local roles (MicrosoftDocs azure-security-docs, managed-hsm/built-in-roles.md). */
 export const HSM_ROLE_IDS = {
@@ -414,19 +415,7 @@ export async function runHook(
   log: (line: string) => void = console.log,
 ): Promise<GrantResult[]> {
   const settings = readHookSettings(env);
-  // Imported here so that tests of the other exports do not load the whole identity stack.
-  const { AzureDeveloperCliCredential, ChainedTokenCredential, DefaultAzureCredential } =
-    await import("@azure/identity");
-  const credentialOptions = {
-    ...(settings.tenantId ? { tenantId: settings.tenantId } : {}),
-    additionallyAllowedTenants: ["*"],
-  };
-  // azd's own sign-in first (this runs as an azd hook), then whatever DefaultAzureCredential finds
-  // (az CLI, environment, workload identity in a pipeline, managed identity).
-  const credential = new ChainedTokenCredential(
-    new AzureDeveloperCliCredential(credentialOptions),
-    new DefaultAzureCredential(credentialOptions),
-  );
+  const credential = await azdHookCredential(settings.tenantId);
   // Only a local emulator can be reached this way; parseHsmUrl refuses it for anything else.
   const loopback = settings.hsmUrls.every((u) => URL.canParse(u) && isLoopback(new URL(u).hostname));
   const operators = settings.operatorPrincipalIds;

@@ -28,6 +28,9 @@ param hsmNames array
 @maxValue(47)
 param backupMaxAgeHours int
 
+@description('Unix time (seconds) when the grace after deployment ends (DEPLOYED_AT + HEALTH_GRACE_HOURS): before it, an HSM with no successful backup in the query range is awaiting its first backup, not overdue.')
+param graceEndsEpoch int
+
 @description('URL the availability test calls: the app\'s anonymous /api/health.')
 param healthUrl string
 
@@ -52,28 +55,43 @@ resource actionGroup 'Microsoft.Insights/actionGroups@2023-01-01' = {
 }
 
 // Every HSM in MANAGED_HSM_URLS that has no successful backup inside the limit, including one that
-// never had any. The app may report an HSM by name or by URL: both are reduced to the first DNS label.
+// never had any — except, until the grace after deployment ends, one with no success in the whole
+// two-day range: a new deployment (or a newly added HSM) is awaiting its first backup, as /api/health
+// says. /api/health reads the whole catalog, so an HSM whose only success is older than the range
+// still makes it answer 503 and the availability alert fire. The app may report an HSM by name or by
+// URL: both are reduced to the first DNS label.
 var staleBackupQuery = replace(
   replace(
-    '''
+    replace(
+      '''
 let expected = dynamic({HSM_NAMES});
+let graceEnds = unixtime_seconds_todatetime({GRACE_ENDS_EPOCH});
 let succeeded = traces
-| where timestamp > ago({MAX_AGE_HOURS}h)
+| where timestamp > ago(2d)
 | where message startswith "MhsmBackupOutcome "
 | extend e = parse_json(substring(message, indexof(message, " ") + 1))
 | where tostring(e.status) == "Succeeded"
 | extend hsm = tostring(split(replace_string(tostring(e.hsm), "https://", ""), ".")[0])
-| distinct hsm;
+| summarize newest = max(timestamp) by hsm;
+let recent = succeeded
+| where newest > ago({MAX_AGE_HOURS}h)
+| project hsm;
+let seen = succeeded
+| project hsm;
 print hsm = expected
 | mv-expand hsm to typeof(string)
-| join kind=leftanti succeeded on hsm
+| join kind=leftanti recent on hsm
+| where now() >= graceEnds or hsm in (seen)
 | project hsm
 ''',
-    '{HSM_NAMES}',
-    string(hsmNames)
+      '{HSM_NAMES}',
+      string(hsmNames)
+    ),
+    '{MAX_AGE_HOURS}',
+    string(backupMaxAgeHours)
   ),
-  '{MAX_AGE_HOURS}',
-  string(backupMaxAgeHours)
+  '{GRACE_ENDS_EPOCH}',
+  string(graceEndsEpoch)
 )
 
 var backupFailedQuery = '''
@@ -104,7 +122,7 @@ var logAlerts = [
   {
     name: 'backup-stale'
     displayName: 'Managed HSM backup is overdue'
-    description: 'An HSM in MANAGED_HSM_URLS has no successful backup in the last ${backupMaxAgeHours} hours (the "hsm" dimension names it). Check the workbook for the failures behind it, then the function app\'s logs. Resolves by itself after the next successful backup.'
+    description: 'An HSM in MANAGED_HSM_URLS has no successful backup in the last ${backupMaxAgeHours} hours (the "hsm" dimension names it); one never backed up only once the grace after deployment (HEALTH_GRACE_HOURS) has ended. Check the workbook for the failures behind it, then the function app\'s logs. Resolves by itself after the next successful backup.'
     severity: 1
     query: staleBackupQuery
     dimensions: ['hsm']

@@ -81,6 +81,12 @@ param restoreEnabled bool
 @description('HEALTH_MAX_AGE_HOURS: /api/health answers 503 once an HSM\'s newest successful backup is older than this.')
 param healthMaxAgeHours int
 
+@description('HEALTH_GRACE_HOURS: an HSM never backed up is not stale until this long after DEPLOYED_AT.')
+param healthGraceHours int
+
+@description('DEPLOYED_AT: where that grace starts (UTC, ISO 8601).')
+param deployedAt string
+
 @description('HSM_REQUEST_TIMEOUT_SECONDS: timeout of each HSM or storage call.')
 param hsmRequestTimeoutSeconds int
 
@@ -178,6 +184,8 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
       HSM_STORAGE_AUTH: hsmStorageAuth
       RESTORE_ENABLED: restoreEnabled ? 'true' : 'false'
       HEALTH_MAX_AGE_HOURS: string(healthMaxAgeHours)
+      HEALTH_GRACE_HOURS: string(healthGraceHours)
+      DEPLOYED_AT: deployedAt
       HSM_REQUEST_TIMEOUT_SECONDS: string(hsmRequestTimeoutSeconds)
       MAX_POLL_INTERVAL_SECONDS: string(maxPollIntervalSeconds)
       JOB_TIMEOUT_MINUTES: string(jobTimeoutMinutes)

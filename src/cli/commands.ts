@@ -31,11 +31,14 @@ export interface Context {
   readonly signal?: AbortSignal | undefined;
   /** Asks the person at the terminal (to type the HSM name a full restore wipes); absent off a terminal. */
   readonly readLine?: ((prompt: string) => Promise<string>) | undefined;
-  /** Recorded with a restore: who ran the CLI (the signed-in identity, else the OS user); asked on first use. */
+  /** Recorded with a restore or a backup: who ran the CLI (the signed-in identity, else the OS user); asked on first use. */
   readonly requestedBy: () => Promise<string>;
 }
 
-export async function backup({ deps, log, term, json, signal }: Context, hsmName: string | undefined): Promise<number> {
+export async function backup(
+  { deps, log, term, json, signal, requestedBy }: Context,
+  hsmName: string | undefined,
+): Promise<number> {
   if (hsmName !== undefined && !deps.config.hsms.some((h) => h.name === hsmName)) {
     throw new ProblemError(
       400,
@@ -58,6 +61,7 @@ export async function backup({ deps, log, term, json, signal }: Context, hsmName
   });
   const results = await backupAll(deps, log, {
     trigger: "cli",
+    requestedBy: await requestedBy(),
     ...(hsmName !== undefined ? { hsmNames: [hsmName] } : {}),
     ...(signal ? { abortSignal: signal } : {}),
     onProgress: (hsm, state) => {

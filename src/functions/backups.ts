@@ -5,7 +5,8 @@
  * its default (the app's memoized dependencies).
  */
 import { app } from "@azure/functions";
-import { getBackup, listBackups } from "../handlers/backups.js";
+import { getBackup, listBackups, postBackup } from "../handlers/backups.js";
 
 app.http("listBackups", { methods: ["GET"], route: "backups", authLevel: "function", handler: listBackups });
+app.http("postBackup", { methods: ["POST"], route: "backups", authLevel: "function", handler: postBackup });
 app.http("getBackup", { methods: ["GET"], route: "backups/{id}", authLevel: "function", handler: getBackup });

@@ -23,8 +23,16 @@ import { toSafeError } from "./redact.js";
 import { verifyBackup } from "./verify.js";
 
 export interface BackupRunOptions {
-  /** What started the run, kept in the record: "timer", "cli". */
+  /** What started the run, kept in the record: "timer", "cli", "http". */
   readonly trigger: string;
+  /** Who asked for an on-demand backup, kept in the record (see requestedBy in src/lib/http.ts). */
+  readonly requestedBy?: string;
+  /**
+   * false: start each job, record it Running and return (outcome Pending) without waiting for it: an
+   * HTTP call must answer within 230 s. The reconcile run or a status read records the outcome.
+   * Default true (the timer and the CLI wait).
+   */
+  readonly waitForOutcome?: boolean;
   readonly abortSignal?: AbortSignal;
   readonly onProgress?: (hsm: HsmTarget, state: HsmOperationState) => void;
   /**
@@ -135,6 +143,7 @@ export async function backupHsm(
     trigger: options.trigger,
     deadlineAt: new Date(startedAt.getTime() + config.jobTimeoutMs).toISOString(),
     ...(options.slot ? { slot: options.slot.toISOString() } : {}),
+    ...(options.requestedBy !== undefined ? { requestedBy: options.requestedBy } : {}),
   };
   if (busy) return skip(deps, hsm, log, base, busy);
 
@@ -165,6 +174,7 @@ export async function backupHsm(
       `Backup job ${jobId} of HSM ${hsm.name} was accepted, but recording it failed (${toSafeError(error).message}); waiting for the job anyway (record ${stored.record.id})`,
     );
   }
+  if (options.waitForOutcome === false) return { hsm: hsm.name, outcome: "Pending", record: stored.record, jobId };
   const jobDeadline = deadlineOf(deps, stored.record);
   const waitUntil = options.runDeadline && options.runDeadline < jobDeadline ? options.runDeadline : jobDeadline;
   let patch: FinalPatch | undefined;

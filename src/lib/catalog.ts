@@ -63,8 +63,10 @@ interface CommonRecord {
 export interface BackupRecord extends CommonRecord {
   /** The folder the HSM wrote, once Succeeded. A plain URL: never a SAS. */
   readonly folderUri?: string;
-  /** What started it: "timer", "cli", "reconcile". */
+  /** What started it: "timer", "cli", "http", "reconcile". */
   readonly trigger: string;
+  /** An on-demand backup (trigger "http"): who asked, as for a restore. */
+  readonly requestedBy?: string;
   /** "discovered": reconcile found the folder in the container without a record and the HSM's pre-restore check accepted it. */
   readonly origin?: "discovered";
   /** Skipped: the record of the job that was still running on the HSM. */

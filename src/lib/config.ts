@@ -19,6 +19,8 @@ export const SETTINGS = [
   "HSM_STORAGE_AUTH",
   "RESTORE_ENABLED",
   "HEALTH_MAX_AGE_HOURS",
+  "HEALTH_GRACE_HOURS",
+  "DEPLOYED_AT",
   "HSM_REQUEST_TIMEOUT_SECONDS",
   "MAX_POLL_INTERVAL_SECONDS",
   "JOB_TIMEOUT_MINUTES",
@@ -75,6 +77,13 @@ export interface AppConfig {
   readonly hsmStorageAuth: "sas" | "managedIdentity";
   readonly restoreEnabled: boolean;
   readonly healthMaxAgeHours: number;
+  /**
+   * An HSM with no successful backup yet is not stale until this long after deployedAt: a new
+   * deployment (or a newly added HSM) does not page anyone before its first backup could run. 0: off.
+   */
+  readonly healthGraceHours: number;
+  /** When Bicep last deployed the app's settings (DEPLOYED_AT); absent locally, which means no grace. */
+  readonly deployedAt?: Date;
   /** Per call to an HSM or storage: token, connection and the whole answer. */
   readonly requestTimeoutMs: number;
   /** Cap on any Retry-After the HSM asks for. */
@@ -135,6 +144,8 @@ export function parseConfig(env: Env): AppConfig {
     hsmStorageAuth,
     restoreEnabled: boolean(env, "RESTORE_ENABLED", true),
     healthMaxAgeHours: integer(env, "HEALTH_MAX_AGE_HOURS", 26, 1, 24 * 31),
+    healthGraceHours: integer(env, "HEALTH_GRACE_HOURS", 26, 0, 24 * 31),
+    deployedAt: timestamp(env, "DEPLOYED_AT"),
     requestTimeoutMs: integer(env, "HSM_REQUEST_TIMEOUT_SECONDS", 30, 5, 120) * 1000,
     maxPollIntervalMs: integer(env, "MAX_POLL_INTERVAL_SECONDS", 60, 1, 300) * 1000,
     jobTimeoutMs: integer(env, "JOB_TIMEOUT_MINUTES", 120, 10, 24 * 60) * 60_000,
@@ -346,6 +357,16 @@ function integer(env: Env, name: SettingName, fallback: number, min: number, max
     throw new ConfigError(name, `"${raw}" is not a whole number from ${min} to ${max}`);
   }
   return Number(raw);
+}
+
+/** An ISO 8601 UTC time, as Bicep's utcNow('u') ("2026-12-01 03:00:00Z") or utcNow('o') write it. */
+function timestamp(env: Env, name: SettingName): Date | undefined {
+  const raw = setting(env, name);
+  if (raw === undefined) return undefined;
+  const iso = raw.replace(" ", "T");
+  const time = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,7})?Z$/.test(iso) ? Date.parse(iso) : NaN;
+  if (Number.isNaN(time)) throw new ConfigError(name, `"${raw}" is not a UTC time like 2026-12-01T03:00:00Z`);
+  return new Date(time);
 }
 
 function boolean(env: Env, name: SettingName, fallback: boolean): boolean {

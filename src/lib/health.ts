@@ -12,6 +12,10 @@ export interface HsmHealth {
   readonly unverified?: boolean;
   /** With copies on: the newest successful backup has no immutable copy (Failed, Skipped or none). Not unhealthy: the backup exists. */
   readonly copyMissing?: boolean;
+  /** Never backed up, still within HEALTH_GRACE_HOURS of the deployment: not stale (yet). */
+  readonly awaitingFirstBackup?: boolean;
+  /** When that grace ends: from then on, still no successful backup is stale. */
+  readonly graceEndsAt?: string;
 }
 
 export interface Health {
@@ -23,7 +27,9 @@ export interface Health {
 /**
  * Healthy when every configured HSM has a successful backup younger than HEALTH_MAX_AGE_HOURS whose
  * restorability check did not fail: a backup the HSM says it cannot restore is no backup. One that was
- * not checked (api-version before 7.6, HSM busy) is reported as unverified, not as unhealthy. Only
+ * not checked (api-version before 7.6, HSM busy) is reported as unverified, not as unhealthy. An HSM
+ * never backed up is stale, except within HEALTH_GRACE_HOURS of DEPLOYED_AT: a fresh deployment's
+ * first backup may not have run yet, and nobody should be paged for that. Only
  * names, times and verdicts: the endpoint is anonymous, so no folder URIs, URLs or errors.
  */
 export async function checkHealth(deps: AppDeps): Promise<Health> {
@@ -33,7 +39,7 @@ export async function checkHealth(deps: AppDeps): Promise<Health> {
   const hsms = await Promise.all(
     deps.config.hsms.map(async (hsm): Promise<HsmHealth> => {
       const newest = (await deps.catalog.list("backup", { hsmName: hsm.name, status: "Succeeded", top: 1 })).items[0];
-      if (!newest) return { name: hsm.name, stale: true };
+      if (!newest) return neverBackedUp(deps, hsm.name, now);
       const endedAt = newest.endedAt ?? newest.startedAt;
       const ageHours = Math.round(((now - Date.parse(endedAt)) / 3_600_000) * 10) / 10;
       const verification = newest.verification ?? "none";
@@ -49,4 +55,12 @@ export async function checkHealth(deps: AppDeps): Promise<Health> {
     }),
   );
   return { healthy: hsms.every((h) => !h.stale), maxAgeHours, hsms };
+}
+
+function neverBackedUp(deps: AppDeps, name: string, now: number): HsmHealth {
+  const { deployedAt, healthGraceHours } = deps.config;
+  if (!deployedAt || healthGraceHours === 0) return { name, stale: true };
+  const graceEnds = deployedAt.getTime() + healthGraceHours * 3_600_000;
+  if (now >= graceEnds) return { name, stale: true };
+  return { name, stale: false, awaitingFirstBackup: true, graceEndsAt: new Date(graceEnds).toISOString() };
 }

@@ -1,5 +1,5 @@
 /**
- * Reading HTTP requests: record ids, listing queries and restore bodies, checked before anything is
+ * Reading HTTP requests: record ids, listing queries, restore and backup bodies, checked before anything is
  * asked of storage or an HSM. Handlers import it on first use (it pulls in the catalog); the route
  * wrapper and JSON answers live in handler.ts, which registration loads.
  */
@@ -7,7 +7,15 @@ import type { HttpRequest } from "@azure/functions";
 import { RECORD_ID, type ListQuery } from "./catalog.js";
 import { ProblemError } from "./problem.js";
 import type { RestoreRequest } from "./restore.js";
-import { checkKeyName, checkRecordId, describe, InvalidInput, parseListQuery, truncate } from "./validation.js";
+import {
+  checkConfiguredHsm,
+  checkKeyName,
+  checkRecordId,
+  describe,
+  InvalidInput,
+  parseListQuery,
+  truncate,
+} from "./validation.js";
 
 /**
  * Who made an HTTP request: the principal App Service Authentication vouches for (it sets these
@@ -20,7 +28,7 @@ export function requestedBy(request: HttpRequest): string {
   return [name, id ? `(${id})` : undefined].filter(Boolean).join(" ").slice(0, 200);
 }
 
-/** Restore requests are tiny; anything larger is not one. */
+/** Restore and backup requests are tiny; anything larger is not one. */
 export const MAX_BODY_BYTES = 4096;
 
 /** A record id from the route; malformed ids (quotes, OData, anything odd) are refused before any query. */
@@ -68,32 +76,7 @@ export function listQuery(request: HttpRequest): ListQuery {
  * of the HSM (and a full restore needs "confirm" anyway: startRestore checks it against the backup).
  */
 export async function restoreRequest(request: HttpRequest): Promise<RestoreRequest> {
-  const declared = Number(request.headers.get("content-length") ?? "0");
-  if (declared > MAX_BODY_BYTES) throw tooLarge();
-  const contentType = request.headers.get("content-type") ?? "";
-  if (!/^application\/json\s*(;|$)/i.test(contentType)) {
-    throw new ProblemError(
-      415,
-      "Unsupported media type",
-      `Send the restore request as application/json, not "${truncate(contentType) || "no content type"}".`,
-    );
-  }
-  const text = await request.text();
-  if (Buffer.byteLength(text) > MAX_BODY_BYTES) throw tooLarge();
-  let body: unknown;
-  try {
-    body = JSON.parse(text);
-  } catch {
-    throw new ProblemError(400, "Malformed JSON", "The request body is not valid JSON.");
-  }
-  if (typeof body !== "object" || body === null || Array.isArray(body)) {
-    throw new ProblemError(
-      400,
-      "Invalid restore request",
-      'The body must be a JSON object: {"backupId": "...", "keyName": "..." (optional)}.',
-    );
-  }
-  const fields = body as Record<string, unknown>;
+  const fields = await jsonObject(request, "restore", '{"backupId": "...", "keyName": "..." (optional)}');
   const unknown = Object.keys(fields).filter((k) => k !== "backupId" && k !== "keyName" && k !== "confirm");
   if (unknown.length > 0) {
     throw new ProblemError(
@@ -123,6 +106,61 @@ export async function restoreRequest(request: HttpRequest): Promise<RestoreReque
   };
 }
 
+/**
+ * The body of POST /api/backups: empty, {} (every configured HSM) or {"hsm": "<name>"} (that one).
+ * An unknown name is refused naming the configured ones, before anything is recorded or started.
+ */
+export async function backupRequest(request: HttpRequest, configured: readonly string[]): Promise<{ hsm?: string }> {
+  const fields = await jsonObject(request, "backup", '{"hsm": "<name>"}, or {} or no body for every HSM', {
+    allowEmpty: true,
+  });
+  const unknown = Object.keys(fields).filter((k) => k !== "hsm");
+  if (unknown.length > 0) {
+    throw new ProblemError(
+      400,
+      "Invalid backup request",
+      `Unknown field(s): ${unknown.map((k) => truncate(k)).join(", ")}. Known: hsm.`,
+    );
+  }
+  if (fields.hsm === undefined) return {};
+  return { hsm: asProblem(() => checkConfiguredHsm(fields.hsm, configured, (field) => field)) };
+}
+
+/**
+ * A small JSON object body: declared and actual size, media type, syntax and shape checked, each
+ * refusal naming what to send. allowEmpty: no body at all (or only whitespace) reads as {}.
+ */
+async function jsonObject(
+  request: HttpRequest,
+  what: "backup" | "restore",
+  shape: string,
+  { allowEmpty = false } = {},
+): Promise<Record<string, unknown>> {
+  const declared = Number(request.headers.get("content-length") ?? "0");
+  if (declared > MAX_BODY_BYTES) throw tooLarge(what);
+  const text = await request.text();
+  if (allowEmpty && text.trim() === "") return {};
+  const contentType = request.headers.get("content-type") ?? "";
+  if (!/^application\/json\s*(;|$)/i.test(contentType)) {
+    throw new ProblemError(
+      415,
+      "Unsupported media type",
+      `Send the ${what} request as application/json, not "${truncate(contentType) || "no content type"}".`,
+    );
+  }
+  if (Buffer.byteLength(text) > MAX_BODY_BYTES) throw tooLarge(what);
+  let body: unknown;
+  try {
+    body = JSON.parse(text);
+  } catch {
+    throw new ProblemError(400, "Malformed JSON", "The request body is not valid JSON.");
+  }
+  if (typeof body !== "object" || body === null || Array.isArray(body)) {
+    throw new ProblemError(400, `Invalid ${what} request`, `The body must be a JSON object: ${shape}.`);
+  }
+  return body as Record<string, unknown>;
+}
+
 /** Runs a shared validation rule and answers its InvalidInput as a 400 problem. */
 function asProblem<T>(check: () => T, title?: string): T {
   try {
@@ -133,6 +171,6 @@ function asProblem<T>(check: () => T, title?: string): T {
   }
 }
 
-function tooLarge(): ProblemError {
-  return new ProblemError(413, "Request too large", `A restore request is at most ${MAX_BODY_BYTES} bytes.`);
+function tooLarge(what: "backup" | "restore"): ProblemError {
+  return new ProblemError(413, "Request too large", `A ${what} request is at most ${MAX_BODY_BYTES} bytes.`);
 }

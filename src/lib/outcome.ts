@@ -206,7 +206,7 @@ export function emitOutcome(log: Logger, kind: Kind, record: AnyRecord): void {
     verificationMessage: backup?.verificationMessage,
     copyStatus: backup?.copyStatus,
     copyMessage: backup?.copyMessage,
-    requestedBy: restore?.requestedBy,
+    requestedBy: restore ? restore.requestedBy : backup?.requestedBy,
     requestId: record.requestId,
     clientRequestId: record.clientRequestId,
   });

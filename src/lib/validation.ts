@@ -89,6 +89,21 @@ export function checkKeyName(value: unknown, label: Label): string {
   return value;
 }
 
+/** An HSM name that must be one of the configured ones; the refusal lists them, so a typo is easy to fix. */
+export function checkConfiguredHsm(value: unknown, configured: readonly string[], label: Label): string {
+  if (typeof value !== "string" || !HSM_NAME.test(value)) {
+    throw new InvalidInput("hsm", "Invalid hsm", `${label("hsm")} ${describe(value)} is not an HSM name`);
+  }
+  if (!configured.includes(value)) {
+    throw new InvalidInput(
+      "hsm",
+      "Unknown hsm",
+      `${label("hsm")} "${value}" is not a configured HSM; configured: ${configured.join(", ")}`,
+    );
+  }
+  return value;
+}
+
 export function checkRecordId(value: string, what: "backup" | "restore"): string {
   if (!RECORD_ID.test(value)) {
     throw new InvalidInput(

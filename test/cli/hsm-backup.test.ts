@@ -171,6 +171,7 @@ describe("hsm-backup against Azurite and the HSM emulator", () => {
     expect(run.code, run.stderr).toBe(EXIT.ok);
     const [record] = JSON.parse(run.stdout);
     expect(record).toMatchObject({ status: "Succeeded", trigger: "cli" });
+    expect(record.requestedBy).toMatch(/^cli \S+/);
     return record;
   }
 

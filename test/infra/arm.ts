@@ -242,6 +242,8 @@ export const CONTEXT = {
   subscriptionId: "00000000-0000-0000-0000-00000000000s",
   resourceGroup: "rg-test",
   tenantId: "00000000-0000-0000-0000-00000000000t",
+  /** What utcNow('u') returns. */
+  deploymentTime: "2026-12-01 03:00:00Z",
 };
 
 /**
@@ -446,6 +448,19 @@ export class Evaluator {
         return toArmString(args[0]);
       case "int":
         return Number(args[0]);
+      case "add":
+        return Number(args[0]) + Number(args[1]);
+      case "mul":
+        return Number(args[0]) * Number(args[1]);
+      // A fixed "now", so a template's deployment time is the same in every test run.
+      case "utcnow":
+        if (str(0) !== "u") throw new Error(`the test's ARM evaluator has utcNow('u') only, not utcNow('${str(0)}')`);
+        return CONTEXT.deploymentTime;
+      case "datetimetoepoch": {
+        const time = Date.parse(str(0).replace(" ", "T"));
+        if (Number.isNaN(time)) throw new Error(`dateTimeToEpoch: "${str(0)}" is not a date-time`);
+        return Math.floor(time / 1000);
+      }
       case "format":
         return str(0).replace(/\{(\d+)(?::[^}]*)?\}/g, (_m, i: string) => toArmString(args[Number(i) + 1]));
       case "concat":

@@ -101,10 +101,39 @@ describe("infra/main.bicep", () => {
     expect(p("hsmStorageAuth")).toBe(defaults.hsmStorageAuth);
     expect(p("restoreEnabled")).toBe(defaults.restoreEnabled);
     expect(p("healthMaxAgeHours")).toBe(defaults.healthMaxAgeHours);
+    expect(p("healthGraceHours")).toBe(defaults.healthGraceHours);
     expect(main.parameters?.hsmApiVersion?.allowedValues).toEqual([...HSM_API_VERSIONS]);
     // Immutable copies are off unless backupImmutabilityDays says otherwise, as in the app.
     expect(defaults.backupCopy).toBeUndefined();
     expect(evaluator.variable("backupCopyContainerName")).toBe("");
+  });
+
+  it("starts the health grace at this deployment's time unless DEPLOYED_AT pins it, for the app and the alert alike", () => {
+    const required = {
+      environmentName: "test",
+      location: "westeurope",
+      managedHsmUrls: "https://contoso.managedhsm.azure.net",
+    };
+    const given = (parameters: Record<string, unknown>) => {
+      const evaluator = new Evaluator(main, { ...required, ...parameters });
+      const passed = (module: string, parameter: string) =>
+        evaluator.value(moduleParameterExpression(moduleNamed(main, module), parameter));
+      return { deployedAt: passed("function-app", "deployedAt"), graceEndsEpoch: passed("alerts", "graceEndsEpoch") };
+    };
+    const now = Date.parse(CONTEXT.deploymentTime.replace(" ", "T"));
+    expect(given({})).toEqual({ deployedAt: "2026-12-01T03:00:00Z", graceEndsEpoch: now / 1000 + 26 * 3600 });
+    expect(given({ deployedAt: "2026-11-20T08:30:00Z", healthGraceHours: 2 })).toEqual({
+      deployedAt: "2026-11-20T08:30:00Z",
+      graceEndsEpoch: Date.parse("2026-11-20T08:30:00Z") / 1000 + 2 * 3600,
+    });
+    // What the app is given, it can read: grace from the same moment the alert counts from.
+    expect(
+      parseConfig({
+        MANAGED_HSM_URLS: required.managedHsmUrls,
+        BackupStorage: "UseDevelopmentStorage=true",
+        DEPLOYED_AT: String(given({}).deployedAt),
+      }).deployedAt,
+    ).toEqual(new Date(now));
   });
 
   it("refuses SAS mode with public network access off, before creating anything", () => {
@@ -143,6 +172,8 @@ describe("the function app", () => {
     hsmStorageAuth: "sas",
     restoreEnabled: true,
     healthMaxAgeHours: 26,
+    healthGraceHours: 26,
+    deployedAt: "2026-12-01T03:00:00Z",
     hsmRequestTimeoutSeconds: 30,
     maxPollIntervalSeconds: 60,
     jobTimeoutMinutes: 120,
@@ -608,6 +639,15 @@ describe("azure.yaml", () => {
     expect(String(moduleParameterExpression(moduleNamed(main, "function-app"), "azdServiceName"))).toBe("api");
   });
 
+  it("takes the first backup after deploying (the app runs no code before), failing azd when it fails", () => {
+    const postdeploy = yaml.slice(yaml.indexOf("  postdeploy:"));
+    expect(yaml.indexOf("  postdeploy:")).toBeGreaterThan(yaml.indexOf("  postprovision:"));
+    expect(postdeploy.match(/node dist\/tools\/first-backup\.js/g)).toHaveLength(2);
+    for (const output of ["SERVICE_API_URI", "AZURE_FUNCTION_APP_NAME", "AZURE_RESOURCE_GROUP", "MANAGED_HSM_URLS"]) {
+      expect(main.outputs, output).toHaveProperty(output);
+    }
+  });
+
   it("runs the HSM role hook after provisioning, failing azd when it fails", () => {
     expect(yaml).toMatch(/postprovision:/);
     expect(yaml.match(/node dist\/tools\/grant-hsm-roles\.js/g)).toHaveLength(2);
@@ -662,6 +702,11 @@ function mainParametersBySetting(): Map<string, Set<string>> {
 const asAzdDefault = (value: Json | undefined): string | undefined =>
   value === undefined ? undefined : typeof value === "string" ? value : JSON.stringify(value);
 
+/** Parameters that feed an app setting but are not meant to be set, and why. */
+const NOT_SET_BY_AZD: Record<string, string> = {
+  deploymentTime: "utcNow() may only be a parameter default; DEPLOYED_AT (deployedAt) is the one to set",
+};
+
 /**
  * Parameters that turn a feature on rather than carry a setting's value: the settings they feed are
  * derived (a container name, the endpoint of an account the template creates), so their azd variable
@@ -688,6 +733,7 @@ describe("azd: every setting through `azd env set`, and back out for the CLI", (
 
     const problems: string[] = [];
     for (const [parameter, settings] of fed) {
+      if (parameter in NOT_SET_BY_AZD) continue;
       const entry = entries.get(parameter);
       const bicepDefault = asAzdDefault(main.parameters![parameter]!.defaultValue);
       if (!entry) problems.push(`${parameter}: no entry (add "\${${settings[0]}=${bicepDefault ?? ""}}")`);

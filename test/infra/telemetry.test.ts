@@ -31,6 +31,7 @@ const SAMPLE: Required<OutcomeFields> = {
   clientRequestId: "5e0d2a91-7c44-4b8e-b1f3-6a9c2d7e4f08",
 };
 const FIELDS = Object.keys(SAMPLE);
+const GRACE_ENDS_EPOCH = Date.parse("2026-12-02T05:00:00Z") / 1000;
 
 let main: Template;
 let queries: { source: string; query: string }[];
@@ -45,6 +46,7 @@ function alertRules(alertEmail = "ops@example.com") {
     alertEmail,
     hsmNames: ["contoso", "fabrikam"],
     backupMaxAgeHours: 26,
+    graceEndsEpoch: GRACE_ENDS_EPOCH,
     healthUrl: "https://func.azurewebsites.net/api/health",
   });
   const of = (type: string) => alerts.resources.filter((r) => r.type === type).flatMap((r) => evaluator.instances(r));
@@ -156,15 +158,31 @@ describe("alert rules", () => {
       .find((r) => r.name === "func-backup-stale")!;
     const query = String((stale.properties.criteria as { allOf: { query: string }[] }).allOf[0]!.query);
     expect(query).toContain('let expected = dynamic(["contoso","fabrikam"]);');
-    expect(query).toContain("where timestamp > ago(26h)");
+    expect(query).toContain("where newest > ago(26h)");
     expect(query).toContain('where tostring(e.status) == "Succeeded"');
-    expect(query).toContain("join kind=leftanti succeeded on hsm");
+    expect(query).toContain("| summarize newest = max(timestamp) by hsm;");
+    expect(query).toContain("join kind=leftanti recent on hsm");
     expect(stale.properties).toMatchObject({
       evaluationFrequency: "PT1H",
       windowSize: "PT1H",
       overrideQueryTimeRange: "P2D",
       autoMitigate: true,
     });
+  });
+
+  it("the overdue-backup rule spares an HSM never backed up until the grace after deployment ends, and only such an HSM", () => {
+    const stale = alertRules()
+      .of("Microsoft.Insights/scheduledQueryRules")
+      .find((r) => r.name === "func-backup-stale")!;
+    const query = String((stale.properties.criteria as { allOf: { query: string }[] }).allOf[0]!.query);
+    expect(query).toContain(`let graceEnds = unixtime_seconds_todatetime(${GRACE_ENDS_EPOCH});`);
+    // "seen": every HSM with a success anywhere in the two-day range; only the others wait for the grace.
+    expect(query).toMatch(/let seen = succeeded\n\| project hsm;/);
+    expect(query.trim().split("\n").slice(-2)).toEqual([
+      "| where now() >= graceEnds or hsm in (seen)",
+      "| project hsm",
+    ]);
+    expect(query).not.toMatch(/\{[A-Z_]+\}/);
   });
 
   it("emails the address given, and nobody when it is empty", () => {

@@ -61,11 +61,22 @@ describe("parseConfig", () => {
       hsmStorageAuth: "sas",
       restoreEnabled: true,
       healthMaxAgeHours: 26,
+      healthGraceHours: 26,
       requestTimeoutMs: 30_000,
       maxPollIntervalMs: 60_000,
       jobTimeoutMs: 120 * 60_000,
       reconcileSchedule: DEFAULT_RECONCILE_SCHEDULE,
       backupConcurrency: 8,
+    });
+  });
+
+  it("reads the deployment time as Bicep's utcNow('u') and ISO 8601 write it", () => {
+    const at = new Date("2026-12-01T03:00:00Z");
+    expect(parseConfig({ ...minimal, DEPLOYED_AT: "2026-12-01 03:00:00Z" }).deployedAt).toEqual(at);
+    expect(parseConfig({ ...minimal, DEPLOYED_AT: "2026-12-01T03:00:00.0000000Z" }).deployedAt).toEqual(at);
+    expect(parseConfig({ ...minimal, DEPLOYED_AT: "", HEALTH_GRACE_HOURS: "0" })).toMatchObject({
+      deployedAt: undefined,
+      healthGraceHours: 0,
     });
   });
 
@@ -208,6 +219,20 @@ describe("parseConfig", () => {
       },
       "BACKUP_COPY_CONTAINER",
       /the backup container itself/,
+    ],
+    ["a negative grace", { ...minimal, HEALTH_GRACE_HOURS: "-1" }, "HEALTH_GRACE_HOURS", /from 0 to 744/],
+    ["a deployment time without a zone", { ...minimal, DEPLOYED_AT: "2026-12-01T03:00:00" }, "DEPLOYED_AT", /UTC time/],
+    [
+      "a deployment time that is no date",
+      { ...minimal, DEPLOYED_AT: "2026-13-45T03:00:00Z" },
+      "DEPLOYED_AT",
+      /UTC time/,
+    ],
+    [
+      "a deployment time in Bicep's default format",
+      { ...minimal, DEPLOYED_AT: "20261201T030000Z" },
+      "DEPLOYED_AT",
+      /UTC time/,
     ],
   ])("names the setting for %s", (_case, env, setting, message) => {
     const error = failure(env);

@@ -13,7 +13,9 @@ import { HttpRequest, InvocationContext, type HttpResponseInit, type Timer } fro
 import { DefaultAzureCredential } from "@azure/identity";
 import { KeyClient } from "@azure/keyvault-keys";
 import { expect, inject } from "vitest";
+import { getBackup } from "../../src/handlers/backups.js";
 import { getRestore } from "../../src/handlers/restores.js";
+import type { Handler } from "../../src/lib/handler.js";
 import { parseConfig, type Env } from "../../src/lib/config.js";
 import { createDeps, type AppDeps, type DepsOptions } from "../../src/lib/deps.js";
 import {
@@ -197,15 +199,24 @@ export const onTime: Timer = {
 };
 
 /** Polls GET /api/restores/{id} until the restore leaves Starting/Running. */
-export async function waitForRestore(app: TestApp, statusUrl: string): Promise<any> {
+export function waitForRestore(app: TestApp, statusUrl: string): Promise<any> {
+  return waitForRecord(app, statusUrl, getRestore, "getRestore");
+}
+
+/** Polls GET /api/backups/{id} (which refreshes a running backup from the HSM) until it leaves Starting/Running. */
+export function waitForBackup(app: TestApp, statusUrl: string): Promise<any> {
+  return waitForRecord(app, statusUrl, getBackup, "getBackup");
+}
+
+async function waitForRecord(app: TestApp, statusUrl: string, read: Handler, name: string): Promise<any> {
   for (let i = 0; i < 200; i++) {
-    const response = await getRestore(get(statusUrl), app.context("getRestore"), app.deps);
+    const response = await read(get(statusUrl), app.context(name), app.deps);
     expect(response.status).toBe(200);
     const body = bodyOf(response);
     if (body.status !== "Running" && body.status !== "Starting") return body;
     await new Promise((r) => setTimeout(r, 25));
   }
-  throw new Error(`restore at ${statusUrl} did not finish`);
+  throw new Error(`${name} at ${statusUrl} did not finish`);
 }
 
 /** Every raw entity of the app's catalog table, system properties (etag, timestamp) included, in key order. */
