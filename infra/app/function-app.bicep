@@ -96,6 +96,9 @@ param reconcileSchedule string
 @description('BACKUP_CONCURRENCY: at most this many HSMs are backed up at once.')
 param backupConcurrency int
 
+@description('PREFLIGHT: whether each backup is preceded by the storage and HSM pre-backup checks.')
+param preflight bool
+
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   name: planName
   location: location
@@ -177,6 +180,7 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
       JOB_TIMEOUT_MINUTES: string(jobTimeoutMinutes)
       RECONCILE_SCHEDULE: reconcileSchedule
       BACKUP_CONCURRENCY: string(backupConcurrency)
+      PREFLIGHT: preflight ? 'true' : 'false'
     }
   }
 }

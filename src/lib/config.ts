@@ -24,6 +24,7 @@ export const SETTINGS = [
   "JOB_TIMEOUT_MINUTES",
   "RECONCILE_SCHEDULE",
   "BACKUP_CONCURRENCY",
+  "PREFLIGHT",
 ] as const;
 
 export type SettingName = (typeof SETTINGS)[number];
@@ -82,6 +83,8 @@ export interface AppConfig {
   readonly reconcileSchedule: string;
   /** At most this many HSMs are backed up at once. */
   readonly backupConcurrency: number;
+  /** Checks storage and (api 7.6+) the HSM's pre-backup before every backup; a failed check is recorded PreflightFailed. */
+  readonly preflight: boolean;
 }
 
 export class ConfigError extends Error {
@@ -132,6 +135,7 @@ export function parseConfig(env: Env): AppConfig {
     jobTimeoutMs: integer(env, "JOB_TIMEOUT_MINUTES", 120, 10, 24 * 60) * 60_000,
     reconcileSchedule: schedule(env, "RECONCILE_SCHEDULE", DEFAULT_RECONCILE_SCHEDULE, { validate: true }),
     backupConcurrency: integer(env, "BACKUP_CONCURRENCY", 8, 1, 100),
+    preflight: boolean(env, "PREFLIGHT", true),
   };
 }
 

@@ -97,6 +97,7 @@ describe("infra/main.bicep", () => {
     expect(p("hsmApiVersion")).toBe(defaults.hsmApiVersion);
     expect(p("hsmStorageAuth")).toBe(defaults.hsmStorageAuth);
     expect(p("restoreEnabled")).toBe(defaults.restoreEnabled);
+    expect(p("preflight")).toBe(defaults.preflight);
     expect(p("healthMaxAgeHours")).toBe(defaults.healthMaxAgeHours);
     expect(main.parameters?.hsmApiVersion?.allowedValues).toEqual([...HSM_API_VERSIONS]);
   });
@@ -142,6 +143,7 @@ describe("the function app", () => {
     jobTimeoutMinutes: 120,
     reconcileSchedule: "0 */15 * * * *",
     backupConcurrency: 8,
+    preflight: true,
   };
 
   function appSettings(overrides: Record<string, unknown> = {}): Record<string, string> {

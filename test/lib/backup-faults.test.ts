@@ -47,7 +47,11 @@ describe("backup under faults", () => {
 
   it("waits out 429s on the start call, honouring Retry-After, and starts exactly one job", async () => {
     const waits: number[] = [];
-    app = await startTestApp({ deps: { hsmClientOptions: { delay: async (ms) => void waits.push(ms) } } });
+    // The backup's own start call: with the pre-flight on, the throttled calls would be the pre-backup's.
+    app = await startTestApp({
+      env: { PREFLIGHT: "false" },
+      deps: { hsmClientOptions: { delay: async (ms) => void waits.push(ms) } },
+    });
     const hsm = app.emulators[0]!;
     hsm.faults.throttleNext(2, 429, 7);
 
@@ -71,8 +75,12 @@ describe("backup under faults", () => {
     const record = (await app.deps.catalog.list("backup", { top: 1 })).items[0]!;
     expect(record).toMatchObject({ status: "Skipped", errorCode: "Conflict" });
     expect(record.errorMessage).toMatch(/another backup or restore is running/);
-    const answered = hsm.requests.filter((r) => r.method === "POST" && r.path === "/backup" && r.headers.authorization);
-    expect(answered.map((r) => r.status)).toEqual([202, 409]);
+    // The HSM refuses the pre-backup check that comes first; the backup itself is never asked for.
+    const answered = hsm.requests.filter((r) => r.method === "POST" && r.headers.authorization);
+    expect(answered.map((r) => [r.path, r.status])).toEqual([
+      ["/backup", 202],
+      ["/prebackup", 409],
+    ]);
     expect(events(app.logs, "MhsmBackupOutcome")).toMatchObject([{ status: "Skipped" }]);
   });
 

@@ -45,6 +45,7 @@ describe("parseConfig", () => {
       jobTimeoutMs: 120 * 60_000,
       reconcileSchedule: DEFAULT_RECONCILE_SCHEDULE,
       backupConcurrency: 8,
+      preflight: true,
     });
   });
 
@@ -133,6 +134,7 @@ describe("parseConfig", () => {
     ],
     ["a bad storage auth", { ...minimal, HSM_STORAGE_AUTH: "key" }, "HSM_STORAGE_AUTH", /not one of/],
     ["a bad boolean", { ...minimal, RESTORE_ENABLED: "yes" }, "RESTORE_ENABLED", /true or false/],
+    ["a bad PREFLIGHT", { ...minimal, PREFLIGHT: "no" }, "PREFLIGHT", /true or false/],
     ["a bad health age", { ...minimal, HEALTH_MAX_AGE_HOURS: "0" }, "HEALTH_MAX_AGE_HOURS", /whole number/],
   ])("names the setting for %s", (_case, env, setting, message) => {
     const error = failure(env);
