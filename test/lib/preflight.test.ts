@@ -3,12 +3,19 @@
  * HSM's own pre-backup check passes — against Azurite, the HSM emulator and the scripted hostile HSM.
  * A failed pre-flight ends the Starting record Failed with PreflightFailed and starts no backup.
  */
-import { afterEach, describe, expect, it } from "vitest";
+import { readFileSync } from "node:fs";
+import { createServer, request as httpsRequest } from "node:https";
+import type { AddressInfo } from "node:net";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { nightlyBackup } from "../../src/handlers/nightlyBackup.js";
 import { backupAll } from "../../src/lib/backup.js";
 import type { BackupRecord } from "../../src/lib/catalog.js";
+import { parseConfig } from "../../src/lib/config.js";
+import { createDeps } from "../../src/lib/deps.js";
 import { safeLogger } from "../../src/lib/logger.js";
-import { catalogEntities, onTime, type TestApp } from "../support/app.js";
+import { startAzurite, type Azurite } from "../../tools/azurite.js";
+import { createSelfSignedCert, type SelfSignedCert } from "../../tools/tls.js";
+import { catalogEntities, onTime, uniqueName, type TestApp } from "../support/app.js";
 import { events, Night } from "../support/bad-night.js";
 import {
   hostile,
@@ -18,6 +25,7 @@ import {
   type HostileHsm,
   type HostileRequest,
 } from "../support/hostile-hsm.js";
+import { scopeRecordingCredential } from "../support/tokens.js";
 
 const night = new Night();
 afterEach(() => night.stopAll());
@@ -236,3 +244,101 @@ describe("pre-flight before every backup", () => {
     expect(starts(hsm, "/backup")).toBe(0);
   });
 });
+
+/**
+ * Azurite in OAuth mode accepts any valid token: it has no roles, so it never refuses a user-delegation
+ * key. The refusal Azure gives an identity without Storage Blob Delegator (403
+ * AuthorizationPermissionMismatch) is answered here by an HTTPS relay in front of Azurite, for that
+ * one call; everything else, the app's code path included, is real.
+ */
+describe("pre-flight with identity-based storage whose identity may not get a user-delegation key", () => {
+  let cert: SelfSignedCert;
+  let azurite: Azurite;
+  let relay: { url: string; refused: number; stop(): Promise<void> };
+
+  beforeAll(async () => {
+    cert = createSelfSignedCert();
+    azurite = await startAzurite({ https: cert });
+    relay = await delegationRefusingRelay(azurite.blobEndpoint, cert);
+  });
+  afterAll(async () => {
+    await relay?.stop();
+    await azurite?.stop();
+    cert?.remove();
+  });
+  afterEach(() => night.stopAll());
+
+  it("fails PreflightFailed naming the account and Storage Blob Delegator, calling no HSM", async () => {
+    const hsm = await night.emulator();
+    const config = parseConfig({
+      MANAGED_HSM_URLS: hsm.url,
+      BackupStorage__blobServiceUri: relay.url,
+      BackupStorage__tableServiceUri: azurite.tableEndpoint,
+      BACKUP_CONTAINER: uniqueName("pf"),
+      CATALOG_TABLE: uniqueName("pf"),
+    });
+    const deps = createDeps(config, {
+      credential: scopeRecordingCredential().credential,
+      storageOptions: { tlsOptions: { ca: cert.ca } },
+      hsmClientOptions: { defaultPollIntervalMs: 25 },
+    });
+    const logs: string[] = [];
+    const [result] = await backupAll(
+      deps,
+      { info: (m) => logs.push(m), warn: (m) => logs.push(m), error: (m) => logs.push(m) },
+      {
+        trigger: "cli",
+      },
+    );
+
+    expect(relay.refused).toBeGreaterThan(0);
+    expect(result!.record).toMatchObject({ status: "Failed", errorCode: "PreflightFailed" });
+    expect(result!.record!.errorMessage).toMatch(
+      /the app could not get a user-delegation key from account devstoreaccount1 \(This request is not authorized to perform this operation using this permission.*\): it needs Storage Blob Delegator on the account/,
+    );
+    expect(hsm.requests).toEqual([]);
+  });
+});
+
+/** Relays HTTPS to `target`, except a user-delegation key request, which gets Azure's 403 for a missing role. */
+async function delegationRefusingRelay(
+  target: string,
+  cert: SelfSignedCert,
+): Promise<{ url: string; refused: number; stop(): Promise<void> }> {
+  const upstream = new URL(target);
+  const state = { refused: 0 };
+  const server = createServer({ cert: readFileSync(cert.certPath), key: readFileSync(cert.keyPath) }, (req, res) => {
+    if (req.method === "POST" && /[?&]comp=userdelegationkey(&|$)/i.test(req.url ?? "")) {
+      state.refused++;
+      req.resume();
+      res.writeHead(403, { "content-type": "application/xml", "x-ms-error-code": "AuthorizationPermissionMismatch" });
+      res.end(
+        '<?xml version="1.0" encoding="utf-8"?><Error><Code>AuthorizationPermissionMismatch</Code><Message>This request is not authorized to perform this operation using this permission.</Message></Error>',
+      );
+      return;
+    }
+    const forwarded = httpsRequest(
+      new URL(req.url ?? "/", upstream.origin),
+      { method: req.method, headers: { ...req.headers, host: upstream.host }, ca: cert.ca },
+      (answer) => {
+        res.writeHead(answer.statusCode ?? 502, answer.headers);
+        answer.pipe(res);
+      },
+    );
+    forwarded.on("error", () => res.destroy());
+    req.pipe(forwarded);
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as AddressInfo;
+  return {
+    url: `https://127.0.0.1:${port}${upstream.pathname.replace(/\/$/, "")}`,
+    get refused() {
+      return state.refused;
+    },
+    stop: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
+  };
+}
