@@ -175,12 +175,24 @@ function schedule(
 /**
  * How long a record may stay Starting (no job id) while its worker is still trying to start the
  * job: every attempt's timeout plus every capped wait between attempts, and a margin. A Starting
- * record older than this lost its worker.
+ * record older than this lost its worker. A backup's record is Starting through its pre-flight too
+ * (PREFLIGHT): two storage calls (each up to three tries), the pre-backup start and its wait.
  */
-export function staleStartMs(config: AppConfig, maxStartAttempts = 4): number {
+export function staleStartMs(
+  config: AppConfig,
+  maxStartAttempts = 4,
+  operation: "backup" | "restore" = "backup",
+): number {
   const longestStart = maxStartAttempts * config.requestTimeoutMs + (maxStartAttempts - 1) * config.maxPollIntervalMs;
-  return Math.max(15 * 60_000, longestStart + 5 * 60_000);
+  const preflight =
+    operation === "backup" && config.preflight
+      ? 2 * 3 * config.requestTimeoutMs + longestStart + PRE_BACKUP_MAX_WAIT_MS
+      : 0;
+  return Math.max(15 * 60_000, preflight + longestStart + 5 * 60_000);
 }
+
+/** The HSM's pre-backup check (the pre-flight) is waited for at most this long, within the backup's deadline. */
+export const PRE_BACKUP_MAX_WAIT_MS = 10 * 60_000;
 
 function parseHsmUrls(env: Env): HsmTarget[] {
   const raw = setting(env, "MANAGED_HSM_URLS");

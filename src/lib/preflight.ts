@@ -5,15 +5,12 @@
  * the backup container exists; in SAS mode the SAS can be signed (with an identity-based connection
  * this gets a user-delegation key); with api-version 7.6+ the HSM's own pre-backup check passes.
  */
-import type { HsmTarget } from "./config.js";
+import { PRE_BACKUP_MAX_WAIT_MS, type HsmTarget } from "./config.js";
 import type { AppDeps } from "./deps.js";
 import { HsmJobFailedError, HsmRequestError } from "./hsm/errors.js";
 import type { HsmOperation } from "./hsm/types.js";
 import { toSafeError } from "./redact.js";
 import { PRE_OPERATION_API_VERSIONS } from "./verify.js";
-
-/** The HSM's pre-backup check gets at most this long, within the backup's own deadline. */
-const PRE_BACKUP_MAX_WAIT_MS = 10 * 60_000;
 
 /**
  * "passed": start the backup. "startFailed": the pre-backup start met what a backup start would have

@@ -7,6 +7,7 @@ import { getBackup } from "../../src/handlers/backups.js";
 import { nightlyBackup } from "../../src/handlers/nightlyBackup.js";
 import { backupAll } from "../../src/lib/backup.js";
 import { Catalog } from "../../src/lib/catalog.js";
+import { staleStartMs } from "../../src/lib/config.js";
 import { safeLogger } from "../../src/lib/logger.js";
 import { bodyOf, get, onTime, startTestApp, type TestApp } from "../support/app.js";
 import { events } from "../support/bad-night.js";
@@ -123,7 +124,7 @@ describe("backup under faults", () => {
     const fresh = bodyOf(await getBackup(get(`/api/backups/${record.id}`), app.context(), app.deps));
     expect(fresh.status).toBe("Starting");
 
-    app.clock.advance(16 * 60_000);
+    app.clock.advance(staleStartMs(app.deps.config) + 60_000);
     const stale = bodyOf(await getBackup(get(`/api/backups/${record.id}`), app.context(), app.deps));
     expect(stale).toMatchObject({ status: "Failed", errorCode: "StartOutcomeUnknown" });
     expect(stale.errorMessage).toMatch(/check its audit log/);

@@ -8,6 +8,7 @@ import {
   parseConfig,
   RUN_MARGIN_MS,
   SETTINGS,
+  PRE_BACKUP_MAX_WAIT_MS,
   staleStartMs,
   type Env,
 } from "../../src/lib/config.js";
@@ -186,6 +187,13 @@ describe("staleStartMs", () => {
   it("outlasts the longest start a live worker can still be making (every attempt timing out, every capped wait)", () => {
     const config = parseConfig({ ...minimal, HSM_REQUEST_TIMEOUT_SECONDS: "120", MAX_POLL_INTERVAL_SECONDS: "300" });
     expect(staleStartMs(config)).toBeGreaterThan(4 * 120_000 + 3 * 300_000);
-    expect(staleStartMs(parseConfig(minimal))).toBe(15 * 60_000);
+    expect(staleStartMs(parseConfig(minimal), undefined, "restore")).toBe(15 * 60_000);
+  });
+
+  it("gives a backup's record the time of its pre-flight too: storage checks, the pre-backup start and its wait", () => {
+    const defaults = parseConfig(minimal);
+    const start = 4 * 30_000 + 3 * 60_000;
+    expect(staleStartMs(defaults)).toBe(6 * 30_000 + start + PRE_BACKUP_MAX_WAIT_MS + start + 5 * 60_000);
+    expect(staleStartMs(parseConfig({ ...minimal, PREFLIGHT: "false" }))).toBe(15 * 60_000);
   });
 });

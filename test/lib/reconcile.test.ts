@@ -7,6 +7,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import { nightlyBackup } from "../../src/handlers/nightlyBackup.js";
 import { reconcileTimer } from "../../src/handlers/reconcile.js";
 import { Catalog, type BackupRecord } from "../../src/lib/catalog.js";
+import { staleStartMs } from "../../src/lib/config.js";
 import { safeLogger } from "../../src/lib/logger.js";
 import { reconcile } from "../../src/lib/reconcile.js";
 import { backupAll } from "../../src/lib/backup.js";
@@ -42,7 +43,7 @@ describe("reconcile", () => {
     );
     const [open] = await backups(app);
     expect(open).toMatchObject({ status: "Starting" });
-    app.clock.advance(16 * 60_000);
+    app.clock.advance(staleStartMs(app.deps.config) + 60_000);
 
     // Until the job has ended the HSM refuses the check: the record waits for a later run.
     let report = await reconcile(app.deps, safeLogger(app.context("reconcile")));

@@ -10,6 +10,7 @@ import { nightlyBackup } from "../../src/handlers/nightlyBackup.js";
 import { postRestore } from "../../src/handlers/restores.js";
 import { backupAll } from "../../src/lib/backup.js";
 import { Catalog, type BackupRecord } from "../../src/lib/catalog.js";
+import { staleStartMs } from "../../src/lib/config.js";
 import { safeLogger } from "../../src/lib/logger.js";
 import { bodyOf, catalogEntities, get, jobStartRequests, onTime, postJson, type TestApp } from "../support/app.js";
 import { events, Night } from "../support/bad-night.js";
@@ -277,7 +278,7 @@ describe("the worst night", () => {
           delay: async () => {
             if (corrected) return;
             corrected = true;
-            app.clock.advance(16 * 60_000);
+            app.clock.advance(staleStartMs(app.deps.config) + 60_000);
             const [starting] = await app.deps.catalog.active("backup");
             const read = await getBackup(
               get(`/api/backups/${starting!.record.id}`),
