@@ -48,6 +48,9 @@ param backupStoragePublicNetworkAccess string = 'Enabled'
 @description('Whether the app may restore (RESTORE_ENABLED). When true the postprovision hook also grants the app Managed HSM Restore, which lets it wipe an HSM back to a backup.')
 param restoreEnabled bool = true
 
+@description('Whether every backup is preceded by a pre-flight (PREFLIGHT): the backup container exists, the SAS can be signed, and (api-version 7.6+) the HSM\'s own pre-backup check passes. A failed pre-flight records the backup Failed with PreflightFailed and a message naming what is missing.')
+param preflight bool = true
+
 @description('When backups run (BACKUP_SCHEDULE): six-field NCRONTAB, UTC.')
 param backupSchedule string = '0 0 2 * * *'
 
@@ -353,6 +356,7 @@ module functionApp 'app/function-app.bicep' = {
     backupConcurrency: backupConcurrency
     backupCopyContainer: backupCopyContainerName
     backupCopyBlobServiceUri: immutableCopies ? vaultStorage!.outputs.blobEndpoint : ''
+    preflight: preflight
   }
   // The app starts as soon as it exists: its roles on storage and telemetry should be in place first.
   dependsOn: [
@@ -442,6 +446,7 @@ output JOB_TIMEOUT_MINUTES string = string(jobTimeoutMinutes)
 output RECONCILE_SCHEDULE string = reconcileSchedule
 output BACKUP_CONCURRENCY string = string(backupConcurrency)
 output HEALTH_GRACE_HOURS string = string(healthGraceHours)
+output PREFLIGHT string = preflight ? 'true' : 'false'
 output DEPLOYED_AT string = graceStart
 output BACKUP_COPY_CONTAINER string = backupCopyContainerName
 output BackupCopyStorage__blobServiceUri string = immutableCopies ? vaultStorage!.outputs.blobEndpoint : ''

@@ -108,6 +108,9 @@ param backupCopyContainer string
 @description('BackupCopyStorage__blobServiceUri: blob endpoint of the vault account; empty when copies are off.')
 param backupCopyBlobServiceUri string
 
+@description('PREFLIGHT: whether each backup is preceded by the storage and HSM pre-backup checks.')
+param preflight bool
+
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   name: planName
   location: location
@@ -193,6 +196,7 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
       BACKUP_CONCURRENCY: string(backupConcurrency)
       BACKUP_COPY_CONTAINER: backupCopyContainer
       BackupCopyStorage__blobServiceUri: backupCopyBlobServiceUri
+      PREFLIGHT: preflight ? 'true' : 'false'
     }
   }
 }

@@ -19,6 +19,7 @@ import {
   type AnyRecord,
   type FinalPatch,
 } from "./outcome.js";
+import { preflight } from "./preflight.js";
 import { toSafeError } from "./redact.js";
 import { verifyBackup } from "./verify.js";
 
@@ -157,6 +158,10 @@ export async function backupHsm(
       `the catalog could not be written (${toSafeError(error).message}); no backup was started`,
     );
   }
+  if (config.preflight) {
+    const ended = await preflightEnded(deps, hsm, stored, log, options);
+    if (ended) return ended;
+  }
   let poller: HsmOperation;
   try {
     poller = await startBackup(deps, hsm, options);
@@ -176,7 +181,7 @@ export async function backupHsm(
   }
   if (options.waitForOutcome === false) return { hsm: hsm.name, outcome: "Pending", record: stored.record, jobId };
   const jobDeadline = deadlineOf(deps, stored.record);
-  const waitUntil = options.runDeadline && options.runDeadline < jobDeadline ? options.runDeadline : jobDeadline;
+  const waitUntil = waitDeadline(jobDeadline, options);
   let patch: FinalPatch | undefined;
   let unknown: string | undefined;
   try {
@@ -223,6 +228,11 @@ export async function backupHsm(
   return report(log, hsm, stored.record);
 }
 
+/** Where this run stops waiting for the HSM: the job's deadline, or the run's if that comes first. */
+function waitDeadline(jobDeadline: Date, options: BackupRunOptions): Date {
+  return options.runDeadline && options.runDeadline < jobDeadline ? options.runDeadline : jobDeadline;
+}
+
 function startBackup(deps: AppDeps, hsm: HsmTarget, options: BackupRunOptions): Promise<HsmOperation> {
   const { config, storage } = deps;
   const containerUrl = storage.containerUrl(config.backupContainer);
@@ -232,6 +242,44 @@ function startBackup(deps: AppDeps, hsm: HsmTarget, options: BackupRunOptions): 
   return storage
     .containerSas(config.backupContainer, "backup", config.sasTtlMinutes)
     .then((sas) => client.beginBackup(containerUrl, sas.token, begin));
+}
+
+/**
+ * The pre-flight, after the Starting record exists and before the start call: undefined when the
+ * backup may start. Its wait ends where the backup's would (the same deadline). A busy (409) or
+ * unreachable HSM ends the record as a backup start would have (Skipped, StartNotSent); a failed
+ * check ends it Failed with PreflightFailed and what is missing.
+ */
+async function preflightEnded(
+  deps: AppDeps,
+  hsm: HsmTarget,
+  stored: Stored<BackupRecord>,
+  log: Logger,
+  options: BackupRunOptions,
+): Promise<HsmRunResult | undefined> {
+  const checked = await preflight(
+    deps,
+    hsm,
+    waitDeadline(deadlineOf(deps, stored.record), options),
+    options.abortSignal,
+  );
+  if (checked.verdict === "passed") return undefined;
+  if (checked.verdict === "startFailed") return startFailed(deps, hsm, stored, checked.error, log, false);
+  const patch: FinalPatch = {
+    status: "Failed",
+    endedAt: deps.now().toISOString(),
+    errorCode: "PreflightFailed",
+    errorMessage: `Pre-flight failed, no backup was started: ${checked.message}`,
+  };
+  try {
+    return report(log, hsm, (await finish(deps, "backup", stored, patch, log)).record);
+  } catch (error) {
+    return notRecorded(
+      log,
+      hsm,
+      `the pre-flight failed (${checked.message}) and recording that failed too (${toSafeError(error).message})`,
+    );
+  }
 }
 
 /**

@@ -28,6 +28,7 @@ export const SETTINGS = [
   "BACKUP_CONCURRENCY",
   "BACKUP_COPY_CONTAINER",
   "BackupCopyStorage__blobServiceUri",
+  "PREFLIGHT",
 ] as const;
 
 export type SettingName = (typeof SETTINGS)[number];
@@ -93,6 +94,8 @@ export interface AppConfig {
   readonly reconcileSchedule: string;
   /** At most this many HSMs are backed up at once. */
   readonly backupConcurrency: number;
+  /** Checks storage and (api 7.6+) the HSM's pre-backup before every backup; a failed check is recorded PreflightFailed. */
+  readonly preflight: boolean;
   /** Immutable copies: where each succeeded backup is copied; absent when copies are off. */
   readonly backupCopy?: BackupCopyTarget;
 }
@@ -152,6 +155,7 @@ export function parseConfig(env: Env): AppConfig {
     reconcileSchedule: schedule(env, "RECONCILE_SCHEDULE", DEFAULT_RECONCILE_SCHEDULE, { validate: true }),
     backupConcurrency: integer(env, "BACKUP_CONCURRENCY", 8, 1, 100),
     ...parseBackupCopy(env),
+    preflight: boolean(env, "PREFLIGHT", true),
   };
 }
 
@@ -233,12 +237,24 @@ function schedule(
 /**
  * How long a record may stay Starting (no job id) while its worker is still trying to start the
  * job: every attempt's timeout plus every capped wait between attempts, and a margin. A Starting
- * record older than this lost its worker.
+ * record older than this lost its worker. A backup's record is Starting through its pre-flight too
+ * (PREFLIGHT): two storage calls (each up to three tries), the pre-backup start and its wait.
  */
-export function staleStartMs(config: AppConfig, maxStartAttempts = 4): number {
+export function staleStartMs(
+  config: AppConfig,
+  maxStartAttempts = 4,
+  operation: "backup" | "restore" = "backup",
+): number {
   const longestStart = maxStartAttempts * config.requestTimeoutMs + (maxStartAttempts - 1) * config.maxPollIntervalMs;
-  return Math.max(15 * 60_000, longestStart + 5 * 60_000);
+  const preflight =
+    operation === "backup" && config.preflight
+      ? 2 * 3 * config.requestTimeoutMs + longestStart + PRE_BACKUP_MAX_WAIT_MS
+      : 0;
+  return Math.max(15 * 60_000, preflight + longestStart + 5 * 60_000);
 }
+
+/** The HSM's pre-backup check (the pre-flight) is waited for at most this long, within the backup's deadline. */
+export const PRE_BACKUP_MAX_WAIT_MS = 10 * 60_000;
 
 function parseHsmUrls(env: Env): HsmTarget[] {
   const raw = setting(env, "MANAGED_HSM_URLS");

@@ -326,7 +326,10 @@ export async function refreshRecord<T extends AnyRecord>(
   if (!UNSETTLED_STATUSES.includes(record.status)) return stored;
   const now = deps.now();
   if (record.jobId === undefined) {
-    if (record.status !== "Starting" || now.getTime() - Date.parse(record.startedAt) < staleStartMs(deps.config))
+    if (
+      record.status !== "Starting" ||
+      now.getTime() - Date.parse(record.startedAt) < staleStartMs(deps.config, undefined, kind)
+    )
       return stored;
     return finish(
       deps,

@@ -7,8 +7,8 @@ import type { AppDeps } from "./deps.js";
 import { HsmJobFailedError } from "./hsm/errors.js";
 import { toSafeError } from "./redact.js";
 
-/** Pre-restore exists from api-version 7.6 on. */
-const PRE_RESTORE_API_VERSIONS = new Set(["7.6", "2025-06-01", "2025-07-01"]);
+/** Pre-restore and pre-backup exist from api-version 7.6 on. */
+export const PRE_OPERATION_API_VERSIONS: ReadonlySet<string> = new Set(["7.6", "2025-06-01", "2025-07-01"]);
 
 export type Check = { verdict: "passed" } | { verdict: "refused" | "unavailable" | "unverifiable"; reason: string };
 
@@ -25,7 +25,7 @@ export async function preRestoreCheck(
   deadline?: Date,
 ): Promise<Check> {
   const { config, storage } = deps;
-  if (!PRE_RESTORE_API_VERSIONS.has(config.hsmApiVersion)) {
+  if (!PRE_OPERATION_API_VERSIONS.has(config.hsmApiVersion)) {
     return {
       verdict: "unverifiable",
       reason: `not verified: the HSM's pre-restore check needs HSM_API_VERSION 7.6 or later (it is ${config.hsmApiVersion})`,

@@ -86,8 +86,9 @@ describe("hsm-backup for a new user", () => {
     const app = await start({ emulator: { jobDurationMs: 1500 } });
     const interrupt = new AbortController();
     const running = cli(app, ["backup"], {}, { signal: interrupt.signal });
-    for (let i = 0; i < 100 && !app.emulators[0]!.requests.some((r) => /^\/backup\/.+\/pending$/.test(r.path)); i++)
-      await new Promise((r) => setTimeout(r, 20));
+    // Until the backup itself runs (the pre-backup check before it polls the same status route).
+    const backupStarted = () => app.emulators[0]!.requests.some((r) => r.path === "/backup" && r.status === 202);
+    for (let i = 0; i < 100 && !backupStarted(); i++) await new Promise((r) => setTimeout(r, 20));
     interrupt.abort(new Error("interrupted (Ctrl-C)"));
     const run = await running;
     expect(run.code).toBe(EXIT.interrupted);

@@ -68,11 +68,12 @@ describe("the app's HSM authentication over HTTPS", () => {
 
     // keyvault-common's probe: the first request carries neither token nor body and gets the challenge.
     const [probe, resent, ...rest] = hsm.requests;
-    expect(probe).toMatchObject({ method: "POST", path: "/backup", status: 401, body: null });
+    // The first call of a night is the pre-backup check.
+    expect(probe).toMatchObject({ method: "POST", path: "/prebackup", status: 401, body: null });
     expect(probe!.headers.authorization).toBeUndefined();
     expect(resent).toMatchObject({
       method: "POST",
-      path: "/backup",
+      path: "/prebackup",
       status: 202,
       headers: { authorization: "<redacted>" },
     });
@@ -81,7 +82,12 @@ describe("the app's HSM authentication over HTTPS", () => {
     for (const call of rest)
       expect(call).toMatchObject({ status: expect.any(Number), headers: { authorization: "<redacted>" } });
     expect(rest.map((r) => `${r.method} ${r.path.replace(/[0-9a-f]{32}/, "<job>")}`)).toEqual(
-      expect.arrayContaining(["GET /backup/<job>/pending", "PUT /prerestore", "GET /restore/<job>/pending"]),
+      expect.arrayContaining([
+        "GET /backup/<job>/pending",
+        "POST /backup",
+        "PUT /prerestore",
+        "GET /restore/<job>/pending",
+      ]),
     );
     expect(rest.every((r) => r.status === 200 || r.status === 202)).toBe(true);
     // Every request went to the HSM's real name over https, through the test CA.
@@ -134,7 +140,8 @@ describe("the app's HSM authentication over HTTPS", () => {
     await nightlyBackup(onTime, testApp.context("nightlyBackup"), deps);
     const started = hsm.requests.find((r) => r.method === "POST" && r.status === 202);
     expect(started).toBeDefined();
-    const [job, check] = hsm.jobs();
+    const [pre, job, check] = hsm.jobs();
+    expect(pre).toMatchObject({ kind: "preBackup", status: "Succeeded" });
     expect(job).toMatchObject({ kind: "backup", status: "Succeeded" });
     expect(check).toMatchObject({ kind: "preRestore", status: "Succeeded" });
     expect(other.requests).toEqual([]);
@@ -142,7 +149,11 @@ describe("the app's HSM authentication over HTTPS", () => {
     const polls = hsm.requests.filter((r) => r.method === "GET");
     expect(polls.length).toBeGreaterThan(0);
     for (const poll of polls)
-      expect([`/backup/${job!.jobId}/pending`, `/restore/${check!.jobId}/pending`]).toContain(poll.path);
+      expect([
+        `/backup/${pre!.jobId}/pending`,
+        `/backup/${job!.jobId}/pending`,
+        `/restore/${check!.jobId}/pending`,
+      ]).toContain(poll.path);
     expect((await deps.catalog.list("backup", { top: 1 })).items[0]).toMatchObject({ status: "Succeeded" });
   });
 });

@@ -245,7 +245,7 @@ describe("no SAS, account key or bearer token in anything the app puts out", () 
         keyName: "wrapping-oct",
       });
 
-      // Storage refuses once the container is gone: the failure text comes from Azurite via the HSM.
+      // Once the container is gone the backup's pre-flight says so; a restore's failure text comes from Azurite via the HSM.
       await app.deps.storage.blobService.getContainerClient(app.container).delete();
       outcomes.storageFailedBackupThrew = await runNightly("a backup whose container was deleted");
       outcomes.storageFailedRestore = await restore("a restore whose container was deleted", {
@@ -299,9 +299,11 @@ describe("no SAS, account key or bearer token in anything the app puts out", () 
   });
 
   it("observed the secrets it looks for: one SAS per job start, and the HSM client's bearer tokens", () => {
-    // 3 backups, the pre-restore check that verified the one that succeeded; full, selective,
-    // throttled, failed and storage-failed restores.
+    // 2 backups that reached the HSM, each with its pre-backup check (its own SAS), and a third the
+    // pre-flight stopped before any SAS (container gone); the pre-restore check that verified the one
+    // that succeeded; full, selective, throttled, failed and storage-failed restores.
     expect(issuedSas.map((s) => s.purpose).sort()).toEqual([
+      "backup",
       "backup",
       "backup",
       "backup",

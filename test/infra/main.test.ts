@@ -100,6 +100,7 @@ describe("infra/main.bicep", () => {
     expect(p("hsmApiVersion")).toBe(defaults.hsmApiVersion);
     expect(p("hsmStorageAuth")).toBe(defaults.hsmStorageAuth);
     expect(p("restoreEnabled")).toBe(defaults.restoreEnabled);
+    expect(p("preflight")).toBe(defaults.preflight);
     expect(p("healthMaxAgeHours")).toBe(defaults.healthMaxAgeHours);
     expect(p("healthGraceHours")).toBe(defaults.healthGraceHours);
     expect(main.parameters?.hsmApiVersion?.allowedValues).toEqual([...HSM_API_VERSIONS]);
@@ -181,6 +182,7 @@ describe("the function app", () => {
     backupConcurrency: 8,
     backupCopyContainer: "",
     backupCopyBlobServiceUri: "",
+    preflight: true,
   };
 
   function appSettings(overrides: Record<string, unknown> = {}): Record<string, string> {

@@ -7,6 +7,7 @@ import { getBackup } from "../../src/handlers/backups.js";
 import { nightlyBackup } from "../../src/handlers/nightlyBackup.js";
 import { backupAll } from "../../src/lib/backup.js";
 import { Catalog } from "../../src/lib/catalog.js";
+import { staleStartMs } from "../../src/lib/config.js";
 import { safeLogger } from "../../src/lib/logger.js";
 import { bodyOf, get, onTime, startTestApp, type TestApp } from "../support/app.js";
 import { events } from "../support/bad-night.js";
@@ -47,7 +48,11 @@ describe("backup under faults", () => {
 
   it("waits out 429s on the start call, honouring Retry-After, and starts exactly one job", async () => {
     const waits: number[] = [];
-    app = await startTestApp({ deps: { hsmClientOptions: { delay: async (ms) => void waits.push(ms) } } });
+    // The backup's own start call: with the pre-flight on, the throttled calls would be the pre-backup's.
+    app = await startTestApp({
+      env: { PREFLIGHT: "false" },
+      deps: { hsmClientOptions: { delay: async (ms) => void waits.push(ms) } },
+    });
     const hsm = app.emulators[0]!;
     hsm.faults.throttleNext(2, 429, 7);
 
@@ -71,8 +76,12 @@ describe("backup under faults", () => {
     const record = (await app.deps.catalog.list("backup", { top: 1 })).items[0]!;
     expect(record).toMatchObject({ status: "Skipped", errorCode: "Conflict" });
     expect(record.errorMessage).toMatch(/another backup or restore is running/);
-    const answered = hsm.requests.filter((r) => r.method === "POST" && r.path === "/backup" && r.headers.authorization);
-    expect(answered.map((r) => r.status)).toEqual([202, 409]);
+    // The HSM refuses the pre-backup check that comes first; the backup itself is never asked for.
+    const answered = hsm.requests.filter((r) => r.method === "POST" && r.headers.authorization);
+    expect(answered.map((r) => [r.path, r.status])).toEqual([
+      ["/backup", 202],
+      ["/prebackup", 409],
+    ]);
     expect(events(app.logs, "MhsmBackupOutcome")).toMatchObject([{ status: "Skipped" }]);
   });
 
@@ -115,7 +124,7 @@ describe("backup under faults", () => {
     const fresh = bodyOf(await getBackup(get(`/api/backups/${record.id}`), app.context(), app.deps));
     expect(fresh.status).toBe("Starting");
 
-    app.clock.advance(16 * 60_000);
+    app.clock.advance(staleStartMs(app.deps.config) + 60_000);
     const stale = bodyOf(await getBackup(get(`/api/backups/${record.id}`), app.context(), app.deps));
     expect(stale).toMatchObject({ status: "Failed", errorCode: "StartOutcomeUnknown" });
     expect(stale.errorMessage).toMatch(/check its audit log/);

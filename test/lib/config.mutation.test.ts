@@ -294,13 +294,19 @@ describe("isLoopback", () => {
 
 describe("staleStartMs", () => {
   it("is every start attempt's timeout plus every capped wait between them plus five minutes, and at least fifteen minutes", () => {
+    // A restore's record (no pre-flight); a backup's adds its pre-flight (config.test.ts).
     const slow = parseConfig({ ...minimal, HSM_REQUEST_TIMEOUT_SECONDS: "120", MAX_POLL_INTERVAL_SECONDS: "300" });
-    expect(staleStartMs(slow)).toBe(4 * 120_000 + 3 * 300_000 + 5 * 60_000);
-    expect(staleStartMs(slow, 10)).toBe(10 * 120_000 + 9 * 300_000 + 5 * 60_000);
-    expect(staleStartMs(slow, 1)).toBe(15 * 60_000);
+    expect(staleStartMs(slow, 4, "restore")).toBe(4 * 120_000 + 3 * 300_000 + 5 * 60_000);
+    expect(staleStartMs(slow, 10, "restore")).toBe(10 * 120_000 + 9 * 300_000 + 5 * 60_000);
+    expect(staleStartMs(slow, 1, "restore")).toBe(15 * 60_000);
     const above = parseConfig({ ...minimal, HSM_REQUEST_TIMEOUT_SECONDS: "100", MAX_POLL_INTERVAL_SECONDS: "67" });
-    expect(staleStartMs(above)).toBe(901_000);
+    expect(staleStartMs(above, 4, "restore")).toBe(901_000);
     const below = parseConfig({ ...minimal, HSM_REQUEST_TIMEOUT_SECONDS: "100", MAX_POLL_INTERVAL_SECONDS: "66" });
-    expect(staleStartMs(below)).toBe(900_000);
+    expect(staleStartMs(below, 4, "restore")).toBe(900_000);
+    const noPreflight = parseConfig({ ...minimal, PREFLIGHT: "false", HSM_REQUEST_TIMEOUT_SECONDS: "100" });
+    expect(staleStartMs(noPreflight, 4)).toBe(staleStartMs(noPreflight, 4, "restore"));
+    expect(staleStartMs(parseConfig({ ...minimal, HSM_REQUEST_TIMEOUT_SECONDS: "100" }))).toBe(
+      6 * 100_000 + 2 * (4 * 100_000 + 3 * 60_000) + 10 * 60_000 + 5 * 60_000,
+    );
   });
 });

@@ -8,6 +8,7 @@ import {
   parseConfig,
   RUN_MARGIN_MS,
   SETTINGS,
+  PRE_BACKUP_MAX_WAIT_MS,
   staleStartMs,
   type Env,
 } from "../../src/lib/config.js";
@@ -67,6 +68,7 @@ describe("parseConfig", () => {
       jobTimeoutMs: 120 * 60_000,
       reconcileSchedule: DEFAULT_RECONCILE_SCHEDULE,
       backupConcurrency: 8,
+      preflight: true,
     });
   });
 
@@ -165,6 +167,7 @@ describe("parseConfig", () => {
     ],
     ["a bad storage auth", { ...minimal, HSM_STORAGE_AUTH: "key" }, "HSM_STORAGE_AUTH", /not one of/],
     ["a bad boolean", { ...minimal, RESTORE_ENABLED: "yes" }, "RESTORE_ENABLED", /true or false/],
+    ["a bad PREFLIGHT", { ...minimal, PREFLIGHT: "no" }, "PREFLIGHT", /true or false/],
     ["a bad health age", { ...minimal, HEALTH_MAX_AGE_HOURS: "0" }, "HEALTH_MAX_AGE_HOURS", /whole number/],
     [
       "a bad copy container",
@@ -284,6 +287,13 @@ describe("staleStartMs", () => {
   it("outlasts the longest start a live worker can still be making (every attempt timing out, every capped wait)", () => {
     const config = parseConfig({ ...minimal, HSM_REQUEST_TIMEOUT_SECONDS: "120", MAX_POLL_INTERVAL_SECONDS: "300" });
     expect(staleStartMs(config)).toBeGreaterThan(4 * 120_000 + 3 * 300_000);
-    expect(staleStartMs(parseConfig(minimal))).toBe(15 * 60_000);
+    expect(staleStartMs(parseConfig(minimal), undefined, "restore")).toBe(15 * 60_000);
+  });
+
+  it("gives a backup's record the time of its pre-flight too: storage checks, the pre-backup start and its wait", () => {
+    const defaults = parseConfig(minimal);
+    const start = 4 * 30_000 + 3 * 60_000;
+    expect(staleStartMs(defaults)).toBe(6 * 30_000 + start + PRE_BACKUP_MAX_WAIT_MS + start + 5 * 60_000);
+    expect(staleStartMs(parseConfig({ ...minimal, PREFLIGHT: "false" }))).toBe(15 * 60_000);
   });
 });

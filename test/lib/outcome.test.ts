@@ -5,7 +5,7 @@
  */
 import { beforeAll, describe, expect, inject, it } from "vitest";
 import { Catalog, type BackupRecord, type Kind, type RestoreRecord, type Stored } from "../../src/lib/catalog.js";
-import { parseConfig } from "../../src/lib/config.js";
+import { parseConfig, staleStartMs } from "../../src/lib/config.js";
 import { createDeps, type AppDeps } from "../../src/lib/deps.js";
 import { HsmInvalidResponseError, HsmJobFailedError, HsmRequestError } from "../../src/lib/hsm/errors.js";
 import type { HsmOperationState } from "../../src/lib/hsm/types.js";
@@ -482,13 +482,15 @@ describe("against a real catalog", () => {
     const { jobId: _none, ...starting } = backup({ status: "Starting", errorMessage: "socket hang up" });
     const record = await stored("backup", starting);
     const fresh = capture();
-    expect(await refreshAt(15 * 60_000 - 1, "backup", record, fresh.log)).toBe(record);
+    // A backup's worker has its pre-flight's time too (config.test.ts).
+    const stale = staleStartMs(deps.config);
+    expect(await refreshAt(stale - 1, "backup", record, fresh.log)).toBe(record);
     const late = capture();
-    const failed = await refreshAt(15 * 60_000, "backup", record, late.log);
+    const failed = await refreshAt(stale, "backup", record, late.log);
     expect(failed.record).toMatchObject({
       status: "Failed",
       errorCode: "StartOutcomeUnknown",
-      endedAt: "2026-12-01T00:15:00.000Z",
+      endedAt: new Date(T0.getTime() + stale).toISOString(),
       errorMessage:
         "The worker stopped before the HSM answered the start call (socket hang up). The HSM may have run a backup that is not recorded here: check its audit log.",
     });

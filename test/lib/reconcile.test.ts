@@ -7,6 +7,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import { nightlyBackup } from "../../src/handlers/nightlyBackup.js";
 import { reconcileTimer } from "../../src/handlers/reconcile.js";
 import { Catalog, type BackupRecord } from "../../src/lib/catalog.js";
+import { staleStartMs } from "../../src/lib/config.js";
 import { safeLogger } from "../../src/lib/logger.js";
 import { reconcile } from "../../src/lib/reconcile.js";
 import { backupAll } from "../../src/lib/backup.js";
@@ -35,14 +36,14 @@ describe("reconcile", () => {
   it("adopts the folder of a start whose answer was lost, once the HSM's pre-restore check accepts it", async () => {
     const { emulator, proxy } = await night.emulatorBehindProxy();
     const { app } = await night.app([proxy.url]);
-    // The HSM starts the job, its answer never arrives (skip the challenge probe).
-    proxy.inject({ kind: "lostResponse" }, { method: "POST", path: /^\/backup$/, skip: 1, times: 1 });
+    // The HSM starts the job, its answer never arrives (the challenge probe was the pre-backup check's).
+    proxy.inject({ kind: "lostResponse" }, { method: "POST", path: /^\/backup$/, times: 1 });
     await expect(nightlyBackup(onTime, app.context("nightlyBackup"), app.deps)).rejects.toThrow(
       /Unknown: Outcome not yet known/,
     );
     const [open] = await backups(app);
     expect(open).toMatchObject({ status: "Starting" });
-    app.clock.advance(16 * 60_000);
+    app.clock.advance(staleStartMs(app.deps.config) + 60_000);
 
     // Until the job has ended the HSM refuses the check: the record waits for a later run.
     let report = await reconcile(app.deps, safeLogger(app.context("reconcile")));
@@ -180,7 +181,8 @@ describe("reconcile and the nightly run under a failing catalog or status outage
     // Waiting costs nothing: the app's clock moves by what it asked to wait.
     // eslint-disable-next-line prefer-const -- app is declared before the closures that read it and assigned once they exist
     ({ app } = await night.app([proxy.url], {
-      env: { JOB_TIMEOUT_MINUTES: "10" },
+      // The backup job's status outage; with the pre-flight on, it would take the pre-backup check's reads.
+      env: { JOB_TIMEOUT_MINUTES: "10", PREFLIGHT: "false" },
       deps: {
         hsmClientOptions: {
           requestTimeoutMs: 1000,

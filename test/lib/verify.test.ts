@@ -25,7 +25,7 @@ describe("backup verification", () => {
     const [record] = (await app.deps.catalog.list("backup", { top: 5 })).items;
     expect(record).toMatchObject({ status: "Succeeded", verification: "Passed" });
     expect(Date.parse(record!.verifiedAt!)).toBeGreaterThanOrEqual(Date.parse(record!.endedAt!) - 1000);
-    expect(hsm.jobs().map((j) => j.kind)).toEqual(["backup", "preRestore"]);
+    expect(hsm.jobs().map((j) => j.kind)).toEqual(["preBackup", "backup", "preRestore"]);
     expect(events(app.logs, "MhsmBackupOutcome")).toMatchObject([{ status: "Succeeded", verification: "Passed" }]);
     const answer = await health(get("/api/health"), app.context(), app.deps);
     expect(answer.status).toBe(200);

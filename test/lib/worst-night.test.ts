@@ -10,6 +10,7 @@ import { nightlyBackup } from "../../src/handlers/nightlyBackup.js";
 import { postRestore } from "../../src/handlers/restores.js";
 import { backupAll } from "../../src/lib/backup.js";
 import { Catalog, type BackupRecord } from "../../src/lib/catalog.js";
+import { staleStartMs } from "../../src/lib/config.js";
 import { safeLogger } from "../../src/lib/logger.js";
 import { bodyOf, catalogEntities, get, jobStartRequests, onTime, postJson, type TestApp } from "../support/app.js";
 import { events, Night } from "../support/bad-night.js";
@@ -38,12 +39,12 @@ function byHsm(records: readonly BackupRecord[], name: string): BackupRecord[] {
   return records.filter((r) => r.hsmName === name);
 }
 
-/** Authenticated backup starts the emulator accepted (not the pre-restore checks that verify them). */
+/** Authenticated backup starts the emulator accepted (not the pre-backup or pre-restore checks around them). */
 function acceptedStarts(emulator: {
   requests: { method: string; path: string; status: number; headers: Record<string, string> }[];
 }): number {
   return jobStartRequests(emulator as never).filter(
-    (r) => r.headers.authorization && r.status === 202 && r.method === "POST",
+    (r) => r.headers.authorization && r.status === 202 && r.method === "POST" && r.path === "/backup",
   ).length;
 }
 
@@ -238,8 +239,9 @@ describe("the worst night", () => {
       runDeadline: new Date(app.clock.now().getTime() + 3_600_000),
     });
     expect(result!.outcome).toBe("Pending");
-    // 429 for a day, 503 until 9999, the 202's own 0, then status reads asking for a day and for 9999.
-    expect(waits.slice(0, 5)).toEqual([45_000, 45_000, 0, 45_000, 45_000]);
+    // The pre-backup check's 202 asks for 0; then the backup: 429 for a day, 503 until 9999, the 202's
+    // own 0, then status reads asking for a day and for 9999.
+    expect(waits.slice(0, 6)).toEqual([0, 45_000, 45_000, 0, 45_000, 45_000]);
     expect(Math.max(...waits)).toBe(45_000);
 
     const statusReads = () => hsm.authenticated("GET", STATUS).length;
@@ -276,7 +278,7 @@ describe("the worst night", () => {
           delay: async () => {
             if (corrected) return;
             corrected = true;
-            app.clock.advance(16 * 60_000);
+            app.clock.advance(staleStartMs(app.deps.config) + 60_000);
             const [starting] = await app.deps.catalog.active("backup");
             const read = await getBackup(
               get(`/api/backups/${starting!.record.id}`),
@@ -499,7 +501,8 @@ describe("the worst night", () => {
     expect(moved.requests.some((r) => r.path.includes("attacker"))).toBe(false);
     expect(of(h)).toMatchObject({ outcome: "Succeeded" });
     expect(of(h).record!.jobId).toBe(
-      /\/backup\/([0-9a-f]{32})\/pending/.exec(html.authenticated("GET", STATUS)[0]!.path)![1],
+      // The last status read: the first ones were the pre-backup check's.
+      /\/backup\/([0-9a-f]{32})\/pending/.exec(html.authenticated("GET", STATUS).at(-1)!.path)![1],
     );
   });
 

@@ -7,6 +7,12 @@
  * Azure-AsyncOperation and Retry-After 0; every status poll Succeeded at once, a backup's folder
  * `<storageResourceUri>/mhsm-<name>-<16 digits>` (none for a pre-backup), for a job id it never gave
  * out a folder under https://hostilestorage.blob.core.windows.net/backups.
+ *
+ * The app runs the HSM's pre-backup check before every backup, and it polls the same
+ * `/backup/{jobId}/pending` route. So that a script for that route is about the backup job, a status
+ * read of a pre-backup job the default `/prebackup` answer started is looked up under the path
+ * `/prebackup/{jobId}/pending` instead (default: Succeeded at once); a test scripts that path to make
+ * the check fail or hang. A test that scripts `/prebackup` itself owns its jobs' status reads.
  */
 import { randomBytes } from "node:crypto";
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
@@ -332,6 +338,14 @@ export async function startHostileHsm(options: HostileHsmOptions = {}): Promise<
     },
     {
       method: "GET",
+      path: /^\/prebackup\/[^/]+\/pending$/,
+      next: 0,
+      answers: [
+        jobStatus("backup", () => ({ status: "Succeeded", endTime: nowSeconds(), azureStorageBlobContainerUri: null })),
+      ],
+    },
+    {
+      method: "GET",
       path: /^\/restore\/[^/]+\/pending$/,
       answers: [jobStatus("restore", () => ({ status: "Succeeded", endTime: nowSeconds() }))],
       next: 0,
@@ -388,7 +402,9 @@ export async function startHostileHsm(options: HostileHsmOptions = {}): Promise<
       });
       return;
     }
-    const route = find(request.method, request.path);
+    const polled = request.method === "GET" ? /^\/backup\/([^/]+)\/pending$/.exec(request.path)?.[1] : undefined;
+    const preBackup = polled !== undefined && jobStorage.get(polled) === null;
+    const route = find(request.method, preBackup ? `/prebackup/${polled}/pending` : request.path);
     const scripted = route
       ? route.answers[Math.min(route.next++, route.answers.length - 1)]!
       : keyVaultError(404, "NotFound", `The hostile HSM has no route for ${request.method} ${request.path}`);

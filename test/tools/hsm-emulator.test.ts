@@ -524,6 +524,34 @@ describe("HSM emulator: concurrency and faults", () => {
     expect((await call(hsm, "GET", "/keys")).status).toBe(200);
   });
 
+  it("fails only the job kind asked for: 'backup' passes a pre-backup by, 'prebackup' takes only a pre-backup", async () => {
+    const hsm = await emulator();
+    const container = await newContainer();
+    const body = async () => ({ storageResourceUri: container.url, token: await sas(container, "crdw") });
+    hsm.faults.failNextJob("backup", { code: "InjectedBackupError", message: "backup broke" });
+    hsm.faults.failNextJob("prebackup", { code: "InjectedPreBackupError", message: "pre-backup broke" });
+
+    const pre = await call(hsm, "POST", "/prebackup", { body: await body() });
+    expect(await waitForJob(hsm, "backup", pre.json!.jobId)).toMatchObject({
+      status: "Failed",
+      statusDetails: "pre-backup broke",
+      error: { code: "InjectedPreBackupError" },
+      azureStorageBlobContainerUri: null,
+    });
+    const passing = await call(hsm, "POST", "/prebackup", { body: await body() });
+    expect(await waitForJob(hsm, "backup", passing.json!.jobId)).toMatchObject({ status: "Succeeded", error: null });
+    const failed = await call(hsm, "POST", "/backup", { body: await body() });
+    expect(await waitForJob(hsm, "backup", failed.json!.jobId)).toMatchObject({
+      status: "Failed",
+      error: { code: "InjectedBackupError" },
+    });
+    expect(hsm.jobs().map((j) => [j.kind, j.status, j.errorCode])).toEqual([
+      ["preBackup", "Failed", "InjectedPreBackupError"],
+      ["preBackup", "Succeeded", undefined],
+      ["backup", "Failed", "InjectedBackupError"],
+    ]);
+  });
+
   it("fails the next job of the chosen family with the injected error", async () => {
     const hsm = await emulator();
     const container = await newContainer();

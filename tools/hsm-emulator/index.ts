@@ -15,6 +15,13 @@ export {
 export { HSM_RESOURCE, challengeHeader } from "./auth.js";
 export { HSM_ROLES, type RoleAssignment } from "./rbac.js";
 export type { DeletedKeyBundle, KeyBundle, KeyItem, KeyType } from "./keys.js";
-export type { FullBackupOperation, JobError, JobLogEntry, OperationStatus, RestoreOperation } from "./jobs.js";
+export type {
+  FaultTarget,
+  FullBackupOperation,
+  JobError,
+  JobLogEntry,
+  OperationStatus,
+  RestoreOperation,
+} from "./jobs.js";
 export type { KeyVaultErrorDetail } from "./errors.js";
 export { BACKUP_FORMAT, BACKUP_FORMAT_VERSION, MANIFEST_BLOB, MARKER_BLOB, keyBlobName } from "./storage.js";

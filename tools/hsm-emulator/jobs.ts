@@ -17,6 +17,19 @@ import {
 
 export type JobKind = "backup" | "prebackup" | "restore" | "prerestore" | "selectiveKeyRestore";
 export type JobFamily = "backup" | "restore";
+/**
+ * Which job an injected failure takes: "backup" the next full backup only (not a pre-backup, which an
+ * app now runs before every backup), "prebackup" the next pre-backup only, "restore" the next job of
+ * the restore family (full, selective or pre-restore), "any" the next job.
+ */
+export type FaultTarget = "backup" | "prebackup" | "restore" | "any";
+
+const FAULT_TAKES: Record<FaultTarget, (job: Job) => boolean> = {
+  backup: (job) => job.kind === "backup",
+  prebackup: (job) => job.kind === "prebackup",
+  restore: (job) => job.family === "restore",
+  any: () => true,
+};
 export type OperationStatus = "InProgress" | "Succeeded" | "Failed";
 
 /**
@@ -181,7 +194,7 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
  */
 export class JobManager {
   private readonly jobs = new Map<string, Job>();
-  private readonly faults: { kind: JobFamily | "any"; error: InjectedJobError }[] = [];
+  private readonly faults: { kind: FaultTarget; error: InjectedJobError }[] = [];
   private readonly usedFolders = new Set<string>();
   private readonly stopping = new AbortController();
   private readonly pending = new Set<Promise<void>>();
@@ -202,7 +215,7 @@ export class JobManager {
     this.durationMs = ms;
   }
 
-  failNext(kind: JobFamily | "any", error: InjectedJobError): void {
+  failNext(kind: FaultTarget, error: InjectedJobError): void {
     this.faults.push({ kind, error });
   }
 
@@ -265,7 +278,7 @@ export class JobManager {
         ? { keys: this.deps.keys.snapshot(), roleAssignments: this.deps.roles.snapshot() }
         : undefined;
     const minimumEnd = Date.now() + this.durationMs;
-    const fault = this.takeFault(job.family);
+    const fault = this.takeFault(job);
     const secrets = "access" in request && request.access.kind === "sas" ? [request.access.token] : [];
     this.deps.log(`job ${job.id} (${job.kind}) started`);
     const run = this.run(job, minimumEnd, secrets, async (signal) => {
@@ -302,8 +315,8 @@ export class JobManager {
     await Promise.allSettled([...this.pending]);
   }
 
-  private takeFault(family: JobFamily): InjectedJobError | undefined {
-    const index = this.faults.findIndex((fault) => fault.kind === "any" || fault.kind === family);
+  private takeFault(job: Job): InjectedJobError | undefined {
+    const index = this.faults.findIndex((fault) => FAULT_TAKES[fault.kind](job));
     if (index < 0) return undefined;
     return this.faults.splice(index, 1)[0]?.error;
   }

@@ -11,6 +11,7 @@ import { HsmHttpError, badRequest, toError } from "./errors.js";
 import {
   JobFailure,
   JobManager,
+  type FaultTarget,
   type JobFamily,
   type JobLogEntry,
   type JobRequest,
@@ -121,8 +122,12 @@ export interface HsmEmulatorRoles {
 }
 
 export interface HsmEmulatorFaults {
-  /** The next job of that family (pre-operations and selective restore included) ends Failed with this error. */
-  failNextJob(kind: "backup" | "restore" | "any", error?: { code: string; message: string }): void;
+  /**
+   * The next matching job ends Failed with this error: "backup" the next full backup (never a
+   * pre-backup), "prebackup" the next pre-backup, "restore" the next restore-family job (full,
+   * selective or pre-restore), "any" the next job of any kind.
+   */
+  failNextJob(kind: FaultTarget, error?: { code: string; message: string }): void;
   /** The next `count` authenticated requests get this status, Retry-After and a KeyVault error body; nothing else happens. */
   throttleNext(count: number, status: 429 | 503, retryAfterSeconds: number): void;
   /** Minimum InProgress time for jobs started from now on. */

@@ -227,6 +227,16 @@ export const HSM_FAULTS: readonly HsmFault[] = [
       }),
   },
   {
+    // The pre-flight's own check fails: the night's record is Failed PreflightFailed, and no backup job starts.
+    name: "preBackupFails",
+    weight: 2,
+    apply: (t) =>
+      t.emulator.faults.failNextJob("prebackup", {
+        code: "StorageAccessFailed",
+        message: "Injected by the soak: the HSM's pre-backup check could not write to the container.",
+      }),
+  },
+  {
     name: "statusChaos",
     weight: 2,
     apply: (t) =>

@@ -70,6 +70,9 @@ export interface HsmBackupOperations {
     options?: BeginOptions,
   ): Promise<HsmOperation>;
   beginSelectiveKeyRestore(keyName: string, folderUri: string, options?: BeginOptions): Promise<HsmOperation>;
+  /** The HSM's own check that a backup into this container could run (api-version 7.6+). */
+  beginPreBackup(blobStorageUri: string, sasToken: string, options?: BeginOptions): Promise<HsmOperation>;
+  beginPreBackup(blobStorageUri: string, options?: BeginOptions): Promise<HsmOperation>;
   beginPreRestore(folderUri: string, sasToken: string, options?: BeginOptions): Promise<HsmOperation>;
   beginPreRestore(folderUri: string, options?: BeginOptions): Promise<HsmOperation>;
   /** One status read, no waiting; Failed/Canceled are returned, not thrown. */

@@ -68,6 +68,11 @@ interface KeyVaultBackupClientLike {
     sasTokenOrOptions?: string | AdminPollerOptions,
     options?: AdminPollerOptions,
   ): Promise<AdminPoller>;
+  beginPreBackup(
+    blobStorageUri: string,
+    sasTokenOrOptions?: string | AdminPollerOptions,
+    options?: AdminPollerOptions,
+  ): Promise<AdminPoller>;
   beginPreRestore(
     folderUri: string,
     sasTokenOrOptions?: string | AdminPollerOptions,
@@ -105,6 +110,12 @@ class KeyVaultAdminOperations implements HsmBackupOperations {
       sas !== undefined
         ? this.client.beginSelectiveKeyRestore(keyName, folderUri, sas, admin)
         : this.client.beginSelectiveKeyRestore(keyName, folderUri, admin),
+    );
+  }
+
+  beginPreBackup(uri: string, sasOrOptions?: string | BeginOptions, options?: BeginOptions): Promise<HsmOperation> {
+    return this.begin("preBackup", sasOrOptions, options, (sas, admin) =>
+      sas !== undefined ? this.client.beginPreBackup(uri, sas, admin) : this.client.beginPreBackup(uri, admin),
     );
   }
 
@@ -284,6 +295,13 @@ class FakeKeyVaultBackupClient implements KeyVaultBackupClientLike {
     options?: AdminPollerOptions,
   ): Promise<AdminPoller> {
     return this.begin("beginSelectiveKeyRestore", [keyName, folderUri, sasOrOptions, options]);
+  }
+  beginPreBackup(
+    uri: string,
+    sasOrOptions?: string | AdminPollerOptions,
+    options?: AdminPollerOptions,
+  ): Promise<AdminPoller> {
+    return this.begin("beginPreBackup", [uri, sasOrOptions, options]);
   }
   beginPreRestore(
     folderUri: string,
