@@ -96,6 +96,15 @@ param reconcileSchedule string
 @description('BACKUP_CONCURRENCY: at most this many HSMs are backed up at once.')
 param backupConcurrency int
 
+@description('RETENTION_DAYS: prune deletes backup folders older than this many days.')
+param retentionDays int
+
+@description('RETENTION_MIN_KEEP: prune never deletes the newest this many usable backups of an HSM.')
+param retentionMinKeep int
+
+@description('PRUNE_SCHEDULE: NCRONTAB (UTC) of the prune timer.')
+param pruneSchedule string
+
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   name: planName
   location: location
@@ -177,6 +186,9 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
       JOB_TIMEOUT_MINUTES: string(jobTimeoutMinutes)
       RECONCILE_SCHEDULE: reconcileSchedule
       BACKUP_CONCURRENCY: string(backupConcurrency)
+      RETENTION_DAYS: string(retentionDays)
+      RETENTION_MIN_KEEP: string(retentionMinKeep)
+      PRUNE_SCHEDULE: pruneSchedule
     }
   }
 }

@@ -142,6 +142,9 @@ describe("the function app", () => {
     jobTimeoutMinutes: 120,
     reconcileSchedule: "0 */15 * * * *",
     backupConcurrency: 8,
+    retentionDays: 30,
+    retentionMinKeep: 7,
+    pruneSchedule: "0 30 3 * * *",
   };
 
   function appSettings(overrides: Record<string, unknown> = {}): Record<string, string> {
