@@ -11,6 +11,7 @@ import { backupAll } from "../../src/lib/backup.js";
 import { Catalog, type BackupRecord, type RecordStatus, type RestoreRecord } from "../../src/lib/catalog.js";
 import { parseConfig, type Env } from "../../src/lib/config.js";
 import { createDeps, type AppDeps } from "../../src/lib/deps.js";
+import { checkHealth } from "../../src/lib/health.js";
 import { safeLogger } from "../../src/lib/logger.js";
 import { planPrune, prune, PRUNE_REASONS, type PruneEntry, type PruneReport } from "../../src/lib/prune.js";
 import { bodyOf, onTime, postJson, startTestApp, uniqueName } from "../support/app.js";
@@ -297,13 +298,19 @@ describe("prune over random catalogs in real storage", () => {
 
 describe("prune of real backup folders", () => {
   it("deletes the folders past the retention above the floor; the records stay Pruned and refuse a restore", async () => {
-    const app = await startTestApp({ env: { RETENTION_DAYS: "2", RETENTION_MIN_KEEP: "2" } });
+    // The emulator's clock moves with the app's: the end times it reports are a day apart too.
+    let offset = 0;
+    const app = await startTestApp({
+      env: { RETENTION_DAYS: "3", RETENTION_MIN_KEEP: "1" },
+      emulator: { now: () => Date.now() + offset },
+    });
     stops.push(() => app.stop());
     app.emulators[0]!.keys.create("k1");
     for (let day = 0; day < 5; day++) {
       const [result] = await backupAll(app.deps, safeLogger(app.context()), { trigger: "cli" });
       expect(result!.outcome).toBe("Succeeded");
       app.clock.advance(DAY);
+      offset += DAY;
     }
     const backups = (await app.deps.catalog.list("backup", { top: 10 })).items;
     expect(backups.map((b) => b.verification)).toEqual(["Passed", "Passed", "Passed", "Passed", "Passed"]);
@@ -326,10 +333,10 @@ describe("prune of real backup folders", () => {
 
     const real = await prune(app.deps, safeLogger(app.context("prune")));
     expect(planOf(real)).toEqual(planOf(dry));
-    // Newest first: day 4 and day 3 are the floor (day 3 is also within the two days), days 2, 1, 0 go.
+    // Newest first, a day old: the floor; two days old: within the three days; days 2, 1 and 0 go.
     expect(real.hsms[0]!.entries.map((e) => `${e.action} ${e.reason}`)).toEqual([
       "keep floor",
-      "keep floor",
+      "keep withinRetention",
       "delete pastRetention",
       "delete pastRetention",
       "delete pastRetention",
@@ -348,9 +355,14 @@ describe("prune of real backup folders", () => {
     // The timer runs the same prune: nothing is left to do, and the run succeeds saying so.
     await pruneTimer(onTime, app.context("prune"), app.deps);
     expect(app.logs.at(-1)).toMatch(
-      /^information: Prune: 0 folder\(s\) deleted, 0 left, 0 error\(s\); retention 2 days, floor 2 per HSM$/,
+      /^information: Prune: 0 folder\(s\) deleted, 0 left, 0 error\(s\); retention 3 days, floor 1 per HSM$/,
     );
 
+    // Health reads only what can be restored: the newest Succeeded backup, which the floor kept.
+    const health = await checkHealth(app.deps);
+    expect(health.hsms[0]).toMatchObject({ lastSuccessAt: backups[0]!.endedAt, verification: "Passed", stale: false });
+    const listed = await app.deps.catalog.list("backup", { status: "Succeeded", top: 10 });
+    expect(listed.items.map((b) => b.id)).toEqual([backups[0]!.id, backups[1]!.id]);
     // A pruned backup is no restore source: 409, saying so, nothing started.
     const refused = await postRestore(
       postJson("/api/restores", { backupId: backups[3]!.id, keyName: "k1" }),
