@@ -197,27 +197,41 @@ export async function prune(deps: AppDeps, log: Logger, options: PruneOptions = 
   const errors: string[] = [];
   const plans = await Promise.all(
     config.hsms.map(async (hsm): Promise<HsmPrunePlan> => {
+      const failed = (error: unknown) => {
+        const message = `HSM ${hsm.name}: ${toSafeError(error).message}`;
+        log.warn(`Prune: ${message}`);
+        errors.push(message);
+        return message;
+      };
+      let plan: HsmPrunePlan;
       try {
         const [backups, restores] = await Promise.all([
           history(deps, hsm.name),
           deps.catalog.unsettled("restore", hsm.name),
         ]);
-        const [plan] = planPrune({
+        [plan] = planPrune({
           hsms: [hsm.name],
           backups,
           restores: restores.map((s) => s.record),
           containerUrl,
           now,
           settings,
-        });
-        if (!options.dryRun) await carryOut(deps, log, hsm.name, plan!, options);
-        return plan!;
+        }) as [HsmPrunePlan];
       } catch (error) {
-        const message = `HSM ${hsm.name}: ${toSafeError(error).message}`;
-        log.warn(`Prune: ${message}`);
-        errors.push(message);
+        failed(error);
         return { hsm: hsm.name, entries: [], alreadyPruned: 0 };
       }
+      if (options.dryRun) return plan;
+      try {
+        await carryOut(deps, log, hsm.name, plan, options);
+      } catch (error) {
+        // The plan stays in the report: what was done is marked, the rest was not reached.
+        const message = failed(error);
+        for (const entry of plan.entries)
+          if (entry.action === "delete" && entry.outcome === undefined)
+            Object.assign(entry, { outcome: "notReached", detail: message });
+      }
+      return plan;
     }),
   );
   const deletes = plans.flatMap((p) => p.entries.filter((e) => e.action === "delete"));
@@ -288,24 +302,26 @@ async function carryOut(
         return;
       }
     }
-    let renewedAt = Date.now();
+    let renewedAt = 0;
+    let held = true;
+    // Renewed at least every LOCK_RENEW_MS, well within its staleness; once lost, nothing more is deleted.
+    const keepLock = async (): Promise<boolean> => {
+      if (held && Date.now() - renewedAt > LOCK_RENEW_MS) {
+        renewedAt = Date.now();
+        held = await lock.renew();
+      }
+      return held;
+    };
     for (const [i, entry] of deletes.entries()) {
       if (options.runDeadline !== undefined && deps.now() >= options.runDeadline) {
         leave(deletes.slice(i), "notReached", "the run's deadline passed");
         return;
       }
-      if (Date.now() - renewedAt > LOCK_RENEW_MS || i === 0) {
-        if (!(await lock.renew())) {
-          leave(deletes.slice(i), "notReached", "the HSM's lock was lost (taken over as stale)");
-          return;
-        }
-        renewedAt = Date.now();
+      if (!(await keepLock())) {
+        leave(deletes.slice(i), "notReached", "the HSM's lock was lost (taken over as stale)");
+        return;
       }
-      await pruneOne(deps, log, entry, () => {
-        if (Date.now() - renewedAt <= LOCK_RENEW_MS) return Promise.resolve(true);
-        renewedAt = Date.now();
-        return lock.renew();
-      });
+      await pruneOne(deps, log, entry, keepLock);
     }
   } finally {
     await lock.release();

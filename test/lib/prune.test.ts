@@ -14,7 +14,7 @@ import { createDeps, type AppDeps } from "../../src/lib/deps.js";
 import { checkHealth } from "../../src/lib/health.js";
 import { safeLogger } from "../../src/lib/logger.js";
 import { planPrune, prune, PRUNE_REASONS, type PruneEntry, type PruneReport } from "../../src/lib/prune.js";
-import { bodyOf, onTime, postJson, startTestApp, uniqueName } from "../support/app.js";
+import { bodyOf, onTime, postJson, startTestApp, uniqueName, type TestApp } from "../support/app.js";
 import { cli } from "../support/cli.js";
 import { prng, startFaultProxy, withEndpoint, type FaultProxy } from "../support/fault-proxy.js";
 
@@ -315,7 +315,6 @@ describe("prune of real backup folders", () => {
     const backups = (await app.deps.catalog.list("backup", { top: 10 })).items;
     expect(backups.map((b) => b.verification)).toEqual(["Passed", "Passed", "Passed", "Passed", "Passed"]);
     const before = await blobNames(app.deps);
-    const folderOf = (b: BackupRecord) => b.folderUri!.split("/").pop()!;
     for (const b of backups) expect([...before].some((n) => n.startsWith(`${folderOf(b)}/`))).toBe(true);
 
     const dry = await prune(app.deps, safeLogger(app.context()), { dryRun: true });
@@ -382,36 +381,47 @@ describe("prune of real backup folders", () => {
   }, 120_000);
 });
 
+/** Five daily backups of one HSM whose blob storage the app (and the HSM) reach through a fault proxy. */
+async function backupsBehindBlobProxy(): Promise<{ app: TestApp; proxy: FaultProxy; backups: BackupRecord[] }> {
+  const connectionString = inject("azuriteConnectionString");
+  const endpoint = /(?:^|;)BlobEndpoint=([^;]+)/.exec(connectionString)![1]!;
+  const proxy = await startFaultProxy(endpoint);
+  stops.push(() => proxy.stop());
+  const app = await startTestApp({
+    env: {
+      BackupStorage: withEndpoint(connectionString, "BlobEndpoint", proxy.url),
+      RETENTION_DAYS: "1",
+      RETENTION_MIN_KEEP: "1",
+    },
+  });
+  stops.push(() => app.stop());
+  app.emulators[0]!.keys.create("k1");
+  for (let day = 0; day < 5; day++) {
+    await backupAll(app.deps, safeLogger(app.context()), { trigger: "cli" });
+    app.clock.advance(DAY);
+  }
+  return { app, proxy, backups: (await app.deps.catalog.list("backup", { top: 10 })).items };
+}
+
+/** Storage's error answer, as the blob service sends it. */
+function storageError(status: number, code: string) {
+  return {
+    kind: "status" as const,
+    status,
+    contentType: "application/xml",
+    headers: { "x-ms-error-code": code },
+    body: `<?xml version="1.0" encoding="utf-8"?><Error><Code>${code}</Code><Message>refused by the test</Message></Error>`,
+  };
+}
+
+const folderOf = (b: BackupRecord) => b.folderUri!.split("/").pop()!;
+
 describe("a folder storage refuses to delete", () => {
   it("is reported and left, its record noted; the other folders go and the run succeeds", async () => {
-    const connectionString = inject("azuriteConnectionString");
-    const endpoint = /(?:^|;)BlobEndpoint=([^;]+)/.exec(connectionString)![1]!;
-    const proxy: FaultProxy = await startFaultProxy(endpoint);
-    stops.push(() => proxy.stop());
-    const app = await startTestApp({
-      env: {
-        BackupStorage: withEndpoint(connectionString, "BlobEndpoint", proxy.url),
-        RETENTION_DAYS: "1",
-        RETENTION_MIN_KEEP: "1",
-      },
-    });
-    stops.push(() => app.stop());
-    app.emulators[0]!.keys.create("k1");
-    for (let day = 0; day < 5; day++) {
-      await backupAll(app.deps, safeLogger(app.context()), { trigger: "cli" });
-      app.clock.advance(DAY);
-    }
-    const backups = (await app.deps.catalog.list("backup", { top: 10 })).items;
-    const folderOf = (b: BackupRecord) => b.folderUri!.split("/").pop()!;
+    const { app, proxy, backups } = await backupsBehindBlobProxy();
     const [, immutable, forbidden, leased, plain] = backups;
     // An immutability policy answers 409 BlobImmutableDueToPolicy; a missing role answers 403.
-    const refusal = (status: number, code: string) => ({
-      kind: "status" as const,
-      status,
-      contentType: "application/xml",
-      headers: { "x-ms-error-code": code },
-      body: `<?xml version="1.0" encoding="utf-8"?><Error><Code>${code}</Code><Message>refused by the test</Message></Error>`,
-    });
+    const refusal = storageError;
     proxy.inject(refusal(409, "BlobImmutableDueToPolicy"), {
       method: "DELETE",
       path: new RegExp(`/${folderOf(immutable!)}/`),
@@ -456,5 +466,34 @@ describe("a folder storage refuses to delete", () => {
     // The warnings name each folder left, and no SAS or key.
     expect(run.stderr).toMatch(new RegExp(`folder ${folderOf(immutable!)}: nothing deleted`));
     expect(run.stderr).not.toMatch(/sig=|AccountKey/);
+  }, 120_000);
+});
+
+describe("storage failing while prune deletes", () => {
+  it("fails that HSM's run, naming it, keeps the plan in the report and marks only what was done", async () => {
+    const { app, proxy, backups } = await backupsBehindBlobProxy();
+    const [, first, broken, ...rest] = backups;
+    proxy.inject(storageError(500, "InternalError"), {
+      method: "DELETE",
+      path: new RegExp(`/${folderOf(broken!)}/`),
+      times: 50,
+    });
+    const run = await cli(app, ["prune", "--json"]);
+    expect(run.code).toBe(4);
+    const report = JSON.parse(run.stdout) as PruneReport;
+    expect(report.errors).toEqual([expect.stringMatching(new RegExp(`^HSM ${app.deps.config.hsms[0]!.name}: `))]);
+    expect(run.stderr).toMatch(/Could not prune: HSM testhsm0: /);
+    const byId = new Map(report.hsms[0]!.entries.map((e) => [e.recordId, e]));
+    expect(byId.get(first!.id)).toMatchObject({ action: "delete", outcome: "pruned" });
+    expect(byId.get(broken!.id)).toMatchObject({ action: "delete", outcome: "notReached" });
+    for (const b of [broken!, ...rest]) {
+      expect(byId.get(b.id)).toMatchObject({ action: "delete", outcome: "notReached" });
+      expect((await app.deps.catalog.get("backup", b.id))!.record.status).toBe("Succeeded");
+    }
+    expect((await app.deps.catalog.get("backup", first!.id))!.record.status).toBe("Pruned");
+    // The lock was released: a later run, with storage well again, finishes the job.
+    proxy.clear();
+    const again = await prune(app.deps, log);
+    expect(again).toMatchObject({ pruned: 1 + rest.length, left: 0, errors: [] });
   }, 120_000);
 });
