@@ -322,6 +322,14 @@ describe("prune of real backup folders", () => {
     const hsmName = app.deps.config.hsms[0]!.name;
     const lock = (await app.deps.catalog.tryLock(hsmName, app.clock.now, 5 * 60_000))!;
     const held = await prune(app.deps, safeLogger(app.context("prune")));
+    // And while prune holds it, a restore of that HSM is answered busy, saying why.
+    const busy = await postRestore(
+      postJson("/api/restores", { backupId: backups[0]!.id, keyName: "k1" }),
+      app.context(),
+      app.deps,
+    );
+    expect(busy.status).toBe(409);
+    expect(bodyOf(busy).detail).toMatch(/being started, or its old backups are being pruned, right now/);
     await lock.release();
     expect(planOf(held)).toEqual(planOf(dry));
     expect(held).toMatchObject({ pruned: 0, left: 3 });
@@ -371,6 +379,22 @@ describe("prune of real backup folders", () => {
     expect(refused.status).toBe(409);
     expect(bodyOf(refused)).toMatchObject({ title: "Backup was pruned" });
     expect(bodyOf(refused).detail).toMatch(/was pruned at .*RETENTION_DAYS/);
+    // A restore whose backup is pruned between its first read and its start lock is refused too: the
+    // real catalog, with the prune's write made at that moment.
+    const catalog: Catalog = Object.create(app.deps.catalog);
+    catalog.tryLock = async (...args) => {
+      const stored = (await app.deps.catalog.get("backup", backups[0]!.id))!;
+      await app.deps.catalog.pruneUpdate(stored, { status: "Pruned", prunedAt: app.clock.now().toISOString() });
+      return app.deps.catalog.tryLock(...args);
+    };
+    const raced = await postRestore(
+      postJson("/api/restores", { backupId: backups[0]!.id, keyName: "k1" }),
+      app.context(),
+      { ...app.deps, catalog },
+    );
+    expect(raced.status).toBe(409);
+    expect(bodyOf(raced)).toMatchObject({ title: "Backup was pruned" });
+    expect(await app.deps.catalog.list("restore", { top: 5 })).toEqual({ items: [] });
     // The floor is whole: a restore from it runs.
     const started = await postRestore(
       postJson("/api/restores", { backupId: backups[1]!.id, keyName: "k1" }),
