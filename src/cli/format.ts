@@ -1,6 +1,7 @@
 /** The CLI's tables and summaries: plain text, one record per line, the last column unpadded. */
 import type { BackupRecord, RestoreRecord } from "../lib/catalog.js";
-import type { PruneEntry, PruneReport, PruneReason } from "../lib/prune.js";
+import type { PruneEntry, PruneReason } from "../lib/prune-plan.js";
+import type { PruneReport } from "../lib/prune.js";
 
 export function backupTable(records: readonly BackupRecord[]): string {
   const rows = records.map((r) => [
