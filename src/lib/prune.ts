@@ -14,6 +14,7 @@ import type { AppDeps } from "./deps.js";
 import type { Logger } from "./logger.js";
 import { DAY_MS, planPrune, type HsmPrunePlan, type PruneEntry } from "./prune-plan.js";
 import { toSafeError } from "./redact.js";
+import { emitEvent, EVENTS } from "./telemetry.js";
 
 /** The restore start lock's staleness (restore.ts): prune renews it well within this. */
 const LOCK_STALE_MS = 5 * 60_000;
@@ -94,6 +95,18 @@ export async function prune(deps: AppDeps, log: Logger, options: PruneOptions = 
     }),
   );
   const deletes = plans.flatMap((p) => p.entries.filter((e) => e.action === "delete"));
+  const statuses = { pruned: "Pruned", left: "Left", notReached: "NotReached" } as const;
+  for (const entry of deletes) {
+    if (entry.outcome === undefined) continue;
+    const emit = entry.outcome === "pruned" && entry.detail === undefined ? log.info : log.warn;
+    emitEvent(emit, EVENTS.pruneOutcome, {
+      hsm: entry.hsm,
+      recordId: entry.recordId,
+      status: statuses[entry.outcome],
+      folderUri: entry.folderUri,
+      errorMessage: entry.detail,
+    });
+  }
   const report: PruneReport = {
     dryRun: options.dryRun === true,
     at: now.toISOString(),

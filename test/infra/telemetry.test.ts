@@ -217,6 +217,7 @@ describe("the workbook", () => {
       "failures",
       "unrecorded-jobs",
       "restores",
+      "prune",
       "hsm-audit",
     ]);
 
@@ -229,6 +230,8 @@ describe("the workbook", () => {
     expect(eventsIn(titled["unrecorded-jobs"]!.query!).sort()).toEqual(
       [EVENTS.backupOutcome, EVENTS.jobAccepted, EVENTS.restoreOutcome].sort(),
     );
+    expect(eventsIn(titled.prune!.query!)).toEqual([EVENTS.pruneOutcome]);
+    expect(titled.prune!.query).toContain("reason = tostring(e.errorMessage)");
     expect(titled.failures!.query).toContain('!in ("Succeeded", "Skipped")');
     for (const name of [
       "last-successful-backup",
@@ -237,6 +240,7 @@ describe("the workbook", () => {
       "failures",
       "unrecorded-jobs",
       "restores",
+      "prune",
     ]) {
       expect(titled[name]).toMatchObject({
         resourceType: "microsoft.insights/components",

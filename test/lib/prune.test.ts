@@ -15,7 +15,7 @@ import { checkHealth } from "../../src/lib/health.js";
 import { safeLogger } from "../../src/lib/logger.js";
 import { planPrune, PRUNE_REASONS, type PruneEntry } from "../../src/lib/prune-plan.js";
 import { prune, type PruneReport } from "../../src/lib/prune.js";
-import { bodyOf, onTime, postJson, startTestApp, uniqueName, type TestApp } from "../support/app.js";
+import { bodyOf, events, onTime, postJson, startTestApp, uniqueName, type TestApp } from "../support/app.js";
 import { cli } from "../support/cli.js";
 import { prng, startFaultProxy, withEndpoint, type FaultProxy } from "../support/fault-proxy.js";
 
@@ -360,6 +360,17 @@ describe("prune of real backup folders", () => {
     expect(records.map((r) => r.status)).toEqual(["Succeeded", "Succeeded", "Pruned", "Pruned", "Pruned"]);
     expect(Date.parse(records[2]!.prunedAt!)).toBeGreaterThanOrEqual(Date.parse(real.at));
     expect(app.logs.some((l) => l.includes(`deleted folder ${folderOf(backups[2]!)}`))).toBe(true);
+    // One outcome event per folder meant to go: Left while the lock was held, then Pruned.
+    expect(events(app.logs, "MhsmPruneOutcome")).toEqual([
+      ...backups.slice(2).map((b) => ({
+        hsm: hsmName,
+        recordId: b.id,
+        status: "Left",
+        folderUri: b.folderUri,
+        errorMessage: "a restore of this HSM is being started: nothing deleted this run",
+      })),
+      ...backups.slice(2).map((b) => ({ hsm: hsmName, recordId: b.id, status: "Pruned", folderUri: b.folderUri })),
+    ]);
     // The timer runs the same prune: nothing is left to do, and the run succeeds saying so.
     await pruneTimer(onTime, app.context("prune"), app.deps);
     expect(app.logs.at(-1)).toMatch(
@@ -491,6 +502,14 @@ describe("a folder storage refuses to delete", () => {
     // The warnings name each folder left, and no SAS or key.
     expect(run.stderr).toMatch(new RegExp(`folder ${folderOf(immutable!)}: nothing deleted`));
     expect(run.stderr).not.toMatch(/sig=|AccountKey/);
+    const outcomes = run.stderr
+      .split("\n")
+      .filter((l) => l.startsWith("MhsmPruneOutcome "))
+      .map((l) => JSON.parse(l.slice(l.indexOf(" ") + 1)));
+    expect(outcomes.map((e) => `${e.recordId} ${e.status}`).sort()).toEqual(
+      [immutable!, forbidden!, leased!].map((b) => `${b.id} Left`).sort(),
+    );
+    expect(outcomes.every((e) => e.errorMessage.startsWith("nothing deleted"))).toBe(true);
   }, 120_000);
 });
 
