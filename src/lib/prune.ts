@@ -69,14 +69,14 @@ export async function prune(deps: AppDeps, log: Logger, options: PruneOptions = 
           history(deps, hsm.name),
           deps.catalog.unsettled("restore", hsm.name),
         ]);
-        [plan] = planPrune({
+        plan = planPrune({
           hsms: [hsm.name],
           backups,
           restores: restores.map((s) => s.record),
           containerUrl,
           now,
           settings,
-        }) as [HsmPrunePlan];
+        })[0]!;
       } catch (error) {
         failed(error);
         return { hsm: hsm.name, entries: [], alreadyPruned: 0 };

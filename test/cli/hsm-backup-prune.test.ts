@@ -58,7 +58,13 @@ describe("hsm-backup prune", () => {
     expect(real.stdout).toMatch(/ {2}pruned +\d{13}-[0-9a-f]{8} .* past the retention, 2 blob\(s\)/);
     expect(real.stdout).toMatch(/2 folder\(s\) deleted, 0 left\.\n$/);
     const list = await cli(app, ["list", "--status", "Pruned", "--json"]);
-    expect(JSON.parse(list.stdout).items).toHaveLength(2);
+    const pruned = JSON.parse(list.stdout).items;
+    expect(pruned).toHaveLength(2);
+    // A pruned backup's status says when, and is no failure (exit 0).
+    const status = await cli(app, ["status", pruned[0].id]);
+    expect(status.code).toBe(EXIT.ok);
+    expect(status.stdout).toMatch(new RegExp(`^Backup ${pruned[0].id} {2}Pruned\n`));
+    expect(status.stdout).toMatch(/^ {2}Pruned +\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}Z$/m);
     expect((await cli(app, ["prune", "--dry-run"])).stdout).toMatch(/1 kept, 2 pruned before/);
   }, 120_000);
 
