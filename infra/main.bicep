@@ -96,6 +96,19 @@ param reconcileSchedule string = '0 */15 * * * *'
 @maxValue(100)
 param backupConcurrency int = 8
 
+@description('prune deletes the blobs of backup folders older than this many days; the records stay, marked Pruned (RETENTION_DAYS).')
+@minValue(1)
+@maxValue(3650)
+param retentionDays int = 30
+
+@description('The floor: prune never deletes the newest this many usable backups of each HSM (RETENTION_MIN_KEEP).')
+@minValue(1)
+@maxValue(1000)
+param retentionMinKeep int = 7
+
+@description('When the prune timer deletes backup folders past the retention (PRUNE_SCHEDULE): six-field NCRONTAB, UTC.')
+param pruneSchedule string = '0 30 3 * * *'
+
 @description('Lifetime in minutes of the SAS the app signs per job (SAS_TTL_MINUTES).')
 @minValue(5)
 @maxValue(1440)
@@ -357,6 +370,9 @@ module functionApp 'app/function-app.bicep' = {
     backupCopyContainer: backupCopyContainerName
     backupCopyBlobServiceUri: immutableCopies ? vaultStorage!.outputs.blobEndpoint : ''
     preflight: preflight
+    retentionDays: retentionDays
+    retentionMinKeep: retentionMinKeep
+    pruneSchedule: pruneSchedule
   }
   // The app starts as soon as it exists: its roles on storage and telemetry should be in place first.
   dependsOn: [
@@ -447,6 +463,9 @@ output RECONCILE_SCHEDULE string = reconcileSchedule
 output BACKUP_CONCURRENCY string = string(backupConcurrency)
 output HEALTH_GRACE_HOURS string = string(healthGraceHours)
 output PREFLIGHT string = preflight ? 'true' : 'false'
+output RETENTION_DAYS string = string(retentionDays)
+output RETENTION_MIN_KEEP string = string(retentionMinKeep)
+output PRUNE_SCHEDULE string = pruneSchedule
 output DEPLOYED_AT string = graceStart
 output BACKUP_COPY_CONTAINER string = backupCopyContainerName
 output BackupCopyStorage__blobServiceUri string = immutableCopies ? vaultStorage!.outputs.blobEndpoint : ''

@@ -111,6 +111,15 @@ param backupCopyBlobServiceUri string
 @description('PREFLIGHT: whether each backup is preceded by the storage and HSM pre-backup checks.')
 param preflight bool
 
+@description('RETENTION_DAYS: prune deletes backup folders older than this many days.')
+param retentionDays int
+
+@description('RETENTION_MIN_KEEP: prune never deletes the newest this many usable backups of an HSM.')
+param retentionMinKeep int
+
+@description('PRUNE_SCHEDULE: NCRONTAB (UTC) of the prune timer.')
+param pruneSchedule string
+
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   name: planName
   location: location
@@ -197,6 +206,9 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
       BACKUP_COPY_CONTAINER: backupCopyContainer
       BackupCopyStorage__blobServiceUri: backupCopyBlobServiceUri
       PREFLIGHT: preflight ? 'true' : 'false'
+      RETENTION_DAYS: string(retentionDays)
+      RETENTION_MIN_KEEP: string(retentionMinKeep)
+      PRUNE_SCHEDULE: pruneSchedule
     }
   }
 }

@@ -119,7 +119,8 @@ resource appBackupDelegator 'Microsoft.Authorization/roleAssignments@2022-04-01'
 
 // Scoped to the one container. A user-delegation SAS grants at most what its signer may do: the
 // backup SAS (crdw) needs the app to hold write and delete there. The app also checks the container
-// exists (createIfNotExists) before every run, in both modes.
+// exists (createIfNotExists) before every run, in both modes, and prune deletes the blobs of old
+// backup folders (blobs/delete): the narrowest built-in role that has delete.
 resource appBackupContainer 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(backupStorage::blobServices::container.id, appIdentity.id, storageBlobDataContributorRoleId)
   scope: backupStorage::blobServices::container

@@ -121,6 +121,15 @@ started
 | project startedAt, endedAt, hsm = coalesce(hsm, hsm1), kind = iff(isempty(keyName), "full", strcat("key ", keyName)), status = iff(isempty(status), "Running (no outcome yet)", status), durationSeconds, backupId, folderUri, errorCode, errorMessage, recordId = coalesce(recordId, recordId1), jobId
 '''
 
+// Every folder a prune run meant to delete: Pruned, or Left with the reason (immutability, lease, 403, busy).
+var pruneQuery = '''
+traces
+| where message startswith "MhsmPruneOutcome "
+| extend e = parse_json(substring(message, indexof(message, " ") + 1))
+| project timestamp, hsm = tostring(e.hsm), status = tostring(e.status), recordId = tostring(e.recordId), folderUri = tostring(e.folderUri), reason = tostring(e.errorMessage)
+| order by timestamp desc
+'''
+
 // The HSM's own record of every backup and restore call (diagnostic category AuditEvent), whoever made it.
 var hsmAuditQuery = '''
 AzureDiagnostics
@@ -242,6 +251,17 @@ var workbook = {
         version: 'KqlItem/1.0'
         title: 'Restores'
         query: restoresQuery
+        size: 0
+        visualization: 'table'
+      })
+    }
+    {
+      type: 3
+      name: 'prune'
+      content: union(appEvents, {
+        version: 'KqlItem/1.0'
+        title: 'Pruned backup folders, and folders left with the reason (RETENTION_DAYS, RETENTION_MIN_KEEP)'
+        query: pruneQuery
         size: 0
         visualization: 'table'
       })

@@ -61,10 +61,18 @@ Commands:
   reconcile                   Settle records a bad night left open (Starting, Running, TimedOut),
                               apply the job deadline, and adopt backups the HSM wrote that no record
                               holds (after the HSM's pre-restore check); print what changed.
+  prune                       Delete the blobs of backup folders older than RETENTION_DAYS, never the
+                              newest RETENTION_MIN_KEEP usable backups of an HSM, a folder without a
+                              record, one a restore reads, or anything of an HSM that is busy; the
+                              records stay, marked Pruned. A folder storage refuses to delete
+                              (immutability, lease, permission) is reported and left.
+    --dry-run                   print the plan (what would be deleted and kept, and why) and change
+                                nothing
 
 Options for every command (before or after it):
   --json                      print only JSON on stdout: the records as the HTTP API returns them
-                              (backup: an array; list: {items, continuationToken}); nothing on
+                              (backup: an array; list: {items, continuationToken}; prune: the
+                              report with every record's action and reason); nothing on
                               stdout when the exit code is 2 or 4, except that backup always
                               prints one entry per HSM, saying what happened to each
   --verbose                   also print the app's information log lines on stderr
@@ -73,7 +81,8 @@ Options for every command (before or after it):
 Exit codes:
   0  succeeded (restore --no-wait: the restore started)
   1  a backup of at least one HSM, or the restore, ended Failed, Canceled or TimedOut;
-     reconcile recorded such an outcome
+     reconcile recorded such an outcome (prune: a folder left because storage refused its
+     delete is reported, and is no failure: exit code 0)
   2  usage error, missing or malformed setting, or request refused: malformed or unknown
      backup/restore id (status of an unknown id included), backup not restorable or too recent
      for a full restore, HSM busy, restore disabled, HSM refused the start, unknown --hsm
@@ -100,7 +109,8 @@ export type Command =
       readonly wait: boolean;
     })
   | (Common & { readonly name: "status"; readonly id: string })
-  | (Common & { readonly name: "reconcile" });
+  | (Common & { readonly name: "reconcile" })
+  | (Common & { readonly name: "prune"; readonly dryRun: boolean });
 
 export class UsageError extends Error {
   constructor(message: string) {
@@ -137,6 +147,7 @@ const COMMANDS: Readonly<
   },
   status: { options: {}, positionals: ["id"] },
   reconcile: { options: {}, positionals: [] },
+  prune: { options: { "dry-run": { type: "boolean" } }, positionals: [] },
 };
 
 /**
@@ -247,6 +258,8 @@ export function parseCommand(argv: readonly string[]): Command {
     }
     case "reconcile":
       return { name: "reconcile", ...common };
+    case "prune":
+      return { name: "prune", ...common, dryRun: values["dry-run"] === true };
   }
 }
 

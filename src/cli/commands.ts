@@ -14,11 +14,12 @@ import type { Logger } from "../lib/logger.js";
 import { refreshRecord } from "../lib/outcome.js";
 import { ProblemError } from "../lib/problem.js";
 import { toSafeError } from "../lib/redact.js";
+import { prune } from "../lib/prune.js";
 import { reconcile, reconcileFailures } from "../lib/reconcile.js";
 import { restoreStatus, startRestore } from "../lib/restore.js";
 import { StorageUnavailableError } from "../lib/storage.js";
 import { EXIT } from "./args.js";
-import { backupSummary, backupTable, folderName, restoreSummary } from "./format.js";
+import { backupSummary, backupTable, folderName, pruneReport, restoreSummary } from "./format.js";
 import { fitLine, type Terminal } from "./terminal.js";
 
 export interface Context {
@@ -140,6 +141,18 @@ export async function reconcileCommand({ deps, log, term, json }: Context): Prom
   if (failure === undefined) return EXIT.ok;
   if (!json) term.line(failure);
   return report.errors.length > 0 ? EXIT.error : EXIT.failed;
+}
+
+/**
+ * Prune, or with dryRun only its plan. Exit 0 when every HSM was handled, folders left because
+ * storage refused them included (they are listed); 4 when an HSM could not be handled at all.
+ */
+export async function pruneCommand({ deps, log, term, json }: Context, dryRun: boolean): Promise<number> {
+  const report = await prune(deps, log, { dryRun });
+  if (json) term.json(report);
+  else term.out(pruneReport(report));
+  for (const e of report.errors) term.line(`Could not prune: ${e}`);
+  return report.errors.length > 0 ? EXIT.error : EXIT.ok;
 }
 
 /** One line saying what could not be reached, for an error that is not a refusal. */
@@ -277,6 +290,6 @@ export async function status({ deps, log, term, json }: Context, id: string): Pr
     if (!json) term.out(backupSummary(backup));
   }
   if (json) term.json(record);
-  if (record.status === "Succeeded" || record.status === "Skipped") return EXIT.ok;
+  if (record.status === "Succeeded" || record.status === "Skipped" || record.status === "Pruned") return EXIT.ok;
   return ACTIVE_STATUSES.includes(record.status) ? EXIT.running : EXIT.failed;
 }

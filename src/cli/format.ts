@@ -1,5 +1,7 @@
 /** The CLI's tables and summaries: plain text, one record per line, the last column unpadded. */
 import type { BackupRecord, RestoreRecord } from "../lib/catalog.js";
+import type { PruneEntry, PruneReason } from "../lib/prune-plan.js";
+import type { PruneReport } from "../lib/prune.js";
 
 export function backupTable(records: readonly BackupRecord[]): string {
   const rows = records.map((r) => [
@@ -19,6 +21,8 @@ export function backupSummary(r: BackupRecord): string {
     ["HSM", `${r.hsmName} (${r.hsmUrl})`],
     ["Trigger", r.trigger],
     ["Folder", r.folderUri],
+    ["Pruned", r.prunedAt !== undefined ? time(r.prunedAt) : undefined],
+    ["Prune note", r.pruneNote],
     ...common(r),
   ]);
 }
@@ -78,4 +82,53 @@ export function duration(seconds: number | undefined): string {
 
 export function folderName(folderUri: string | undefined): string {
   return folderUri?.split("/").filter(Boolean).at(-1) ?? "-";
+}
+
+const REASONS: Record<PruneReason, string> = {
+  pastRetention: "past the retention",
+  floor: "floor (newest usable)",
+  withinRetention: "within the retention",
+  hsmBusy: "HSM busy",
+  unsettled: "outcome not settled",
+  noFolder: "no folder",
+  folderOutsideContainer: "folder outside the backup container",
+  restoreReads: "a restore reads it",
+  sharedFolder: "folder shared with a kept record",
+};
+
+/** Prune's plan and outcome: one block per HSM, one line per record, the folders to delete first. */
+export function pruneReport(report: PruneReport): string {
+  const lines = [
+    `Prune${report.dryRun ? " (dry run: nothing changed)" : ""}: retention ${report.retentionDays} days (backups that ended before ${time(report.cutoff)}), floor ${report.minKeep} per HSM`,
+  ];
+  for (const plan of report.hsms) {
+    const deletes = plan.entries.filter((e) => e.action === "delete");
+    const head = report.dryRun
+      ? `${deletes.length} folder(s) to delete`
+      : `${deletes.filter((e) => e.outcome === "pruned").length} folder(s) deleted, ${deletes.filter((e) => e.outcome !== "pruned").length} left`;
+    lines.push(
+      "",
+      `HSM ${plan.hsm}: ${head}, ${plan.entries.length - deletes.length} kept, ${plan.alreadyPruned} pruned before${plan.busy ? `; busy: ${plan.busy}` : ""}`,
+    );
+    const order = (e: PruneEntry) => (e.action === "delete" ? 0 : 1);
+    const rows = [...plan.entries]
+      .sort((a, b) => order(a) - order(b))
+      .map((e) => [
+        `  ${e.action === "delete" ? (e.outcome ?? "delete") : "keep"}`,
+        e.recordId,
+        e.status,
+        time(e.at),
+        folderName(e.folderUri),
+        `${REASONS[e.reason]}${e.blobsDeleted !== undefined ? `, ${e.blobsDeleted} blob(s)` : ""}${e.detail ? `: ${e.detail}` : ""}`,
+      ]);
+    if (rows.length > 0) lines.push(table([["  ACTION", "ID", "STATUS", "ENDED", "FOLDER", "WHY"], ...rows]).trimEnd());
+  }
+  const deletes = report.hsms.flatMap((p) => p.entries.filter((e) => e.action === "delete"));
+  lines.push(
+    "",
+    report.dryRun
+      ? `${deletes.length} folder(s) would be deleted. Run without --dry-run to delete them.`
+      : `${report.pruned} folder(s) deleted, ${report.left} left.`,
+  );
+  return `${lines.join("\n")}\n`;
 }

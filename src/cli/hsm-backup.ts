@@ -23,7 +23,16 @@ import { ProblemError } from "../lib/problem.js";
 import { toSafeError } from "../lib/redact.js";
 import { UNREACHED_TITLES } from "../lib/restore.js";
 import { EXIT, HELP_HINT, parseCommand, UsageError, USAGE, type Command } from "./args.js";
-import { backup, describeFailure, list, reconcileCommand, restore, status, type Context } from "./commands.js";
+import {
+  backup,
+  describeFailure,
+  list,
+  pruneCommand,
+  reconcileCommand,
+  restore,
+  status,
+  type Context,
+} from "./commands.js";
 import { signedInAs } from "./identity.js";
 import { SettingsFileError, withLocalSettings } from "./settings.js";
 import { Terminal, type CliIo } from "./terminal.js";
@@ -113,6 +122,8 @@ export async function main(argv: readonly string[], io: CliIo, options: CliOptio
         return await status(context, command.id);
       case "reconcile":
         return await reconcileCommand(context);
+      case "prune":
+        return await pruneCommand(context, command.dryRun);
     }
   } catch (error) {
     term.stopProgress();

@@ -18,6 +18,8 @@ export const RECORD_STATUSES = [
   "Canceled",
   "TimedOut",
   "Skipped",
+  /** Terminal: prune deleted the backup's folder after the retention; the record stays as history. */
+  "Pruned",
 ] as const;
 export type RecordStatus = (typeof RECORD_STATUSES)[number];
 /** A job may be running: the HSM is busy, and whoever reads a final status records it. */
@@ -86,6 +88,10 @@ export interface BackupRecord extends CommonRecord {
   readonly copiedAt?: string;
   /** Why the copy Failed or was Skipped. */
   readonly copyMessage?: string;
+  /** When prune deleted the folder (status Pruned). */
+  readonly prunedAt?: string;
+  /** What prune could not do to this record's folder (a refused delete), kept until a later run can. */
+  readonly pruneNote?: string;
 }
 
 export interface RestoreRecord extends CommonRecord {
@@ -224,6 +230,29 @@ export class Catalog {
       if (error instanceof RestError && error.statusCode === 412) return undefined;
       throw error;
     }
+  }
+
+  /**
+   * Writes prune's change (status Pruned, or a note) over a settled backup: apart from a correction,
+   * the only change a settled record takes. Conditional on the etag; when the record changed
+   * meanwhile it is re-read and the change is made only if it is still the same settled backup.
+   * @returns the stored record and whether the change was written.
+   */
+  async pruneUpdate(
+    stored: Stored<BackupRecord>,
+    patch: Pick<RecordPatch<"backup">, "status" | "prunedAt" | "pruneNote">,
+  ): Promise<Stored<BackupRecord> & { applied: boolean }> {
+    let current = stored;
+    for (let attempt = 0; attempt < 5; attempt++) {
+      if (current.record.status !== stored.record.status || current.record.folderUri !== stored.record.folderUri)
+        return { ...current, applied: false };
+      const updated = await this.tryUpdate("backup", current, patch, false);
+      if (updated) return { ...updated, applied: true };
+      const reread = await this.get("backup", current.record.id);
+      if (!reread) throw new Error(`Catalog backup record ${current.record.id} vanished while it was being updated`);
+      current = reread;
+    }
+    throw new Error(`Catalog backup record ${stored.record.id}: too many concurrent updates`);
   }
 
   async get<K extends Kind>(kind: K, id: string): Promise<Stored<RecordOf<K>> | undefined> {

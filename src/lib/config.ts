@@ -29,6 +29,9 @@ export const SETTINGS = [
   "BACKUP_COPY_CONTAINER",
   "BackupCopyStorage__blobServiceUri",
   "PREFLIGHT",
+  "RETENTION_DAYS",
+  "RETENTION_MIN_KEEP",
+  "PRUNE_SCHEDULE",
 ] as const;
 
 export type SettingName = (typeof SETTINGS)[number];
@@ -36,6 +39,7 @@ export type Env = Readonly<Record<string, string | undefined>>;
 
 export const DEFAULT_BACKUP_SCHEDULE = "0 0 2 * * *";
 export const DEFAULT_RECONCILE_SCHEDULE = "0 */15 * * * *";
+export const DEFAULT_PRUNE_SCHEDULE = "0 30 3 * * *";
 
 /**
  * host.json's functionTimeout (a test holds the two together). A timer run stops waiting
@@ -94,6 +98,11 @@ export interface AppConfig {
   readonly reconcileSchedule: string;
   /** At most this many HSMs are backed up at once. */
   readonly backupConcurrency: number;
+  /** Backup folders older than this many days are deleted by prune, the floor excepted. */
+  readonly retentionDays: number;
+  /** The floor: prune never deletes the newest this many usable backups of an HSM. */
+  readonly retentionMinKeep: number;
+  readonly pruneSchedule: string;
   /** Checks storage and (api 7.6+) the HSM's pre-backup before every backup; a failed check is recorded PreflightFailed. */
   readonly preflight: boolean;
   /** Immutable copies: where each succeeded backup is copied; absent when copies are off. */
@@ -156,6 +165,9 @@ export function parseConfig(env: Env): AppConfig {
     backupConcurrency: integer(env, "BACKUP_CONCURRENCY", 8, 1, 100),
     ...parseBackupCopy(env),
     preflight: boolean(env, "PREFLIGHT", true),
+    retentionDays: integer(env, "RETENTION_DAYS", 30, 1, 3650),
+    retentionMinKeep: integer(env, "RETENTION_MIN_KEEP", 7, 1, 1000),
+    pruneSchedule: schedule(env, "PRUNE_SCHEDULE", DEFAULT_PRUNE_SCHEDULE, { validate: true }),
   };
 }
 
@@ -214,9 +226,14 @@ export function reconcileSchedule(env: Env): string {
   return schedule(env, "RECONCILE_SCHEDULE", DEFAULT_RECONCILE_SCHEDULE, { validate: false });
 }
 
+/** The prune timer's schedule, read at registration time; never throws (see backupSchedule). */
+export function pruneSchedule(env: Env): string {
+  return schedule(env, "PRUNE_SCHEDULE", DEFAULT_PRUNE_SCHEDULE, { validate: false });
+}
+
 function schedule(
   env: Env,
-  name: "BACKUP_SCHEDULE" | "RECONCILE_SCHEDULE",
+  name: "BACKUP_SCHEDULE" | "RECONCILE_SCHEDULE" | "PRUNE_SCHEDULE",
   fallback: string,
   { validate }: { validate: boolean },
 ): string {

@@ -55,13 +55,7 @@ export async function startRestore(deps: AppDeps, log: Logger, request: RestoreR
   await deps.prepare();
   const backup = (await catalog.get("backup", request.backupId))?.record;
   if (!backup) throw new ProblemError(404, "Backup not found", `No backup with id ${request.backupId} is recorded.`);
-  if (backup.status !== "Succeeded" || !backup.folderUri) {
-    throw new ProblemError(
-      409,
-      "Backup cannot be restored",
-      `Backup ${backup.id} of HSM ${backup.hsmName} is ${backup.status}; only a Succeeded backup can be restored.`,
-    );
-  }
+  assertRestorable(backup);
   const hsm = config.hsms.find((h) => h.url === backup.hsmUrl);
   if (!hsm) {
     throw new ProblemError(
@@ -87,13 +81,21 @@ export async function startRestore(deps: AppDeps, log: Logger, request: RestoreR
   }
   // Two requests at once (a double click, a retrying client) must not both pass the idle check: the
   // lock is held from the check until the Starting record exists, which later requests then see.
+  // Prune holds the same lock while it deletes this HSM's folders.
   const lock = await catalog.tryLock(hsm.name, deps.now, START_LOCK_STALE_MS);
   if (!lock) {
-    throw new ProblemError(409, "HSM busy", `Another restore of HSM ${hsm.name} is being started right now.`);
+    throw new ProblemError(
+      409,
+      "HSM busy",
+      `Another restore of HSM ${hsm.name} is being started, or its old backups are being pruned, right now.`,
+    );
   }
   let stored: Stored<RestoreRecord>;
   try {
     await assertHsmIdle(deps, hsm.name, log);
+    // Read again under the lock: a prune that ended since the first read may have deleted this folder.
+    const current = (await catalog.get("backup", backup.id))?.record;
+    if (current) assertRestorable(current);
     await assertStillHeld(lock, hsm.name);
     stored = await catalog.insert("restore", {
       id: Catalog.newId(now),
@@ -169,6 +171,24 @@ export async function startRestore(deps: AppDeps, log: Logger, request: RestoreR
     };
   }
   return stored.record;
+}
+
+/** Only a Succeeded backup with a folder can be restored; a Pruned one is refused by name. */
+function assertRestorable(backup: BackupRecord): asserts backup is BackupRecord & { folderUri: string } {
+  if (backup.status === "Pruned") {
+    throw new ProblemError(
+      409,
+      "Backup was pruned",
+      `Backup ${backup.id} of HSM ${backup.hsmName} was pruned at ${backup.prunedAt ?? "an unrecorded time"}: its folder was deleted after the retention (RETENTION_DAYS), so it cannot be restored. Choose a newer backup (hsm-backup list --hsm ${backup.hsmName} --status Succeeded).`,
+    );
+  }
+  if (backup.status !== "Succeeded" || !backup.folderUri) {
+    throw new ProblemError(
+      409,
+      "Backup cannot be restored",
+      `Backup ${backup.id} of HSM ${backup.hsmName} is ${backup.status}; only a Succeeded backup can be restored.`,
+    );
+  }
 }
 
 /**

@@ -15,6 +15,11 @@ export const EVENTS = {
    * even when the catalog cannot be written (the workbook lists accepted jobs with no outcome).
    */
   jobAccepted: "MhsmJobAccepted",
+  /**
+   * One per backup folder a real prune run planned to delete: status Pruned (deleted, record Pruned),
+   * Left (storage refused, or the HSM became busy; errorMessage says why) or NotReached.
+   */
+  pruneOutcome: "MhsmPruneOutcome",
 } as const;
 
 export type EventName = (typeof EVENTS)[keyof typeof EVENTS];

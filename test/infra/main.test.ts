@@ -183,6 +183,9 @@ describe("the function app", () => {
     backupCopyContainer: "",
     backupCopyBlobServiceUri: "",
     preflight: true,
+    retentionDays: 30,
+    retentionMinKeep: 7,
+    pruneSchedule: "0 30 3 * * *",
   };
 
   function appSettings(overrides: Record<string, unknown> = {}): Record<string, string> {

@@ -237,6 +237,7 @@ describe("the workbook", () => {
       "failures",
       "unrecorded-jobs",
       "restores",
+      "prune",
       "hsm-audit",
     ]);
 
@@ -249,6 +250,8 @@ describe("the workbook", () => {
     expect(eventsIn(titled["unrecorded-jobs"]!.query!).sort()).toEqual(
       [EVENTS.backupOutcome, EVENTS.jobAccepted, EVENTS.restoreOutcome].sort(),
     );
+    expect(eventsIn(titled.prune!.query!)).toEqual([EVENTS.pruneOutcome]);
+    expect(titled.prune!.query).toContain("reason = tostring(e.errorMessage)");
     expect(titled.failures!.query).toContain('!in ("Succeeded", "Skipped")');
     for (const name of [
       "last-successful-backup",
@@ -257,6 +260,7 @@ describe("the workbook", () => {
       "failures",
       "unrecorded-jobs",
       "restores",
+      "prune",
     ]) {
       expect(titled[name]).toMatchObject({
         resourceType: "microsoft.insights/components",

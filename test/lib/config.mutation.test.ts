@@ -9,6 +9,7 @@ import {
   HSM_API_VERSIONS,
   isLoopback,
   parseConfig,
+  pruneSchedule,
   reconcileSchedule,
   staleStartMs,
   type Env,
@@ -43,6 +44,8 @@ describe("whole-number settings", () => {
     ["MAX_POLL_INTERVAL_SECONDS", 1, 300, "maxPollIntervalMs", 1000],
     ["JOB_TIMEOUT_MINUTES", 10, 1440, "jobTimeoutMs", 60_000],
     ["BACKUP_CONCURRENCY", 1, 100, "backupConcurrency", 1],
+    ["RETENTION_DAYS", 1, 3650, "retentionDays", 1],
+    ["RETENTION_MIN_KEEP", 1, 1000, "retentionMinKeep", 1],
   ] as const)("%s accepts %i to %i exactly", (name, min, max, field, unit) => {
     expect(parseConfig({ ...minimal, [name]: String(min) })[field]).toBe(min * unit);
     expect(parseConfig({ ...minimal, [name]: ` ${max} ` })[field]).toBe(max * unit);
@@ -100,6 +103,10 @@ describe("schedules", () => {
       'Setting RECONCILE_SCHEDULE: "*/15 * * * *" is not a six-field NCRONTAB expression: expected six fields (second minute hour day month day-of-week), UTC, e.g. "0 */15 * * * *"',
     );
     expect(parseConfig({ ...minimal, RECONCILE_SCHEDULE: "0 */5 * * * *" }).reconcileSchedule).toBe("0 */5 * * * *");
+    expect(refused({ ...minimal, PRUNE_SCHEDULE: "30 3 * * *" }).message).toBe(
+      'Setting PRUNE_SCHEDULE: "30 3 * * *" is not a six-field NCRONTAB expression: expected six fields (second minute hour day month day-of-week), UTC, e.g. "0 30 3 * * *"',
+    );
+    expect(parseConfig({ ...minimal, PRUNE_SCHEDULE: "0 0 4 * * 0" }).pruneSchedule).toBe("0 0 4 * * 0");
   });
 
   it("reads schedules at registration time without ever throwing", () => {
@@ -108,6 +115,8 @@ describe("schedules", () => {
     expect(() => backupSchedule({ BACKUP_SCHEDULE: "nonsense" }, { validate: true })).toThrow(ConfigError);
     expect(reconcileSchedule({ RECONCILE_SCHEDULE: "nonsense" })).toBe("nonsense");
     expect(reconcileSchedule({ RECONCILE_SCHEDULE: " " })).toBe("0 */15 * * * *");
+    expect(pruneSchedule({ PRUNE_SCHEDULE: "nonsense" })).toBe("nonsense");
+    expect(pruneSchedule({})).toBe("0 30 3 * * *");
   });
 });
 

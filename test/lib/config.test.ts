@@ -3,6 +3,7 @@ import { describe, expect, it } from "vitest";
 import {
   ConfigError,
   DEFAULT_BACKUP_SCHEDULE,
+  DEFAULT_PRUNE_SCHEDULE,
   DEFAULT_RECONCILE_SCHEDULE,
   FUNCTION_TIMEOUT_MS,
   parseConfig,
@@ -68,6 +69,9 @@ describe("parseConfig", () => {
       jobTimeoutMs: 120 * 60_000,
       reconcileSchedule: DEFAULT_RECONCILE_SCHEDULE,
       backupConcurrency: 8,
+      retentionDays: 30,
+      retentionMinKeep: 7,
+      pruneSchedule: DEFAULT_PRUNE_SCHEDULE,
       preflight: true,
     });
   });

@@ -17,7 +17,7 @@ import { uniqueName } from "../support/app.js";
 const ROOT = fileURLToPath(new URL("../../", import.meta.url));
 /** What must not load before a function is invoked. */
 const HEAVY =
-  /node_modules\/@azure\/(identity|msal-[a-z]+|storage-blob|data-tables|keyvault-common|core-rest-pipeline|core-lro)\/|src\/lib\/(deps|storage|catalog|backup|restore|reconcile|outcome|hsm\/)/;
+  /node_modules\/@azure\/(identity|msal-[a-z]+|storage-blob|data-tables|keyvault-common|core-rest-pipeline|core-lro)\/|src\/lib\/(deps|storage|catalog|backup|restore|reconcile|prune|outcome|hsm\/)/;
 
 describe("the function app bundle", () => {
   let out: string;
