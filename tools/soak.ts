@@ -198,6 +198,9 @@ async function main(): Promise<number> {
       BACKUP_CONTAINER: CONTAINER,
       CATALOG_TABLE: TABLE,
       JOB_TIMEOUT_MINUTES: String(JOB_TIMEOUT_MINUTES),
+      // Each night runs at the soak's own time of day; the schedule's slot is kept twelve hours away so
+      // that reconcile (20 minutes after each night) is never held back by its guard around a slot.
+      BACKUP_SCHEDULE: `0 0 ${(new Date().getUTCHours() + 12) % 24} * * *`,
     });
     const deps = createDeps(config, {
       now: clock.now,

@@ -128,13 +128,17 @@ export async function reconcileCommand({ deps, log, term, json }: Context): Prom
   if (json) {
     term.json(report);
   } else {
-    if (report.changed.length === 0 && report.discovered.length === 0)
+    if (report.changed.length === 0 && report.discovered.length === 0 && report.verified.length === 0)
       term.line(`Nothing to change (${report.checked} record(s) checked).`);
     for (const c of report.changed)
       term.out(`${c.kind} ${c.recordId}  HSM ${c.hsm}  ${c.from} -> ${c.to}${c.detail ? `  ${c.detail}` : ""}\n`);
     for (const d of report.discovered)
       term.out(`backup ${d.id}  HSM ${d.hsmName}  adopted discovered folder ${folderName(d.folderUri)}\n`);
     for (const u of report.unadopted) term.line(`Not adopted: ${u.folderUri}: ${u.reason}`);
+    for (const v of report.verified)
+      term.out(
+        `backup ${v.recordId}  HSM ${v.hsm}  verified after the fact: ${v.verification}${v.copyStatus ? `, copy ${v.copyStatus}` : ""}\n`,
+      );
     for (const e of report.errors) term.line(`Could not reconcile: ${e}`);
   }
   const failure = reconcileFailures(report);

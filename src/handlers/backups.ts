@@ -4,6 +4,13 @@ import { ProblemError } from "../lib/problem.js";
 
 /** How often a caller should come back; recorded backups took 8-78 s. */
 const POLL_AFTER_SECONDS = "15";
+/**
+ * How long the call may spend before answering: the host cuts an HTTP call off at 230 s. It bounds the
+ * pre-flight's wait for the HSM's pre-backup check (which must end before the backup may start); a
+ * check still running then fails the pre-flight, saying so, rather than the call being cut off with
+ * the records half-written.
+ */
+const HTTP_BUDGET_MS = 120_000;
 
 /**
  * POST /api/backups {"hsm": "<name>"}? — the timer's backup, on demand, for one HSM or all. It starts
@@ -23,6 +30,7 @@ export const postBackup = route(async (request, context, deps) => {
     trigger: "http",
     requestedBy: requestedBy(request),
     waitForOutcome: false,
+    runDeadline: new Date(deps.now().getTime() + HTTP_BUDGET_MS),
     ...(hsm !== undefined ? { hsmNames: [hsm] } : {}),
   });
   const backups = results.map((r) => ({

@@ -15,9 +15,9 @@ export async function reconcileTimer(_timer: Timer, context: InvocationContext, 
   const app = deps ?? (await appDeps());
   const runDeadline = new Date(app.now().getTime() + FUNCTION_TIMEOUT_MS - RUN_MARGIN_MS);
   const report = await reconcile(app, log, { runDeadline });
-  if (report.changed.length > 0 || report.discovered.length > 0) {
+  if (report.changed.length > 0 || report.discovered.length > 0 || report.verified.length > 0) {
     log.info(
-      `Reconcile: checked ${report.checked} record(s), changed ${report.changed.length}, adopted ${report.discovered.length} discovered backup(s)`,
+      `Reconcile: checked ${report.checked} record(s), changed ${report.changed.length}, adopted ${report.discovered.length} discovered backup(s), verified ${report.verified.length} backup(s) after the fact`,
     );
   }
   const failure = reconcileFailures(report);

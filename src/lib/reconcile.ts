@@ -7,17 +7,28 @@
  */
 import { ACTIVE_STATUSES, Catalog, UNSETTLED_STATUSES, type BackupRecord, type Kind, type Stored } from "./catalog.js";
 import { staleStartMs, type HsmTarget } from "./config.js";
+import { copyBackup, keepChecks } from "./copy.js";
 import type { AppDeps } from "./deps.js";
 import type { Logger } from "./logger.js";
 import { deadlineOf, emitOutcome, finish, folderProblem, persist, refreshRecord, type AnyRecord } from "./outcome.js";
 import { toSafeError } from "./redact.js";
-import { preRestoreCheck } from "./verify.js";
+import { latestOccurrence, parseSchedule } from "./schedule.js";
+import { preRestoreCheck, type Verification } from "./verify.js";
 
 /** A TimedOut record older than this past its deadline is no longer asked about: the HSM keeps no job history that long. */
 const TIMED_OUT_RECHECK_MS = 7 * 24 * 3_600_000;
 /** Folders younger than this may still be written by a running job; older than the window are history. */
 const DISCOVERY_MIN_AGE_MS = 10 * 60_000;
 const DISCOVERY_WINDOW_MS = 3 * 24 * 3_600_000;
+/** A Succeeded backup no run verified is checked while it is younger than this; the newest few per run. */
+const VERIFY_LATER_WINDOW_MS = 2 * 24 * 3_600_000;
+const VERIFY_LATER_PER_RUN = 2;
+/**
+ * No HSM job of reconcile's own (a pre-restore check) starts this close to a scheduled backup: the
+ * HSM runs one job at a time, and a check still running when the timer's backup starts would cost
+ * that night's backup (its start is refused as busy and recorded Skipped, which pages no one).
+ */
+const SLOT_GUARD_MS = 15 * 60_000;
 
 export interface ReconcileOptions {
   /** Records settled per HSM and run, at most. Default 20. */
@@ -45,13 +56,22 @@ export interface ReconcileReport {
   readonly discovered: readonly BackupRecord[];
   /** Folders without a record that were not adopted, and why. */
   readonly unadopted: readonly { readonly hsm: string; readonly folderUri: string; readonly reason: string }[];
+  /** Succeeded backups no run had verified (POST /api/backups, a run that stopped waiting), checked now. */
+  readonly verified: readonly VerifiedLater[];
   /** What could not be done this run (per HSM): the next run tries again. */
   readonly errors: readonly string[];
 }
 
+export interface VerifiedLater {
+  readonly hsm: string;
+  readonly recordId: string;
+  readonly verification: Verification;
+  readonly copyStatus?: string;
+}
+
 export async function reconcile(deps: AppDeps, log: Logger, options: ReconcileOptions = {}): Promise<ReconcileReport> {
   await deps.prepare();
-  const report: Mutable = { checked: 0, changed: [], discovered: [], unadopted: [], errors: [] };
+  const report: Mutable = { checked: 0, changed: [], discovered: [], unadopted: [], verified: [], errors: [] };
   await Promise.all(
     deps.config.hsms.map(async (hsm) => {
       try {
@@ -71,6 +91,7 @@ type Mutable = {
   changed: ReconcileChange[];
   discovered: BackupRecord[];
   unadopted: { hsm: string; folderUri: string; reason: string }[];
+  verified: VerifiedLater[];
   errors: string[];
 };
 
@@ -129,7 +150,78 @@ async function reconcileHsm(
       }
     }
   }
+  if (pastDeadline(deps, options) || (await hsmBusy(deps, hsm)) || backupDueNow(deps)) return;
+  await verifyLater(deps, hsm, log, options, report);
   if (!pastDeadline(deps, options)) await discoverOrphans(deps, hsm, log, options, report);
+}
+
+/** A backup or restore job runs on the HSM (by the catalog): its folder is being written, and the HSM would refuse a check. */
+async function hsmBusy(deps: AppDeps, hsm: HsmTarget): Promise<boolean> {
+  for (const kind of ["backup", "restore"] as const) {
+    if ((await deps.catalog.active(kind, hsm.name)).length > 0) return true;
+  }
+  return false;
+}
+
+/** A scheduled backup slot lies within SLOT_GUARD_MS of now, before or after (see SLOT_GUARD_MS). */
+function backupDueNow(deps: AppDeps): boolean {
+  const now = deps.now().getTime();
+  const slot = latestOccurrence(parseSchedule(deps.config.backupSchedule), new Date(now + SLOT_GUARD_MS));
+  return slot !== undefined && slot.getTime() >= now - SLOT_GUARD_MS;
+}
+
+/**
+ * Succeeded backups that no run verified, because nothing waited for their end (POST /api/backups
+ * answers at once) or the run stopped waiting: the HSM's pre-restore check on the folder, then the
+ * immutable copy when on, added to the record as the run itself would have. A check that gives no
+ * verdict now (HSM busy or unreachable) writes nothing; the next run asks again.
+ */
+async function verifyLater(
+  deps: AppDeps,
+  hsm: HsmTarget,
+  log: Logger,
+  options: ReconcileOptions,
+  report: Mutable,
+): Promise<void> {
+  const now = deps.now().getTime();
+  const { items } = await deps.catalog.list("backup", { hsmName: hsm.name, status: "Succeeded", top: 10 });
+  const unverified = items
+    .filter((r) => r.verification === undefined && r.folderUri !== undefined)
+    .filter((r) => now - Date.parse(r.endedAt ?? r.startedAt) < VERIFY_LATER_WINDOW_MS)
+    .slice(0, VERIFY_LATER_PER_RUN);
+  for (const record of unverified) {
+    if (pastDeadline(deps, options)) return;
+    const folderUri = record.folderUri!;
+    const deadline = new Date(Math.min(now + 10 * 60_000, options.runDeadline?.getTime() ?? Infinity));
+    const check = await preRestoreCheck(deps, hsm, folderUri, deadline);
+    if (check.verdict === "unavailable") {
+      report.errors.push(`HSM ${hsm.name}, backup record ${record.id}: not verified yet: ${check.reason}`);
+      continue;
+    }
+    const verification: Verification =
+      check.verdict === "passed" ? "Passed" : check.verdict === "refused" ? "Failed" : "Skipped";
+    const checked: Partial<BackupRecord> = {
+      status: record.status,
+      folderUri,
+      verification,
+      verifiedAt: deps.now().toISOString(),
+      ...(check.verdict !== "passed" ? { verificationMessage: check.reason } : {}),
+      ...(await copyBackup(deps, hsm, folderUri, verification, deadline, log)),
+    };
+    const stored = await deps.catalog.get("backup", record.id);
+    if (!stored) continue;
+    const saved = await keepChecks(deps, stored, checked, log);
+    if (saved === stored) continue;
+    const line = `Reconcile: verified backup ${record.id} of HSM ${hsm.name} after the fact: ${verification}${check.verdict !== "passed" ? ` (${check.reason})` : ""}`;
+    if (verification === "Failed") log.error(line);
+    else log.info(line);
+    report.verified.push({
+      hsm: hsm.name,
+      recordId: record.id,
+      verification,
+      ...(saved.record.copyStatus ? { copyStatus: saved.record.copyStatus } : {}),
+    });
+  }
 }
 
 /**
@@ -161,6 +253,9 @@ async function adoptForRecord(
         folderUri: folder.uri,
         origin: "discovered",
         endedAt: folder.at.toISOString(),
+        // The check that let it be adopted is the verification a run would have made.
+        verification: "Passed",
+        verifiedAt: deps.now().toISOString(),
         errorMessage: `The start call's answer was lost; reconcile found this HSM's folder ${folder.name} and the HSM's pre-restore check accepted it.`,
       },
       log,
@@ -178,10 +273,6 @@ async function discoverOrphans(
   options: ReconcileOptions,
   report: Mutable,
 ): Promise<void> {
-  // While a job runs on the HSM its folder is being written, and the HSM would refuse the check anyway.
-  for (const kind of ["backup", "restore"] as const) {
-    if ((await deps.catalog.active(kind, hsm.name)).length > 0) return;
-  }
   // A folder from the time of a record that may still learn its job's outcome (TimedOut) is that
   // record's, not an orphan: its correction will name it.
   const claimed = (await deps.catalog.unsettled("backup", hsm.name)).map((s) => ({
@@ -208,6 +299,8 @@ async function discoverOrphans(
         folderUri: folder.uri,
         trigger: "reconcile",
         origin: "discovered",
+        verification: "Passed",
+        verifiedAt: deps.now().toISOString(),
         statusDetails: "Found in the container without a record; the HSM's pre-restore check accepted it.",
       }),
     );

@@ -170,7 +170,13 @@ describe("reconcile", () => {
     expect(report.errors).toEqual([]);
     const statuses = Object.fromEntries((await backups(app)).map((r) => [r.hsmName, r.status]));
     expect(statuses).toEqual({ [h.name]: "Running", [g.name]: "Succeeded" });
-    expect(jobStartRequests(good).filter((r) => r.headers.authorization)).toHaveLength(1);
+    // One backup start (the test's own); the settled backup then gets the verification no run made.
+    expect(
+      jobStartRequests(good)
+        .filter((r) => r.headers.authorization)
+        .map((r) => r.path),
+    ).toEqual(["/backup", "/prerestore"]);
+    expect(report.verified).toMatchObject([{ hsm: g.name, verification: "Passed" }]);
   });
 });
 
@@ -224,5 +230,102 @@ describe("reconcile and the nightly run under a failing catalog or status outage
     await nightlyBackup(onTime, app.context("nightlyBackup"), app.deps);
     expect((await backups(app)).map((r) => r.status)).toEqual(["Succeeded"]);
     expect(table!.stats().hang).toBe(1);
+  });
+});
+
+describe("verification of backups no run waited for (POST /api/backups)", () => {
+  /** A backup started as POST /api/backups starts one: recorded Running, nobody waits for its end. */
+  async function startedOnly(app: TestApp): Promise<BackupRecord> {
+    const [result] = await backupAll(app.deps, safeLogger(app.context("postBackup")), {
+      trigger: "http",
+      waitForOutcome: false,
+    });
+    expect(result).toMatchObject({ outcome: "Pending", record: { status: "Running" } });
+    await new Promise((r) => setTimeout(r, 300)); // the emulator's job (100 ms) ends
+    return result!.record!;
+  }
+  const preRestores = (emulator: { requests: { method: string; path: string; status?: number }[] }) =>
+    emulator.requests.filter((r) => r.method === "PUT" && r.path === "/prerestore" && r.status === 202);
+
+  it("settles it and runs the HSM's pre-restore check on its folder in the same run, once", async () => {
+    const emulator = await night.emulator();
+    const { app } = await night.app([emulator.url]);
+    const started = await startedOnly(app);
+    expect(preRestores(emulator)).toHaveLength(0);
+
+    const report = await reconcile(app.deps, safeLogger(app.context("reconcile")));
+    expect(report.changed).toMatchObject([
+      { recordId: started.id, from: expect.stringMatching(/^Running/), to: "Succeeded" },
+    ]);
+    expect(report.verified).toEqual([{ hsm: emulator.name, recordId: started.id, verification: "Passed" }]);
+    const [record] = await backups(app);
+    expect(record).toMatchObject({ id: started.id, status: "Succeeded", verification: "Passed" });
+    expect(Date.parse(record!.verifiedAt!)).toBeGreaterThanOrEqual(Date.parse(record!.endedAt!));
+    expect(preRestores(emulator)).toHaveLength(1);
+    expect(preRestores(emulator)[0]).toBeDefined();
+
+    const again = await reconcile(app.deps, safeLogger(app.context("reconcile")));
+    expect(again.verified).toEqual([]);
+    expect(preRestores(emulator)).toHaveLength(1);
+  });
+
+  it("records Failed with the HSM's words when the check refuses the folder, and logs it as an error", async () => {
+    const emulator = await night.emulator();
+    const { app } = await night.app([emulator.url]);
+    const started = await startedOnly(app);
+    emulator.faults.failNextJob("restore", { code: "InvalidBackup", message: "The backup folder is incomplete" });
+    const report = await reconcile(app.deps, safeLogger(app.context("reconcile")));
+    expect(report.verified).toEqual([{ hsm: emulator.name, recordId: started.id, verification: "Failed" }]);
+    const [record] = await backups(app);
+    expect(record).toMatchObject({ status: "Succeeded", verification: "Failed" });
+    expect(record!.verificationMessage).toMatch(/refused it: .*The backup folder is incomplete/);
+    expect(app.logs.some((l) => /^error: Reconcile: verified backup .* after the fact: Failed/.test(l))).toBe(true);
+  });
+
+  it("writes nothing when the HSM gives no verdict now, and verifies on a later run", async () => {
+    const { emulator, proxy } = await night.emulatorBehindProxy();
+    const { app } = await night.app([proxy.url]);
+    const started = await startedOnly(app);
+    // Refused at the door (not the HSM's verdict on the folder): e.g. the role is not yet granted.
+    proxy.inject(
+      {
+        kind: "status",
+        status: 403,
+        contentType: "application/json",
+        body: JSON.stringify({ error: { code: "Forbidden", message: "Caller is not authorized" } }),
+      },
+      { method: "PUT", path: /^\/prerestore$/, times: 1 },
+    );
+    const first = await reconcile(app.deps, safeLogger(app.context("reconcile")));
+    expect(first.verified).toEqual([]);
+    expect(first.errors.join("\n")).toMatch(new RegExp(`backup record ${started.id}: not verified yet`));
+    expect((await backups(app))[0]!.verification).toBeUndefined();
+
+    proxy.clear();
+    const second = await reconcile(app.deps, safeLogger(app.context("reconcile")));
+    expect(second.verified).toMatchObject([{ recordId: started.id, verification: "Passed" }]);
+    expect(preRestores(emulator)).toHaveLength(1);
+  });
+
+  it("starts no check of its own within 15 minutes of a scheduled backup, before or after the slot", async () => {
+    const emulator = await night.emulator();
+    const soon = new Date(Date.now() + 5 * 60_000);
+    const { app } = await night.app([emulator.url], {
+      env: { BACKUP_SCHEDULE: `0 ${soon.getUTCMinutes()} ${soon.getUTCHours()} * * *` },
+    });
+    const started = await startedOnly(app);
+    const before = await reconcile(app.deps, safeLogger(app.context("reconcile")));
+    expect(before.changed).toMatchObject([{ recordId: started.id, to: "Succeeded" }]);
+    expect(before.verified).toEqual([]);
+    // Ten minutes after the slot: still held back (the timer's backup may be starting its jobs).
+    app.clock.advance(15 * 60_000);
+    expect((await reconcile(app.deps, safeLogger(app.context("reconcile")))).verified).toEqual([]);
+    expect(preRestores(emulator)).toHaveLength(0);
+    // Sixteen minutes after it: the check runs.
+    app.clock.advance(6 * 60_000);
+    expect((await reconcile(app.deps, safeLogger(app.context("reconcile")))).verified).toMatchObject([
+      { recordId: started.id, verification: "Passed" },
+    ]);
+    expect(preRestores(emulator)).toHaveLength(1);
   });
 });

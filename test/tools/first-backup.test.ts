@@ -131,7 +131,7 @@ describe("takeFirstBackups (the postdeploy hook's work)", () => {
 
   it("reports a backup still running at the deadline with its status URL, not as a failure", async () => {
     const app = await testApp(1);
-    app.emulators[0]!.faults.setJobDurationMs(60_000);
+    app.emulators[0]!.faults.setJobDurationMs(60_000, "backup"); // the pre-backup check stays quick
     const url = await serveApp(app);
     const { results } = await hook(app, url, { outcomeDeadlineMs: 300 });
     expect(results[0]).toMatchObject({ hsm: "testhsm0", outcome: "Running" });

@@ -199,6 +199,8 @@ export class JobManager {
   private readonly stopping = new AbortController();
   private readonly pending = new Set<Promise<void>>();
   private running: Job | undefined;
+  /** Durations for one kind of job, over durationMs (e.g. a slow backup after a quick pre-backup). */
+  private readonly durationByKind = new Map<JobKind, number>();
 
   constructor(
     private readonly deps: JobManagerDeps,
@@ -209,10 +211,14 @@ export class JobManager {
     return this.deps.now?.() ?? Date.now();
   }
 
-  setDurationMs(ms: number): void {
+  setDurationMs(ms: number, kind?: JobKind): void {
     if (!Number.isFinite(ms) || ms < 0)
       throw new Error(`Job duration must be a non-negative number of milliseconds, got ${ms}.`);
-    this.durationMs = ms;
+    if (kind !== undefined) this.durationByKind.set(kind, ms);
+    else {
+      this.durationMs = ms;
+      this.durationByKind.clear();
+    }
   }
 
   failNext(kind: FaultTarget, error: InjectedJobError): void {
@@ -277,7 +283,7 @@ export class JobManager {
       request.kind === "backup"
         ? { keys: this.deps.keys.snapshot(), roleAssignments: this.deps.roles.snapshot() }
         : undefined;
-    const minimumEnd = Date.now() + this.durationMs;
+    const minimumEnd = Date.now() + (this.durationByKind.get(request.kind) ?? this.durationMs);
     const fault = this.takeFault(job);
     const secrets = "access" in request && request.access.kind === "sas" ? [request.access.token] : [];
     this.deps.log(`job ${job.id} (${job.kind}) started`);

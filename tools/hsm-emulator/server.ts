@@ -13,6 +13,7 @@ import {
   JobManager,
   type FaultTarget,
   type JobFamily,
+  type JobKind,
   type JobLogEntry,
   type JobRequest,
   type MissingParameter,
@@ -130,8 +131,11 @@ export interface HsmEmulatorFaults {
   failNextJob(kind: FaultTarget, error?: { code: string; message: string }): void;
   /** The next `count` authenticated requests get this status, Retry-After and a KeyVault error body; nothing else happens. */
   throttleNext(count: number, status: 429 | 503, retryAfterSeconds: number): void;
-  /** Minimum InProgress time for jobs started from now on. */
-  setJobDurationMs(ms: number): void;
+  /**
+   * Minimum InProgress time for jobs started from now on; with `kind`, for that kind of job only
+   * (without it, for every kind, dropping per-kind durations).
+   */
+  setJobDurationMs(ms: number, kind?: JobKind): void;
   /**
    * The next job start answers with an Azure-AsyncOperation URL on this origin (e.g. another host)
    * instead of the one the request came in on; the job itself runs as usual. For testing that a
@@ -871,7 +875,7 @@ export async function startHsmEmulator(options: HsmEmulatorOptions = {}): Promis
           throw new Error(`throttleNext retryAfterSeconds must be a non-negative integer, got ${seconds}.`);
         throttle = { remaining: count, status, retryAfterSeconds: seconds };
       },
-      setJobDurationMs: (ms) => jobs.setDurationMs(ms),
+      setJobDurationMs: (ms, kind) => jobs.setDurationMs(ms, kind),
       foreignAsyncOperationNext(origin) {
         foreignAsyncOperationOrigin = new URL(origin).origin;
       },
