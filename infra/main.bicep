@@ -284,6 +284,7 @@ module backupStorage 'app/backup-storage.bicep' = {
     containerName: backupContainerName
     tableName: catalogTableName
     softDeleteRetentionDays: softDeleteRetentionDays
+    versionRetentionDays: retentionDays + softDeleteRetentionDays
     publicNetworkAccess: backupPublicNetworkAccess
     lock: lockBackupStorage
   }

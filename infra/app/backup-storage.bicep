@@ -44,6 +44,10 @@ param softDeleteRetentionDays int
 ])
 param publicNetworkAccess string
 
+@description('Days after which an earlier version of a backup blob (what versioning keeps when prune deletes a folder) is deleted for good, counted from when that blob was written: RETENTION_DAYS plus the soft-delete days.')
+@minValue(1)
+param versionRetentionDays int
+
 @description('Put a CanNotDelete lock on the account, so that neither `azd down` nor a stray delete takes the backups with it (remove the lock first to really delete it).')
 param lock bool
 
@@ -103,6 +107,45 @@ resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
       name: tableName
     }
   }
+}
+
+// Versioning keeps an earlier version of every blob prune deletes; without this rule those versions
+// would keep the storage prune frees. Only earlier versions in the backup container: current blobs
+// (the floor, backups within the retention) are never touched by it.
+resource versionCleanup 'Microsoft.Storage/storageAccounts/managementPolicies@2023-05-01' = {
+  parent: storage
+  name: 'default'
+  properties: {
+    policy: {
+      rules: [
+        {
+          enabled: true
+          name: 'delete-pruned-backup-versions'
+          type: 'Lifecycle'
+          definition: {
+            filters: {
+              blobTypes: [
+                'blockBlob'
+              ]
+              prefixMatch: [
+                '${containerName}/'
+              ]
+            }
+            actions: {
+              version: {
+                delete: {
+                  daysAfterCreationGreaterThan: versionRetentionDays
+                }
+              }
+            }
+          }
+        }
+      ]
+    }
+  }
+  dependsOn: [
+    storage::blobServices
+  ]
 }
 
 resource deleteLock 'Microsoft.Authorization/locks@2020-05-01' = if (lock) {

@@ -310,6 +310,7 @@ describe("storage", () => {
     containerName: "mhsm-backups",
     tableName: "hsmbackups",
     softDeleteRetentionDays: 30,
+    versionRetentionDays: 60,
     publicNetworkAccess: "Enabled",
     lock: true,
   };
@@ -339,6 +340,25 @@ describe("storage", () => {
     // Managed HSM does not support a backup target with an immutability policy.
     expect(JSON.stringify(module)).not.toMatch(/immutab/i);
     expect(byType("Microsoft.Authorization/locks").map((l) => l.properties.level)).toEqual(["CanNotDelete"]);
+  });
+
+  it("backup storage: the versions prune's deletes leave are removed after RETENTION_DAYS + soft delete, current blobs never", () => {
+    const { byType } = account("backup-storage", backupParameters);
+    const [policy] = byType("Microsoft.Storage/storageAccounts/managementPolicies");
+    const rules = (policy!.properties as { policy: { rules: { definition: unknown }[] } }).policy.rules;
+    expect(rules.map((r) => r.definition)).toEqual([
+      {
+        filters: { blobTypes: ["blockBlob"], prefixMatch: ["mhsm-backups/"] },
+        actions: { version: { delete: { daysAfterCreationGreaterThan: 60 } } },
+      },
+    ]);
+    const passed = moduleNamed(main, "backup-storage").resource.properties!.parameters as Record<
+      string,
+      { value: Json }
+    >;
+    expect(passed.versionRetentionDays!.value).toBe(
+      "[add(parameters('retentionDays'), parameters('softDeleteRetentionDays'))]",
+    );
   });
 
   it("backup storage with public network access off: deny by default, trusted services (the HSM) bypass", () => {
