@@ -145,6 +145,31 @@ describe("POST /api/backups", () => {
     }
   });
 
+  it("answers within its budget when the HSM's pre-backup check does not end: the pre-flight fails, saying so, and no backup starts", async () => {
+    const own = await startTestApp();
+    try {
+      const hsm = own.emulators[0]!;
+      hsm.faults.setJobDurationMs(60_000, "prebackup");
+      const answer = postBackup(postJson("/api/backups", {}), own.context("postBackup"), own.deps);
+      for (let i = 0; i < 500 && !hsm.requests.some((r) => /^\/backup\/[^/]+\/pending$/.test(r.path)); i++)
+        await new Promise((r) => setTimeout(r, 10));
+      // The check still runs when the call's 120 s are up (the app's clock; the host would cut it at 230 s).
+      own.clock.advance(121_000);
+      const response = await answer;
+      expect(response.status).toBe(202);
+      const [entry] = bodyOf(response).backups;
+      expect(entry.record).toMatchObject({ status: "Failed", errorCode: "PreflightFailed" });
+      expect(entry.record.errorMessage).toMatch(/the HSM's pre-backup check \(job [0-9a-f]{32}\) did not finish/);
+      expect(
+        jobStartRequests(hsm)
+          .filter((r) => r.headers.authorization)
+          .map((r) => r.path),
+      ).toEqual(["/prebackup"]);
+    } finally {
+      await own.stop();
+    }
+  });
+
   describe("refuses bad requests with 400/415 problem+json, recording and starting nothing", () => {
     async function expectRefused(req: HttpRequest, status: number, title: RegExp, detail: RegExp): Promise<any> {
       const entitiesBefore = await catalogEntities(app);
