@@ -84,11 +84,20 @@ describe("hsm-backup for a new user", () => {
 
   it("Ctrl-C during a backup stops only the wait, says what keeps running; list --refresh and status settle it as the HTTP route does", async () => {
     const app = await start({ emulator: { jobDurationMs: 1500 } });
+    app.emulators[0]!.faults.setJobDurationMs(100, "prebackup"); // only the backup is slow
     const interrupt = new AbortController();
     const running = cli(app, ["backup"], {}, { signal: interrupt.signal });
-    // Until the backup itself runs (the pre-backup check before it polls the same status route).
-    const backupStarted = () => app.emulators[0]!.requests.some((r) => r.path === "/backup" && r.status === 202);
-    for (let i = 0; i < 100 && !backupStarted(); i++) await new Promise((r) => setTimeout(r, 20));
+    // Until the backup itself runs (the pre-backup check before it polls the same status route); a
+    // loaded machine may take seconds to get there, and an abort before it would hit the start call.
+    // The backup's own status read means the app has its job id: an abort just after the HSM answered
+    // the start, before the app read that answer, would leave the start's outcome unknown.
+    const backupStarted = () => {
+      const requests = app.emulators[0]!.requests;
+      const start = requests.findIndex((r) => r.path === "/backup" && r.status === 202);
+      return start >= 0 && requests.slice(start + 1).some((r) => /^\/backup\/.+\/pending$/.test(r.path));
+    };
+    for (let i = 0; i < 500 && !backupStarted(); i++) await new Promise((r) => setTimeout(r, 20));
+    expect(backupStarted()).toBe(true);
     interrupt.abort(new Error("interrupted (Ctrl-C)"));
     const run = await running;
     expect(run.code).toBe(EXIT.interrupted);
