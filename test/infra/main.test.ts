@@ -557,22 +557,7 @@ describe("role assignments", () => {
     expect(assignments("sas", vault)).toEqual(
       [...assignments("sas"), `Storage Blob Data Contributor @ ${VAULT_CONTAINER} -> id-app`].sort(),
     );
-    const rbac = moduleNamed(main, "rbac").template;
-    const evaluator = new Evaluator(rbac, {
-      ...vault,
-      appIdentityName: "id-app",
-      hsmBackupIdentityName: "",
-      hsmStorageAuth: "sas",
-      hostStorageName: "sthost",
-      backupStorageName: "stbak",
-      backupContainerName: "mhsm-backups",
-      catalogTableName: "hsmbackups",
-      applicationInsightsName: "appi",
-    });
-    const onVault = rbac.resources
-      .filter((r) => r.type === "Microsoft.Authorization/roleAssignments")
-      .flatMap((r) => evaluator.instances(r))
-      .filter(({ resource }) => String(resource.scope).includes("/stvault/"));
+    const onVault = rbacInstances(vault).filter(({ resource }) => String(resource.scope).includes("/stvault/"));
     expect(onVault).toHaveLength(1);
     // Copying creates blobs and reads back their size; a delete is taken away by the condition.
     expect(onVault[0]!.properties).toMatchObject({
@@ -727,6 +712,25 @@ function mainParametersBySetting(): Map<string, Set<string>> {
 const asAzdDefault = (value: Json | undefined): string | undefined =>
   value === undefined ? undefined : typeof value === "string" ? value : JSON.stringify(value);
 
+/** Every role assignment the rbac module makes, evaluated, for a SAS-mode deployment with these parameters over it. */
+function rbacInstances(parameters: Record<string, unknown>) {
+  const rbac = moduleNamed(main, "rbac").template;
+  const evaluator = new Evaluator(rbac, {
+    appIdentityName: "id-app",
+    hsmBackupIdentityName: "",
+    hsmStorageAuth: "sas",
+    hostStorageName: "sthost",
+    backupStorageName: "stbak",
+    backupContainerName: "mhsm-backups",
+    catalogTableName: "hsmbackups",
+    applicationInsightsName: "appi",
+    ...parameters,
+  });
+  return rbac.resources
+    .filter((r) => r.type === "Microsoft.Authorization/roleAssignments")
+    .flatMap((r) => evaluator.instances(r));
+}
+
 /** Parameters that feed an app setting but are not meant to be set, and why. */
 const NOT_SET_BY_AZD: Record<string, string> = {
   deploymentTime: "utcNow() may only be a parameter default; DEPLOYED_AT (deployedAt) is the one to set",
@@ -877,21 +881,7 @@ describe("operators (OPERATOR_PRINCIPAL_IDS)", () => {
 
   /** Every role assignment of the rbac module, as "role @ scope -> principal (type)", and their names. */
   function rbacAssignments(parameters: Record<string, unknown>) {
-    const rbac = moduleNamed(main, "rbac").template;
-    const evaluator = new Evaluator(rbac, {
-      appIdentityName: "id-app",
-      hsmBackupIdentityName: "",
-      hsmStorageAuth: "sas",
-      hostStorageName: "sthost",
-      backupStorageName: "stbak",
-      backupContainerName: "mhsm-backups",
-      catalogTableName: "hsmbackups",
-      applicationInsightsName: "appi",
-      ...parameters,
-    });
-    const instances = rbac.resources
-      .filter((r) => r.type === "Microsoft.Authorization/roleAssignments")
-      .flatMap((r) => evaluator.instances(r));
+    const instances = rbacInstances(parameters);
     const operators = instances
       .filter(({ properties }) => typeof properties.principalId === "string")
       .map(({ resource, properties }) => {
