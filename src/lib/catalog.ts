@@ -168,7 +168,7 @@ export class Catalog {
     const clean = redacted(record);
     try {
       const response = await this.table.createEntity({ partitionKey: kind, rowKey: record.id, ...toEntity(clean) });
-      return { record: clean, etag: response.etag ?? "*" };
+      return { record: clean, etag: etagOf(response, `the insert of ${kind} record ${record.id}`) };
     } catch (error) {
       if (!(error instanceof RestError && error.statusCode === 409)) throw error;
       const existing = await this.get(kind, record.id);
@@ -225,7 +225,7 @@ export class Catalog {
         { etag: stored.etag },
       );
       const record = Object.fromEntries(Object.entries(next).filter(([, v]) => v !== undefined)) as RecordOf<K>;
-      return { record, etag: response.etag ?? "*" };
+      return { record, etag: etagOf(response, `the update of ${kind} record ${stored.record.id}`) };
     } catch (error) {
       if (error instanceof RestError && error.statusCode === 412) return undefined;
       throw error;
@@ -305,23 +305,24 @@ export class Catalog {
     const rowKey = `hsm-${name}`;
     let etag: string;
     try {
-      etag =
-        (await this.table.createEntity({ partitionKey: LOCK_PARTITION, rowKey, takenAt: now().toISOString() })).etag ??
-        "*";
+      etag = etagOf(
+        await this.table.createEntity({ partitionKey: LOCK_PARTITION, rowKey, takenAt: now().toISOString() }),
+        `the start lock of HSM ${name}`,
+      );
     } catch (error) {
       if (!(error instanceof RestError && error.statusCode === 409)) throw error;
       try {
         const held = await this.table.getEntity<{ takenAt?: string }>(LOCK_PARTITION, rowKey);
         const age = now().getTime() - Date.parse(held.takenAt ?? "");
         if (age < staleAfterMs) return undefined;
-        etag =
-          (
-            await this.table.updateEntity(
-              { partitionKey: LOCK_PARTITION, rowKey, takenAt: now().toISOString() },
-              "Replace",
-              { etag: held.etag },
-            )
-          ).etag ?? "*";
+        etag = etagOf(
+          await this.table.updateEntity(
+            { partitionKey: LOCK_PARTITION, rowKey, takenAt: now().toISOString() },
+            "Replace",
+            { etag: held.etag },
+          ),
+          `the start lock of HSM ${name}`,
+        );
       } catch (inner) {
         // Released (404) or taken over by someone else (412) meanwhile: not ours this time.
         if (inner instanceof RestError && (inner.statusCode === 404 || inner.statusCode === 412)) return undefined;
@@ -332,14 +333,14 @@ export class Catalog {
     return {
       async renew() {
         try {
-          etag =
-            (
-              await table.updateEntity(
-                { partitionKey: LOCK_PARTITION, rowKey, takenAt: now().toISOString() },
-                "Replace",
-                { etag },
-              )
-            ).etag ?? "*";
+          etag = etagOf(
+            await table.updateEntity(
+              { partitionKey: LOCK_PARTITION, rowKey, takenAt: now().toISOString() },
+              "Replace",
+              { etag },
+            ),
+            `the start lock of HSM ${name}`,
+          );
           return true;
         } catch (error) {
           if (error instanceof RestError && (error.statusCode === 404 || error.statusCode === 412)) return false;
@@ -447,6 +448,16 @@ function redacted<T extends object>(record: T): T {
   return Object.fromEntries(
     Object.entries(record).map(([k, v]) => [k, typeof v === "string" ? redactSecrets(v) : v]),
   ) as T;
+}
+
+/**
+ * The ETag of a write's answer, which the next conditional write is made on. Storage always sends one;
+ * an answer without it is a strange answer, and the write that made it is reported as failed rather
+ * than followed by unconditional ("*") writes that would let a racing worker's change be overwritten.
+ */
+function etagOf(answer: { etag?: string }, what: string): string {
+  if (!answer.etag) throw new Error(`Catalog: storage answered ${what} without an ETag`);
+  return answer.etag;
 }
 
 function sameFields(stored: object, written: object): boolean {

@@ -29,8 +29,8 @@ beforeAll(async () => {
 });
 afterAll(() => proxy.stop());
 
-/** One table, reached directly and through the proxy. */
-async function tables() {
+/** One table (created unless `create` is false), reached directly and through the proxy. */
+async function tables({ create = true } = {}) {
   const connection = inject("azuriteConnectionString");
   const name = uniqueName("flt");
   const table = (cs: string) =>
@@ -38,9 +38,10 @@ async function tables() {
       parseConfig({ MANAGED_HSM_URLS: "https://contoso.managedhsm.azure.net", BackupStorage: cs }).storage,
       tokenCredential,
     ).table(name);
-  const direct = new Catalog(table(connection));
-  await direct.ensureTable();
-  return { direct, faulty: new Catalog(table(withEndpoint(connection, "TableEndpoint", proxy.url))), name };
+  const directTable = table(connection);
+  const direct = new Catalog(directTable);
+  if (create) await direct.ensureTable();
+  return { direct, directTable, faulty: new Catalog(table(withEndpoint(connection, "TableEndpoint", proxy.url))) };
 }
 
 function backup(extra: Partial<BackupRecord> = {}): BackupRecord {
@@ -141,6 +142,66 @@ describe("a failure the catalog does not expect reaches the caller", () => {
     expect(third).toBeDefined();
     expect(await second!.renew()).toBe(false);
     expect(await third!.renew()).toBe(true);
+  });
+});
+
+describe("what the table service answers is checked", () => {
+  it("ensureTable creates the table only when the probe says it is missing, not on any other failure", async () => {
+    const { directTable: direct, faulty } = await tables({ create: false });
+    proxy.inject(BAD_REQUEST, { method: "GET" });
+    expect(await rejection(faulty.ensureTable())).toMatchObject({ statusCode: 400 });
+    const missing = await rejection(direct.listEntities().byPage({ maxPageSize: 1 }).next());
+    expect(missing).toMatchObject({ statusCode: 404 });
+    await faulty.ensureTable();
+    expect(await direct.listEntities().byPage({ maxPageSize: 1 }).next()).toMatchObject({ done: false });
+  });
+
+  it("a write answered without an ETag is reported as failed, naming what was written", async () => {
+    const { faulty } = await tables();
+    const noEtag: Fault = {
+      kind: "rewrite",
+      transform: (answer) => ({
+        ...answer,
+        headers: Object.fromEntries(Object.entries(answer.headers).filter(([name]) => name !== "etag")),
+      }),
+    };
+    const record = backup();
+    proxy.inject(noEtag, { method: "POST" });
+    await expect(faulty.insert("backup", record)).rejects.toThrow(
+      `Catalog: storage answered the insert of backup record ${record.id} without an ETag`,
+    );
+    const stored = (await faulty.get("backup", record.id))!;
+    proxy.inject(noEtag);
+    await expect(faulty.merge("backup", stored, { jobId: "j" })).rejects.toThrow(
+      `Catalog: storage answered the update of backup record ${record.id} without an ETag`,
+    );
+    proxy.inject(noEtag, { method: "POST" });
+    await expect(faulty.tryLock("contoso", () => T0, 60_000)).rejects.toThrow(
+      "Catalog: storage answered the start lock of HSM contoso without an ETag",
+    );
+  });
+
+  it("claimSlot: the claim's row names the HSM and the slot; only a taken slot is read back, and that read must succeed", async () => {
+    const { direct, directTable, faulty } = await tables();
+    const slot = new Date("2026-12-01T02:00:00.000Z");
+    expect(await direct.claimSlot("contoso", slot, "r1")).toBe(true);
+    const rows = directTable.listEntities({ queryOptions: { filter: "PartitionKey eq 'slot'" } });
+    const keys: string[] = [];
+    for await (const row of rows) keys.push(row.rowKey!);
+    expect(keys).toEqual(["contoso-20261201T020000000Z"]);
+
+    proxy.inject(BAD_REQUEST, { method: "POST" });
+    expect(await rejection(faulty.claimSlot("contoso", new Date("2026-12-02T02:00:00.000Z"), "r2"))).toMatchObject({
+      statusCode: 400,
+      request: { method: "POST" },
+    });
+    proxy.inject(BAD_REQUEST, { method: "GET" });
+    expect(await rejection(faulty.claimSlot("contoso", slot, "r1"))).toMatchObject({
+      statusCode: 400,
+      request: { method: "GET" },
+    });
+    expect(await faulty.claimSlot("contoso", slot, "r1")).toBe(true);
+    expect(await faulty.claimSlot("contoso", slot, "r3")).toBe(false);
   });
 });
 

@@ -167,6 +167,110 @@ describe("Catalog.merge", () => {
   });
 });
 
+/**
+ * The catalog of a worker that another worker beats to every write: right before each of its
+ * conditional updates, the other changes the same row (so the etag it holds is always stale). With
+ * `vanish`, the row is deleted before the worker re-reads it.
+ */
+function beatenToEveryWrite(table: TableClient, options: { vanish?: boolean } = {}) {
+  let updates = 0;
+  const client: TableClient = Object.create(table);
+  client.updateEntity = async (entity, mode, updateOptions) => {
+    updates++;
+    await table.updateEntity({ partitionKey: entity.partitionKey, rowKey: entity.rowKey, other: updates }, "Merge");
+    return table.updateEntity(entity, mode, updateOptions);
+  };
+  client.getEntity = async (partitionKey, rowKey, getOptions) => {
+    if (options.vanish) await table.deleteEntity(partitionKey, rowKey);
+    return table.getEntity(partitionKey, rowKey, getOptions);
+  };
+  return { catalog: new Catalog(client), updates: () => updates };
+}
+
+describe("Catalog.merge under contention", () => {
+  it("tries five times when another worker changes the record before each write, then fails naming the record", async () => {
+    const { table, catalog } = await freshTable();
+    const stored = await catalog.insert("backup", backup(T0));
+    const beaten = beatenToEveryWrite(table);
+    await expect(beaten.catalog.merge("backup", stored, { jobId: "abc" })).rejects.toThrow(
+      `Catalog backup record ${stored.record.id}: too many concurrent updates`,
+    );
+    expect(beaten.updates()).toBe(5);
+    expect((await catalog.get("backup", stored.record.id))?.record).not.toHaveProperty("jobId");
+  });
+
+  it("fails naming the record when it was deleted while being updated", async () => {
+    const { table, catalog } = await freshTable();
+    const stored = await catalog.insert("restore", { ...backup(T0), backupId: "b", folderUri: "f" } as RestoreRecord);
+    const beaten = beatenToEveryWrite(table, { vanish: true });
+    await expect(beaten.catalog.merge("restore", stored, { jobId: "abc" })).rejects.toThrow(
+      `Catalog restore record ${stored.record.id} vanished while it was being updated`,
+    );
+  });
+});
+
+describe("Catalog.pruneUpdate", () => {
+  const folderUri = "https://acct.blob.core.windows.net/c/mhsm-contoso-1";
+  const settled = (extra: Partial<BackupRecord> = {}) => backup(T0, { status: "Succeeded", folderUri, ...extra });
+
+  it("writes the change, redacted, over a settled backup and keeps its other fields", async () => {
+    const { catalog } = await freshTable();
+    const stored = await catalog.insert("backup", settled({ verification: "Passed" }));
+    const pruned = await catalog.pruneUpdate(stored, {
+      status: "Pruned",
+      prunedAt: minutes(5).toISOString(),
+      pruneNote: "stopped: ?sv=2024-01-01&sig=abcdef0123 refused",
+    });
+    expect(pruned.applied).toBe(true);
+    expect(pruned.record).toStrictEqual({
+      ...stored.record,
+      status: "Pruned",
+      prunedAt: minutes(5).toISOString(),
+      pruneNote: "stopped: ?<redacted-sas> refused",
+    });
+    expect(await catalog.get("backup", stored.record.id)).toStrictEqual({ record: pruned.record, etag: pruned.etag });
+  });
+
+  it("re-reads a record changed meanwhile and writes over it while it is the same settled backup", async () => {
+    const { table, catalog } = await freshTable();
+    const stored = await catalog.insert("backup", settled());
+    await table.updateEntity({ partitionKey: "backup", rowKey: stored.record.id, copyStatus: "Copied" }, "Merge");
+    const noted = await catalog.pruneUpdate(stored, { pruneNote: "left" });
+    expect(noted.applied).toBe(true);
+    expect(noted.record).toStrictEqual({ ...stored.record, copyStatus: "Copied", pruneNote: "left" });
+    expect((await catalog.get("backup", stored.record.id))?.record).toStrictEqual(noted.record);
+  });
+
+  it("changes nothing once the record's status or folder changed meanwhile, and returns it as it now is", async () => {
+    const { table, catalog } = await freshTable();
+    const stored = await catalog.insert("backup", settled());
+    const first = await catalog.pruneUpdate(stored, { status: "Pruned", prunedAt: minutes(5).toISOString() });
+    const late = await catalog.pruneUpdate(stored, { pruneNote: "late" });
+    expect(late).toStrictEqual({ ...first, applied: false });
+
+    const other = await catalog.insert("backup", settled());
+    await table.updateEntity({ partitionKey: "backup", rowKey: other.record.id, folderUri: `${folderUri}-b` }, "Merge");
+    const moved = await catalog.pruneUpdate(other, { status: "Pruned", prunedAt: minutes(5).toISOString() });
+    expect(moved.applied).toBe(false);
+    expect(moved.record).toStrictEqual({ ...other.record, folderUri: `${folderUri}-b` });
+    expect((await catalog.get("backup", other.record.id))?.record).toStrictEqual(moved.record);
+  });
+
+  it("tries five times against a worker that changes the record before each write, then fails naming it", async () => {
+    const { table, catalog } = await freshTable();
+    const stored = await catalog.insert("backup", settled());
+    const beaten = beatenToEveryWrite(table);
+    await expect(beaten.catalog.pruneUpdate(stored, { pruneNote: "x" })).rejects.toThrow(
+      `Catalog backup record ${stored.record.id}: too many concurrent updates`,
+    );
+    expect(beaten.updates()).toBe(5);
+    const vanishing = await catalog.insert("backup", settled());
+    await expect(
+      beatenToEveryWrite(table, { vanish: true }).catalog.pruneUpdate(vanishing, { pruneNote: "x" }),
+    ).rejects.toThrow(`Catalog backup record ${vanishing.record.id} vanished while it was being updated`);
+  });
+});
+
 describe("Catalog.list", () => {
   it("lists one partition newest first, a page at a time, with filters", async () => {
     const { catalog } = await freshTable();
@@ -280,6 +384,39 @@ describe("Catalog.tryLock", () => {
     expect(held.takenAt).toBe(T0.toISOString());
   });
 
+  it("a lock taken over before its holder ever renewed it is no longer the holder's: renew fails, release leaves it", async () => {
+    const { catalog } = await freshTable();
+    let now = T0.getTime();
+    const clock = () => new Date(now);
+    const first = await catalog.tryLock("contoso", clock, 60_000);
+    now += 60_000;
+    const second = await catalog.tryLock("contoso", clock, 60_000);
+    expect(second).toBeDefined();
+    await first!.release();
+    expect(await catalog.tryLock("contoso", clock, 60_000)).toBeUndefined();
+    expect(await first!.renew()).toBe(false);
+    expect(await second!.renew()).toBe(true);
+  });
+
+  it("lets only one of two workers take over the same stale lock", async () => {
+    const { table, catalog } = await freshTable();
+    let now = T0.getTime();
+    const clock = () => new Date(now);
+    await catalog.tryLock("contoso", clock, 60_000);
+    now += 60_000;
+    // The slower worker reads the stale lock; the faster one takes it over before the slower writes.
+    let faster: Awaited<ReturnType<Catalog["tryLock"]>>;
+    const slow: TableClient = Object.create(table);
+    slow.getEntity = (async (...args: Parameters<TableClient["getEntity"]>) => {
+      const held = await table.getEntity(...args);
+      faster = await catalog.tryLock("contoso", clock, 60_000);
+      return held;
+    }) as TableClient["getEntity"];
+    expect(await new Catalog(slow).tryLock("contoso", clock, 60_000)).toBeUndefined();
+    expect(faster).toBeDefined();
+    expect(await faster!.renew()).toBe(true);
+  });
+
   it("keeps locks out of every listing", async () => {
     const { catalog } = await freshTable();
     await catalog.tryLock("contoso", () => T0, 60_000);
@@ -306,6 +443,23 @@ describe("Catalog.hasFolder", () => {
     expect(await catalog.hasFolder(folder, hours(-25))).toBe(false);
     expect(await catalog.hasFolder(`${folder}-other`, T0)).toBe(false);
     expect(await catalog.hasFolder(`${folder}-restored`, hours(10))).toBe(false);
+  });
+
+  it("includes records started exactly a day either side of the folder's time, whatever their random suffix", async () => {
+    const { catalog } = await freshTable();
+    const day = 86_400_000;
+    const prefix = Catalog.newId(T0).slice(0, 13);
+    // The lowest and the highest id of that millisecond: a range cut inside it would miss one.
+    const low = "https://acct.blob.core.windows.net/c/mhsm-contoso-low";
+    const high = "https://acct.blob.core.windows.net/c/mhsm-contoso-high";
+    await catalog.insert("backup", backup(T0, { id: `${prefix}-00000000`, status: "Succeeded", folderUri: low }));
+    await catalog.insert("backup", backup(T0, { id: `${prefix}-ffffffff`, status: "Succeeded", folderUri: high }));
+    for (const folder of [low, high]) {
+      expect(await catalog.hasFolder(folder, new Date(T0.getTime() - day))).toBe(true);
+      expect(await catalog.hasFolder(folder, new Date(T0.getTime() + day))).toBe(true);
+      expect(await catalog.hasFolder(folder, new Date(T0.getTime() + day + 1))).toBe(false);
+      expect(await catalog.hasFolder(folder, new Date(T0.getTime() - day - 1))).toBe(false);
+    }
   });
 });
 
