@@ -223,19 +223,19 @@ export function backupSchedule(env: Env, { validate = false } = {}): string {
 
 /** The reconcile timer's schedule, read at registration time; never throws (see backupSchedule). */
 export function reconcileSchedule(env: Env): string {
-  return schedule(env, "RECONCILE_SCHEDULE", DEFAULT_RECONCILE_SCHEDULE, { validate: false });
+  return schedule(env, "RECONCILE_SCHEDULE", DEFAULT_RECONCILE_SCHEDULE);
 }
 
 /** The prune timer's schedule, read at registration time; never throws (see backupSchedule). */
 export function pruneSchedule(env: Env): string {
-  return schedule(env, "PRUNE_SCHEDULE", DEFAULT_PRUNE_SCHEDULE, { validate: false });
+  return schedule(env, "PRUNE_SCHEDULE", DEFAULT_PRUNE_SCHEDULE);
 }
 
 function schedule(
   env: Env,
   name: "BACKUP_SCHEDULE" | "RECONCILE_SCHEDULE" | "PRUNE_SCHEDULE",
   fallback: string,
-  { validate }: { validate: boolean },
+  { validate = false }: { validate?: boolean } = {},
 ): string {
   const value = setting(env, name) ?? fallback;
   if (validate) {
@@ -374,7 +374,7 @@ export function isLoopback(hostname: string): boolean {
 
 function setting(env: Env, name: SettingName): string | undefined {
   const value = env[name]?.trim();
-  return value === undefined || value === "" ? undefined : value;
+  return value === "" ? undefined : value;
 }
 
 function matching(env: Env, name: SettingName, fallback: string, pattern: RegExp, expected: string): string {

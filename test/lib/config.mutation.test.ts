@@ -181,6 +181,7 @@ describe("MANAGED_HSM_URLS", () => {
       '"ftp://a.managedhsm.azure.net" must use https (plain http is accepted only for loopback hosts)',
     ],
     ["http://10.0.0.1", '"http://10.0.0.1" must use https (plain http is accepted only for loopback hosts)'],
+    ["ftp://127.0.0.1:8443", '"ftp://127.0.0.1:8443" must use https (plain http is accepted only for loopback hosts)'],
     ["contoso", '"contoso" is not a URL'],
     [",", "lists no HSM"],
     [" ", "is required: a comma-separated list of Managed HSM URLs, e.g. https://contoso.managedhsm.azure.net"],
@@ -282,6 +283,34 @@ describe("BackupStorage", () => {
   });
 });
 
+describe("immutable copies and deployment time", () => {
+  it("refuses a copy into the backup container of the same account, however its URL is written", () => {
+    const error = refused({
+      ...identity,
+      BackupStorage__blobServiceUri: "https://acct.blob.core.windows.net/",
+      BACKUP_CONTAINER: "backups",
+      BACKUP_COPY_CONTAINER: "backups",
+      BackupCopyStorage__blobServiceUri: "https://acct.blob.core.windows.net",
+    });
+    expect(error.message).toBe(
+      'Setting BACKUP_COPY_CONTAINER: "backups" is the backup container itself: a copy must go elsewhere',
+    );
+    // The same container name in another account is another container.
+    expect(
+      parseConfig({
+        ...identity,
+        BACKUP_CONTAINER: "backups",
+        BACKUP_COPY_CONTAINER: "backups",
+        BackupCopyStorage__blobServiceUri: "https://vault.blob.core.windows.net",
+      }).backupCopy,
+    ).toEqual({ container: "backups", blobServiceUri: "https://vault.blob.core.windows.net" });
+  });
+
+  it("reads DEPLOYED_AT only in the plain ISO form, not the expanded-year one Date.parse also takes", () => {
+    expect(refused({ ...minimal, DEPLOYED_AT: "+002026-12-01T03:00:00Z" }).setting).toBe("DEPLOYED_AT");
+  });
+});
+
 describe("isLoopback", () => {
   it.each([
     ["localhost", true],
@@ -296,6 +325,11 @@ describe("isLoopback", () => {
     ["128.0.0.1", false],
     ["127.0.0", false],
     ["[::2]", false],
+    // Only brackets around the whole name (an IPv6 literal in a URL) are taken off.
+    ["local[host", false],
+    ["local]host", false],
+    ["[localhost", true],
+    ["localhost]", true],
   ])("%s → %s", (host, expected) => {
     expect(isLoopback(host)).toBe(expected);
   });
