@@ -1,5 +1,6 @@
 /**
- * The per-file table after a Stryker run, from its JSON report (mutation-testing-report-schema).
+ * The per-file table after a Stryker run, from a report in mutation-testing-report-schema (the
+ * incremental file is one).
  * Raw score: (killed + timeout) / (killed + timeout + survived + no coverage), as Stryker counts it.
  * Adjusted: the same without the survivors listed in equivalent.json (mutants the code cannot tell
  * apart from the original; each is explained in the README). Usable alone: `node test/mutation/summary.mjs`.
@@ -7,25 +8,36 @@
 import { existsSync, readFileSync } from "node:fs";
 import { pathToFileURL } from "node:url";
 
-/** A mutant's identity that survives reruns: file, line, column, mutator and replacement. */
-export function mutantKey(file, mutant) {
-  return `${file}:${mutant.location.start.line}:${mutant.location.start.column}:${mutant.mutatorName}:${mutant.replacement ?? ""}`;
+/**
+ * A mutant's identity that survives edits elsewhere in the file: file, the text of its line (trimmed),
+ * its column in that text, mutator and replacement. Line numbers are not part of it, so an equivalent
+ * listed once stays listed when code above it moves; it goes stale only when its own line changes.
+ */
+export function mutantKey(file, mutant, source) {
+  const line = source.split("\n")[mutant.location.start.line - 1] ?? "";
+  const indent = line.length - line.trimStart().length;
+  return `${file}:${mutant.mutatorName}:${mutant.replacement ?? ""}@${mutant.location.start.column - 1 - indent}:${line.trim()}`;
+}
+
+/** The key of an equivalent.json entry: { file, code, column, mutator, replacement, why }. */
+export function equivalentKey(entry) {
+  return `${entry.file}:${entry.mutator}:${entry.replacement}@${entry.column}:${entry.code}`;
 }
 
 export function printSummary(reportPath, equivalentPath) {
   const report = JSON.parse(readFileSync(reportPath, "utf8"));
   const equivalent = existsSync(equivalentPath) ? JSON.parse(readFileSync(equivalentPath, "utf8")) : [];
-  const equivalentKeys = new Set(equivalent.map((e) => e.key));
+  const equivalentKeys = new Set(equivalent.map(equivalentKey));
   const rows = [];
   const unusedEquivalents = new Set(equivalentKeys);
-  for (const [file, { mutants }] of Object.entries(report.files).sort(([a], [b]) => a.localeCompare(b))) {
+  for (const [file, { mutants, source }] of Object.entries(report.files).sort(([a], [b]) => a.localeCompare(b))) {
     const count = (status) => mutants.filter((m) => m.status === status).length;
     const killed = count("Killed");
     const timeout = count("Timeout");
     const survived = count("Survived");
     const noCoverage = count("NoCoverage");
     const equivalentSurvivors = mutants.filter((m) => {
-      const key = mutantKey(file, m);
+      const key = mutantKey(file, m, source);
       unusedEquivalents.delete(key);
       return (m.status === "Survived" || m.status === "NoCoverage") && equivalentKeys.has(key);
     }).length;
@@ -45,12 +57,46 @@ export function printSummary(reportPath, equivalentPath) {
   for (const row of table) console.log(line(row));
   if (unusedEquivalents.size > 0 && rows.length > 0) {
     const mutatedFiles = new Set(rows.map((r) => r.file));
-    const stale = [...unusedEquivalents].filter((k) => mutatedFiles.has(k.split(":")[0]));
-    if (stale.length > 0) console.log(`\nequivalent.json entries matching no mutant (the code moved; update them):\n  ${stale.join("\n  ")}`);
+    const stale = equivalent.filter((e) => mutatedFiles.has(e.file) && unusedEquivalents.has(equivalentKey(e)));
+    if (stale.length > 0) console.log(
+        `\nequivalent.json entries matching no mutant (their line changed; update them):\n  ${stale.map((e) => `${e.file}: ${e.code}`).join("\n  ")}`,
+      );
   }
   return rows;
 }
 
+/**
+ * The survivors (and mutants without coverage) not listed in equivalent.json, each as an entry for
+ * it with an empty `why`: what is left to kill with a test, or to explain and list.
+ */
+export function unexplainedSurvivors(reportPath, equivalentPath) {
+  const report = JSON.parse(readFileSync(reportPath, "utf8"));
+  const equivalent = existsSync(equivalentPath) ? JSON.parse(readFileSync(equivalentPath, "utf8")) : [];
+  const known = new Set(equivalent.map(equivalentKey));
+  const found = [];
+  for (const [file, { mutants, source }] of Object.entries(report.files)) {
+    const lines = source.split("\n");
+    for (const m of mutants) {
+      if (!(m.status === "Survived" || m.status === "NoCoverage") || known.has(mutantKey(file, m, source))) continue;
+      const line = lines[m.location.start.line - 1] ?? "";
+      found.push({
+        file,
+        line: m.location.start.line,
+        status: m.status,
+        code: line.trim(),
+        column: m.location.start.column - 1 - (line.length - line.trimStart().length),
+        mutator: m.mutatorName,
+        replacement: m.replacement ?? "",
+        why: "",
+      });
+    }
+  }
+  return found.sort((a, b) => a.file.localeCompare(b.file) || a.line - b.line);
+}
+
 if (import.meta.url === pathToFileURL(process.argv[1] ?? "").href) {
-  printSummary(process.argv[2] ?? "reports/mutation/mutation.json", process.argv[3] ?? "test/mutation/equivalent.json");
+  const [report = "test/mutation/stryker-incremental.json", equivalents = "test/mutation/equivalent.json"] =
+    process.argv.slice(2).filter((a) => a !== "--survivors");
+  if (process.argv.includes("--survivors")) console.log(JSON.stringify(unexplainedSurvivors(report, equivalents), null, 2));
+  else printSummary(report, equivalents);
 }
