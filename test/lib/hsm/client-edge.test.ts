@@ -6,6 +6,8 @@
  */
 import type { TokenCredential } from "@azure/core-auth";
 import { describe, expect, it } from "vitest";
+import { startHsmEmulator } from "../../../tools/hsm-emulator/index.js";
+import { createTestCa } from "../../../tools/tls.js";
 import { ManagedHsmBackupClient, splitFolderUri } from "../../../src/lib/hsm/client.js";
 import {
   HsmInvalidResponseError,
@@ -55,6 +57,10 @@ describe("constructor", () => {
     [
       "http://10.0.0.1",
       `Managed HSM URL "http://10.0.0.1" must use https; plain http is accepted only for loopback hosts`,
+    ],
+    [
+      "ftp://127.0.0.1:8443",
+      `Managed HSM URL "ftp://127.0.0.1:8443" must use https; plain http is accepted only for loopback hosts`,
     ],
     [`${VAULT}/?x=1`, `Managed HSM URL "${VAULT}/?x=1" must be the HSM's base URL, without a path or query`],
     [`${VAULT}/keys`, `Managed HSM URL "${VAULT}/keys" must be the HSM's base URL, without a path or query`],
@@ -432,6 +438,28 @@ describe("calls that got no answer", () => {
   });
 });
 
+describe("the client's own TLS settings", () => {
+  it("trust the CA they are given, and only then, for an HTTPS HSM", async () => {
+    const ca = createTestCa(["localhost"]);
+    const hsm = await startHsmEmulator({ tls: { cert: ca.cert, key: ca.key } });
+    try {
+      const url = `https://localhost:${hsm.port}`;
+      const options = { delay: async () => {}, maxStatusAttempts: 1 };
+      const trusted = new ManagedHsmBackupClient(url, tokenCredential, { ...options, tlsOptions: { ca: ca.ca } });
+      const answered = await failure(trusted.getOperationStatus("backup", JOB));
+      // An answer (the emulator refuses the test's token), so the TLS handshake succeeded.
+      expect(answered).toBeInstanceOf(HsmRequestError);
+      expect(answered).toMatchObject({ statusCode: 401 });
+      const untrusted = new ManagedHsmBackupClient(url, tokenCredential, options);
+      const refused = await failure(untrusted.getOperationStatus("backup", JOB));
+      expect(refused).toBeInstanceOf(HsmStatusUnavailableError);
+      expect(refused.message).toMatch(/certificate/);
+    } finally {
+      await hsm.stop();
+    }
+  });
+});
+
 describe("the default wait", () => {
   it("really waits, and stops waiting on abort", async () => {
     const hsm = new ScriptedHsm([
@@ -449,6 +477,8 @@ describe("the default wait", () => {
     const started = Date.now();
     expect(await failure(client.beginBackup(CONTAINER, "sig=x", { abortSignal: controller.signal }))).toBe(reason);
     expect(Date.now() - started).toBeLessThan(5000);
+    // Nothing more was sent after the abort ended the wait.
+    expect(hsm.sent).toHaveLength(3);
 
     const aborted = new AbortController();
     aborted.abort(reason);

@@ -6,8 +6,11 @@
 import { AzureLogger, getLogLevel, setLogLevel, type AzureLogLevel } from "@azure/logger";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { backupAll } from "../../../src/lib/backup.js";
+import { ManagedHsmBackupClient } from "../../../src/lib/hsm/client.js";
 import { safeLogger } from "../../../src/lib/logger.js";
 import { Night } from "../../support/bad-night.js";
+import { backupRestoreEntries, loadRecording, ReplayHttpClient } from "../../support/recordings.js";
+import { tokenCredential } from "../../support/scripted-hsm.js";
 
 const night = new Night();
 const quiet = safeLogger({ log: () => {}, warn: () => {}, error: () => {} });
@@ -60,5 +63,27 @@ describe("the HSM client's wire log", () => {
     const all = lines.join("\n");
     for (const form of [signature, encodeURIComponent(signature)]) expect(all).not.toContain(form);
     expect(all).not.toMatch(/sig=(?!REDACTED)/);
+  });
+
+  it("shows the Key Vault headers a support case asks for, as a real HSM sent them", async () => {
+    const entries = backupRestoreEntries(
+      loadRecording(
+        "js-keyvaultbackupclient_beginbackup-recording_returns_the_correct_backup_result_when_successful.json",
+      ),
+    );
+    const start = entries.find((e) => e.method === "POST" && e.status === 202)!;
+    const client = new ManagedHsmBackupClient(entries[0]!.url.origin, tokenCredential, {
+      httpClient: new ReplayHttpClient(entries),
+      serviceVersion: entries[0]!.url.searchParams.get("api-version")!,
+      delay: async () => {},
+    });
+    const body = start.requestBody as { storageResourceUri: string; token: string };
+    await client.beginBackup(body.storageResourceUri, body.token);
+
+    const headers = lines.filter((l) => l.startsWith("azure:mhsm-backup:info Headers: ")).join("\n");
+    for (const name of ["x-ms-keyvault-region", "x-ms-keyvault-network-info", "x-ms-request-id"]) {
+      expect(start.headers[name]).toBeTruthy();
+      expect(headers).toContain(`"${name}": ${JSON.stringify(start.headers[name])}`);
+    }
   });
 });
