@@ -609,6 +609,22 @@ describe("against a real catalog", () => {
     expect(await refreshAt(2 * 60 * 60_000, "backup", timedOut, capture().log)).toBe(timedOut);
   });
 
+  it("lets a failure that is not about the HSM's answer through, before and after the deadline, changing nothing", async () => {
+    const record = await stored("backup", backup({ deadlineAt: "2026-12-01T01:00:00.000Z" }));
+    const bug = new TypeError("a bug, not an answer");
+    // The status read is the dependency that fails here; refreshRecord is the code under test.
+    const broken: AppDeps = {
+      ...deps,
+      hsmClient: (hsm) =>
+        Object.assign(Object.create(deps.hsmClient(hsm)), { getOperationStatus: () => Promise.reject(bug) }),
+    };
+    for (const offset of [0, 2 * 60 * 60_000]) {
+      clock.ms = T0.getTime() + offset;
+      await expect(refreshRecord(broken, "backup", record, capture().log)).rejects.toBe(bug);
+    }
+    expect(await deps.catalog.get("backup", record.record.id)).toStrictEqual(record);
+  });
+
   it("corrects a TimedOut record when the HSM reports the outcome, clearing what no longer holds", async () => {
     const record = await stored(
       "backup",
