@@ -6,6 +6,7 @@
  */
 import { randomBytes } from "node:crypto";
 import { describe, expect, it } from "vitest";
+import { CredentialUnavailableError } from "@azure/identity";
 import { redactSecrets, rememberSecret, toSafeError } from "../../src/lib/redact.js";
 import { AZURITE_KEY } from "../../tools/azurite.js";
 
@@ -221,6 +222,33 @@ describe("toSafeError", () => {
     expect(safe).toBeInstanceOf(Error);
     expect(safe.name).toBe("TypeError");
     expect(safe.message).toBe("GET https://h/c?<redacted-sas> failed with Bearer <redacted>");
+  });
+
+  it("adds the request ids a failure carries when its message does not name them already", () => {
+    const requestId = "0f6c1a2b-0000-4000-8000-000000000001";
+    const clientRequestId = "0f6c1a2b-0000-4000-8000-000000000002";
+    const failed = Object.assign(new Error("The specified container does not exist."), { requestId, clientRequestId });
+    expect(toSafeError(failed).message).toBe(
+      `The specified container does not exist. (x-ms-request-id ${requestId}, x-ms-client-request-id ${clientRequestId})`,
+    );
+    const named = Object.assign(new Error(`refused (x-ms-request-id ${requestId})`), { requestId, clientRequestId });
+    expect(toSafeError(named).message).toBe(
+      `refused (x-ms-request-id ${requestId}) (x-ms-client-request-id ${clientRequestId})`,
+    );
+    const both = Object.assign(new Error(`refused ${requestId} ${clientRequestId}`), { requestId, clientRequestId });
+    expect(toSafeError(both).message).toBe(`refused ${requestId} ${clientRequestId}`);
+  });
+
+  it("says what to do about a credential failure, in one line", () => {
+    const chain = new CredentialUnavailableError(
+      "ManagedIdentityCredential: no endpoint.\nAzureCliCredential: Please run 'az login'.",
+    );
+    const safe = toSafeError(chain);
+    expect(safe.name).toBe("CredentialUnavailableError");
+    expect(safe.message).toBe(
+      "no Azure token could be acquired (ManagedIdentityCredential: no endpoint.): sign in with az login, or check the managed identity the app runs as (IDENTITY_ENDPOINT, BackupStorage__clientId)",
+    );
+    expect(toSafeError(new CredentialUnavailableError("x".repeat(300))).message).toContain(`(${"x".repeat(200)})`);
   });
 
   it("turns anything else thrown into an Error with its redacted text", () => {

@@ -3,7 +3,7 @@
  * error (field, title, message with the surface's label), and the echo of bad input kept short.
  */
 import { describe, expect, it } from "vitest";
-import { RECORD_STATUSES } from "../../src/lib/catalog.js";
+import { RECORD_STATUSES, VERIFICATIONS } from "../../src/lib/catalog.js";
 import {
   checkKeyName,
   checkRecordId,
@@ -48,6 +48,14 @@ describe("parseListQuery", () => {
     const error = refusal(() => parseListQuery({ status: "running" }, label));
     expect(error).toMatchObject({ field: "status", title: "Invalid status", name: "InvalidInput" });
     expect(error.message).toBe(`--status "running" is not one of ${RECORD_STATUSES.join(", ")}`);
+  });
+
+  it("accepts every verification and nothing else", () => {
+    for (const verification of VERIFICATIONS)
+      expect(parseListQuery({ verification }, label).verification).toBe(verification);
+    const error = refusal(() => parseListQuery({ verification: "passed" }, label));
+    expect(error).toMatchObject({ field: "verification", title: "Invalid verification", name: "InvalidInput" });
+    expect(error.message).toBe(`--verification "passed" is not one of ${VERIFICATIONS.join(", ")}`);
   });
 
   it("accepts an HSM name of 1 to 63 letters, digits and hyphens", () => {
