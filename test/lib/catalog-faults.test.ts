@@ -157,7 +157,7 @@ describe("what the table service answers is checked", () => {
   });
 
   it("a write answered without an ETag is reported as failed, naming what was written", async () => {
-    const { faulty } = await tables();
+    const { direct, faulty } = await tables();
     const noEtag: Fault = {
       kind: "rewrite",
       transform: (answer) => ({
@@ -179,6 +179,16 @@ describe("what the table service answers is checked", () => {
     await expect(faulty.tryLock("contoso", () => T0, 60_000)).rejects.toThrow(
       "Catalog: storage answered the start lock of HSM contoso without an ETag",
     );
+    // Taking over a stale lock, and renewing one, are writes the next one is conditional on too.
+    await direct.tryLock("stale", () => T0, 60_000);
+    const later = () => new Date(T0.getTime() + 60_000);
+    proxy.inject(noEtag, { method: "PUT" });
+    await expect(faulty.tryLock("stale", later, 60_000)).rejects.toThrow(
+      "Catalog: storage answered the start lock of HSM stale without an ETag",
+    );
+    const held = (await faulty.tryLock("held", () => T0, 60_000))!;
+    proxy.inject(noEtag, { method: "PUT" });
+    await expect(held.renew()).rejects.toThrow("Catalog: storage answered the start lock of HSM held without an ETag");
   });
 
   it("claimSlot: the claim's row names the HSM and the slot; only a taken slot is read back, and that read must succeed", async () => {

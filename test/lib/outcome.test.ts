@@ -12,6 +12,7 @@ import type { HsmOperationState } from "../../src/lib/hsm/types.js";
 import type { Logger } from "../../src/lib/logger.js";
 import {
   deadlineOf,
+  emitJobAccepted,
   emitOutcome,
   finalPatch,
   finish,
@@ -419,6 +420,22 @@ describe("emitOutcome", () => {
     const uncorrected = capture();
     emitOutcome(uncorrected.log, "restore", restore({ status: "Succeeded", correctedFrom: "stale" }));
     expect(uncorrected.events("MhsmRestoreOutcome")[0]).not.toHaveProperty("correctionOf");
+  });
+});
+
+describe("emitJobAccepted", () => {
+  it("logs the accepted job's event with everything needed to find it again", () => {
+    const { log, events } = capture();
+    emitJobAccepted(log, "contoso", "8234567890123-0a1b2c3d", JOB, "selectiveKeyRestore");
+    expect(events("MhsmJobAccepted")).toEqual([
+      {
+        hsm: "contoso",
+        recordId: "8234567890123-0a1b2c3d",
+        jobId: JOB,
+        status: "Running",
+        operation: "selectiveKeyRestore",
+      },
+    ]);
   });
 });
 

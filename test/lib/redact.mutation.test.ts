@@ -6,7 +6,7 @@
  */
 import { randomBytes } from "node:crypto";
 import { describe, expect, it } from "vitest";
-import { CredentialUnavailableError } from "@azure/identity";
+import { AggregateAuthenticationError, AuthenticationRequiredError, CredentialUnavailableError } from "@azure/identity";
 import { redactSecrets, rememberSecret, toSafeError } from "../../src/lib/redact.js";
 import { AZURITE_KEY } from "../../tools/azurite.js";
 
@@ -249,6 +249,13 @@ describe("toSafeError", () => {
       "no Azure token could be acquired (ManagedIdentityCredential: no endpoint.): sign in with az login, or check the managed identity the app runs as (IDENTITY_ENDPOINT, BackupStorage__clientId)",
     );
     expect(toSafeError(new CredentialUnavailableError("x".repeat(300))).message).toContain(`(${"x".repeat(200)})`);
+    // Every failure of a credential chain is told the same way, whichever class carries it.
+    const failures = [
+      new AggregateAuthenticationError([new CredentialUnavailableError("none")], "all failed"),
+      new AuthenticationRequiredError({ scopes: ["https://managedhsm.azure.net/.default"], message: "sign in" }),
+    ];
+    for (const failure of failures)
+      expect(toSafeError(failure).message).toMatch(/^no Azure token could be acquired \(/);
   });
 
   it("turns anything else thrown into an Error with its redacted text", () => {
