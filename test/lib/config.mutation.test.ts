@@ -295,6 +295,15 @@ describe("immutable copies and deployment time", () => {
     expect(error.message).toBe(
       'Setting BACKUP_COPY_CONTAINER: "backups" is the backup container itself: a copy must go elsewhere',
     );
+    // Another container of the same account is another container.
+    expect(
+      parseConfig({
+        ...identity,
+        BACKUP_CONTAINER: "backups",
+        BACKUP_COPY_CONTAINER: "copies",
+        BackupCopyStorage__blobServiceUri: "https://acct.blob.core.windows.net",
+      }).backupCopy,
+    ).toEqual({ container: "copies", blobServiceUri: "https://acct.blob.core.windows.net" });
     // The same container name in another account is another container.
     expect(
       parseConfig({

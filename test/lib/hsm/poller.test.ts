@@ -59,6 +59,15 @@ describe("parseOperation", () => {
       azureStorageBlobContainerUri: "",
     });
     expect(parseOperation("restore", body, VAULT)).toStrictEqual({ kind: "restore", jobId: JOB, status: "InProgress" });
+    // Details that are not text (a number, a list) are no status details.
+    for (const statusDetails of [42, ["restored: 0"]]) {
+      const odd = JSON.stringify({ status: "InProgress", jobId: JOB, statusDetails });
+      expect(parseOperation("restore", odd, VAULT)).toStrictEqual({
+        kind: "restore",
+        jobId: JOB,
+        status: "InProgress",
+      });
+    }
     const nullError = JSON.stringify({ status: "InProgress", jobId: JOB, error: null });
     expect(parseOperation("restore", nullError, VAULT)).toStrictEqual({
       kind: "restore",
