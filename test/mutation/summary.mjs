@@ -58,9 +58,10 @@ export function printSummary(reportPath, equivalentPath) {
   if (unusedEquivalents.size > 0 && rows.length > 0) {
     const mutatedFiles = new Set(rows.map((r) => r.file));
     const stale = equivalent.filter((e) => mutatedFiles.has(e.file) && unusedEquivalents.has(equivalentKey(e)));
-    if (stale.length > 0) console.log(
-        `\nequivalent.json entries matching no mutant (their line changed; update them):\n  ${stale.map((e) => `${e.file}: ${e.code}`).join("\n  ")}`,
-      );
+    if (stale.length > 0) {
+      const lines = stale.map((e) => `${e.file}: ${e.code}`).join("\n  ");
+      console.log(`\nequivalent.json entries matching no mutant (their line changed; update them):\n  ${lines}`);
+    }
   }
   return rows;
 }
