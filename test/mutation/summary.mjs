@@ -9,24 +9,37 @@ import { existsSync, readFileSync } from "node:fs";
 import { pathToFileURL } from "node:url";
 
 /**
- * A mutant's identity that survives edits elsewhere in the file: file, the text of its line (trimmed),
- * its column in that text, mutator and replacement. Line numbers are not part of it, so an equivalent
- * listed once stays listed when code above it moves; it goes stale only when its own line changes.
+ * A mutant named as an equivalent.json entry names it (less its `why`): file, the text of its line
+ * (trimmed), its column in that text, mutator and replacement. Line numbers are not part of it, so an
+ * equivalent listed once stays listed when code above it moves; it goes stale only when its own line
+ * changes. `lines` is the file's source split into lines.
  */
-export function mutantKey(file, mutant, source) {
-  const line = source.split("\n")[mutant.location.start.line - 1] ?? "";
+export function entryOf(file, mutant, lines) {
+  const line = lines[mutant.location.start.line - 1] ?? "";
   const indent = line.length - line.trimStart().length;
-  return `${file}:${mutant.mutatorName}:${mutant.replacement ?? ""}@${mutant.location.start.column - 1 - indent}:${line.trim()}`;
+  return {
+    file,
+    code: line.trim(),
+    column: mutant.location.start.column - 1 - indent,
+    mutator: mutant.mutatorName,
+    replacement: mutant.replacement ?? "",
+  };
 }
 
-/** The key of an equivalent.json entry: { file, code, column, mutator, replacement, why }. */
+/** The key of an equivalent.json entry (or of entryOf's answer): { file, code, column, mutator, replacement }. */
 export function equivalentKey(entry) {
   return `${entry.file}:${entry.mutator}:${entry.replacement}@${entry.column}:${entry.code}`;
 }
 
+function load(reportPath, equivalentPath) {
+  return {
+    report: JSON.parse(readFileSync(reportPath, "utf8")),
+    equivalent: existsSync(equivalentPath) ? JSON.parse(readFileSync(equivalentPath, "utf8")) : [],
+  };
+}
+
 export function printSummary(reportPath, equivalentPath) {
-  const report = JSON.parse(readFileSync(reportPath, "utf8"));
-  const equivalent = existsSync(equivalentPath) ? JSON.parse(readFileSync(equivalentPath, "utf8")) : [];
+  const { report, equivalent } = load(reportPath, equivalentPath);
   const equivalentKeys = new Set(equivalent.map(equivalentKey));
   const rows = [];
   const unusedEquivalents = new Set(equivalentKeys);
@@ -36,8 +49,9 @@ export function printSummary(reportPath, equivalentPath) {
     const timeout = count("Timeout");
     const survived = count("Survived");
     const noCoverage = count("NoCoverage");
+    const lines = source.split("\n");
     const equivalentSurvivors = mutants.filter((m) => {
-      const key = mutantKey(file, m, source);
+      const key = equivalentKey(entryOf(file, m, lines));
       unusedEquivalents.delete(key);
       return (m.status === "Survived" || m.status === "NoCoverage") && equivalentKeys.has(key);
     }).length;
@@ -71,25 +85,15 @@ export function printSummary(reportPath, equivalentPath) {
  * it with an empty `why`: what is left to kill with a test, or to explain and list.
  */
 export function unexplainedSurvivors(reportPath, equivalentPath) {
-  const report = JSON.parse(readFileSync(reportPath, "utf8"));
-  const equivalent = existsSync(equivalentPath) ? JSON.parse(readFileSync(equivalentPath, "utf8")) : [];
+  const { report, equivalent } = load(reportPath, equivalentPath);
   const known = new Set(equivalent.map(equivalentKey));
   const found = [];
   for (const [file, { mutants, source }] of Object.entries(report.files)) {
     const lines = source.split("\n");
     for (const m of mutants) {
-      if (!(m.status === "Survived" || m.status === "NoCoverage") || known.has(mutantKey(file, m, source))) continue;
-      const line = lines[m.location.start.line - 1] ?? "";
-      found.push({
-        file,
-        line: m.location.start.line,
-        status: m.status,
-        code: line.trim(),
-        column: m.location.start.column - 1 - (line.length - line.trimStart().length),
-        mutator: m.mutatorName,
-        replacement: m.replacement ?? "",
-        why: "",
-      });
+      if (!(m.status === "Survived" || m.status === "NoCoverage")) continue;
+      const entry = entryOf(file, m, lines);
+      if (!known.has(equivalentKey(entry))) found.push({ line: m.location.start.line, status: m.status, ...entry, why: "" });
     }
   }
   return found.sort((a, b) => a.file.localeCompare(b.file) || a.line - b.line);
